@@ -1,0 +1,47 @@
+# The two commands that do everything on a fresh machine:
+#   make demo   set up .venv, then run the whole workflow on the embedded default (config/config.yaml)
+#   make test   set up .venv, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+
+.PHONY: setup test test-fast test-slow demo lint format profile-link clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not slurm"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edm2 tests benchmarks
+	$(VENV)/bin/ruff format --check edm2 tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format edm2 tests benchmarks
+	$(VENV)/bin/ruff check --fix edm2 tests benchmarks
+
+# Lets `snakemake --profile slurm` work as typed (Snakemake looks in ~/.config/snakemake/).
+profile-link:
+	mkdir -p $(HOME)/.config/snakemake
+	ln -sfn $(CURDIR)/workflow/profiles/slurm $(HOME)/.config/snakemake/slurm
+	@echo "linked $(HOME)/.config/snakemake/slurm -> workflow/profiles/slurm"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

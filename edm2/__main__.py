@@ -1,0 +1,4 @@
+from edm2.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The `edm2` command: one click group; each subcommand lives in `edm2.commands.<area>` and is
+imported only when used, so `edm2 --help` stays fast."""
+
+import importlib
+
+import click
+
+from edm2.errors import EDM2Error
+
+# name -> "module:attribute" of a click command or group.
+COMMANDS = {
+    "dataset": "edm2.commands.dataset:dataset",
+    "train": "edm2.commands.train:train",
+    "phema": "edm2.commands.phema:phema",
+    "convert-official": "edm2.commands.official:convert_official",
+    "generate": "edm2.commands.generate:generate",
+    "metrics": "edm2.commands.metrics:metrics",
+    "flops": "edm2.commands.flops:flops",
+    "report": "edm2.commands.report:report",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("edm2"):
+                return None  # area not built yet
+            raise
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EDM2Error as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edm2")
+def main():
+    """EDM2 (Karras et al., CVPR 2024): datasets, training, post-hoc EMA, generation, metrics.
+
+    \b
+    Examples:
+      edm2 dataset digits --dest data/digits-png --resolution 16
+      edm2 dataset convert --source data/digits-png --dest data/digits.zip
+      edm2 train --outdir runs/demo --data data/digits.zip --preset edm2-img64-xs --duration 64Ki
+      edm2 phema --indir runs/demo --outdir runs/demo/phema --outstd 0.050,0.100
+      edm2 generate --net runs/demo/phema/phema-0000065-0.100.safetensors --outdir out --seeds 0-63
+      edm2 flops edm2-img512-xs
+    """

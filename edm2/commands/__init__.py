@@ -1,0 +1,1 @@
+"""Thin click wrappers over the library functions, one module per area."""

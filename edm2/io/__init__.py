@@ -1,0 +1,1 @@
+"""File formats: atomic writes, the safetensors snapshot format, official pickles, downloads."""

@@ -1,0 +1,6 @@
+"""Magnitude-preserving layers, the EDM2 U-Net and the EDM preconditioning (EDM2-SPEC §1-§4)."""
+
+from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+from edm2.nn.unet import Block, Precond, UNet
+
+__all__ = ["normalize", "mp_silu", "mp_sum", "mp_cat", "resample", "MPFourier", "MPConv", "Block", "UNet", "Precond"]

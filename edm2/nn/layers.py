@@ -1,0 +1,111 @@
+"""Magnitude-preserving building blocks (EDM2-SPEC §1).
+
+Every function computes in float32 (or float64 when its input is float64; the official code
+would silently fall back to float32 there, we keep float64 so references compare exactly).
+"""
+
+import numpy as np
+import torch
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else computes in float32 (spec §1.1, §1.5, §1.6)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
+    """Rescale slices of `x` along `dim` to unit RMS (spec §1.1, §14.1).
+
+    `x / (eps + ||x|| / sqrt(K))` with K the slice size; the norm is taken in fp32 (fp64 for
+    fp64 input) and cast back to `x.dtype` before dividing.
+    """
+    if dim is None:
+        dim = list(range(1, x.ndim))
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=_compute_dtype(x.dtype))
+    norm = torch.add(eps, norm, alpha=np.sqrt(norm.numel() / x.numel()))
+    return x / norm.to(x.dtype)
+
+
+def mp_silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU scaled to unit output RMS for unit-variance input (spec §1.2; literal 0.596)."""
+    return torch.nn.functional.silu(x) / 0.596
+
+
+def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
+    """Magnitude-preserving interpolation `lerp(a, b, t) / sqrt((1-t)^2 + t^2)` (spec §1.3)."""
+    return a.lerp(b, t) / np.sqrt((1 - t) ** 2 + t**2)
+
+
+def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
+    """Magnitude-preserving concatenation, `a` first then `b` (spec §1.4)."""
+    Na = a.shape[dim]
+    Nb = b.shape[dim]
+    C = np.sqrt((Na + Nb) / ((1 - t) ** 2 + t**2))
+    wa = C / np.sqrt(Na) * (1 - t)
+    wb = C / np.sqrt(Nb) * t
+    return torch.cat([wa * a, wb * b], dim=dim)
+
+
+def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
+    """2x box downsampling or nearest upsampling with a separable filter (spec §1.7)."""
+    if mode == "keep":
+        return x
+    f = np.float32(f)
+    assert f.ndim == 1 and len(f) % 2 == 0
+    pad = (len(f) - 1) // 2
+    f = f / f.sum()
+    f = np.outer(f, f)[np.newaxis, np.newaxis, :, :]
+    f = torch.as_tensor(f, dtype=x.dtype, device=x.device)
+    c = x.shape[1]
+    if mode == "down":
+        return torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
+    assert mode == "up", f"unknown resample mode {mode!r}"
+    return torch.nn.functional.conv_transpose2d(
+        x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,)
+    )
+
+
+class MPFourier(torch.nn.Module):
+    """Magnitude-preserving Fourier features; `freqs` and `phases` are buffers (spec §1.5)."""
+
+    def __init__(self, num_channels: int, bandwidth: float = 1):
+        super().__init__()
+        # Draw order matters for RNG reproduction: freqs (randn) first, then phases (rand).
+        self.register_buffer("freqs", 2 * np.pi * torch.randn(num_channels) * bandwidth)
+        self.register_buffer("phases", 2 * np.pi * torch.rand(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _compute_dtype(x.dtype)
+        y = x.to(dtype)
+        y = y.ger(self.freqs.to(dtype))
+        y = y + self.phases.to(dtype)
+        y = y.cos() * np.sqrt(2)
+        return y.to(x.dtype)
+
+
+class MPConv(torch.nn.Module):
+    """Magnitude-preserving convolution (kernel [kh, kw]) or linear layer (kernel []).
+
+    No bias. Forced weight normalisation in training mode, standard weight normalisation and
+    MP scaling always (spec §1.6, §14.2).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel):
+        super().__init__()
+        self.out_channels = out_channels
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
+
+    def forward(self, x: torch.Tensor, gain=1) -> torch.Tensor:
+        # For fp32 (fp64) weights `w` aliases the parameter, so after the in-place forced
+        # normalisation below the forward computes normalize(normalize(w_old)) (spec §14.2).
+        w = self.weight.to(_compute_dtype(self.weight.dtype))
+        if self.training:
+            with torch.no_grad():
+                self.weight.copy_(normalize(w))  # forced weight normalisation
+        w = normalize(w)  # standard weight normalisation
+        w = w * (gain / np.sqrt(w[0].numel()))  # magnitude-preserving scaling
+        w = w.to(x.dtype)
+        if w.ndim == 2:
+            return x @ w.t()
+        assert w.ndim == 4
+        return torch.nn.functional.conv2d(x, w, padding=(w.shape[-1] // 2,))

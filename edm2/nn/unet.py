@@ -1,0 +1,241 @@
+"""The EDM2 U-Net, its residual blocks and the EDM preconditioning wrapper (EDM2-SPEC §2-§4).
+
+Module registration order equals the official one, so `state_dict()` keys, shapes and order
+match the released networks and the construction draws random numbers in the official order
+(spec Appendix A).
+"""
+
+import numpy as np
+import torch
+
+from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
+
+
+class Block(torch.nn.Module):
+    """U-Net residual block, encoder or decoder flavour (spec §2)."""
+
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels.
+        out_channels: int,  # Number of output channels.
+        emb_channels: int,  # Number of embedding channels.
+        flavor: str = "enc",  # 'enc' or 'dec'.
+        resample_mode: str = "keep",  # 'keep', 'up' or 'down'.
+        resample_filter=(1, 1),  # Separable resampling filter.
+        attention: bool = False,  # Include self-attention?
+        channels_per_head: int = 64,  # Number of channels per attention head.
+        dropout: float = 0,  # Dropout probability.
+        res_balance: float = 0.3,  # Balance between main branch (0) and residual branch (1).
+        attn_balance: float = 0.3,  # Balance between main branch (0) and attention branch (1).
+        clip_act: float | None = 256,  # Clip output activations. None = do not clip.
+    ):
+        super().__init__()
+        self.out_channels = out_channels
+        self.flavor = flavor
+        self.resample_filter = list(resample_filter)
+        self.resample_mode = resample_mode
+        self.num_heads = out_channels // channels_per_head if attention else 0
+        self.dropout = dropout
+        self.res_balance = res_balance
+        self.attn_balance = attn_balance
+        self.clip_act = clip_act
+        self.emb_gain = torch.nn.Parameter(torch.zeros([]))
+        self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, kernel=[3, 3])
+        self.emb_linear = MPConv(emb_channels, out_channels, kernel=[])
+        self.conv_res1 = MPConv(out_channels, out_channels, kernel=[3, 3])
+        self.conv_skip = MPConv(in_channels, out_channels, kernel=[1, 1]) if in_channels != out_channels else None
+        self.attn_qkv = MPConv(out_channels, out_channels * 3, kernel=[1, 1]) if self.num_heads != 0 else None
+        self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads != 0 else None
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = resample(x, f=self.resample_filter, mode=self.resample_mode)
+        if self.flavor == "enc":
+            if self.conv_skip is not None:
+                x = self.conv_skip(x)
+            x = normalize(x, dim=1)  # pixel norm (spec §2 step 2)
+
+        # Residual branch (spec §2 step 3).
+        y = self.conv_res0(mp_silu(x))
+        c = self.emb_linear(emb, gain=self.emb_gain) + 1
+        y = mp_silu(y * c.unsqueeze(2).unsqueeze(3).to(y.dtype))
+        if self.training and self.dropout != 0:
+            y = torch.nn.functional.dropout(y, p=self.dropout)
+        y = self.conv_res1(y)
+
+        if self.flavor == "dec" and self.conv_skip is not None:
+            x = self.conv_skip(x)
+        x = mp_sum(x, y, t=self.res_balance)
+
+        # Self-attention; qkv channels interleaved as [head][ch][q,k,v] (spec §2 step 6, §14.5).
+        if self.num_heads != 0:
+            y = self.attn_qkv(x)
+            y = y.reshape(y.shape[0], self.num_heads, -1, 3, y.shape[2] * y.shape[3])
+            q, k, v = normalize(y, dim=2).unbind(3)
+            w = torch.einsum("nhcq,nhck->nhqk", q, k / np.sqrt(q.shape[2])).softmax(dim=3)
+            y = torch.einsum("nhqk,nhck->nhcq", w, v)
+            y = self.attn_proj(y.reshape(*x.shape))
+            x = mp_sum(x, y, t=self.attn_balance)
+
+        if self.clip_act is not None:
+            x = x.clip_(-self.clip_act, self.clip_act)
+        return x
+
+
+class UNet(torch.nn.Module):
+    """The EDM2 U-Net F(x) (spec §3)."""
+
+    def __init__(
+        self,
+        img_resolution: int,  # Image resolution.
+        img_channels: int,  # Image channels.
+        label_dim: int,  # Class label dimensionality. 0 = unconditional.
+        model_channels: int = 192,  # Base multiplier for the number of channels.
+        channel_mult=(1, 2, 3, 4),  # Per-resolution multipliers for the number of channels.
+        channel_mult_noise: int | None = None,  # Multiplier for noise embedding dims. None = select based on channel_mult.
+        channel_mult_emb: int | None = None,  # Multiplier for final embedding dims. None = select based on channel_mult.
+        num_blocks: int = 3,  # Number of residual blocks per resolution.
+        attn_resolutions=(16, 8),  # List of resolutions with self-attention.
+        label_balance: float = 0.5,  # Balance between noise embedding (0) and class embedding (1).
+        concat_balance: float = 0.5,  # Balance between skip connections (0) and main path (1).
+        **block_kwargs,  # Arguments for Block.
+    ):
+        super().__init__()
+        cblock = [model_channels * x for x in channel_mult]
+        cnoise = model_channels * channel_mult_noise if channel_mult_noise is not None else cblock[0]
+        cemb = model_channels * channel_mult_emb if channel_mult_emb is not None else max(cblock)
+        self.label_balance = label_balance
+        self.concat_balance = concat_balance
+        self.out_gain = torch.nn.Parameter(torch.zeros([]))
+
+        # Embedding.
+        self.emb_fourier = MPFourier(cnoise)
+        self.emb_noise = MPConv(cnoise, cemb, kernel=[])
+        self.emb_label = MPConv(label_dim, cemb, kernel=[]) if label_dim != 0 else None
+
+        # Encoder (spec §3.2 item 5).
+        self.enc = torch.nn.ModuleDict()
+        cout = img_channels + 1
+        for level, channels in enumerate(cblock):
+            res = img_resolution >> level
+            if level == 0:
+                cin = cout
+                cout = channels
+                self.enc[f"{res}x{res}_conv"] = MPConv(cin, cout, kernel=[3, 3])
+            else:
+                self.enc[f"{res}x{res}_down"] = Block(
+                    cout, cout, cemb, flavor="enc", resample_mode="down", **block_kwargs
+                )
+            for idx in range(num_blocks):
+                cin = cout
+                cout = channels
+                self.enc[f"{res}x{res}_block{idx}"] = Block(
+                    cin, cout, cemb, flavor="enc", attention=(res in attn_resolutions), **block_kwargs
+                )
+
+        # Decoder (spec §3.2 item 6).
+        self.dec = torch.nn.ModuleDict()
+        skips = [block.out_channels for block in self.enc.values()]
+        for level, channels in reversed(list(enumerate(cblock))):
+            res = img_resolution >> level
+            if level == len(cblock) - 1:
+                self.dec[f"{res}x{res}_in0"] = Block(cout, cout, cemb, flavor="dec", attention=True, **block_kwargs)
+                self.dec[f"{res}x{res}_in1"] = Block(cout, cout, cemb, flavor="dec", **block_kwargs)
+            else:
+                self.dec[f"{res}x{res}_up"] = Block(cout, cout, cemb, flavor="dec", resample_mode="up", **block_kwargs)
+            for idx in range(num_blocks + 1):
+                cin = cout + skips.pop()
+                cout = channels
+                self.dec[f"{res}x{res}_block{idx}"] = Block(
+                    cin, cout, cemb, flavor="dec", attention=(res in attn_resolutions), **block_kwargs
+                )
+        self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
+
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        # Embedding, in the dtype of noise_labels (spec §3.3 step 1).
+        emb = self.emb_noise(self.emb_fourier(noise_labels))
+        if self.emb_label is not None:
+            emb = mp_sum(emb, self.emb_label(class_labels * np.sqrt(class_labels.shape[1])), t=self.label_balance)
+        emb = mp_silu(emb)
+
+        # Encoder: every output, including the input conv and the down blocks, is a skip.
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        skips = []
+        for name, block in self.enc.items():
+            x = block(x) if "conv" in name else block(x, emb)
+            skips.append(x)
+
+        # Decoder: main path first, skip second (spec §3.3 step 4).
+        for name, block in self.dec.items():
+            if "block" in name:
+                x = mp_cat(x, skips.pop(), t=self.concat_balance)
+            x = block(x, emb)
+        x = self.out_conv(x, gain=self.out_gain)
+        return x
+
+
+class Precond(torch.nn.Module):
+    """EDM preconditioning around the U-Net plus the per-sigma uncertainty head (spec §4).
+
+    Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
+    the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
+    Set `amp_dtype = torch.bfloat16` to use bf16 instead of fp16 for the mixed-precision path.
+    """
+
+    def __init__(
+        self,
+        img_resolution: int,  # Image resolution.
+        img_channels: int,  # Image channels.
+        label_dim: int,  # Class label dimensionality. 0 = unconditional.
+        use_fp16: bool = True,  # Run the model at FP16 precision (on CUDA only)?
+        sigma_data: float = 0.5,  # Expected standard deviation of the training data.
+        logvar_channels: int = 128,  # Intermediate dimensionality for uncertainty estimation.
+        **unet_kwargs,  # Keyword arguments for UNet.
+    ):
+        super().__init__()
+        # The constructor arguments, as stored in snapshot metadata to rebuild the network.
+        self.init_kwargs = dict(
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            label_dim=label_dim,
+            use_fp16=use_fp16,
+            sigma_data=sigma_data,
+            logvar_channels=logvar_channels,
+            **unet_kwargs,
+        )
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.use_fp16 = use_fp16
+        self.sigma_data = sigma_data
+        self.amp_dtype = torch.float16
+        self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
+        self.logvar_fourier = MPFourier(logvar_channels)
+        self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
+
+    def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
+        base = torch.float64 if x.dtype == torch.float64 else torch.float32
+        x = x.to(base)
+        sigma = torch.as_tensor(sigma, device=x.device).to(base).reshape(-1, 1, 1, 1)
+        if self.label_dim == 0:
+            class_labels = None
+        elif class_labels is None:
+            class_labels = torch.zeros([1, self.label_dim], dtype=base, device=x.device)
+        else:
+            class_labels = class_labels.to(base).reshape(-1, self.label_dim)
+        use_amp = self.use_fp16 and not force_fp32 and x.device.type == "cuda" and base == torch.float32
+        dtype = self.amp_dtype if use_amp else base
+
+        # Preconditioning (spec §4 step 4).
+        c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
+        c_out = sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
+        c_in = 1 / (self.sigma_data**2 + sigma**2).sqrt()
+        c_noise = sigma.flatten().log() / 4
+
+        x_in = (c_in * x).to(dtype)
+        F_x = self.unet(x_in, c_noise, class_labels, **unet_kwargs)
+        D_x = c_skip * x + c_out * F_x.to(base)
+
+        if return_logvar:
+            logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
+            return D_x, logvar
+        return D_x

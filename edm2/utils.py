@@ -1,0 +1,45 @@
+"""Small parsers shared by the commands."""
+
+import re
+
+from edm2.errors import ConfigError
+
+_SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def parse_nimg(value) -> int:
+    """Parse an image count: an integer or one with a binary suffix Ki/Mi/Gi ('8Mi' = 8 * 2**20)."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)\s*(Ki|Mi|Gi)?", text)
+    if not m:
+        raise ConfigError(f"{value!r} is not an image count; use an integer or one with Ki/Mi/Gi, e.g. 8Mi")
+    return int(m.group(1)) * _SUFFIXES.get(m.group(2), 1)
+
+
+def parse_int_list(value) -> list[int]:
+    """Parse 'a,b,c-d' (ranges inclusive) into a list of ints, e.g. '0-3,7' -> [0, 1, 2, 3, 7]."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    result = []
+    for part in str(value).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi < lo:
+                raise ConfigError(f"range {part!r} is empty; write it as low-high")
+            result.extend(range(lo, hi + 1))
+        elif re.fullmatch(r"\d+", part):
+            result.append(int(part))
+        else:
+            raise ConfigError(f"{part!r} in {value!r} is not an integer or a range a-b")
+    return result
+
+
+def kimg_to_nimg(kimg: int) -> int:
+    """Smallest multiple of 1024 with nimg // 1000 == kimg (EDM2-SPEC §7.4)."""
+    nimg = (kimg * 1000 + 999) // 1024 * 1024
+    assert nimg // 1000 == kimg
+    return nimg
