@@ -1,0 +1,6 @@
+"""Training: loss, learning-rate schedule, the training loop (EDM2-SPEC §5-§6)."""
+
+from edm2.train.loss import EDM2Loss
+from edm2.train.schedule import learning_rate_schedule
+
+__all__ = ["EDM2Loss", "learning_rate_schedule"]

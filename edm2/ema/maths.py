@@ -1,0 +1,134 @@
+"""Power-function EMA profile maths and the post-hoc coefficient solve (EDM2-SPEC §7.1, §7.4).
+
+Everything here is float64: the Gram matrix of a real run has cond(A) ~ 1e6, so the solve must
+never be done in float32.
+"""
+
+import re
+
+import numpy as np
+
+from edm2.errors import ConfigError
+
+MAX_STD = 0.289  # exp_to_std(0) = sqrt(1/12) = 0.288675: larger stds have no profile (spec §7.1).
+
+
+def exp_to_std(exp):
+    """Relative std of a power-function profile with exponent gamma (spec §7.1)."""
+    exp = np.float64(exp)
+    std = np.sqrt((exp + 1) / (exp + 2) ** 2 / (exp + 3))
+    return std
+
+
+def std_to_exp(std):
+    """Exponent gamma for a relative std: the largest real root of the cubic of spec §7.1.
+
+    Accepts a scalar or an array (element-wise).
+    """
+    std = np.float64(std)
+    tmp = std.flatten() ** -2
+    exp = [np.roots([1, 7, 16 - t, 12 - t]).real.max() for t in tmp]
+    exp = np.float64(exp).reshape(std.shape)
+    return exp
+
+
+def power_function_response(ofs, std, len, axis=0):
+    """Discrete impulse response of a power-function EMA over integer times [0, len).
+
+    `r(t) = (t/T)^gamma (gamma+1)/T` for t <= T, else 0, normalised to sum 1 (spec §7.1).
+    `ofs` (T) and `std` broadcast against each other; the time axis is inserted at `axis`.
+    """
+    ofs, std = np.broadcast_arrays(ofs, std)
+    ofs = np.stack([np.float64(ofs)], axis=axis)
+    exp = np.stack([std_to_exp(std)], axis=axis)
+    shape = [1] * exp.ndim
+    shape[axis] = -1
+    t = np.arange(len).reshape(shape)
+    resp = np.where(t <= ofs, (t / ofs) ** exp, 0) / ofs * (exp + 1)
+    resp = resp / np.sum(resp, axis=axis, keepdims=True)
+    return resp
+
+
+def power_function_correlation(a_ofs, a_std, b_ofs, b_std):
+    """Inner product <a, b> of two power-function profiles (spec §7.1).
+
+    Arguments broadcast; `*_ofs` are the profile end times T, `*_std` the relative stds.
+    """
+    a_exp = std_to_exp(a_std)
+    b_exp = std_to_exp(b_std)
+    a_ofs = np.float64(a_ofs)
+    b_ofs = np.float64(b_ofs)
+    t_ratio = a_ofs / b_ofs
+    t_exp = np.where(a_ofs < b_ofs, b_exp, -a_exp)
+    t_max = np.maximum(a_ofs, b_ofs)
+    num = (a_exp + 1) * (b_exp + 1) * t_ratio**t_exp
+    den = (a_exp + b_exp + 1) * t_max
+    return num / den
+
+
+def power_function_beta(std, t_next, t_delta):
+    """Per-step EMA decay `beta = (1 - t_delta / t_next)^(gamma + 1)` (spec §7.1, §14.21)."""
+    beta = (1 - t_delta / t_next) ** (std_to_exp(std) + 1)
+    return beta
+
+
+def solve_posthoc_coefficients(in_ofs, in_std, out_ofs, out_std):
+    """Coefficients X [n_in, n_out] with output_j = sum_i X[i, j] * input_i (spec §7.4 step 5).
+
+    Solves A X = B in float64 with the Gram matrix A of the input profiles and B the inner
+    products of inputs and targets, then normalises every column to sum to 1.
+    """
+    in_ofs, in_std = np.broadcast_arrays(np.float64(in_ofs), np.float64(in_std))
+    out_ofs, out_std = np.broadcast_arrays(np.float64(out_ofs), np.float64(out_std))
+    rv = lambda x: np.float64(x).reshape(-1, 1)  # noqa: E731
+    cv = lambda x: np.float64(x).reshape(1, -1)  # noqa: E731
+    A = power_function_correlation(rv(in_ofs), rv(in_std), cv(in_ofs), cv(in_std))
+    B = power_function_correlation(rv(in_ofs), rv(in_std), cv(out_ofs), cv(out_std))
+    X = np.linalg.solve(A, B)
+    X = X / np.sum(X, axis=0)
+    return X
+
+
+def parse_std_list(text) -> list[float]:
+    """Parse a comma-separated std list with the `...` expansion of spec §7.4.
+
+    `a,b,...,c` inserts `b + step*m` for m = 1..k with step = b - a and
+    k = round((c - b)/step - 1) (accumulated floats, not rounded). The result is sorted and
+    unique; every value must satisfy 0 < std < 0.289. A float or a list passes through.
+    """
+    if isinstance(text, (int, float)):
+        values = [float(text)]
+    elif isinstance(text, (list, tuple)):
+        values = [float(v) for v in text]
+    else:
+        tokens = [t.strip() for t in str(text).split(",") if t.strip() != ""]
+        values = []
+        for idx, token in enumerate(tokens):
+            if token == "...":
+                if len(values) < 2 or idx + 1 >= len(tokens) or tokens[idx + 1] == "...":
+                    raise ConfigError(f"{text!r}: '...' needs two numbers before it and one after, e.g. 0.010,0.015,...,0.250")
+                try:
+                    last = float(tokens[idx + 1])
+                except ValueError:
+                    raise ConfigError(f"{text!r}: {tokens[idx + 1]!r} is not a number") from None
+                prev = values[-1]
+                step = prev - values[-2]
+                if step == 0:
+                    raise ConfigError(f"{text!r}: the two numbers before '...' must differ")
+                k = (last - prev) / step - 1
+                if k < 1 - 1e-4 or abs(k - round(k)) > 1e-4:
+                    raise ConfigError(
+                        f"{text!r}: {last} is not reachable from {prev} in whole steps of {step:g}; "
+                        "fix the end value or the step"
+                    )
+                for m in range(1, int(round(k)) + 1):
+                    values.append(prev + step * m)
+            else:
+                if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", token):
+                    raise ConfigError(f"{text!r}: {token!r} is not a number")
+                values.append(float(token))
+    values = sorted(set(values))
+    bad = [v for v in values if not 0 < v < MAX_STD]
+    if bad:
+        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (spec §7.1)")
+    return values

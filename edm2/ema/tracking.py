@@ -1,0 +1,88 @@
+"""EMA trackers used during training (EDM2-SPEC §7.2, §7.3)."""
+
+import copy
+
+import torch
+
+from edm2.ema.maths import power_function_beta
+
+
+class PowerFunctionEMA:
+    """One power-function EMA of the network per relative std (spec §7.2).
+
+    Only parameters are averaged; buffers are copied from the live net when read.
+    """
+
+    @torch.no_grad()
+    def __init__(self, net: torch.nn.Module, stds=(0.050, 0.100)):
+        self.net = net
+        self.stds = list(stds)
+        self.emas = [copy.deepcopy(net) for _std in self.stds]
+
+    @torch.no_grad()
+    def reset(self):
+        for ema in self.emas:
+            for p_net, p_ema in zip(self.net.parameters(), ema.parameters()):
+                p_ema.copy_(p_net)
+
+    @torch.no_grad()
+    def update(self, cur_nimg, batch_size):
+        # Called after cur_nimg += batch_size, so beta = 0 on the first step (spec §14.21).
+        for std, ema in zip(self.stds, self.emas):
+            beta = power_function_beta(std=std, t_next=cur_nimg, t_delta=batch_size)
+            for p_net, p_ema in zip(self.net.parameters(), ema.parameters()):
+                p_ema.lerp_(p_net, 1 - beta)
+
+    @torch.no_grad()
+    def get(self):
+        for ema in self.emas:
+            for b_net, b_ema in zip(self.net.buffers(), ema.buffers()):
+                b_ema.copy_(b_net)
+        return [(ema, f"-{std:.3f}") for std, ema in zip(self.stds, self.emas)]
+
+    def state_dict(self):
+        return dict(stds=self.stds, emas=[ema.state_dict() for ema in self.emas])
+
+    def load_state_dict(self, state):
+        self.stds = list(state["stds"])
+        for ema, s_ema in zip(self.emas, state["emas"]):
+            ema.load_state_dict(s_ema)
+
+
+class TraditionalEMA:
+    """Classic exponential EMA with a half-life and ramp-up (spec §7.3; available, unused)."""
+
+    @torch.no_grad()
+    def __init__(self, net: torch.nn.Module, halflife_Mimg=float("inf"), rampup_ratio=0.09):
+        self.net = net
+        self.halflife_Mimg = halflife_Mimg
+        self.rampup_ratio = rampup_ratio
+        self.ema = copy.deepcopy(net)
+
+    @torch.no_grad()
+    def reset(self):
+        for p_net, p_ema in zip(self.net.parameters(), self.ema.parameters()):
+            p_ema.copy_(p_net)
+
+    @torch.no_grad()
+    def update(self, cur_nimg, batch_size):
+        halflife_Mimg = self.halflife_Mimg
+        if self.rampup_ratio is not None:
+            halflife_Mimg = min(halflife_Mimg, cur_nimg / 1e6 * self.rampup_ratio)
+        beta = 0.5 ** (batch_size / max(halflife_Mimg * 1e6, 1e-8))
+        for p_net, p_ema in zip(self.net.parameters(), self.ema.parameters()):
+            p_ema.lerp_(p_net, 1 - beta)
+
+    @torch.no_grad()
+    def get(self):
+        for b_net, b_ema in zip(self.net.buffers(), self.ema.buffers()):
+            b_ema.copy_(b_net)
+        return self.ema
+
+    def state_dict(self):
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state):
+        self.ema.load_state_dict(state)
+
+
