@@ -106,7 +106,9 @@ def parse_std_list(text) -> list[float]:
         for idx, token in enumerate(tokens):
             if token == "...":
                 if len(values) < 2 or idx + 1 >= len(tokens) or tokens[idx + 1] == "...":
-                    raise ConfigError(f"{text!r}: '...' needs two numbers before it and one after, e.g. 0.010,0.015,...,0.250")
+                    raise ConfigError(
+                        f"{text!r}: '...' needs two numbers before it and one after, e.g. 0.010,0.015,...,0.250"
+                    )
                 try:
                     last = float(tokens[idx + 1])
                 except ValueError:

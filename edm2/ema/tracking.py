@@ -84,5 +84,3 @@ class TraditionalEMA:
 
     def load_state_dict(self, state):
         self.ema.load_state_dict(state)
-
-

@@ -1,0 +1,36 @@
+"""Feature detectors, statistics, Fréchet distance and FLOP counting (EDM2-SPEC §11-§12).
+
+Names are imported on first use, so `import edm2.metrics` stays light (no Inception, no
+transformers) and `count_flops` resolves even while `flops.py` is absent elsewhere.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "frechet_distance": "edm2.metrics.frechet",
+    "count_flops": "edm2.metrics.flops",
+    "FeatureStats": "edm2.metrics.stats",
+    "save_stats": "edm2.metrics.stats",
+    "load_stats": "edm2.metrics.stats",
+    "load_detector": "edm2.metrics.detectors",
+    "METRICS": "edm2.metrics.detectors",
+    "FIDInceptionV3": "edm2.metrics.inception",
+    "CNNClassifier": "edm2.metrics.cnn",
+    "train_detector": "edm2.metrics.cnn",
+    "reference_stats": "edm2.metrics.evaluate",
+    "calc_metrics": "edm2.metrics.evaluate",
+    "gen_metrics": "edm2.metrics.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edm2.metrics' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

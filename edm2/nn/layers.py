@@ -60,9 +60,7 @@ def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
     if mode == "down":
         return torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
     assert mode == "up", f"unknown resample mode {mode!r}"
-    return torch.nn.functional.conv_transpose2d(
-        x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,)
-    )
+    return torch.nn.functional.conv_transpose2d(x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
 
 
 class MPFourier(torch.nn.Module):

@@ -91,8 +91,10 @@ class UNet(torch.nn.Module):
         label_dim: int,  # Class label dimensionality. 0 = unconditional.
         model_channels: int = 192,  # Base multiplier for the number of channels.
         channel_mult=(1, 2, 3, 4),  # Per-resolution multipliers for the number of channels.
-        channel_mult_noise: int | None = None,  # Multiplier for noise embedding dims. None = select based on channel_mult.
-        channel_mult_emb: int | None = None,  # Multiplier for final embedding dims. None = select based on channel_mult.
+        channel_mult_noise: int
+        | None = None,  # Multiplier for noise embedding dims. None = select based on channel_mult.
+        channel_mult_emb: int
+        | None = None,  # Multiplier for final embedding dims. None = select based on channel_mult.
         num_blocks: int = 3,  # Number of residual blocks per resolution.
         attn_resolutions=(16, 8),  # List of resolutions with self-attention.
         label_balance: float = 0.5,  # Balance between noise embedding (0) and class embedding (1).
@@ -215,7 +217,9 @@ class Precond(torch.nn.Module):
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
         base = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(base)
-        sigma = torch.as_tensor(sigma, device=x.device).to(base).reshape(-1, 1, 1, 1)
+        # A Python/NumPy sigma is converted straight to `base` (not via float32) so that float64
+        # runs keep every digit; a tensor sigma is cast like the official `sigma.to(float32)`.
+        sigma = torch.as_tensor(sigma, dtype=base, device=x.device).reshape(-1, 1, 1, 1)
         if self.label_dim == 0:
             class_labels = None
         elif class_labels is None:

@@ -1,0 +1,103 @@
+"""`edm2 generate`: images from a network, a URL or a released preset (EDM2-SPEC §8)."""
+
+import click
+
+
+def _parse_seeds(ctx, param, value):
+    from edm2.errors import ConfigError
+    from edm2.utils import parse_int_list
+
+    try:
+        return parse_int_list(value)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--preset", metavar="NAME", help="Generation preset (spec §8.4); fills --net, --gnet, --guidance when unset."
+)
+@click.option(
+    "--net", metavar="FILE|URL|PRESET", help="Main network: .safetensors snapshot, official .pkl, URL or preset."
+)
+@click.option("--gnet", metavar="FILE|URL|PRESET", help="Guiding network (used only when --guidance != 1).")
+@click.option("--outdir", required=True, metavar="DIR", help="Where to save the output images.")
+@click.option("--subdirs", is_flag=True, help="Put seed s into the subfolder {s//1000*1000:06d}/.")
+@click.option(
+    "--seeds", default="16-19", show_default=True, callback=_parse_seeds, metavar="LIST", help="Seeds, e.g. 0,5,10-19."
+)
+@click.option("--class", "class_idx", type=click.IntRange(min=0), metavar="INT", help="Class label  [default: random]")
+@click.option(
+    "--batch",
+    "max_batch",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Maximum batch size per rank.",
+)
+@click.option(
+    "--steps", "num_steps", type=click.IntRange(min=2), default=32, show_default=True, help="Number of sampling steps."
+)
+@click.option(
+    "--sigma_min",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.002,
+    show_default=True,
+    help="Lowest noise level.",
+)
+@click.option(
+    "--sigma_max",
+    type=click.FloatRange(min=0, min_open=True),
+    default=80.0,
+    show_default=True,
+    help="Highest noise level.",
+)
+@click.option(
+    "--rho", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True, help="Time step exponent."
+)
+@click.option("--guidance", type=float, metavar="FLOAT", help="Guidance strength  [default: 1 (no guidance)]")
+@click.option(
+    "--S_churn", "S_churn", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Stochasticity strength."
+)
+@click.option(
+    "--S_min", "S_min", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Stochastic min noise level."
+)
+@click.option(
+    "--S_max",
+    "S_max",
+    type=click.FloatRange(min=0),
+    default=float("inf"),
+    show_default=True,
+    help="Stochastic max noise level.",
+)
+@click.option("--S_noise", "S_noise", type=float, default=1.0, show_default=True, help="Stochastic noise inflation.")
+@click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
+def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, device, **sampler):
+    """Generate images with the EDM sampler, one PNG per seed ({outdir}/{seed:06d}.png).
+
+    The network may be an edm2 snapshot, an official EDM2 pickle (read without executing it), an
+    http(s):// URL of either (cached under $EDM2_CACHE_DIR, default ~/.cache/edm2) or the name of
+    a released preset. Under torchrun the seeds are split across the ranks; an image depends only
+    on its seed, not on --batch or the number of ranks.
+
+    \b
+    Examples:
+      edm2 generate --net runs/demo/phema/phema-0000065-0.100.safetensors --outdir out --seeds 0-63
+      edm2 generate --preset edm2-img512-s-guid-dino --outdir out
+      torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
+          --outdir out --subdirs --seeds 0-49999
+    """
+    from edm2.sample.generate import generate_images
+
+    generate_images(
+        outdir=outdir,
+        net=net,
+        gnet=gnet,
+        preset=preset,
+        seeds=seeds,
+        class_idx=class_idx,
+        max_batch=max_batch,
+        subdirs=subdirs,
+        device=device,
+        **sampler,
+    )

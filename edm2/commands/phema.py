@@ -1,0 +1,71 @@
+"""`edm2 phema`: post-hoc EMA reconstruction (thin wrapper over edm2.ema.phema)."""
+
+import click
+
+
+@click.command("phema")
+@click.option(
+    "--indir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of input snapshots (*.safetensors or official *.pkl)",
+)
+@click.option("--inprefix", default=None, help="Only inputs whose file name prefix is exactly this")
+@click.option("--instd", default=None, help="Only inputs with these EMA stds, e.g. 0.050,0.100")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where to write the reconstructions")
+@click.option("--outprefix", default="phema", show_default=True, help="File name prefix of the outputs")
+@click.option("--outstd", required=True, help="EMA stds to reconstruct, e.g. 0.010,0.015,...,0.250 (0 < std < 0.289)")
+@click.option("--outkimg", type=int, default=None, help="Training kimg to reconstruct at  [default: the latest input]")
+@click.option("--skip", is_flag=True, help="Skip outputs that already exist")
+@click.option("--max-memory", default="2GiB", show_default=True, help="Peak memory budget, e.g. 1GiB, 512MiB")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="Accumulation dtype",
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Accepted for compatibility with the official tool; ignored (one pass always)",
+)
+def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_memory, dtype, batch):
+    """Reconstruct networks with new EMA lengths from training snapshots (EDM2 post-hoc EMA).
+
+    Reads every input once, whatever the number of outputs, with peak memory under
+    --max-memory, and writes OUTDIR/<outprefix>-<kimg>-<std>.safetensors.
+
+    \b
+    Examples:
+      edm2 phema --indir runs/demo --outdir runs/demo/phema --outstd 0.050,0.100
+      edm2 phema --indir runs/xs --outdir out --outstd 0.010,0.015,...,0.250 --outkimg 2147483
+      edm2 phema --indir official-snapshots --inprefix network-snapshot --outdir out --outstd 0.135
+    """
+    import torch
+
+    from edm2.ema.phema import reconstruct_phema
+
+    result = reconstruct_phema(
+        indir,
+        outdir,
+        outstd,
+        inprefix=inprefix,
+        instd=instd,
+        outprefix=outprefix,
+        outkimg=outkimg,
+        skip=skip,
+        max_memory=max_memory,
+        dtype=getattr(torch, dtype),
+        progress=True,
+    )
+    if not result["outputs"]:
+        click.echo("Nothing to do: every output exists (--skip).")
+        return
+    click.echo(
+        f"Wrote {len(result['outputs'])} reconstructions at kimg {result['out_nimg'] // 1000} "
+        f"from {len(result['inputs'])} inputs to {outdir} ({result['bytes_read'] / 2**30:.2f} GiB read, "
+        f"{result['wall_s']:.1f} s)"
+    )

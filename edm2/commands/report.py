@@ -1,0 +1,226 @@
+"""`edm2 report`: plots and paper-style tables from result files (thin wrappers over edm2.report)."""
+
+import json
+import shlex
+from pathlib import Path
+
+import click
+
+from edm2.errors import ConfigError, DataError
+
+
+def _metric_list(value: str) -> list[str]:
+    metrics = [m.strip() for m in value.split(",") if m.strip()]
+    if not metrics:
+        raise click.BadParameter("give at least one metric, e.g. fid,fd_dinov2")
+    return metrics
+
+
+@click.group(name="report")
+def report():
+    """Plots and paper-style tables from result files.
+
+    \b
+    Examples:
+      edm2 report aggregate --out scores.csv --best best.csv results/scores/*/*/ema-*.json
+      edm2 report plots --scores scores.csv --metrics fid --run xs=runs/xs/train-1a2b3c4d --outdir plots
+      edm2 report tables --scores scores.csv --metrics fid,fd_dinov2 --out tables/table2
+      edm2 report model-info --net phema-0002147-0.100.safetensors --run xs --label XS --out xs.json
+    """
+
+
+@report.command()
+@click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tidy CSV: one row per score file and metric.")
+@click.option("--best", "best_out", type=click.Path(dir_okay=False), help="CSV of the best EMA length per run, guidance setting and metric.")
+@click.option("--model-info", "model_infos", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Model info JSON of a run (repeat); adds label, Mparams, Gflops.")
+@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help="Value reported over the seed ranges (the paper: min of 3).")
+def aggregate(scores, out, best_out, model_infos, statistic):
+    """Score JSONs (edm2 metrics gen --json) -> tidy CSV tables.
+
+    The run and guidance setting of each score are read from its path,
+    .../<run>/<guidance>/ema-<std>.json, as the workflow writes them.
+
+    \b
+    Example:
+      edm2 report aggregate --out scores.csv --best best.csv --model-info runs/xs/model-info.json scores/xs/*/ema-*.json
+    """
+    from edm2.report.results import BEST_COLUMNS, SCORE_COLUMNS, aggregate, best_rows, write_csv
+
+    rows = aggregate(scores, model_infos, statistic)
+    write_csv(out, rows, SCORE_COLUMNS)
+    if best_out:
+        write_csv(best_out, best_rows(rows), BEST_COLUMNS)
+    click.echo(f"{len(rows)} rows from {len(scores)} score files -> {out}")
+
+
+@report.command()
+@click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False), help="Tidy CSV from `edm2 report aggregate`.")
+@click.option("--metrics", required=True, help="Comma-separated metrics to plot, e.g. fid,fd_dinov2.")
+@click.option("--run", "runs", multiple=True, metavar="NAME=DIR", help="A training run folder (holding stats.jsonl) for the loss plot; repeat.")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the PNG and SVG files.")
+@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help="Only used in axis labels.")
+def plots(scores, metrics, runs, outdir, statistic):
+    """The paper's plots: metric vs EMA length, best metric vs Gflops, training loss.
+
+    Writes ema-sweep-<metric>, gflops-<metric> and training-loss, each as PNG and SVG.
+
+    \b
+    Example:
+      edm2 report plots --scores scores.csv --metrics fd_cnn --run mc16=results/runs/mc16/train-1a2b3c4d --outdir plots
+    """
+    from edm2.report.plots import plot_ema_sweep, plot_gflops, plot_training_loss
+    from edm2.report.results import best_rows, read_csv
+
+    rows = read_csv(scores)
+    best = best_rows(rows)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for metric in _metric_list(metrics):
+        plot_ema_sweep(rows, metric, outdir / f"ema-sweep-{metric}", statistic)
+        plot_gflops(best, metric, outdir / f"gflops-{metric}")
+    stats = {}
+    for item in runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise click.BadParameter(f"{item!r} is not NAME=DIR", param_hint="--run")
+        stats[name] = Path(folder) / "stats.jsonl"
+    labels = {r["run"]: r["label"] for r in rows}
+    plot_training_loss(stats, outdir / "training-loss", labels)
+    click.echo(f"plots -> {outdir}")
+
+
+@report.command()
+@click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False), help="Tidy CSV from `edm2 report aggregate`.")
+@click.option("--metrics", required=True, help="Comma-separated metrics (table columns, in order).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output stem: writes STEM.csv, STEM.md, STEM.tex.")
+def tables(scores, metrics, out):
+    """The paper's Table 2 layout as CSV, Markdown and LaTeX.
+
+    Per model: Mparams, Gflops, NFE, and per metric the best value and EMA length
+    without guidance and with guidance (value, EMA length, weight).
+
+    \b
+    Example:
+      edm2 report tables --scores scores.csv --metrics fid,fd_dinov2 --out tables/table2
+    """
+    from edm2.report.results import read_csv
+    from edm2.report.tables import write_table2
+
+    paths = write_table2(read_csv(scores), _metric_list(metrics), out)
+    click.echo("tables -> " + ", ".join(str(p) for p in paths))
+
+
+@report.command()
+@click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--grid", required=True, help="The coarse grid of EMA stds, comma-separated.")
+@click.option("--points", type=click.IntRange(1, 64), default=4, show_default=True, help="Finer EMA lengths per (run, guidance setting).")
+@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON with the chosen stds.")
+def refine(scores, grid, points, statistic, out):
+    """Choose finer EMA lengths around the best coarse one of every (run, guidance setting).
+
+    \b
+    Example:
+      edm2 report refine --grid 0.050,0.100,0.150 --points 4 --out grid.json scores/*/*/ema-*.json
+    """
+    from edm2.io.atomic import atomic_write_text
+    from edm2.report.refine import refine as choose
+    from edm2.report.results import aggregate as read_all
+
+    try:
+        values = [float(v) for v in grid.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{grid!r} is not a comma-separated list of numbers", param_hint="--grid") from None
+    result = choose(read_all(scores, (), statistic), values, points)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result["stds"]))
+
+
+@report.command()
+@click.option("--best", "best_csv", required=True, type=click.Path(exists=True, dir_okay=False), help="best.csv from `edm2 report aggregate`.")
+@click.option("--run", required=True, help="Run name.")
+@click.option("--guidance", required=True, help="Guidance setting name.")
+@click.option("--metric", required=True, help="Metric that decides.")
+@click.option("--shell", "as_shell", is_flag=True, help="Print `edm2 generate` options (--net, --gnet, --guidance), shell-quoted.")
+def best(best_csv, run, guidance, metric, as_shell):
+    """The best EMA length of a run: its row as JSON, or generation options with --shell.
+
+    \b
+    Example:
+      edm2 generate $(edm2 report best --best best.csv --run xs --guidance noguid --metric fid --shell) --seeds 0-63 --outdir out
+    """
+    from edm2.report.results import read_csv
+
+    rows = [r for r in read_csv(best_csv) if r["run"] == run and r["guidance"] == guidance and r["metric"] == metric]
+    if not rows:
+        raise DataError(f"{best_csv}: no score of run {run!r}, guidance {guidance!r}, metric {metric!r}; check the names")
+    row = rows[0]
+    if not as_shell:
+        click.echo(json.dumps(row))
+        return
+    if not row.get("network"):
+        raise DataError(f"{best_csv}: the best score of {run}/{guidance} does not name its network")
+    args = ["--net", row["network"]]
+    if row.get("gnet") and row.get("guidance_weight") not in (None, 1.0):
+        args += ["--gnet", row["gnet"], "--guidance", f"{row['guidance_weight']:g}"]
+    click.echo(" ".join(shlex.quote(a) for a in args))
+
+
+@report.command()
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of PNGs (searched recursively).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
+@click.option("--columns", type=click.IntRange(1, None), help="Images per row (default: near-square).")
+@click.option("--min-size", type=click.IntRange(1, None), default=64, show_default=True, help="Upscale small images (nearest) to at least this many pixels.")
+def grid(images, out, columns, min_size):
+    """A grid image of generated samples.
+
+    \b
+    Example:
+      edm2 report grid --images out/ --out samples.png
+    """
+    from edm2.report.images import save_grid
+
+    click.echo(f"grid -> {save_grid(images, out, columns=columns, min_size=min_size)}")
+
+
+@report.command(name="model-info")
+@click.option("--net", required=True, type=click.Path(exists=True, dir_okay=False), help="A snapshot or phema .safetensors file.")
+@click.option("--run", help="Run name (default: the file's folder).")
+@click.option("--label", help="Display name in tables and plots (default: the run name).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON.")
+def model_info(net, run, label, out):
+    """Parameter count and Gflops of a network (official counting convention), as JSON.
+
+    \b
+    Example:
+      edm2 report model-info --net phema-0002147-0.100.safetensors --run xs --label XS --out xs.json
+    """
+    from edm2.io.atomic import atomic_write_text
+    from edm2.report.info import model_info as facts
+
+    info = facts(net, run=run, label=label)
+    atomic_write_text(out, json.dumps(info, indent=2) + "\n")
+    click.echo(f"{info['label']}: {info['mparams']:.3f} Mparams, {info['gflops']:.4f} Gflops -> {out}")
+
+
+@report.command()
+@click.argument("plots", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--best", "best_csv", required=True, type=click.Path(exists=True, dir_okay=False), help="best.csv from `edm2 report aggregate`.")
+@click.option("--table", "table_md", required=True, type=click.Path(exists=True, dir_okay=False), help="table2.md from `edm2 report tables`.")
+@click.option("--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat).")
+@click.option("--md", "md_path", required=True, type=click.Path(dir_okay=False), help="Output Markdown.")
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="Output HTML (images embedded).")
+def summary(plots, best_csv, table_md, samples, md_path, html_path):
+    """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
+
+    \b
+    Example:
+      edm2 report summary --best best.csv --table table2.md --samples s.png --md summary.md --html summary.html plots/*.png
+    """
+    from edm2.report.summary import write_summary
+
+    if Path(md_path).resolve() == Path(html_path).resolve():
+        raise ConfigError("--md and --html name the same file; give two different paths")
+    write_summary(best_csv, table_md, plots, samples, md_path, html_path)
+    click.echo(f"summary -> {md_path}, {html_path}")

@@ -1,0 +1,526 @@
+"""Safe import of the official EDM2 pickles (network snapshots, post-hoc reconstructions and
+`dataset-refs` statistics) without executing anything stored in them (EDM2-SPEC §14.36).
+
+The released files were written with plain `pickle.dump` of objects whose classes are wrapped
+by NVIDIA's `torch_utils.persistence`: such an object pickles as a call
+
+    torch_utils.persistence._reconstruct_persistent_obj(meta)
+    meta = {'type': 'class', 'version': 6, 'module_src': <Python source of the defining module>,
+            'class_name': 'Precond', 'state': <the object's __dict__>}
+
+and loading it normally *executes* `module_src`. `SafeUnpickler` below resolves every global
+the stream names through a fixed allow-list instead: the persistence call becomes a
+`PersistentObject` stand-in that only records `class_name` and `state` (the class name must be
+one of the known EDM2 classes; the source is never looked at), torch tensors are rebuilt from
+their storages with `torch.load(weights_only=True)`, NumPy arrays, `OrderedDict`, sets and
+`dnnlib.EasyDict` are rebuilt as data, and any other global (`os.system`, `builtins.eval`,
+`subprocess.Popen`, ...) is refused with a `FormatError` naming it. The network is then
+rebuilt as `edm2.nn.Precond` from the stored constructor arguments and its state dict.
+"""
+
+import inspect
+import io
+import math
+import pickle
+import re
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edm2.errors import FormatError
+
+# The classes the official code wraps with `persistence.persistent_class`, by class name.
+NETWORK_CLASSES = ("Precond", "UNet", "Block", "MPConv", "MPFourier")  # training/networks_edm2.py
+ENCODER_CLASSES = ("StandardRGBEncoder", "StabilityVAEEncoder")  # training/encoders.py
+LOSS_CLASSES = ("EDM2Loss",)  # training/training_loop.py
+KNOWN_CLASSES = NETWORK_CLASSES + ENCODER_CLASSES + LOSS_CLASSES
+
+# Plain torch containers that appear inside the network (UNet.enc / UNet.dec are ModuleDicts).
+TORCH_MODULE_CLASSES = ("ModuleDict", "ModuleList", "Sequential", "Identity")
+
+_STABILITY_VAE_DEFAULTS = dict(
+    vae_name="stabilityai/sd-vae-ft-mse",
+    raw_mean=[5.81, 3.25, 0.12, -2.15],
+    raw_std=[4.17, 4.62, 3.71, 3.28],
+    final_mean=0.0,
+    final_std=0.5,
+    batch_size=8,
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-ins for the objects of the pickle stream.
+
+
+class PersistentObject:
+    """What `_reconstruct_persistent_obj(meta)` yields here: the class name and the state."""
+
+    def __init__(self, class_name: str, state: dict, version):
+        self.class_name = class_name
+        self.state = state
+        self.version = version
+
+    def __repr__(self):
+        return f"PersistentObject({self.class_name})"
+
+
+class TorchModuleObject:
+    """A plain torch container module (`ModuleDict`, ...): the state set by pickle's BUILD."""
+
+    class_name = "Module"
+
+    def __init__(self, *args):
+        self.state = {}
+
+    def __setstate__(self, state):
+        if not isinstance(state, dict):
+            raise FormatError(f"{self.class_name} state is a {type(state).__name__}, expected a dict")
+        self.state = state
+
+    def __repr__(self):
+        return f"TorchModuleObject({self.class_name})"
+
+
+def _torch_module_class(name):
+    return type(name, (TorchModuleObject,), {"class_name": name})
+
+
+class EasyDict(dict):
+    """Stand-in for `dnnlib.EasyDict` (a dict subclass); turned into a plain dict afterwards."""
+
+    def __setstate__(self, state):
+        if state:  # EasyDict keeps everything in its items; a non-empty __dict__ is not EasyDict
+            raise FormatError("dnnlib.EasyDict with instance attributes is not an EDM2 EasyDict")
+
+
+def _reconstruct_persistent_obj(meta):
+    """Safe replacement for `torch_utils.persistence._reconstruct_persistent_obj`: never runs
+    `meta['module_src']`, only checks the class name and keeps the state."""
+    if not isinstance(meta, dict) or meta.get("type") != "class":
+        raise FormatError("persistent object with an unknown meta format (expected type='class')")
+    class_name = meta.get("class_name")
+    if class_name not in KNOWN_CLASSES:
+        raise FormatError(
+            f"persistent class {class_name!r} is not one of the known EDM2 classes ({', '.join(KNOWN_CLASSES)}); "
+            "refusing to load it (its source code is stored in the pickle and is never executed)"
+        )
+    state = meta.get("state")
+    if state is None:
+        state = {}
+    if not isinstance(state, dict):
+        raise FormatError(f"persistent {class_name} has a state of type {type(state).__name__}, expected a dict")
+    return PersistentObject(class_name, dict(state), meta.get("version"))
+
+
+def _load_from_bytes(data):
+    """Safe replacement for `torch.storage._load_from_bytes`: the bytes are a legacy
+    `torch.save` of one storage, read with `torch.load(weights_only=True)`."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise FormatError(f"torch storage payload is a {type(data).__name__}, expected bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage deprecation
+            storage = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise FormatError(f"torch storage could not be read safely ({type(e).__name__}: {e})") from None
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise FormatError(f"torch storage payload holds a {type(storage).__name__}, expected a storage")
+    return storage
+
+
+def _int_tuple(value, what):
+    if not isinstance(value, (tuple, list, torch.Size)) or not all(isinstance(v, int) and v >= 0 for v in value):
+        raise FormatError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+    return tuple(value)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
+    """Safe replacement for `torch._utils._rebuild_tensor_v2` (checks the view fits the storage)."""
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise FormatError(f"tensor storage is a {type(storage).__name__}, expected a torch storage")
+    size = _int_tuple(size, "size")
+    stride = _int_tuple(stride, "stride")
+    if not isinstance(storage_offset, int) or storage_offset < 0 or len(size) != len(stride):
+        raise FormatError(f"tensor view (offset {storage_offset!r}, size {size}, stride {stride}) is malformed")
+    numel = storage._size()
+    if math.prod(size) > 0 and storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) >= numel:
+        raise FormatError(
+            f"tensor view of size {size} at offset {storage_offset} overruns its storage ({numel} elements)"
+        )
+    tensor = torch.empty((0,), dtype=storage.dtype)
+    tensor.set_(storage._untyped_storage, storage_offset, size, stride)
+    return tensor
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
+    """Safe replacement for `torch._utils._rebuild_parameter[_with_state]`: a plain tensor."""
+    if not isinstance(data, torch.Tensor):
+        raise FormatError(f"parameter data is a {type(data).__name__}, expected a tensor")
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    """Safe replacement for `torch._tensor._rebuild_from_type_v2` (tensor types only)."""
+    if func not in (_rebuild_tensor_v2, _rebuild_parameter) or new_type not in (torch.Tensor, torch.nn.Parameter):
+        raise FormatError("tensor rebuilt through an unexpected function or type")
+    return func(*args)
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    """`_codecs.encode`, used by pickle protocol 2 for bytes; only latin-1 text is accepted."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise FormatError("_codecs.encode used for something other than latin-1 bytes")
+    return text.encode("latin1")
+
+
+def _numpy_dtype(spec, align=False, copy=False):
+    dtype = np.dtype(spec, align, copy)
+    if dtype.hasobject:
+        raise FormatError("NumPy arrays of Python objects are not accepted")
+    return dtype
+
+
+def _numpy_globals():
+    from numpy._core import multiarray, numeric  # numpy >= 2; the pickles may name numpy.core.*
+
+    table = {}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        table[(module, "_reconstruct")] = multiarray._reconstruct
+        table[(module, "scalar")] = multiarray.scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        table[(module, "_frombuffer")] = numeric._frombuffer
+    table[("numpy", "ndarray")] = np.ndarray
+    table[("numpy", "dtype")] = _numpy_dtype
+    # Scalar dtype classes that `numpy.dtype` pickles may name in newer NumPy versions.
+    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
+        table[("numpy", name)] = getattr(np, name)
+    for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "UInt8DType", "BoolDType"):
+        cls = getattr(np.dtypes, name, None)
+        if cls is not None:
+            table[("numpy.dtypes", name)] = cls
+    return table
+
+
+_TORCH_DTYPES = (
+    "float16",
+    "bfloat16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "bool",
+)
+
+
+def _allowed_globals():
+    table = {
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+        ("dnnlib.util", "EasyDict"): EasyDict,
+        ("dnnlib", "EasyDict"): EasyDict,
+        ("collections", "OrderedDict"): OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("__builtin__", "set"): set,
+        ("__builtin__", "frozenset"): frozenset,
+        ("_codecs", "encode"): _codecs_encode,
+        ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+        ("torch", "Tensor"): torch.Tensor,
+        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+        ("torch", "Size"): torch.Size,
+    }
+    for name in _TORCH_DTYPES:
+        table[("torch", name)] = getattr(torch, name)
+    for name in TORCH_MODULE_CLASSES:
+        cls = _torch_module_class(name)
+        for module in ("torch.nn.modules.container", "torch.nn.modules.linear", "torch.nn"):
+            table[(module, name)] = cls
+    table[("torch.nn.modules.module", "Module")] = _torch_module_class("Module")
+    table.update(_numpy_globals())
+    return table
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that resolves globals only through the allow-list of this module."""
+
+    _allowed = None
+
+    def find_class(self, module, name):
+        if SafeUnpickler._allowed is None:
+            SafeUnpickler._allowed = _allowed_globals()
+        target = SafeUnpickler._allowed.get((module, name))
+        if target is None:
+            raise FormatError(
+                f"refusing to load global '{module}.{name}' named by the pickle: it is not part of the official "
+                "EDM2 file formats (the file may be malicious or from another codebase); nothing was executed"
+            )
+        return target
+
+    def persistent_load(self, pid):
+        raise FormatError("the pickle uses persistent ids (a torch.save file?); official EDM2 pickles do not")
+
+
+def safe_load(path_or_file):
+    """Unpickle a file with `SafeUnpickler` and return the raw object tree (stand-ins included)."""
+    name = getattr(path_or_file, "name", path_or_file)
+    if isinstance(path_or_file, (str, Path)):
+        try:
+            f = open(path_or_file, "rb")
+        except FileNotFoundError:
+            raise FormatError(f"{path_or_file}: no such file") from None
+        with f:
+            return _safe_load_file(f, name)
+    return _safe_load_file(path_or_file, name)
+
+
+def _safe_load_file(f, name):
+    head = f.read(2)
+    f.seek(-len(head), io.SEEK_CUR)
+    if head == b"PK":
+        raise FormatError(f"{name}: a ZIP archive (torch.save?), not an official EDM2 pickle")
+    try:
+        return SafeUnpickler(f).load()
+    except FormatError as e:
+        raise FormatError(f"{name}: {e}") from None
+    except Exception as e:
+        raise FormatError(f"{name}: not a readable EDM2 pickle ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Turning the stand-ins into our objects.
+
+
+def to_plain(obj, where="value"):
+    """Convert unpickled data into plain Python (dicts, lists, numbers, arrays, tensors)."""
+    if isinstance(obj, (PersistentObject, TorchModuleObject)):
+        raise FormatError(f"{where} is a {obj.class_name} object where plain data was expected")
+    if isinstance(obj, dict):
+        return {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _json_value(value, where):
+    """Constructor arguments as JSON-ready values (lists for tuples, Python scalars)."""
+    value = to_plain(value, where)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        raise FormatError(f"{where} is a tensor; expected a plain constructor argument")
+    return value
+
+
+def _init_kwargs(obj: PersistentObject, signature_of) -> dict:
+    """The recorded constructor arguments of a persistent object, all as keywords."""
+    args = obj.state.get("_init_args") or ()
+    kwargs = obj.state.get("_init_kwargs") or {}
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+        raise FormatError(f"{obj.class_name}: recorded constructor arguments are malformed")
+    try:
+        bound = inspect.signature(signature_of).bind(*args, **kwargs)
+    except TypeError as e:
+        raise FormatError(f"{obj.class_name}: recorded constructor arguments do not fit ({e})") from None
+    result = {}
+    for name, value in bound.arguments.items():
+        param = inspect.signature(signature_of).parameters[name]
+        if param.kind == inspect.Parameter.VAR_KEYWORD:
+            result.update({k: _json_value(v, f"{obj.class_name}.{k}") for k, v in value.items()})
+        else:
+            result[name] = _json_value(value, f"{obj.class_name}.{name}")
+    return result
+
+
+def _module_state_dict(obj, prefix="", out=None) -> dict:
+    """Walk the pickled module tree and collect parameters and persistent buffers."""
+    out = {} if out is None else out
+    state = obj.state
+    non_persistent = set(state.get("_non_persistent_buffers_set") or ())
+    for kind in ("_parameters", "_buffers"):
+        for name, value in (state.get(kind) or {}).items():
+            if value is None or (kind == "_buffers" and name in non_persistent):
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise FormatError(f"{prefix}{name} is a {type(value).__name__}, expected a tensor")
+            out[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        if child is None:
+            continue
+        if not isinstance(child, (PersistentObject, TorchModuleObject)):
+            raise FormatError(f"submodule {prefix}{name} is a {type(child).__name__}, expected a module")
+        _module_state_dict(child, f"{prefix}{name}.", out)
+    return out
+
+
+def network_from_object(obj, dtype: torch.dtype | None = torch.float32):
+    """Rebuild an official `Precond` stand-in as an eval-mode `edm2.nn.Precond`.
+
+    Returns `(net, network_kwargs)`; `dtype` casts floating tensors (None keeps fp16).
+    """
+    from edm2.io.snapshot import build_network
+    from edm2.nn import Precond
+
+    if not isinstance(obj, PersistentObject) or obj.class_name != "Precond":
+        found = getattr(obj, "class_name", type(obj).__name__)
+        raise FormatError(f"the network is a {found}, expected an EDM2 Precond")
+    if "_init_kwargs" not in obj.state and "_init_args" not in obj.state:
+        raise FormatError("Precond has no recorded constructor arguments (_init_args/_init_kwargs)")
+    network_kwargs = _init_kwargs(obj, Precond)
+    state_dict = _module_state_dict(obj)
+    try:
+        net = build_network(network_kwargs, device="meta")
+    except Exception as e:
+        raise FormatError(f"Precond arguments {network_kwargs} are not supported by edm2.nn.Precond ({e})") from None
+    try:
+        net.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise FormatError(f"the pickled Precond weights do not match edm2.nn.Precond: {e}") from None
+    if dtype is not None:
+        net = net.to(dtype)
+    net.eval().requires_grad_(False)
+    return net, network_kwargs
+
+
+def encoder_config_from_object(obj) -> dict:
+    """Encoder config dict (docs/HELPERS.md) from an official encoder stand-in."""
+    if not isinstance(obj, PersistentObject) or obj.class_name not in ENCODER_CLASSES:
+        found = getattr(obj, "class_name", type(obj).__name__)
+        raise FormatError(f"the encoder is a {found}, expected one of {', '.join(ENCODER_CLASSES)}")
+    if obj.class_name == "StandardRGBEncoder":
+        return {"class": "StandardRGBEncoder"}
+    kwargs = to_plain(obj.state.get("_init_kwargs") or {}, "StabilityVAEEncoder init kwargs")
+    args = to_plain(obj.state.get("_init_args") or (), "StabilityVAEEncoder init args")
+    kwargs.update(dict(zip(_STABILITY_VAE_DEFAULTS, args)))
+    config = {"class": "StabilityVAEEncoder"}
+    for key, default in _STABILITY_VAE_DEFAULTS.items():
+        value = kwargs.get(key, default)
+        config[key] = [float(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else value
+    config["final_mean"] = float(config["final_mean"])
+    config["final_std"] = float(config["final_std"])
+    config["vae_name"] = str(obj.state.get("vae_name", config["vae_name"]))
+    config["batch_size"] = int(obj.state.get("batch_size", config["batch_size"]))
+    # The state holds scale = final_std/raw_std and bias = final_mean - raw_mean*scale (spec §9.2)
+    # in float32; when they disagree with the recorded arguments, recover raw_mean/raw_std.
+    scale, bias = obj.state.get("scale"), obj.state.get("bias")
+    if scale is not None and bias is not None:
+        scale = np.asarray(scale, dtype=np.float32)
+        bias = np.asarray(bias, dtype=np.float32)
+        exp_scale = np.float32(config["final_std"]) / np.float32(config["raw_std"])
+        exp_bias = np.float32(config["final_mean"]) - np.float32(config["raw_mean"]) * exp_scale
+        if scale.shape != exp_scale.shape or not (np.array_equal(scale, exp_scale) and np.array_equal(bias, exp_bias)):
+            scale64, bias64 = scale.astype(np.float64), bias.astype(np.float64)
+            config["raw_std"] = [float(f"{v:.7g}") for v in config["final_std"] / scale64]
+            config["raw_mean"] = [float(f"{v:.7g}") for v in (config["final_mean"] - bias64) / scale64]
+    return config
+
+
+def loss_kwargs_from_object(obj) -> dict:
+    """`EDM2Loss` arguments (P_mean, P_std, sigma_data) from its stand-in."""
+    if not isinstance(obj, PersistentObject) or obj.class_name not in LOSS_CLASSES:
+        found = getattr(obj, "class_name", type(obj).__name__)
+        raise FormatError(f"the loss is a {found}, expected EDM2Loss")
+    return {k: float(obj.state[k]) for k in ("P_mean", "P_std", "sigma_data") if k in obj.state}
+
+
+def load_official_pickle(path_or_file, dtype: torch.dtype | None = torch.float32) -> dict:
+    """Load an official EDM2 network pickle (training snapshot or post-hoc reconstruction).
+
+    Returns a dict with 'ema' (eval-mode `edm2.nn.Precond`, floating tensors cast to `dtype`;
+    None keeps the stored fp16), 'network_kwargs' (its constructor arguments), 'encoder' (the
+    encoder config dict, or None when the pickle has none), 'dataset_kwargs' (dict or None)
+    and 'loss_fn' (EDM2Loss kwargs or None). Nothing stored in the file is executed.
+    """
+    name = getattr(path_or_file, "name", path_or_file)
+    data = safe_load(path_or_file)
+    if not isinstance(data, dict) or "ema" not in data:
+        raise FormatError(f"{name}: not an EDM2 network pickle (expected a dict with key 'ema')")
+    try:
+        net, network_kwargs = network_from_object(data["ema"], dtype=dtype)
+        encoder = encoder_config_from_object(data["encoder"]) if data.get("encoder") is not None else None
+        loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
+        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+    except FormatError as e:
+        raise FormatError(f"{name}: {e}") from None
+    return {
+        "ema": net,
+        "network_kwargs": network_kwargs,
+        "encoder": encoder,
+        "dataset_kwargs": dataset_kwargs,
+        "loss_fn": loss,
+    }
+
+
+def load_official_stats(path) -> dict:
+    """Load feature statistics: an official `dataset-refs` `.pkl` (a dict such as
+    `{'fid': {'mu', 'sigma'}, 'fd_dinov2': {...}}`, read safely) or an EDM `.npz` with `mu`
+    and `sigma` (returned as `{'fid': {'mu', 'sigma'}}`). Arrays come back as NumPy arrays."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                stats = {"fid": {k: f[k] for k in f.files}}
+        except FileNotFoundError:
+            raise FormatError(f"{path}: no such file") from None
+        except Exception as e:
+            raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
+        if not {"mu", "sigma"} <= set(stats["fid"]):
+            raise FormatError(f"{path}: an .npz statistics file needs arrays 'mu' and 'sigma'")
+        return stats
+    data = to_plain(safe_load(path), "statistics")
+    if not isinstance(data, dict):
+        raise FormatError(f"{path}: statistics pickle holds a {type(data).__name__}, expected a dict")
+    for metric, value in data.items():
+        if metric == "num_images":
+            continue
+        if not isinstance(value, dict) or not {"mu", "sigma"} <= set(value):
+            raise FormatError(f"{path}: statistics entry {metric!r} needs 'mu' and 'sigma'")
+        for key in ("mu", "sigma"):
+            if not isinstance(value[key], np.ndarray):
+                raise FormatError(f"{path}: statistics {metric}.{key} is not an array")
+    return data
+
+
+_OFFICIAL_NAME = re.compile(r"^(?P<prefix>.*)-(?P<kimg>\d+)-(?P<std>\d+\.\d+)\.pkl$")
+
+
+def parse_official_name(name):
+    """`(kimg, std)` from a file name `*-<kimg>-<std>.pkl` (spec §7.4), else None."""
+    m = _OFFICIAL_NAME.match(Path(name).name)
+    return (int(m.group("kimg")), float(m.group("std"))) if m else None
+
+
+def convert_official_pickle(src, dest, nimg: int | None = None, ema_std: float | None = None) -> dict:
+    """Convert an official network pickle into our snapshot format (`edm2.io.snapshot`).
+
+    nimg and the EMA std come from the file name `*-<kimg>-<std>.pkl` unless given. Returns
+    a summary dict (network_kwargs, encoder, nimg, ema_std).
+    """
+    from edm2.io.snapshot import save_snapshot
+    from edm2.utils import kimg_to_nimg
+
+    parsed = parse_official_name(src) if isinstance(src, (str, Path)) else None
+    if nimg is None:
+        nimg = kimg_to_nimg(parsed[0]) if parsed else 0
+    if ema_std is None and parsed:
+        ema_std = parsed[1]
+    data = load_official_pickle(src, dtype=None)
+    net = data["ema"]
+    encoder = data["encoder"]
+    if encoder is None:
+        if net.img_channels != 3:
+            raise FormatError(f"{src}: the pickle has no encoder and the network is not RGB; cannot tell the encoder")
+        encoder = {"class": "StandardRGBEncoder"}
+    extra = {"source": Path(str(src)).name, "dataset_kwargs": data["dataset_kwargs"], "loss_kwargs": data["loss_fn"]}
+    save_snapshot(dest, net.state_dict(), data["network_kwargs"], encoder, nimg, ema_std, extra)
+    return {"network_kwargs": data["network_kwargs"], "encoder": encoder, "nimg": nimg, "ema_std": ema_std}

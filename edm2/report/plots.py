@@ -1,0 +1,213 @@
+"""The paper's plots from result files (matplotlib, Agg backend; PNG and SVG of each figure):
+
+* metric vs EMA length, one curve per run (and guidance setting), optimum marked (paper Fig. 5);
+* best metric vs Gflops per model size (paper Fig. 1);
+* training loss vs training images, from each run's stats.jsonl.
+"""
+
+import json
+import math
+from pathlib import Path
+
+from edm2.errors import FormatError
+
+METRIC_LABELS = {"fid": "FID", "fd_dinov2": "FD$_\\mathrm{DINOv2}$", "fd_cnn": "FD$_\\mathrm{CNN}$"}
+FORMATS = ("png", "svg")
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "none"  # keep text as text in SVGs (searchable, editable)
+    plt.rcParams["svg.hashsalt"] = "edm2"  # stable ids, so identical data gives identical files
+    return plt
+
+
+def save_figure(fig, stem) -> list[Path]:
+    """Write `stem.png` and `stem.svg` atomically; close the figure."""
+    from edm2.io.atomic import atomic_path
+
+    stem = Path(stem)
+    paths = []
+    try:
+        for fmt in FORMATS:
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            with atomic_path(path, suffix=f".{fmt}") as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=_metadata(fmt))
+            paths.append(path)
+    finally:
+        _pyplot().close(fig)
+    return paths
+
+
+def _metadata(fmt):
+    # Fixed metadata so that identical data gives identical files.
+    if fmt == "svg":
+        return {"Date": None}
+    if fmt == "png":
+        return {"Software": None}
+    return None
+
+
+def _series(rows, key):
+    groups = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
+def _styles(runs, guidances):
+    plt = _pyplot()
+    colors = plt.get_cmap("tab10").colors
+    dashes = ["-", "--", ":", "-."]
+    color = {run: colors[i % len(colors)] for i, run in enumerate(runs)}
+    dash = {g: dashes[i % len(dashes)] for i, g in enumerate(guidances)}
+    return color, dash
+
+
+def _unique(values):
+    return list(dict.fromkeys(values))
+
+
+def _maybe_log(ax, values, axis="y"):
+    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if finite and max(finite) / min(finite) > 20:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
+    """Metric vs EMA length (one curve per run and guidance setting; the optimum starred).
+    Shaded: the spread over the seed ranges."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["metric"] == metric]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    runs = _unique(r["run"] for r in rows)
+    guidances = _unique(r["guidance"] for r in rows)
+    color, dash = _styles(runs, guidances)
+    for (run, guidance), group in _series(rows, lambda r: (r["run"], r["guidance"])).items():
+        group = sorted(group, key=lambda r: r["ema_std"])
+        x = [r["ema_std"] for r in group]
+        y = [r["value"] for r in group]
+        label = group[0]["label"] or run
+        if len(guidances) > 1:
+            label = f"{label}, {guidance}"
+        ax.plot(x, y, dash[guidance], color=color[run], marker="o", markersize=3, label=label)
+        spreads = [[float(v) for v in str(r["values"]).split(";")] if r.get("values") else [r["value"]] for r in group]
+        if any(len(s) > 1 for s in spreads):
+            ax.fill_between(x, [min(s) for s in spreads], [max(s) for s in spreads], color=color[run], alpha=0.12, lw=0)
+        best = min(group, key=lambda r: (r["value"], r["ema_std"]))
+        ax.plot([best["ema_std"]], [best["value"]], "*", color=color[run], markersize=13, markeredgecolor="black")
+        ax.annotate(
+            f"{best['value']:.3g} @ {best['ema_std']:.3f}",
+            (best["ema_std"], best["value"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=7,
+            color=color[run],
+        )
+    _maybe_log(ax, [r["value"] for r in rows])
+    ax.set_xlabel("EMA length $\\sigma_\\mathrm{rel}$")
+    ax.set_ylabel(f"{metric_label(metric)} ({statistic} over seed ranges)")
+    ax.set_title(f"{metric_label(metric)} vs EMA length (post-hoc EMA)")
+    ax.grid(True, alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no scores for {metric}", ha="center", va="center", transform=ax.transAxes)
+    return save_figure(fig, stem)
+
+
+def plot_gflops(best: list[dict], metric: str, stem):
+    """Best metric (at the optimal EMA length) vs Gflops per model size, one line per guidance
+    setting, each point labelled with its size and EMA length."""
+    plt = _pyplot()
+    rows = [r for r in best if r["metric"] == metric and r.get("gflops") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    guidances = _unique(r["guidance"] for r in rows)
+    colors = plt.get_cmap("tab10").colors
+    for i, (guidance, group) in enumerate(_series(rows, lambda r: r["guidance"]).items()):
+        group = sorted(group, key=lambda r: r["gflops"])
+        x = [r["gflops"] for r in group]
+        y = [r["value"] for r in group]
+        ax.plot(x, y, "-o", color=colors[i % len(colors)], label=guidance if len(guidances) > 1 else None)
+        for r in group:
+            ax.annotate(
+                f"{r['label']} ({r['ema_std']:.3f})",
+                (r["gflops"], r["value"]),
+                textcoords="offset points",
+                xytext=(5, 4),
+                fontsize=7,
+            )
+    ax.set_xscale("log")
+    _maybe_log(ax, [r["value"] for r in rows])
+    ax.set_xlabel("Model complexity (Gflops per evaluation)")
+    ax.set_ylabel(f"best {metric_label(metric)}")
+    ax.set_title(f"{metric_label(metric)} vs model complexity")
+    ax.grid(True, which="both", alpha=0.3)
+    if len(guidances) > 1:
+        ax.legend(fontsize=8)
+    if not rows:
+        ax.text(0.5, 0.5, "no model info (Gflops) for these scores", ha="center", va="center", transform=ax.transAxes)
+    return save_figure(fig, stem)
+
+
+def read_stats(path) -> list[dict]:
+    """Lines of a training stats.jsonl (values are means; a {"mean": ...} object is accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file; does the run folder hold a finished `edm2 train` run?")
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}:{i}: not a JSON line ({e})") from None
+        records.append({k: (v.get("mean") if isinstance(v, dict) else v) for k, v in record.items()})
+    return records
+
+
+def loss_curve(path) -> tuple[list[float], list[float]]:
+    """(kimg, mean loss) points of a run's stats.jsonl."""
+    xs, ys = [], []
+    for record in read_stats(path):
+        kimg, loss = record.get("Progress/kimg"), record.get("Loss/loss")
+        if kimg is None or loss is None:
+            continue
+        loss = float(loss)
+        if math.isfinite(loss):
+            xs.append(float(kimg))
+            ys.append(loss)
+    return xs, ys
+
+
+def plot_training_loss(runs: dict, stem, labels: dict | None = None):
+    """Training loss (mean per status interval) vs training images, one curve per run.
+    `runs`: {run: path of its stats.jsonl}."""
+    plt = _pyplot()
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    colors = plt.get_cmap("tab10").colors
+    drawn = 0
+    for i, (run, path) in enumerate(runs.items()):
+        xs, ys = loss_curve(path)
+        if xs:
+            ax.plot(xs, ys, "-", color=colors[i % len(colors)], label=labels.get(run, run), marker="." if len(xs) < 30 else None)
+            drawn += 1
+    ax.set_xlabel("training images (kimg)")
+    ax.set_ylabel("loss (incl. learned uncertainty)")
+    ax.set_title("Training loss")
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no loss statistics yet", ha="center", va="center", transform=ax.transAxes)
+    return save_figure(fig, stem)

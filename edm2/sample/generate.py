@@ -1,0 +1,373 @@
+"""Image generation: networks from files, URLs or presets, per-seed randomness, seeds split
+across ranks, and PNG output (EDM2-SPEC §8.2-§8.4, §13).
+
+    generate_images(net='edm2-img512-s-guid-dino', outdir='out', seeds=range(16, 20))
+
+`generate_batches` is the reusable core (metrics feed its decoded images straight to the
+feature detectors). Under `torchrun` every function here works on the calling rank's share of
+the seeds; a single process works without any process group.
+"""
+
+import dataclasses
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edm2.errors import ConfigError, FormatError
+
+# ---- distributed helpers (spec §13) -----------------------------------------------------------
+
+
+def init_distributed() -> None:
+    """Join the process group described by torchrun's environment (WORLD_SIZE > 1).
+
+    Backend NCCL on CUDA, gloo otherwise. A single process (no WORLD_SIZE, or 1) runs without a
+    process group; barriers and all-reduces are then no-ops.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl", init_method="env://")
+    else:
+        dist.init_process_group("gloo", init_method="env://")
+
+
+def get_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def default_device() -> torch.device:
+    """The current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+# ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
+
+
+def split_indices(num_items: int, max_batch: int, world_size: int = 1) -> list[np.ndarray]:
+    """All chunks of item indices: `max(ceil(n / (B W)), 1) W` nearly equal contiguous chunks."""
+    if max_batch < 1:
+        raise ConfigError(f"batch size must be at least 1, got {max_batch}")
+    num_batches = max(math.ceil(num_items / (max_batch * world_size)), 1) * world_size
+    return np.array_split(np.arange(num_items), num_batches)
+
+
+def rank_batches(num_items: int, max_batch: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
+    """The chunks that rank `rank` processes: chunks r, r + W, r + 2W, ... (spec §8.3)."""
+    return split_indices(num_items, max_batch, world_size)[rank::world_size]
+
+
+# ---- networks -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadedNetwork:
+    """A network ready to sample from, with where it came from."""
+
+    net: torch.nn.Module  # eval-mode Precond
+    encoder: object  # StandardRGBEncoder or StabilityVAEEncoder
+    source: str  # what the user gave: path, URL or preset name
+    path: str  # local file it was read from
+    nimg: int | None = None
+    ema_std: float | None = None
+
+    @property
+    def kimg(self) -> int | None:
+        return None if self.nimg is None else self.nimg // 1000
+
+
+@dataclasses.dataclass
+class NetworkChoice:
+    """Which networks and guidance to use, after presets are resolved (spec §8.3-§8.4)."""
+
+    net: str
+    gnet: str | None
+    guidance: float
+
+
+def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> NetworkChoice:
+    """Fill unset options from a generation preset; a preset name given as --net/--gnet means its
+    main network. Guidance unset -> 1 (and the guide ignored); guidance != 1 needs a guide."""
+    from edm2.presets import GENERATION_PRESETS, get_generation_preset
+
+    if preset is not None:
+        p = get_generation_preset(preset)
+        net = p.net if net is None else net
+        gnet = p.gnet if gnet is None else gnet
+        guidance = p.guidance if guidance is None else guidance
+    if net is None:
+        raise ConfigError("no network given; pass --net FILE|URL|PRESET or --preset NAME")
+    net = GENERATION_PRESETS[net].net if str(net) in GENERATION_PRESETS else str(net)
+    if gnet is not None and str(gnet) in GENERATION_PRESETS:
+        gnet = GENERATION_PRESETS[gnet].net
+    guidance = 1.0 if guidance is None else float(guidance)
+    if guidance == 1:
+        gnet = None  # spec §8.3: --gnet is ignored without guidance
+    elif gnet is None:
+        raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
+    return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance)
+
+
+_OFFICIAL_NAME = re.compile(r"-(\d{7})-(\d+\.\d+)\.pkl$")
+
+
+def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> LoadedNetwork:
+    """Load a network from our `.safetensors` snapshot, an official `.pkl` (read safely), an
+    http(s)/file URL of either (downloaded into the cache) or a generation preset name."""
+    from edm2.data.encoders import StandardRGBEncoder, make_encoder
+    from edm2.io.download import resolve_path
+    from edm2.presets import GENERATION_PRESETS
+    from edm2.utils import kimg_to_nimg
+
+    device = torch.device(device) if device is not None else default_device()
+    source = str(source)
+    target = GENERATION_PRESETS[source].net if source in GENERATION_PRESETS else source
+    path = resolve_path(target, what="network")
+    suffix = Path(urllib_path(target)).suffix.lower()
+    nimg = ema_std = None
+    if suffix == ".safetensors":
+        from edm2.io.snapshot import load_snapshot
+
+        net, info = load_snapshot(path, device=device, dtype=dtype)
+        encoder_config, nimg, ema_std = info.encoder, info.nimg, info.ema_std
+    elif suffix == ".pkl":
+        from edm2.io.official import load_official_pickle
+
+        data = load_official_pickle(path, dtype=dtype)
+        net = data["ema"].to(device).eval().requires_grad_(False)
+        encoder_config = data["encoder"]
+        m = _OFFICIAL_NAME.search(Path(urllib_path(target)).name)
+        if m:
+            nimg, ema_std = kimg_to_nimg(int(m.group(1))), float(m.group(2))
+    else:
+        raise FormatError(f"network {source}: expected an edm2 .safetensors snapshot or an official EDM2 .pkl")
+    encoder = make_encoder(encoder_config) if encoder_config else StandardRGBEncoder()
+    if hasattr(encoder, "batch_size"):
+        encoder.batch_size = 4  # spec §8.3 / §14.26: generation decodes 4 images at a time
+    return LoadedNetwork(net=net, encoder=encoder, source=source, path=str(path), nimg=nimg, ema_std=ema_std)
+
+
+def urllib_path(text: str) -> str:
+    """The path part of a URL (file name and suffix), or `text` itself for a local path."""
+    from urllib.parse import unquote, urlparse
+
+    from edm2.io.download import is_url
+
+    return unquote(urlparse(text).path) if is_url(text) else text
+
+
+def load_networks_rank0_first(choice: NetworkChoice, device=None):
+    """Load the main and guiding networks, rank 0 first (it fills the download cache) while the
+    other ranks wait at a barrier, then the others from the cache (spec §8.3, §13)."""
+    if get_rank() != 0:
+        barrier()
+    main = load_network(choice.net, device)
+    guide = load_network(choice.gnet, device) if choice.gnet is not None else None
+    if get_rank() == 0:
+        barrier()
+    return main, guide
+
+
+# ---- generation ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GeneratedBatch:
+    """One batch of a rank's share: seeds, decoded uint8 images [N, C, H, W], one-hot labels."""
+
+    seeds: list
+    images: torch.Tensor | None  # None for an empty batch (more ranks x batches than seeds)
+    labels: torch.Tensor | None
+    index: int  # batch number on this rank
+    num_batches: int  # batches on this rank
+
+
+def sampler_kwargs(
+    num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, guidance=1, S_churn=0, S_min=0, S_max=float("inf"), S_noise=1
+) -> dict:
+    """The keyword arguments of `edm_sampler` with their spec §8.1 defaults."""
+    return dict(
+        num_steps=int(num_steps),
+        sigma_min=float(sigma_min),
+        sigma_max=float(sigma_max),
+        rho=float(rho),
+        guidance=float(guidance),
+        S_churn=float(S_churn),
+        S_min=float(S_min),
+        S_max=float(S_max),
+        S_noise=float(S_noise),
+    )
+
+
+def generate_batches(
+    net,  # Main network (Precond) or LoadedNetwork.
+    encoder=None,  # Decoder of latents to uint8 pixels; default: the LoadedNetwork's, else RGB.
+    seeds=range(16, 24),  # All seeds (this rank processes its share).
+    gnet=None,  # Guiding network (Precond or LoadedNetwork), used when guidance != 1.
+    class_idx: int | None = None,  # Force this class for every image (drawn classes still drawn).
+    max_batch: int = 32,  # Images per batch per rank.
+    device=None,  # Sampling device; default: the network's.
+    rank: int | None = None,  # Default: this process's rank.
+    world_size: int | None = None,  # Default: the process group's size.
+    progress: bool = False,  # tqdm bar on rank 0.
+    **kwargs,  # edm_sampler options: num_steps, sigma_min, sigma_max, rho, guidance, S_churn, ...
+):
+    """Yield `GeneratedBatch`es for this rank's share of `seeds` (spec §8.2-§8.3).
+
+    Per seed: a generator seeded with `seed mod 2^32` draws the initial noise, then (conditional
+    nets) one class; churn noise comes later from the same generator. So an image depends only
+    on its seed, not on the batch it lands in or the number of ranks. All ranks run the same
+    number of batches and meet at a barrier after each.
+    """
+    from edm2.data.encoders import StandardRGBEncoder
+    from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
+
+    if isinstance(net, LoadedNetwork):
+        encoder = encoder if encoder is not None else net.encoder
+        net = net.net
+    if isinstance(gnet, LoadedNetwork):
+        gnet = gnet.net
+    encoder = encoder if encoder is not None else StandardRGBEncoder()
+    opts = sampler_kwargs(**kwargs)
+    if opts["guidance"] != 1 and gnet is None:
+        raise ConfigError(f"guidance {opts['guidance']:g} needs a guiding network (gnet)")
+    if opts["num_steps"] < 2:
+        raise ConfigError(f"--steps must be at least 2, got {opts['num_steps']}")
+    label_dim = int(getattr(net, "label_dim", 0))
+    if class_idx is not None:
+        if label_dim == 0:
+            raise ConfigError(f"--class {class_idx} given, but the network is unconditional")
+        if not 0 <= class_idx < label_dim:
+            raise ConfigError(f"--class {class_idx} is out of range; the network has classes 0..{label_dim - 1}")
+    if device is None:
+        device = next(net.parameters()).device
+    device = torch.device(device)
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    seeds = np.asarray(list(seeds), dtype=np.int64)
+    batches = rank_batches(len(seeds), max_batch, rank, world_size)
+    encoder.init(device)
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(batches), unit="batch", desc="generate")
+    for index, indices in enumerate(batches):
+        batch_seeds = [int(s) for s in seeds[indices]]
+        images = labels = None
+        if batch_seeds:
+            with torch.no_grad():
+                rnd = StackedRandomGenerator(device, batch_seeds)
+                shape = [len(batch_seeds), net.img_channels, net.img_resolution, net.img_resolution]
+                noise = rnd.randn(shape, device=device)  # (1) noise first (spec §8.2)
+                if label_dim > 0:  # (2) then the class, even when --class overrides it
+                    classes = rnd.randint(label_dim, size=[len(batch_seeds)], device=device)
+                    labels = torch.eye(label_dim, device=device)[classes]
+                    if class_idx is not None:
+                        labels[:, :] = 0
+                        labels[:, class_idx] = 1
+                latents = edm_sampler(net, noise, labels, gnet=gnet, randn_like=rnd.randn_like, **opts)
+                images = encoder.decode(latents)
+        yield GeneratedBatch(seeds=batch_seeds, images=images, labels=labels, index=index, num_batches=len(batches))
+        barrier()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+
+def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
+    """`{outdir}/[{seed//1000*1000:06d}/]{seed:06d}.png` (spec §8.2)."""
+    outdir = Path(outdir)
+    if subdirs:
+        outdir = outdir / f"{seed // 1000 * 1000:06d}"
+    return outdir / f"{seed:06d}.png"
+
+
+def save_png(image: np.ndarray, path) -> None:
+    """Write a CHW uint8 image (1 or 3 channels) as PNG, atomically."""
+    import PIL.Image
+
+    from edm2.io.atomic import atomic_path
+
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise FormatError(f"cannot save an image of shape {list(image.shape)} as PNG; need 1 or 3 channels")
+    hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
+    pil = PIL.Image.fromarray(hwc[:, :, 0], "L") if hwc.shape[2] == 1 else PIL.Image.fromarray(hwc, "RGB")
+    with atomic_path(path, suffix=".png") as tmp:
+        pil.save(tmp, format="PNG")
+
+
+def generate_images(
+    outdir,  # Where to save the PNGs.
+    net=None,  # Network: .safetensors, official .pkl, URL or preset name (or a loaded network).
+    gnet=None,  # Guiding network, same forms; used only when guidance != 1.
+    preset: str | None = None,  # Generation preset: fills net, gnet and guidance when unset.
+    seeds=range(16, 24),  # Seeds of the images (§14.26: the function default is 16..23).
+    class_idx: int | None = None,  # Class of every image; None = random (per seed).
+    max_batch: int = 32,  # Images per batch per rank.
+    subdirs: bool = False,  # Put seed s in a subfolder {s//1000*1000:06d}.
+    guidance: float | None = None,  # Guidance strength; None = the preset's, else 1.
+    device=None,  # Default: CUDA if available, else CPU.
+    progress: bool = True,  # Progress bar and messages on rank 0.
+    **kwargs,  # Sampler options (num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise).
+) -> list[Path]:
+    """Generate one PNG per seed; returns the paths written by this rank."""
+    init_distributed()
+    rank = get_rank()
+    if isinstance(net, LoadedNetwork) or isinstance(net, torch.nn.Module):
+        guidance = 1.0 if guidance is None else float(guidance)
+        main, guide = net, gnet
+        if guidance != 1 and guide is None:
+            raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass gnet")
+    else:
+        choice = resolve_networks(preset, net, gnet, guidance)
+        guidance = choice.guidance
+        if progress and rank == 0:
+            print(f"Loading network {choice.net}" + (f" and guide {choice.gnet}" if choice.gnet else ""))
+        main, guide = load_networks_rank0_first(choice, device)
+    seeds = list(seeds)
+    if progress and rank == 0:
+        print(f"Generating {len(seeds)} images to {outdir} ...")
+    written = []
+    for batch in generate_batches(
+        main,
+        seeds=seeds,
+        gnet=guide,
+        class_idx=class_idx,
+        max_batch=max_batch,
+        progress=progress,
+        guidance=guidance,
+        **kwargs,
+    ):
+        if batch.images is None:
+            continue
+        images = batch.images.cpu().numpy()
+        for seed, image in zip(batch.seeds, images):
+            path = image_path(outdir, seed, subdirs)
+            save_png(image, path)
+            written.append(path)
+    return written

@@ -1,0 +1,96 @@
+"""Training states, network snapshots and the done marker of a run directory (EDM2-SPEC §5.7, §5.8).
+
+    training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only)
+    network-snapshot-{kimg:07d}-{std:.3f}.safetensors   one per EMA, fp16 (edm2.io.snapshot)
+    training-done.json                              {"nimg", "kimg", "snapshots"} once the duration is reached
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from edm2.io.atomic import atomic_path, atomic_write_text
+from edm2.io.snapshot import save_snapshot
+
+STATE_PATTERN = re.compile(r"training-state-(\d+)\.pt")
+SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)-(\d+\.\d+)\.safetensors")
+STATE_KEYS = ("state", "net", "loss_fn", "optimizer", "ema")
+DONE_FILE = "training-done.json"
+
+
+def state_path(run_dir, cur_nimg: int) -> Path:
+    return Path(run_dir) / f"training-state-{cur_nimg // 1000:07d}.pt"
+
+
+def snapshot_path(run_dir, cur_nimg: int, std: float) -> Path:
+    return Path(run_dir) / f"network-snapshot-{cur_nimg // 1000:07d}-{std:.3f}.safetensors"
+
+
+def list_training_states(run_dir) -> list[Path]:
+    """`training-state-*.pt` files of a run, newest (highest kimg, numeric compare) first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STATE_PATTERN.fullmatch(p.name))]
+    return [p for _kimg, p in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def list_snapshots(run_dir) -> list[str]:
+    run_dir = Path(run_dir)
+    names = [p.name for p in run_dir.iterdir() if SNAPSHOT_PATTERN.fullmatch(p.name)] if run_dir.is_dir() else []
+    return sorted(names)
+
+
+def read_training_state(path) -> dict:
+    """Load one training state safely (weights_only); raises ValueError if it is not one."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a zip, unpickling refused, ...
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    if not isinstance(data, dict) or any(k not in data for k in STATE_KEYS):
+        raise ValueError(f"not a training state (expected the keys {', '.join(STATE_KEYS)})")
+    if "cur_nimg" not in data["state"]:
+        raise ValueError("its 'state' has no cur_nimg")
+    return data
+
+
+def load_latest_training_state(run_dir, log=print) -> tuple[dict | None, Path | None]:
+    """The newest readable training state of a run (spec §5.8); unreadable ones are reported and skipped."""
+    for path in list_training_states(run_dir):
+        try:
+            return read_training_state(path), path
+        except ValueError as e:
+            log(f"Warning: cannot read {path} ({e}); trying the previous training state.")
+    return None, None
+
+
+def write_training_state(path, data: dict) -> None:
+    """torch.save under a temporary name, then rename (atomic)."""
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(data, tmp)
+
+
+def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extra) -> list[Path]:
+    """One fp16 safetensors snapshot per tracked EMA (spec §5.7 step 3); returns the paths."""
+    paths = []
+    for (ema_net, _suffix), std in zip(ema.get(), ema.stds):
+        path = snapshot_path(run_dir, cur_nimg, std)
+        save_snapshot(
+            path,
+            ema_net.state_dict(),
+            network_kwargs=network_kwargs,
+            encoder=encoder_config,
+            nimg=cur_nimg,
+            ema_std=std,
+            extra=extra,
+            dtype=torch.float16,
+        )
+        paths.append(path)
+    return paths
+
+
+def write_done(run_dir, cur_nimg: int) -> None:
+    data = {"nimg": int(cur_nimg), "kimg": int(cur_nimg) // 1000, "snapshots": list_snapshots(run_dir)}
+    atomic_write_text(Path(run_dir) / DONE_FILE, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,468 @@
+"""The EDM2 training loop (EDM2-SPEC §5): one function with plain arguments.
+
+Per iteration (spec §5.7): status -> snapshot (rank 0) -> checkpoint -> exit if done -> one
+optimizer step (spec §5.2) -> EMA update. A run is a pure function of its options: every random
+draw is seeded from (seed, rank, cur_nimg) and the data stream resumes at cur_nimg.
+"""
+
+import contextlib
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from edm2.ema import PowerFunctionEMA
+from edm2.errors import ConfigError, DataError
+from edm2.train import checkpoint as ckpt
+from edm2.train.data import InfiniteSampler, make_batch_iterator
+from edm2.train.distributed import (
+    StopSignal,
+    all_ranks_agree,
+    barrier,
+    check_ddp_consistency,
+    init_distributed,
+    print0,
+)
+from edm2.train.loss import EDM2Loss
+from edm2.train.schedule import learning_rate_schedule
+from edm2.train.stats import StatsCollector, cpu_memory_gb, format_time, stats_json_line
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def set_random_seed(*args) -> None:
+    """Seed torch (all devices) and NumPy's global RNG with hash(args) mod 2^31 (spec §5.5, §14.17)."""
+    seed = hash(args) % (1 << 31)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What one invocation of the loop achieved."""
+
+    cur_nimg: int  # Images trained when the loop returned.
+    start_nimg: int  # Images trained when it started (0, or the resumed training state).
+    stop_at_nimg: int  # Where this invocation meant to stop (end of the slice or the duration).
+    total_nimg: int  # The run's duration.
+    signal: int | None = None  # The signal that stopped it early, if any.
+
+    @property
+    def finished(self) -> bool:
+        """The whole duration is trained."""
+        return self.cur_nimg >= self.total_nimg
+
+
+# ---- validation (all before any compute) ---------------------------------------------------------
+
+
+def check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg) -> None:
+    """The divisibility rules of spec §5.7; None (or 0) disables an interval."""
+    if batch_size <= 0:
+        raise ConfigError(f"--batch must be positive, got {batch_size}")
+    if total_nimg <= 0 or total_nimg % batch_size:
+        raise ConfigError(f"--duration {total_nimg} must be a positive multiple of --batch {batch_size}")
+    for name, value, need_1024 in [
+        ("--slice", slice_nimg, False),
+        ("--status", status_nimg, False),
+        ("--snapshot", snapshot_nimg, True),
+        ("--checkpoint", checkpoint_nimg, True),
+    ]:
+        if value is None:
+            continue
+        if value < 0:
+            raise ConfigError(f"{name} must be positive, or 0 to disable it; got {value}")
+        if value % batch_size:
+            raise ConfigError(f"{name} {value} must be a multiple of --batch {batch_size}")
+        if need_1024 and value % 1024:
+            raise ConfigError(
+                f"{name} {value} must be a multiple of 1024 (so that kimg names the image count exactly, "
+                "spec §5.7); use e.g. 8Mi or 1Ki"
+            )
+    if slice_nimg is not None and not checkpoint_nimg:
+        raise ConfigError("--slice needs checkpoints to resume from; set --checkpoint (e.g. 128Mi)")
+
+
+def resolve_batch(batch_size: int, batch_gpu: int | None, world_size: int) -> tuple[int, int, int]:
+    """(batch_gpu_total, batch_gpu, rounds) with batch = batch_gpu * rounds * world (spec §5.2)."""
+    if batch_size % world_size:
+        raise ConfigError(f"--batch {batch_size} is not divisible by the number of processes ({world_size})")
+    batch_gpu_total = batch_size // world_size
+    if not batch_gpu or batch_gpu > batch_gpu_total:
+        batch_gpu = batch_gpu_total
+    rounds = batch_gpu_total // batch_gpu
+    if batch_size != batch_gpu * rounds * world_size:
+        raise ConfigError(
+            f"--batch {batch_size} must equal --batch-gpu {batch_gpu} x accumulation rounds x {world_size} "
+            f"processes; choose a --batch-gpu that divides {batch_gpu_total}"
+        )
+    return batch_gpu_total, batch_gpu, rounds
+
+
+def open_dataset(dataset_kwargs: dict):
+    """The training dataset, checked against the options (spec §6): 3 or 8 channels, labels if cond."""
+    from edm2.data.dataset import ImageFolderDataset
+
+    kwargs = dict(dataset_kwargs)
+    dataset = ImageFolderDataset(**kwargs)
+    path = kwargs.get("path")
+    if dataset.num_channels not in (3, 8):
+        raise DataError(
+            f"dataset {path} has {dataset.num_channels} channels; training needs RGB images (3) or "
+            "Stable Diffusion VAE latents (8, from `edm2 dataset encode`)"
+        )
+    if kwargs.get("use_labels", True) and not dataset.has_labels:
+        raise DataError(f"dataset {path} has no labels (dataset.json); train it unconditionally with --uncond")
+    return dataset
+
+
+def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None):
+    """StandardRGBEncoder for 3-channel pixels, StabilityVAEEncoder for 8-channel latents (spec §6)."""
+    from edm2.data.encoders import StabilityVAEEncoder, StandardRGBEncoder
+
+    if num_channels == 3:
+        return StandardRGBEncoder()
+    return StabilityVAEEncoder(**{"batch_size": 8, **(encoder_kwargs or {})})  # micro-batch 8 in training (§14.26)
+
+
+# ---- the step ------------------------------------------------------------------------------------
+
+
+def accumulate_gradients(ddp, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None):
+    """Forward and backward over `rounds` micro-batches (spec §5.2).
+
+    Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round; DDP synchronises
+    gradients only in the last round.
+    """
+    for round_idx in range(rounds):
+        last = round_idx == rounds - 1
+        sync = contextlib.nullcontext() if last or not isinstance(ddp, DistributedDataParallel) else ddp.no_sync()
+        with sync:
+            images, labels = next(batches)
+            images = encoder.encode_latents(images.to(device, non_blocking=True))
+            loss = loss_fn(ddp, images, labels.to(device, non_blocking=True))
+            if stats is not None:
+                stats.report("Loss/loss", loss)
+            loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+
+
+def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> None:
+    """Set the step's lr in every param group, zero non-finite gradients, step (spec §5.2, §14.16)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if force_finite:
+        for param in net.parameters():
+            if param.grad is not None:
+                torch.nan_to_num(param.grad, nan=0, posinf=0, neginf=0, out=param.grad)
+    optimizer.step()
+
+
+def make_optimizer(net):
+    """Adam, betas (0.9, 0.99), eps 1e-8, no weight decay (spec §5.4)."""
+    return torch.optim.Adam(net.parameters(), lr=0.0, betas=(0.9, 0.99), eps=1e-8)
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
+    """Run one forward with `inputs` (in the net's current mode) and print a module table.
+
+    In training mode this forward applies forced weight normalisation to every MPConv weight it
+    touches, exactly as the official module summary does before DDP is built (spec §5.5).
+    """
+    rows = []
+    hooks = []
+
+    def hook(name):
+        def fn(_module, _inputs, outputs):
+            out = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+            shape = list(out.shape) if isinstance(out, torch.Tensor) else "-"
+            dtype = str(out.dtype).replace("torch.", "") if isinstance(out, torch.Tensor) else "-"
+            rows.append((name, shape, dtype))
+
+        return fn
+
+    modules = {name: m for name, m in net.named_modules() if name and name.count(".") < max_nesting}
+    for name, module in modules.items():
+        hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            net(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    seen = {}
+    for name, shape, dtype in rows:
+        seen.setdefault(name, (shape, dtype))
+    lines = [("Module", "Parameters", "Buffers", "Output shape", "Datatype")]
+    for name, module in modules.items():
+        if name not in seen:
+            continue
+        params = sum(p.numel() for p in module.parameters())
+        buffers = sum(b.numel() for b in module.buffers())
+        shape, dtype = seen[name]
+        lines.append((name, str(params), str(buffers), str(shape), dtype))
+    total_params = sum(p.numel() for p in net.parameters())
+    total_buffers = sum(b.numel() for b in net.buffers())
+    lines.append(("Total", str(total_params), str(total_buffers), "", ""))
+    widths = [max(len(row[i]) for row in lines) for i in range(5)]
+    for i, row in enumerate(lines):
+        if i in (1, len(lines) - 1):
+            print("  ".join("-" * w for w in widths))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print()
+
+
+def _disable_tf32() -> None:
+    """Training computes in true fp32 (spec §5.7, §14.30)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+
+
+def _progress_bar(enabled, total, initial_kimg):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", unit_scale=True, file=sys.__stderr__, desc=f"from {initial_kimg} kimg",
+                dynamic_ncols=True, leave=False)  # fmt: skip
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+
+def training_loop(
+    run_dir,  # Output directory: snapshots, training states, stats.jsonl.
+    dataset_kwargs: dict,  # ImageFolderDataset arguments: path, use_labels, ...
+    network_kwargs: dict,  # Precond arguments other than the interface sizes (model_channels, dropout, ...).
+    loss_kwargs: dict | None = None,  # EDM2Loss arguments: P_mean, P_std, sigma_data.
+    lr_kwargs: dict | None = None,  # learning_rate_schedule arguments: ref_lr, ref_batches, rampup_Mimg.
+    ema_stds=(0.050, 0.100),  # Relative stds of the power-function EMAs to track and snapshot.
+    encoder_kwargs: dict | None = None,  # StabilityVAEEncoder arguments for 8-channel (latent) datasets.
+    seed: int = 0,  # Global random seed.
+    batch_size: int = 2048,  # Total batch size for one optimizer step, in images.
+    batch_gpu: int | None = None,  # Per-process micro-batch limit; None = batch_size / world_size.
+    total_nimg: int = 8 << 30,  # Train for a total of N training images.
+    slice_nimg: int | None = None,  # Train at most N images in this invocation (rounded down to a checkpoint).
+    status_nimg: int | None = 128 << 10,  # Status line and stats.jsonl every N images; None = never.
+    snapshot_nimg: int | None = 8 << 20,  # EMA snapshots every N images; None = never.
+    checkpoint_nimg: int | None = 128 << 20,  # Training state every N images and at the end; None = only at the end of a signal.
+    loss_scaling: float = 1,  # Multiplier of the loss before backprop (never divided back out, spec §5.2).
+    force_finite: bool = True,  # Replace NaN/Inf gradient entries by 0.
+    cudnn_benchmark: bool = True,  # torch.backends.cudnn.benchmark.
+    precision: str = "fp16",  # 'fp32', or mixed precision 'fp16'/'bf16' for the main path (CUDA only).
+    num_workers: int = 2,  # DataLoader worker processes; 0 reads (and caches small datasets) in-process.
+    device: str | None = None,  # 'cuda' or 'cpu'; None picks CUDA when available.
+    snapshot_extra: dict | None = None,  # More JSON for the snapshot metadata 'extra' (the training options).
+    step_hook=None,  # Called on every rank after each step: step_hook(cur_nimg=, net=, optimizer=, ema=, lr=).
+    progress: bool | None = None,  # tqdm progress bar on rank 0; None = when stderr is a terminal.
+) -> TrainingResult:
+    """Train (or resume training) an EDM2 network per spec §5; returns what this invocation did.
+
+    Stops at the end of the slice or the duration, or after the current step when SIGTERM or
+    SIGUSR1 arrives (then with a training state written and `result.signal` set).
+    """
+    start_time = time.time()
+    loss_kwargs = dict(loss_kwargs or {})
+    lr_kwargs = dict(lr_kwargs or {})
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    slice_nimg = slice_nimg or None
+    status_nimg = status_nimg or None
+    snapshot_nimg = snapshot_nimg or None
+    checkpoint_nimg = checkpoint_nimg or None
+    check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg)
+
+    env, device = init_distributed(device)
+    rank, world_size = env.rank, env.world_size
+    batch_gpu_total, batch_gpu, rounds = resolve_batch(batch_size, batch_gpu, world_size)
+    run_dir = Path(run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    set_random_seed(seed, rank)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    _disable_tf32()
+
+    # Dataset, encoder, network (spec §5.5: nothing draws from the CPU generator before the net).
+    print0("Loading dataset...")
+    dataset = open_dataset(dataset_kwargs)
+    encoder = make_training_encoder(dataset.num_channels, encoder_kwargs)
+    ref_image, ref_label = dataset[0]
+    with torch.random.fork_rng(devices=[]):  # VAE sampling of the reference item must not touch the CPU RNG
+        ref_image = encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
+    interface = dict(img_resolution=ref_image.shape[-1], img_channels=ref_image.shape[1], label_dim=ref_label.shape[-1])
+    print0("Constructing network...")
+    from edm2.nn import Precond
+
+    net = Precond(**interface, **{**network_kwargs, "use_fp16": precision != "fp32"})
+    if precision == "bf16":
+        net.amp_dtype = torch.bfloat16
+    net.train().requires_grad_(True).to(device)
+    if rank == 0:
+        print_network_summary(net, [
+            torch.zeros([batch_gpu, net.img_channels, net.img_resolution, net.img_resolution], device=device),
+            torch.ones([batch_gpu], device=device),
+            torch.zeros([batch_gpu, net.label_dim], device=device),
+        ])  # fmt: skip
+
+    # Training state; DDP broadcasts rank 0's parameters and buffers (spec §14.31).
+    print0("Setting up training state...")
+    ddp = net
+    if world_size > 1:
+        ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    loss_fn = EDM2Loss(**loss_kwargs)
+    optimizer = make_optimizer(net)
+    ema = PowerFunctionEMA(net, stds=list(ema_stds))
+    cur_nimg = 0
+    elapsed_before = 0.0
+    data, path = ckpt.load_latest_training_state(run_dir, log=print0)
+    if data is not None:
+        print0(f"Resuming from {path}")
+        if [float(s) for s in data["ema"]["stds"]] != [float(s) for s in ema_stds]:
+            raise ConfigError(
+                f"{path} tracks EMA stds {data['ema']['stds']}, this run asks for {list(ema_stds)}; "
+                "use the same --ema-stds or a new --outdir"
+            )
+        try:
+            net.load_state_dict(data["net"])
+        except RuntimeError as e:
+            raise ConfigError(f"{path} holds a different network than the options describe ({e}); use a new --outdir") from None
+        optimizer.load_state_dict(data["optimizer"])
+        ema.load_state_dict(data["ema"])
+        for key, value in data["loss_fn"].items():
+            setattr(loss_fn, key, value)
+        cur_nimg = int(data["state"]["cur_nimg"])
+        elapsed_before = float(data["state"].get("total_elapsed_time", 0.0))
+        del data
+
+    stop_at_nimg = total_nimg
+    if slice_nimg is not None:
+        granularity = checkpoint_nimg or snapshot_nimg or batch_size  # spec §5.8
+        stop_at_nimg = min(total_nimg, (cur_nimg + slice_nimg) // granularity * granularity)
+    start_nimg = cur_nimg
+    result = TrainingResult(cur_nimg=cur_nimg, start_nimg=start_nimg, stop_at_nimg=stop_at_nimg, total_nimg=total_nimg)
+    if cur_nimg >= total_nimg:
+        print0(f"Training already reached {total_nimg // 1000} kimg; nothing to do.")
+        if rank == 0:
+            ckpt.write_done(run_dir, cur_nimg)
+        return result
+    if stop_at_nimg <= cur_nimg:
+        raise ConfigError(
+            f"--slice {slice_nimg} ends before the next checkpoint ({cur_nimg} + {slice_nimg} images rounded down to a "
+            f"multiple of {granularity}); make the slice at least as long as --checkpoint"
+        )
+    print0(f"Training from {cur_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:")
+    print0()
+
+    sampler = InfiniteSampler(len(dataset), rank=rank, num_replicas=world_size, seed=seed, start_idx=cur_nimg)
+    batches = make_batch_iterator(dataset, sampler, batch_gpu, num_workers, device)
+    stats = StatsCollector(device)
+    snapshot_extra = {
+        "dataset_kwargs": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataset_kwargs.items()},
+        "loss_kwargs": loss_fn.kwargs(),
+        **(snapshot_extra or {}),
+    }
+    prev_status_time = time.time()
+    prev_status_nimg = cur_nimg
+    training_time = 0.0
+    stats_file = None
+    bar = _progress_bar(
+        rank == 0 and (progress if progress is not None else bool(getattr(sys.__stderr__, "isatty", lambda: False)())),
+        stop_at_nimg - start_nimg,
+        start_nimg // 1000,
+    )
+    try:
+        with StopSignal() as stop:
+            while True:
+                done = cur_nimg >= stop_at_nimg
+                if all_ranks_agree(stop.requested, device) and not done:
+                    done = True
+                    result.signal = stop.signum if stop.signum is not None else 15
+
+                # Status line and statistics (spec §5.7 step 2, §5.9).
+                if status_nimg is not None and (done or cur_nimg % status_nimg == 0) and (cur_nimg != start_nimg or start_nimg == 0):
+                    now = time.time()
+                    if device.type == "cuda":
+                        gpu_mem = torch.cuda.max_memory_allocated(device) / 2**30
+                        gpu_reserved = torch.cuda.max_memory_reserved(device) / 2**30
+                        torch.cuda.reset_peak_memory_stats(device)
+                    else:
+                        gpu_mem = gpu_reserved = 0.0
+                    fields = [
+                        ("kimg", stats.report0("Progress/kimg", cur_nimg / 1e3), "<9.1f"),
+                        ("time", format_time(stats.report0("Timing/total_sec", elapsed_before + now - start_time)), "<12s"),
+                        ("sec/tick", stats.report0("Timing/sec_per_tick", now - prev_status_time), "<8.2f"),
+                        ("sec/kimg", stats.report0("Timing/sec_per_kimg", training_time / max(cur_nimg - prev_status_nimg, 1) * 1e3), "<7.3f"),
+                        ("maintenance", stats.report0("Timing/maintenance_sec", now - prev_status_time - training_time), "<7.2f"),
+                        ("cpumem", stats.report0("Resources/cpu_mem_gb", cpu_memory_gb()), "<6.2f"),
+                        ("gpumem", stats.report0("Resources/peak_gpu_mem_gb", gpu_mem), "<6.2f"),
+                        ("reserved", stats.report0("Resources/peak_gpu_mem_reserved_gb", gpu_reserved), "<6.2f"),
+                    ]  # fmt: skip
+                    line = "Status: " + " ".join(f"{name} {value:{fmt}}" for name, value, fmt in fields)
+                    means = stats.flush()
+                    if rank == 0:
+                        (bar.write if bar is not None else print)(line.rstrip())
+                        if stats_file is None:
+                            stats_file = open(run_dir / "stats.jsonl", "a", encoding="utf-8")
+                        stats_file.write(stats_json_line(means))
+                        stats_file.flush()
+                    prev_status_time = now
+                    prev_status_nimg = cur_nimg
+                    training_time = 0.0
+
+                # EMA snapshots, rank 0 only, not forced at the end (spec §5.7 step 3, §14.20).
+                if snapshot_nimg is not None and cur_nimg % snapshot_nimg == 0 and (cur_nimg != start_nimg or start_nimg == 0) and rank == 0:
+                    for path in ckpt.write_snapshots(run_dir, cur_nimg, ema, net.init_kwargs, encoder.config(), {**snapshot_extra, "precision": precision}):
+                        print0(f"Saved {path.name}")  # fmt: skip
+
+                # Training state: at the interval, at the end, and when a signal stops the run.
+                want = checkpoint_nimg is not None and (done or cur_nimg % checkpoint_nimg == 0)
+                if (want or result.signal is not None) and cur_nimg != start_nimg:
+                    path = ckpt.state_path(run_dir, cur_nimg)
+                    if rank == 0:
+                        ckpt.write_training_state(path, {
+                            "state": {"cur_nimg": cur_nimg, "total_elapsed_time": elapsed_before + time.time() - start_time},
+                            "net": net.state_dict(),
+                            "loss_fn": loss_fn.kwargs(),
+                            "optimizer": optimizer.state_dict(),
+                            "ema": ema.state_dict(),
+                        })  # fmt: skip
+                        print0(f"Saved {path.name}")
+                    check_ddp_consistency(net, device)
+                    barrier()
+
+                if done:
+                    break
+
+                # One optimizer step (spec §5.2), then the EMA update (spec §7.2).
+                step_start = time.time()
+                set_random_seed(seed, rank, cur_nimg)
+                optimizer.zero_grad(set_to_none=True)
+                accumulate_gradients(ddp, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats)
+                lr = float(learning_rate_schedule(cur_nimg=cur_nimg, batch_size=batch_size, **lr_kwargs))
+                stats.report("Loss/learning_rate", lr)
+                apply_gradients(net, optimizer, lr, force_finite)
+                cur_nimg += batch_size
+                ema.update(cur_nimg=cur_nimg, batch_size=batch_size)
+                training_time += time.time() - step_start
+                result.cur_nimg = cur_nimg
+                if bar is not None:
+                    bar.update(batch_size)
+                if step_hook is not None:
+                    step_hook(cur_nimg=cur_nimg, net=net, optimizer=optimizer, ema=ema, lr=lr)
+    finally:
+        if bar is not None:
+            bar.close()
+        if stats_file is not None:
+            stats_file.close()
+
+    if cur_nimg >= total_nimg and rank == 0:
+        ckpt.write_done(run_dir, cur_nimg)
+    barrier()
+    return result

@@ -1,0 +1,157 @@
+"""`edm2 train` launched by SLURM with several tasks, and cut by a SLURM time limit, on CPU (gloo).
+
+The launches are the training rule's cluster launches (workflow/rules/common.smk, train_launch):
+one srun task per rank (`launch: tasks`), and one srun task per node running torchrun with a
+c10d rendezvous. Their snapshots must be bit-identical to a plain 2-process torchrun run's on
+this machine; a run stopped by SLURM's signal before its time limit must exit 75 with a training
+state and, resubmitted, end with the same weights as an uninterrupted run.
+"""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from slurm_helpers import job_env, job_record, read_tail, sbatch, wait_for_job
+
+pytestmark = pytest.mark.slurm
+
+# A tiny conditional model on 8x8 digits: a few seconds per thousand images on one core.
+TINY = [
+    "--preset", "edm2-img64-xs", "--batch", "32", "--channels", "8", "--channel-mult", "1,2", "--num-blocks", "1",
+    "--attn-resolutions", "none", "--lr", "2.0", "--decay", "70000", "--precision", "fp32", "--workers", "0",
+    "--device", "cpu", "--status", "512", "--seed", "7",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("data") / "digits8"
+    subprocess.run(["edm2", "dataset", "digits", "--dest", str(dest), "--resolution", "8"], env=job_env(), check=True,
+                   capture_output=True)  # fmt: skip
+    return dest
+
+
+def train_args(outdir, data, *extra):
+    return ["--outdir", str(outdir), "--data", str(data), *TINY, *extra]
+
+
+def local_torchrun(outdir, data, *extra):
+    """The reference: 2 processes on this machine, `torchrun --standalone` (not through SLURM)."""
+    cmd = ["torchrun", "--standalone", "--nnodes=1", "--nproc-per-node=2", "-m", "edm2", "train"]
+    out = subprocess.run([*cmd, *train_args(outdir, data, *extra)], env=job_env(), capture_output=True, text=True)
+    assert out.returncode == 0, f"local torchrun failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert (Path(outdir) / "training-done.json").is_file()
+
+
+def batch_script(path, launch, args):
+    """A batch script that starts training the way the workflow's train rule does on a cluster."""
+    lines = [
+        "#!/bin/bash",
+        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        'echo "job $SLURM_JOB_ID: $SLURM_NTASKS task(s) on $SLURM_JOB_NODELIST, master $MASTER_ADDR"',
+        f"{launch} {' '.join(args)}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# One srun task per rank: the trainer maps SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS onto ranks.
+TASKS = "srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 python -m edm2 train"
+TASKS_ALLOC = ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1500"]
+# One srun task per node, torchrun starting 2 ranks on it, meeting at a c10d rendezvous.
+TORCHRUN = (
+    "srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=1 --nproc-per-node=2 "
+    '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$((20000 + SLURM_JOB_ID % 10000))" '
+    '--rdzv-id="$SLURM_JOB_ID" -m edm2 train'
+)
+TORCHRUN_ALLOC = ["--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=3000"]
+
+
+def tensors_of(path):
+    with safe_open(str(path), "pt") as f:
+        return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def assert_same_snapshots(run, ref):
+    """Every snapshot of `ref` exists in `run` with bit-identical tensors and the same nimg/EMA std."""
+    names = sorted(p.name for p in Path(ref).glob("network-snapshot-*.safetensors"))
+    assert names, f"no snapshots in {ref}"
+    assert sorted(p.name for p in Path(run).glob("network-snapshot-*.safetensors")) == names
+    for name in names:
+        (meta_a, a), (meta_b, b) = tensors_of(Path(run) / name), tensors_of(Path(ref) / name)
+        for key in ("nimg", "ema_std", "network_kwargs", "encoder"):
+            assert meta_a[key] == meta_b[key], f"{name}: metadata {key} differs"
+        assert a.keys() == b.keys(), f"{name}: different tensors"
+        for key in a:
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), f"{name}: {key} differs from the reference"
+
+
+def final_state(run):
+    """The newest training state of a run: (cur_nimg, raw network weights)."""
+    path = max(Path(run).glob("training-state-*.pt"), key=lambda p: int(p.stem.split("-")[-1]))
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data["state"]["cur_nimg"], data["net"]
+
+
+def assert_same_final_weights(run, ref):
+    nimg_a, net_a = final_state(run)
+    nimg_b, net_b = final_state(ref)
+    assert nimg_a == nimg_b
+    assert net_a.keys() == net_b.keys()
+    for key in net_a:
+        assert torch.equal(net_a[key], net_b[key]), f"final training weights differ at {key}"
+
+
+@pytest.mark.parametrize("launch", ["tasks", "torchrun"])
+def test_two_task_job_trains_like_local_two_process_run(slurm, digits8, tmp_path, launch):
+    extra = ["--duration", "2Ki", "--snapshot", "1Ki", "--checkpoint", "2Ki"]
+    cmd, alloc = (TASKS, TASKS_ALLOC) if launch == "tasks" else (TORCHRUN, TORCHRUN_ALLOC)
+    script = batch_script(tmp_path / "train.sh", cmd, train_args(tmp_path / "slurm-run", digits8, *extra))
+    job = sbatch([*alloc, "--time=5", "--output=job-%j.out", str(script)], tmp_path)
+
+    local_torchrun(tmp_path / "local-run", digits8, *extra)  # runs while the job waits or runs
+
+    record = wait_for_job(job, timeout=240)
+    log = read_tail(tmp_path / f"job-{job}.out")
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    assert record["NumTasks"] == ("2" if launch == "tasks" else "1")
+    assert f"job {job}: {record['NumTasks']} task(s)" in log
+    assert (tmp_path / "slurm-run" / "training-done.json").is_file()
+    assert_same_snapshots(tmp_path / "slurm-run", tmp_path / "local-run")
+    assert_same_final_weights(tmp_path / "slurm-run", tmp_path / "local-run")
+
+
+def test_time_limit_stops_training_at_a_checkpoint_and_resubmission_resumes_it(slurm, digits8, tmp_path):
+    # Long enough that SLURM's signal (sent when under 40 s of the 1-minute limit remain, checked
+    # every 30 s by slurmctld) always arrives while training runs, after start-up.
+    extra = ["--duration", "12Ki", "--snapshot", "2Ki", "--checkpoint", "6Ki"]
+    run = tmp_path / "slurm-run"
+    script = batch_script(tmp_path / "train.sh", TASKS, train_args(run, digits8, *extra))
+    limited = [*TASKS_ALLOC, "--time=1", "--signal=TERM@40", "--output=job-%j.out", str(script)]
+    first = sbatch(limited, tmp_path)
+
+    local_torchrun(tmp_path / "local-run", digits8, *extra)  # uninterrupted reference, meanwhile
+
+    record = wait_for_job(first, timeout=150)
+    log = read_tail(tmp_path / f"job-{first}.out")
+    assert record["TimeLimit"] == "00:01:00"
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "75:0", f"{record}\n{log}"
+    assert "Received SIGTERM" in log
+    assert not (run / "training-done.json").exists()
+    cut_nimg, _ = final_state(run)
+    assert 0 < cut_nimg < 12 << 10
+
+    # What Snakemake's retries do: submit the same job again until it completes.
+    jobs = [first]
+    while record["JobState"] != "COMPLETED":
+        assert len(jobs) < 6, f"no completion after {len(jobs)} submissions: {[job_record(j)['JobState'] for j in jobs]}"
+        jobs.append(sbatch(limited, tmp_path))
+        record = wait_for_job(jobs[-1], timeout=150)
+        log = read_tail(tmp_path / f"job-{jobs[-1]}.out")
+        assert record["JobState"] == "COMPLETED" or record["ExitCode"] == "75:0", f"{record}\n{log}"
+    assert "Resuming from" in (run / "log.txt").read_text()
+    assert (run / "training-done.json").is_file()
+    assert_same_snapshots(run, tmp_path / "local-run")
+    assert_same_final_weights(run, tmp_path / "local-run")

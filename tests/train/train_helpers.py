@@ -1,0 +1,99 @@
+"""Helpers of the training tests: tiny datasets on disk and tiny training options."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import torch
+
+from edm2.train.run import TrainOptions
+
+
+def make_dataset(root, num_images=32, resolution=8, channels=3, num_classes=4, labels=True, seed=0):
+    """A folder of PNG files (or NPY latents when channels=8) plus dataset.json in the official format.
+
+    The images are smooth class-dependent patterns plus a little noise, so a model can learn them.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    entries = []
+    yy, xx = np.mgrid[0:resolution, 0:resolution] / max(resolution - 1, 1)
+    for i in range(num_images):
+        cls = i % num_classes
+        name = f"{i // 10:05d}/img{i:08d}" + (".npy" if channels == 8 else ".png")
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        if channels == 8:
+            arr = rng.normal(size=(8, resolution, resolution)).astype(np.float32)
+            arr[4:] = np.abs(arr[4:]) * 0.1
+            np.save(root / name, arr)
+        else:
+            base = np.stack([np.cos(np.pi * (cls + 1) * xx), np.sin(np.pi * (cls + 1) * yy), xx * yy][:channels], -1)
+            img = np.clip((base * 0.5 + 0.5) * 255 + rng.normal(scale=8, size=base.shape), 0, 255).astype(np.uint8)
+            PIL.Image.fromarray(img.squeeze(-1) if channels == 1 else img).save(root / name)
+        entries.append([name, cls])
+    (root / "dataset.json").write_text(json.dumps({"labels": entries if labels else None}))
+    return root
+
+
+def tiny_options(outdir, data, **overrides) -> TrainOptions:
+    """A very small conditional model on 8x8 images, fp32, no workers, all options explicit."""
+    kw = dict(
+        outdir=str(outdir),
+        data=str(data),
+        cond=True,
+        duration=2048,
+        batch=64,
+        channels=8,
+        dropout=0.0,
+        P_mean=-0.8,
+        P_std=1.6,
+        lr=0.01,
+        decay=35000,
+        precision="fp32",
+        status=64,
+        snapshot=1024,
+        checkpoint=1024,
+        workers=0,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[4],
+    )
+    kw.update(overrides)
+    return TrainOptions(**kw)
+
+
+def load_state(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a, b, where=""):
+    """Bit-identical nested dicts/lists of tensors and numbers."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where} differs (max abs diff {(a.double() - b.double()).abs().max().item():g})"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def cli_args(opts: TrainOptions) -> list[str]:
+    """The `edm2 train` arguments that give exactly `opts` (every preset option explicit)."""
+    def lst(v):
+        return ",".join(str(x) for x in v) if v else "none"
+
+    return [
+        f"--outdir={opts.outdir}", f"--data={opts.data}", f"--cond={opts.cond}",
+        f"--duration={opts.duration}", f"--batch={opts.batch}", f"--channels={opts.channels}",
+        f"--dropout={opts.dropout}", f"--P_mean={opts.P_mean}", f"--P_std={opts.P_std}", f"--lr={opts.lr}",
+        f"--decay={opts.decay}", f"--precision={opts.precision}", f"--status={opts.status}",
+        f"--snapshot={opts.snapshot}", f"--checkpoint={opts.checkpoint}", f"--workers={opts.workers}",
+        f"--channel-mult={lst(opts.channel_mult)}", f"--num-blocks={opts.num_blocks}",
+        f"--attn-resolutions={lst(opts.attn_resolutions)}", f"--seed={opts.seed}",
+    ] + ([f"--slice={opts.slice}"] if opts.slice else [])  # fmt: skip

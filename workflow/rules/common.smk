@@ -1,0 +1,611 @@
+# Shared set-up for every rule: configuration (validated against the schema), derived settings
+# of each training run, output paths, input functions and per-rule resources.
+#
+# Everything here is plain Python evaluated when the DAG is built. It must stay cheap (the paper
+# configs dry-run in seconds) and may not import torch or the edm2 package: the Snakemake process
+# may run in an environment that has neither.
+
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+
+# --- Configuration --------------------------------------------------------------------------
+
+REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
+
+
+def _validate_config():
+    """Validate `config` against the schema (filling defaults); name the bad key and the fix."""
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as e:
+        cause = next((a for a in e.args if hasattr(a, "absolute_path")), None)
+        if cause is None:
+            raise
+        where = "config" + "".join(f"[{p!r}]" for p in cause.absolute_path)
+        raise WorkflowError(
+            f"invalid configuration at {where}: {cause.message}. "
+            "Fix it in your config file (every key is described in config/README.md)."
+        ) from None
+
+
+_validate_config()
+
+RESULTS = config["results"].rstrip("/")
+
+# Defaults of the training options (None: the option is not passed, so `edm2 train` uses its
+# preset or its own default). A model entry overrides any of them.
+TRAIN_DEFAULTS = {
+    "preset": None,
+    "cond": True,
+    "duration": None,
+    "batch": None,
+    "batch_gpu": None,
+    "channels": None,
+    "channel_mult": None,
+    "num_blocks": None,
+    "attn_resolutions": None,
+    "dropout": None,
+    "lr": None,
+    "decay": None,
+    "P_mean": None,
+    "P_std": None,
+    "precision": None,
+    "status": None,
+    "snapshot": "8Mi",
+    "checkpoint": "128Mi",
+    "slice": None,
+    "seed": None,
+    "workers": None,
+    "nodes": 1,
+    "gpus_per_node": 0,
+    "procs_per_node": None,
+    "launch": "torchrun",
+    "retries": 0,
+    "extra_args": "",
+}
+
+# Training duration and batch of each preset (EDM2-SPEC §6), so that a model may leave them to
+# its preset and the workflow still knows the final snapshot's kimg.
+PRESET_DURATION = {
+    "edm2-img512-xxs": "2048Mi",
+    "edm2-img512-xs": "2048Mi",
+    "edm2-img512-s": "2048Mi",
+    "edm2-img512-m": "2048Mi",
+    "edm2-img512-l": "1792Mi",
+    "edm2-img512-xl": "1280Mi",
+    "edm2-img512-xxl": "896Mi",
+    "edm2-img64-xs": "1024Mi",
+    "edm2-img64-s": "1024Mi",
+    "edm2-img64-m": "2048Mi",
+    "edm2-img64-l": "1024Mi",
+    "edm2-img64-xl": "640Mi",
+}
+PRESET_BATCH = 2048
+
+_NIMG_SUFFIX = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+
+
+def parse_nimg(value):
+    """'8Mi' -> 8388608 (same rule as `edm2 train`)."""
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", str(value).strip())
+    if not m:
+        raise WorkflowError(f"{value!r} is not an image count; use an integer or one with Ki/Mi/Gi, e.g. 8Mi")
+    return int(m.group(1)) * _NIMG_SUFFIX[m.group(2) or ""]
+
+
+def expand_std_list(value):
+    """EMA std list: numbers, or a string 'a,b,...,c' where '...' continues the step b - a
+    (the rule of `edm2 phema --outstd`, EDM2-SPEC §7.4). Returns sorted unique '0.xyz' strings."""
+    if isinstance(value, (list, tuple)):
+        values = [float(v) for v in value]
+    else:
+        tokens = [t.strip() for t in str(value).split(",") if t.strip()]
+        values = []
+        for i, token in enumerate(tokens):
+            if token != "...":
+                values.append(float(token))
+                continue
+            if len(values) < 2 or i + 1 >= len(tokens) or tokens[i + 1] == "...":
+                raise WorkflowError(f"phema.grid {value!r}: '...' needs two values before it and one after")
+            step = values[-1] - values[-2]
+            stop = float(tokens[i + 1])
+            count = (stop - values[-1]) / step - 1 if step else -1
+            if step == 0 or count < 0 or abs(count - round(count)) > 1e-4:
+                raise WorkflowError(f"phema.grid {value!r}: the step {step:g} does not reach {stop:g}")
+            start = values[-1]
+            values.extend(start + step * (k + 1) for k in range(round(count)))
+    stds = {}
+    for v in values:
+        if not 0 < v < 0.289:
+            raise WorkflowError(f"phema.grid: EMA std {v:g} is outside (0, 0.289); use relative stds such as 0.100")
+        text = f"{v:.3f}"
+        if text in stds and abs(stds[text] - v) > 1e-9:
+            raise WorkflowError(f"phema.grid: {stds[text]:g} and {v:g} both round to {text}; use 3-decimal stds")
+        stds[text] = v
+    return sorted(stds, key=float)
+
+
+GRID = expand_std_list(config["phema"]["grid"])
+
+
+def _model_settings(entry):
+    settings = dict(TRAIN_DEFAULTS)
+    settings.update({k: v for k, v in config["train"].items() if v is not None})
+    settings.update({k: v for k, v in entry.items() if v is not None})
+    name = entry["name"]
+    settings.setdefault("label", name)
+    settings.setdefault("score", True)
+    preset = settings["preset"]
+    duration = settings["duration"] or PRESET_DURATION.get(preset)
+    if duration is None:
+        raise WorkflowError(f"models[{name}]: set `duration` (or a `preset`, whose duration is then used)")
+    settings["duration_nimg"] = parse_nimg(duration)
+    batch = settings["batch"] or PRESET_BATCH
+    snapshot = parse_nimg(settings["snapshot"])
+    nimg = settings["duration_nimg"]
+    if snapshot <= 0 or snapshot % 1024 or snapshot % batch:
+        raise WorkflowError(f"models[{name}]: snapshot={settings['snapshot']} must be a positive multiple of 1024 and of batch={batch}")
+    if nimg % snapshot:
+        raise WorkflowError(
+            f"models[{name}]: duration={duration} is not a multiple of snapshot={settings['snapshot']}; "
+            "post-hoc EMA needs a snapshot at the end of training, so make the duration a multiple of it"
+        )
+    settings["kimg"] = nimg // 1000
+    if settings["procs_per_node"] is None:
+        settings["procs_per_node"] = max(settings["gpus_per_node"], 1)
+    return settings
+
+
+MODELS = {}
+for _entry in config["models"]:
+    if _entry["name"] in MODELS:
+        raise WorkflowError(f"models: the name {_entry['name']!r} is used twice; give every model its own name")
+    MODELS[_entry["name"]] = _model_settings(_entry)
+SCORED_RUNS = [name for name, m in MODELS.items() if m["score"]]
+
+METRICS = config["score"]["metrics"]
+
+
+def _guidance_settings():
+    settings = {}
+    for g in config["guidance"]:
+        name = g["name"]
+        if name in settings:
+            raise WorkflowError(f"guidance: the name {name!r} is used twice")
+        g = dict(g)
+        g.setdefault("guide", None)
+        g.setdefault("weight", 1.0)
+        g.setdefault("guide_std", "same")
+        g.setdefault("metrics", METRICS)
+        g.setdefault("runs", SCORED_RUNS)
+        unknown = [m for m in g["metrics"] if m not in METRICS]
+        if unknown:
+            raise WorkflowError(f"guidance[{name}].metrics: {unknown} not in score.metrics {METRICS}; add them there")
+        for run in g["runs"]:
+            if run not in MODELS:
+                raise WorkflowError(f"guidance[{name}].runs: no model named {run!r}")
+        if g["guide"] is not None and g["guide"] not in MODELS:
+            raise WorkflowError(f"guidance[{name}].guide: no model named {g['guide']!r}; add it to `models` (score: false)")
+        if isinstance(g["weight"], dict):
+            missing = [r for r in g["runs"] if r not in g["weight"]]
+            if missing:
+                raise WorkflowError(f"guidance[{name}].weight: no weight for {missing}")
+        if g["guide"] is None and any(guidance_weight(g, r) != 1 for r in g["runs"]):
+            raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
+        if g["guide_std"] != "same" and f"{g['guide_std']:.3f}" not in GRID:
+            raise WorkflowError(f"guidance[{name}].guide_std {g['guide_std']} is not in phema.grid; add it there")
+        settings[name] = g
+    return settings
+
+
+def guidance_weight(g, run):
+    w = g["weight"]
+    return float(w[run] if isinstance(w, dict) else w)
+
+
+def is_guided(g, run):
+    return g["guide"] is not None and guidance_weight(g, run) != 1.0
+
+
+GUIDANCE = _guidance_settings()
+# (run, guidance) pairs that are scored.
+SCORED = [(run, g) for g in GUIDANCE for run in GUIDANCE[g]["runs"] if MODELS[run]["score"]]
+
+
+# --- Paths ----------------------------------------------------------------------------------
+
+DATA = f"{RESULTS}/data"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+# wildcard_constraints (also used by the rules): names are path segments, stds '0.xyz'.
+WC = {"run": r"[A-Za-z0-9][A-Za-z0-9_.-]*", "guidance": r"[A-Za-z0-9][A-Za-z0-9_.-]*", "std": r"\d\.\d{3}", "kimg": r"\d{7}", "opts": r"[0-9a-f]{8}"}
+
+
+def digits_dir():
+    return f"{DATA}/digits"
+
+
+def dataset_source():
+    src = config["data"]["source"]
+    return digits_dir() if src == "digits" else src
+
+
+def dataset_zip():
+    return f"{DATA}/dataset.zip"
+
+
+def latents_zip():
+    return f"{DATA}/latents.zip"
+
+
+def training_data():
+    return latents_zip() if config["data"]["latents"] else dataset_zip()
+
+
+def detector_file():
+    return f"{DATA}/detector-cnn.pt"
+
+
+def uses_cnn_detector():
+    return "fd_cnn" in METRICS
+
+
+def ref_stats():
+    """Reference statistics: computed by `ref_stats`, or given as a path or URL (data.ref)."""
+    return config["data"]["ref"] or f"{DATA}/ref-stats.npz"
+
+
+def ref_input():
+    """The reference statistics as an input file (nothing for a URL, which the command fetches)."""
+    ref = ref_stats()
+    return [] if re.match(r"^[a-z][a-z0-9+.-]*://", ref) else [ref]
+
+
+def _train_cli(run):
+    """`edm2 train` options of a run (everything but --outdir)."""
+    m = MODELS[run]
+    args = [f"--data {shlex.quote(training_data())}"]
+    if m["preset"]:
+        args.append(f"--preset {m['preset']}")
+    args.append(f"--cond {m['cond']}")
+    args.append(f"--duration {m['duration'] or PRESET_DURATION[m['preset']]}")
+    for key, flag in [
+        ("batch", "--batch"),
+        ("batch_gpu", "--batch-gpu"),
+        ("channels", "--channels"),
+        ("dropout", "--dropout"),
+        ("lr", "--lr"),
+        ("decay", "--decay"),
+        ("P_mean", "--P_mean"),
+        ("P_std", "--P_std"),
+        ("precision", "--precision"),
+        ("status", "--status"),
+        ("snapshot", "--snapshot"),
+        ("checkpoint", "--checkpoint"),
+        ("seed", "--seed"),
+        ("workers", "--workers"),
+        ("slice", "--slice"),
+    ]:
+        if m[key] is not None:
+            args.append(f"{flag} {m[key]}")
+    for key, flag in [("channel_mult", "--channel-mult"), ("attn_resolutions", "--attn-resolutions")]:
+        if m[key] is not None:
+            args.append(f"{flag} {','.join(str(v) for v in m[key]) or 'none'}")
+    if m["num_blocks"] is not None:
+        args.append(f"--num-blocks {m['num_blocks']}")
+    if m["extra_args"]:
+        args.append(m["extra_args"])
+    return " ".join(args)
+
+
+# Options that only decide how a run is launched; changing them resumes the same run.
+_LAUNCH_KEYS = {"batch_gpu", "workers", "slice", "nodes", "gpus_per_node", "procs_per_node", "launch", "retries"}
+
+
+def train_opts_hash(run):
+    """Short hash of everything that defines a run's result (training options and data), so a
+    changed option trains a fresh run in a new folder instead of resuming an incompatible one."""
+    m = MODELS[run]
+    key = {k: m[k] for k in TRAIN_DEFAULTS if k not in _LAUNCH_KEYS}
+    key["data"] = {k: config["data"][k] for k in ("source", "digits_resolution", "resolution", "transform", "max_images", "latents", "vae")}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_dir(run):
+    return f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}"
+
+
+def train_done(run):
+    return f"{run_dir(run)}/training-done.json"
+
+
+def phema_dir(run):
+    return f"{RESULTS}/runs/{run}/phema"
+
+
+def phema_file(run, std):
+    return f"{phema_dir(run)}/phema-{MODELS[run]['kimg']:07d}-{std}.safetensors"
+
+
+def refine_dir(run):
+    return f"{RESULTS}/runs/{run}/phema-refine"
+
+
+def model_info(run):
+    return f"{RESULTS}/runs/{run}/model-info.json"
+
+
+def score_file(run, guidance, std):
+    return f"{RESULTS}/scores/{run}/{guidance}/ema-{std}.json"
+
+
+def scores_csv():
+    return f"{RESULTS}/tables/scores.csv"
+
+
+def best_csv():
+    return f"{RESULTS}/tables/best.csv"
+
+
+def refine_grid_file():
+    return f"{RESULTS}/refine/grid.json"
+
+
+def plot_files():
+    stems = [f"ema-sweep-{m}" for m in METRICS] + [f"gflops-{m}" for m in METRICS] + ["training-loss"]
+    return [f"{RESULTS}/plots/{s}.{ext}" for s in stems for ext in ("png", "svg")]
+
+
+def table_files():
+    return [f"{RESULTS}/tables/table2.{ext}" for ext in ("csv", "md", "tex")]
+
+
+def sample_files():
+    return [f"{RESULTS}/plots/samples-{run}-{g}.png" for run, g in SCORED]
+
+
+def summary_files():
+    return [f"{RESULTS}/summary.md", f"{RESULTS}/summary.html"]
+
+
+# --- Refinement of the EMA grid (phema.refine) ------------------------------------------------
+
+REFINE = config["phema"]["refine"]
+
+
+def refined_stds():
+    """{run: {guidance: [std, ...]}} chosen by the `refine_grid` checkpoint (only call from input
+    functions of jobs that come after it)."""
+    with open(checkpoints.refine_grid.get().output[0]) as f:
+        return json.load(f)["stds"]
+
+
+def refine_phema_stds(run):
+    """Fine stds the run's refined phema must provide: its own, and those of the runs it guides
+    with the same EMA std."""
+    chosen = refined_stds()
+    stds = set()
+    for main, per_guidance in chosen.items():
+        for g, values in per_guidance.items():
+            if main == run:
+                stds.update(values)
+            if GUIDANCE[g]["guide"] == run and GUIDANCE[g]["guide_std"] == "same" and is_guided(GUIDANCE[g], main):
+                stds.update(values)
+    return sorted(s for s in stds if s not in GRID)
+
+
+def net_file(run, std):
+    """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder."""
+    if std in GRID:
+        return phema_file(run, std)
+    return f"{refine_dir(run)}/phema-{MODELS[run]['kimg']:07d}-{std}.safetensors"
+
+
+def net_input(run, std):
+    return phema_file(run, std) if std in GRID else refine_dir(run)
+
+
+def all_scores(wildcards=None):
+    """Every score JSON of the configuration (coarse grid, plus the refined stds when enabled)."""
+    files = [score_file(run, g, std) for run, g in SCORED for std in GRID]
+    if REFINE:
+        for run, per_guidance in refined_stds().items():
+            for g, stds in per_guidance.items():
+                files.extend(score_file(run, g, std) for std in stds if std not in GRID)
+    return files
+
+
+def coarse_scores():
+    return [score_file(run, g, std) for run, g in SCORED for std in GRID]
+
+
+# --- Input functions --------------------------------------------------------------------------
+
+
+def score_inputs(wildcards):
+    run, g, std = wildcards.run, wildcards.guidance, wildcards.std
+    if run not in MODELS or g not in GUIDANCE:
+        raise WorkflowError(f"score: unknown run {run!r} or guidance setting {g!r}")
+    setting = GUIDANCE[g]
+    # The reconstructed networks are `ancient`: re-running `phema` for a changed grid rewrites
+    # every file of the grid but must not re-score the stds that were already scored. A new
+    # training run still re-scores everything, through `done`.
+    inputs = {"net": ancient(net_input(run, std)), "done": train_done(run), "ref": ref_input()}
+    if is_guided(setting, run):
+        guide = setting["guide"]
+        guide_std = std if setting["guide_std"] == "same" else f"{setting['guide_std']:.3f}"
+        inputs["gnet"] = ancient(net_input(guide, guide_std))
+        inputs["gdone"] = train_done(guide)
+    if "fd_cnn" in setting["metrics"]:
+        inputs["detector"] = detector_file()
+    return inputs
+
+
+def score_args(wildcards):
+    """Options of `edm2 metrics gen` for one score (guide, guidance weight, detector)."""
+    run, g, std = wildcards.run, wildcards.guidance, wildcards.std
+    setting = GUIDANCE[g]
+    args = []
+    if is_guided(setting, run):
+        guide_std = std if setting["guide_std"] == "same" else f"{setting['guide_std']:.3f}"
+        args.append(f"--gnet {shlex.quote(net_file(setting['guide'], guide_std))}")
+        args.append(f"--guidance {guidance_weight(setting, run):g}")
+    if "fd_cnn" in setting["metrics"]:
+        args.append(f"--cnn-detector {shlex.quote(detector_file())}")
+    return " ".join(args)
+
+
+def phema_inputs_for_samples(wildcards):
+    """Every network the sample grid of (run, guidance) may pick (ancient: only their presence
+    matters; the choice comes from the scores)."""
+    run, g = wildcards.run, wildcards.guidance
+    runs = [run]
+    if is_guided(GUIDANCE[g], run):
+        runs.append(GUIDANCE[g]["guide"])
+    files = [phema_file(r, std) for r in runs for std in GRID]
+    if REFINE:
+        files.extend(refine_dir(r) for r in runs)
+    return [ancient(f) for f in dict.fromkeys(files)]
+
+
+# --- Training launch --------------------------------------------------------------------------
+
+
+def train_launch(run):
+    """Command that starts `edm2 train` for a run: one process, torchrun on one node, or (under
+    SLURM) one srun task per node running torchrun with a c10d rendezvous, or one srun task per
+    rank (`launch: tasks`; ranks from SLURM_PROCID)."""
+    m = MODELS[run]
+    nodes, procs = m["nodes"], m["procs_per_node"]
+    port = config["slurm"]["rdzv_port"]
+    head = 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    if m["launch"] == "tasks" and nodes * procs > 1:
+        return (
+            f"export {head} MASTER_PORT={port}; "
+            f"srun --nodes={nodes} --ntasks-per-node={procs} --kill-on-bad-exit=1 python -m edm2 train"
+        )
+    if nodes > 1:
+        return (
+            f"export {head}; "
+            f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+            f"torchrun --nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
+            f'--rdzv-endpoint="$MASTER_ADDR:{port}" --rdzv-id="$SLURM_JOB_ID" -m edm2 train'
+        )
+    if procs > 1:
+        return f"torchrun --standalone --nnodes=1 --nproc-per-node={procs} -m edm2 train"
+    return "python -m edm2 train"
+
+
+def train_retries():
+    """Resubmissions a training job may need: one per extra slice, plus the configured spare
+    retries (time limits, preemption)."""
+    most = 0
+    for m in MODELS.values():
+        slices = 1
+        if m["slice"] is not None:
+            slices = math.ceil(m["duration_nimg"] / max(parse_nimg(m["slice"]), 1))
+        most = max(most, slices - 1 + m["retries"])
+    return most
+
+
+# --- Resources --------------------------------------------------------------------------------
+
+_RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpus": 0, "partition": None}
+
+
+def rule_setting(rule, key):
+    res = config["resources"]
+    for source in (res.get(rule, {}), res.get("default", {}), _RESOURCE_DEFAULTS):
+        if source.get(key) is not None:
+            return source[key]
+    return None
+
+
+def rule_threads(rule):
+    return rule_setting(rule, "threads")
+
+
+def rule_resources(rule):
+    """Resources of a rule (to spread into `resources:`): memory, run time, GPUs, and the SLURM
+    partition/account from the config or from EDM2_SLURM_PARTITION / EDM2_SLURM_ACCOUNT."""
+    out = {"mem_mb": rule_setting(rule, "mem_mb"), "runtime": rule_setting(rule, "runtime")}
+    gpus = rule_setting(rule, "gpus")
+    if gpus:
+        out["gpu"] = gpus
+    slurm = config["slurm"]
+    partition = rule_setting(rule, "partition")
+    if partition is None and gpus:
+        partition = slurm["gpu_partition"]
+    partition = partition or slurm["partition"] or os.environ.get("EDM2_SLURM_PARTITION")
+    account = slurm["account"] or os.environ.get("EDM2_SLURM_ACCOUNT")
+    if partition:
+        out["slurm_partition"] = partition
+    if account:
+        out["slurm_account"] = account
+    return out
+
+
+def train_resources():
+    """Per-run SLURM geometry of a training job (functions of the `run` wildcard)."""
+    base = rule_resources("train")
+    base.pop("gpu", None)
+    slurm = config["slurm"]
+    if "slurm_partition" not in base and slurm["gpu_partition"] and any(m["gpus_per_node"] for m in MODELS.values()):
+        base["slurm_partition"] = lambda wc: slurm["gpu_partition"] if MODELS[wc.run]["gpus_per_node"] else (slurm["partition"] or os.environ.get("EDM2_SLURM_PARTITION") or None)
+
+    def srun_launched(m):
+        return m["nodes"] > 1 or (m["launch"] == "tasks" and m["procs_per_node"] > 1)
+
+    def single_node_gpus(wc):
+        m = MODELS[wc.run]
+        return m["gpus_per_node"] if m["gpus_per_node"] and not srun_launched(m) else None
+
+    def per_node_gres(wc):
+        m = MODELS[wc.run]
+        return f"gpu:{m['gpus_per_node']}" if m["gpus_per_node"] and srun_launched(m) else None
+
+    def mpi(wc):
+        return "srun" if srun_launched(MODELS[wc.run]) else None
+
+    def tasks(wc):
+        m = MODELS[wc.run]
+        if not srun_launched(m):
+            return None
+        return m["nodes"] * (m["procs_per_node"] if m["launch"] == "tasks" else 1)
+
+    def tasks_per_gpu(wc):
+        return 0 if MODELS[wc.run]["gpus_per_node"] else None
+
+    def slurm_extra(wc):
+        s = slurm["signal_seconds"]
+        return f"--signal=TERM@{s}" if s else None
+
+    base.update(
+        nodes=lambda wc: MODELS[wc.run]["nodes"],
+        gpu=single_node_gpus,
+        gres=per_node_gres,
+        mpi=mpi,
+        tasks=tasks,
+        tasks_per_gpu=tasks_per_gpu,
+        slurm_extra=slurm_extra,
+    )
+    return base
+
+
+def log_file(rule, name="all"):
+    return f"{LOGS}/{rule}/{name}.log"
+
+
+def bench_file(rule, name="all"):
+    return f"{BENCH}/{rule}/{name}.tsv"

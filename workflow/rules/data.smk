@@ -1,0 +1,117 @@
+# Data: the demo digits, conversion to the official dataset format, optional SD-VAE latents,
+# the small dataset-trained CNN detector (metric fd_cnn) and the reference statistics.
+
+
+rule digits:
+    """The embedded demo dataset: scikit-learn's 1,797 handwritten digits as a labelled PNG folder."""
+    output:
+        directory(digits_dir()),
+    params:
+        resolution=config["data"]["digits_resolution"],
+    log:
+        log_file("digits"),
+    benchmark:
+        bench_file("digits")
+    threads: rule_threads("digits")
+    resources:
+        **rule_resources("digits"),
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m edm2 dataset digits --dest {output} --resolution {params.resolution} > {log} 2>&1"
+
+
+rule convert:
+    """Images (folder or ZIP) -> the official dataset ZIP (uncompressed PNGs + dataset.json)."""
+    input:
+        dataset_source(),
+    output:
+        dataset_zip(),
+    params:
+        resolution=lambda wc: f"--resolution {config['data']['resolution']}" if config["data"]["resolution"] else "",
+        transform=config["data"]["transform"],
+        max_images=lambda wc: f"--max-images {config['data']['max_images']}" if config["data"]["max_images"] else "",
+    log:
+        log_file("convert"),
+    benchmark:
+        bench_file("convert")
+    threads: rule_threads("convert")
+    resources:
+        **rule_resources("convert"),
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m edm2 dataset convert --source {input} --dest {output} --transform {params.transform}"
+        " {params.resolution} {params.max_images} --workers {threads} > {log} 2>&1"
+
+
+rule encode:
+    """Pixels -> Stable Diffusion VAE latents (8-channel mean/std NPY per image), for img512."""
+    input:
+        dataset_zip(),
+    output:
+        latents_zip(),
+    params:
+        vae=config["data"]["vae"],
+        batch=config["data"]["encode_batch"],
+    log:
+        log_file("encode"),
+    benchmark:
+        bench_file("encode")
+    threads: rule_threads("encode")
+    resources:
+        **rule_resources("encode"),
+    conda:
+        "../../envs/vae.yaml"
+    shell:
+        "python -m edm2 dataset encode --source {input} --dest {output} --vae {params.vae}"
+        " --batch {params.batch} > {log} 2>&1"
+
+
+rule train_detector:
+    """The small CNN classifier whose penultimate features give the fd_cnn metric."""
+    input:
+        dataset_zip(),
+    output:
+        detector_file(),
+    params:
+        epochs=config["detector"]["epochs"],
+        batch=config["detector"]["batch"],
+        seed=config["detector"]["seed"],
+        extra=config["detector"]["extra_args"],
+    log:
+        log_file("train_detector"),
+    benchmark:
+        bench_file("train_detector")
+    threads: rule_threads("train_detector")
+    resources:
+        **rule_resources("train_detector"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "python -m edm2 metrics train-detector --data {input} --dest {output} --epochs {params.epochs}"
+        " --batch {params.batch} --seed {params.seed} {params.extra} > {log} 2>&1"
+
+
+rule ref_stats:
+    """Feature statistics of the whole dataset for every configured metric."""
+    input:
+        data=dataset_zip(),
+        detector=detector_file() if uses_cnn_detector() else [],
+    output:
+        f"{DATA}/ref-stats.npz",
+    params:
+        metrics=",".join(METRICS),
+        detector=lambda wc, input: f"--cnn-detector {input.detector}" if input.detector else "",
+    log:
+        log_file("ref_stats"),
+    benchmark:
+        bench_file("ref_stats")
+    threads: rule_threads("ref_stats")
+    resources:
+        **rule_resources("ref_stats"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "python -m edm2 metrics ref --data {input.data} --dest {output} --metrics {params.metrics}"
+        " {params.detector} > {log} 2>&1"

@@ -1,0 +1,34 @@
+# Scoring: one job per (run, guidance setting, EMA std). Images are generated on the fly and fed
+# to the configured feature detectors over K disjoint seed ranges; the result is one small JSON.
+# Metric list, sampler settings and guidance weight are params, so changing them re-scores.
+
+
+rule score:
+    input:
+        unpack(score_inputs),
+    output:
+        f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json",
+    params:
+        net=lambda wc: net_file(wc.run, wc.std),
+        ref=ref_stats(),
+        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
+        num=config["score"]["num"],
+        seed=config["score"]["seed"],
+        ranges=config["score"]["seeds_ranges"],
+        steps=config["score"]["steps"],
+        batch=config["score"]["batch"],
+        guide=score_args,
+        extra=config["score"]["extra_args"],
+    log:
+        f"{LOGS}/score/{{run}}/{{guidance}}/ema-{{std}}.log",
+    benchmark:
+        f"{BENCH}/score/{{run}}/{{guidance}}/ema-{{std}}.tsv"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "python -m edm2 metrics gen --net {params.net} {params.guide} --ref {params.ref}"
+        " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
+        " --steps {params.steps} --batch {params.batch} {params.extra} --json {output} > {log} 2>&1"

@@ -1,0 +1,102 @@
+# Post-hoc EMA: reconstruct every EMA length of the grid from a run's snapshots in one pass, and
+# optionally (phema.refine) a finer grid around the best coarse length.
+
+
+rule phema:
+    input:
+        done=lambda wc: train_done(wc.run),
+    output:
+        [f"{RESULTS}/runs/{{run}}/phema/phema-{{kimg}}-{std}.safetensors" for std in GRID],
+    params:
+        indir=lambda wc, input: os.path.dirname(input.done),
+        outdir=lambda wc: phema_dir(wc.run),
+        stds=",".join(GRID),
+        kimg=lambda wc: int(wc.kimg),
+    log:
+        f"{LOGS}/phema/{{run}}-{{kimg}}.log",
+    benchmark:
+        f"{BENCH}/phema/{{run}}-{{kimg}}.tsv"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m edm2 phema --indir {params.indir} --outdir {params.outdir} --outstd {params.stds}"
+        " --outkimg {params.kimg} > {log} 2>&1"
+
+
+rule model_info:
+    """Parameters and Gflops of a run's network (for the tables and the Gflops plot)."""
+    input:
+        net=lambda wc: ancient(phema_file(wc.run, GRID[0])),
+        done=lambda wc: train_done(wc.run),
+    output:
+        f"{RESULTS}/runs/{{run}}/model-info.json",
+    params:
+        label=lambda wc: MODELS[wc.run]["label"],
+    log:
+        f"{LOGS}/model_info/{{run}}.log",
+    benchmark:
+        f"{BENCH}/model_info/{{run}}.tsv"
+    threads: rule_threads("model_info")
+    resources:
+        **rule_resources("model_info"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label '{params.label}'"
+        " --out {output} > {log} 2>&1"
+
+
+checkpoint refine_grid:
+    """Best EMA length of every (run, guidance setting) on the coarse grid -> the finer stds
+    between its neighbours (phema.refine)."""
+    input:
+        coarse_scores(),
+    output:
+        refine_grid_file(),
+    params:
+        points=config["phema"]["refine_points"],
+        grid=",".join(GRID),
+        statistic=config["score"]["statistic"],
+    log:
+        log_file("refine_grid"),
+    benchmark:
+        bench_file("refine_grid")
+    threads: rule_threads("refine_grid")
+    resources:
+        **rule_resources("refine_grid"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report refine --grid {params.grid} --points {params.points}"
+        " --statistic {params.statistic} --out {output} {input} > {log} 2>&1"
+
+
+rule phema_refine:
+    """The refined EMA lengths of one run (a folder; empty when the run needs none)."""
+    input:
+        done=lambda wc: train_done(wc.run),
+        grid=refine_grid_file(),
+    output:
+        directory(f"{RESULTS}/runs/{{run}}/phema-refine"),
+    params:
+        indir=lambda wc, input: os.path.dirname(input.done),
+        stds=lambda wc: ",".join(refine_phema_stds(wc.run)),
+        kimg=lambda wc: MODELS[wc.run]["kimg"],
+    log:
+        f"{LOGS}/phema_refine/{{run}}.log",
+    benchmark:
+        f"{BENCH}/phema_refine/{{run}}.tsv"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "mkdir -p {output}; "
+        "if [ -n '{params.stds}' ]; then "
+        "python -m edm2 phema --indir {params.indir} --outdir {output} --outstd {params.stds}"
+        " --outkimg {params.kimg} > {log} 2>&1; "
+        "else echo 'no refined EMA lengths needed' > {log}; fi"

@@ -1,0 +1,159 @@
+# Results: tidy CSV tables from the score JSONs, the paper's plots and Table 2, sample grids at
+# the best EMA length, and a summary page. Outputs marked report(...) go into
+# `snakemake --report results/report.html` with the captions of workflow/report/.
+
+
+rule aggregate:
+    """Score JSONs -> tidy CSV (one row per score and metric) and the best EMA length per
+    (run, guidance setting, metric)."""
+    input:
+        scores=all_scores,
+        info=[model_info(run) for run in MODELS],
+    output:
+        scores=report(scores_csv(), caption="../report/scores.rst", category="Tables"),
+        best=report(best_csv(), caption="../report/best.rst", category="Tables"),
+    params:
+        statistic=config["score"]["statistic"],
+        info=lambda wc, input: " ".join(f"--model-info {f}" for f in input.info),
+    log:
+        log_file("aggregate"),
+    benchmark:
+        bench_file("aggregate")
+    threads: rule_threads("aggregate")
+    resources:
+        **rule_resources("aggregate"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report aggregate --out {output.scores} --best {output.best}"
+        " --statistic {params.statistic} {params.info} {input.scores} > {log} 2>&1"
+
+
+rule plots:
+    """Metric vs EMA length per run (optimum marked), best metric vs Gflops, training loss."""
+    input:
+        scores=scores_csv(),
+        done=[train_done(run) for run in MODELS],
+    output:
+        report(
+            expand(f"{RESULTS}/plots/ema-sweep-{{metric}}.{{ext}}", metric=METRICS, ext=["png", "svg"]),
+            caption="../report/ema_sweep.rst",
+            category="Plots",
+            subcategory="EMA length",
+        ),
+        report(
+            expand(f"{RESULTS}/plots/gflops-{{metric}}.{{ext}}", metric=METRICS, ext=["png", "svg"]),
+            caption="../report/gflops.rst",
+            category="Plots",
+            subcategory="Gflops",
+        ),
+        report(
+            expand(f"{RESULTS}/plots/training-loss.{{ext}}", ext=["png", "svg"]),
+            caption="../report/training_loss.rst",
+            category="Plots",
+            subcategory="Training",
+        ),
+    params:
+        outdir=f"{RESULTS}/plots",
+        metrics=",".join(METRICS),
+        runs=lambda wc, input: " ".join(f"--run {run}={os.path.dirname(d)}" for run, d in zip(MODELS, input.done)),
+    log:
+        log_file("plots"),
+    benchmark:
+        bench_file("plots")
+    threads: rule_threads("plots")
+    resources:
+        **rule_resources("plots"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs}"
+        " --outdir {params.outdir} > {log} 2>&1"
+
+
+rule tables:
+    """The paper's Table 2 layout (size, Mparams, Gflops, NFE, metric, EMA length; without and
+    with guidance) as CSV, Markdown and LaTeX."""
+    input:
+        scores_csv(),
+    output:
+        report(table_files()[0], caption="../report/table2.rst", category="Tables"),
+        table_files()[1],
+        table_files()[2],
+    params:
+        metrics=",".join(METRICS),
+        stem=f"{RESULTS}/tables/table2",
+    log:
+        log_file("tables"),
+    benchmark:
+        bench_file("tables")
+    threads: rule_threads("tables")
+    resources:
+        **rule_resources("tables"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report tables --scores {input} --metrics {params.metrics} --out {params.stem} > {log} 2>&1"
+
+
+rule samples:
+    """A grid of images from the best EMA length of a (run, guidance setting)."""
+    input:
+        best=best_csv(),
+        nets=phema_inputs_for_samples,
+    output:
+        report(
+            f"{RESULTS}/plots/samples-{{run}}-{{guidance}}.png",
+            caption="../report/samples.rst",
+            category="Samples",
+            labels=lambda wc: {"run": wc.run, "guidance": wc.guidance},
+        ),
+    params:
+        metric=lambda wc: GUIDANCE[wc.guidance]["metrics"][0],
+        seeds=config["samples"]["seeds"],
+        batch=config["samples"]["batch"],
+        steps=config["samples"]["steps"] or config["score"]["steps"],
+        tmp=lambda wc: f"{RESULTS}/plots/.samples-{wc.run}-{wc.guidance}",
+    log:
+        f"{LOGS}/samples/{{run}}-{{guidance}}.log",
+    benchmark:
+        f"{BENCH}/samples/{{run}}-{{guidance}}.tsv"
+    threads: rule_threads("samples")
+    resources:
+        **rule_resources("samples"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "rm -rf {params.tmp}; "
+        "best=$(python -m edm2 report best --best {input.best} --run {wildcards.run}"
+        " --guidance {wildcards.guidance} --metric {params.metric} --shell 2>> {log}); "
+        'eval "python -m edm2 generate $best --seeds {params.seeds} --batch {params.batch}'
+        ' --steps {params.steps} --outdir {params.tmp}" > {log} 2>&1; '
+        "python -m edm2 report grid --images {params.tmp} --out {output} >> {log} 2>&1; "
+        "rm -rf {params.tmp}"
+
+
+rule report:
+    """A one-page summary (Markdown and self-contained HTML) of the tables, plots and samples."""
+    input:
+        best=best_csv(),
+        tables=table_files(),
+        plots=plot_files(),
+        samples=sample_files(),
+    output:
+        md=f"{RESULTS}/summary.md",
+        html=f"{RESULTS}/summary.html",
+    params:
+        samples=lambda wc, input: " ".join(f"--samples {f}" for f in input.samples),
+    log:
+        log_file("report"),
+    benchmark:
+        bench_file("report")
+    threads: rule_threads("report")
+    resources:
+        **rule_resources("report"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m edm2 report summary --best {input.best} --table {input.tables[1]} {params.samples}"
+        " --md {output.md} --html {output.html} {input.plots} > {log} 2>&1"

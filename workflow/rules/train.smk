@@ -1,0 +1,34 @@
+# Training: one run per configured model. The run folder name carries a hash of the training
+# options ({opts}), so a changed option trains a fresh run instead of resuming an incompatible one.
+#
+# A job that stops early (SLURM's signal before the time limit, preemption, or the end of a
+# `slice`) leaves its checkpoint in the run folder and fails with status 75; Snakemake resubmits
+# it (`retries`) and `edm2 train` resumes from the newest training state, until the run reaches
+# its duration and writes training-done.json.
+
+
+rule train:
+    input:
+        data=training_data(),
+    output:
+        f"{RESULTS}/runs/{{run}}/train-{{opts}}/training-done.json",
+    params:
+        launch=lambda wc: train_launch(wc.run),
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+        options=lambda wc: _train_cli(wc.run),
+    log:
+        f"{LOGS}/train/{{run}}-{{opts}}.log",
+    benchmark:
+        f"{BENCH}/train/{{run}}-{{opts}}.tsv"
+    threads: rule_threads("train")
+    retries: train_retries()
+    resources:
+        **train_resources(),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        # The no-op trap keeps this shell alive on SIGTERM until training has written its
+        # checkpoint; SLURM signals the training processes themselves.
+        "trap : TERM USR1; "
+        "{params.launch} --outdir {params.outdir} {params.options} >> {log} 2>&1; "
+        "test -f {output} || {{ echo 'slice done, resubmit to continue' >> {log}; exit 75; }}"
