@@ -101,11 +101,13 @@ def parse_std_list(text) -> list[float]:
     elif isinstance(text, (list, tuple)):
         values = [float(v) for v in text]
     else:
-        tokens = [t.strip() for t in str(text).split(",") if t.strip() != ""]
+        tokens = [t.strip() for t in str(text).split(",")]
+        if "" in tokens:
+            raise ConfigError(f"{text!r}: empty item in the std list; separate numbers with single commas")
         values = []
         for idx, token in enumerate(tokens):
             if token == "...":
-                if len(values) < 2 or idx + 1 >= len(tokens) or tokens[idx + 1] == "...":
+                if idx < 2 or "..." in tokens[idx - 2 : idx] or idx + 1 >= len(tokens) or tokens[idx + 1] == "...":
                     raise ConfigError(
                         f"{text!r}: '...' needs two numbers before it and one after, e.g. 0.010,0.015,...,0.250"
                     )

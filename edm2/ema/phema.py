@@ -237,7 +237,7 @@ class _Source:
 
 
 class _Pipeline:
-    """Reader thread -> compute (caller) -> writer thread, with bounded queues of buffers."""
+    """Error and stop signalling shared by the reader, compute and writer threads."""
 
     def __init__(self):
         self.error = None
@@ -265,31 +265,25 @@ class _Pipeline:
                 pass
         return None
 
+    def thread(self, target, *args):
+        def run():
+            try:
+                target(*args)
+            except BaseException as e:
+                self.fail(e)
 
-def _stream_outputs(sources, params, X, out_fds, out_data_start, acc_dtype, chunk, progress, stats):
-    """Write the parameter data of every output: the core one-pass loop."""
-    # Rows grouped by dtype, widest first, so every group starts aligned for a dtype view.
-    order = sorted(range(len(sources)), key=lambda i: -sources[i].dtype.itemsize)
-    sources, X = [sources[i] for i in order], X[order]
-    n_in, n_out = X.shape
-    total = sum(numel for _, numel, _ in params)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+
+def _plan_chunks(params, chunk):
+    """Split the flattened parameters into chunks of `chunk` elements.
+
+    Each chunk is `(a, b, pieces)` with pieces `(param index, first, end, position in chunk)`.
+    """
     flat_start = np.cumsum([0] + [numel for _, numel, _ in params])
-    itemsizes = [src.dtype.itemsize for src in sources]
-    row_bytes = [chunk * s for s in itemsizes]
-    row_offsets = np.cumsum([0] + row_bytes)
-    n_staging, n_write = 2, 2
-
-    Ct = torch.from_numpy(np.ascontiguousarray(X.T)).to(acc_dtype)  # [n_out, n_in]
-    W = torch.empty(n_in * chunk, dtype=acc_dtype)
-    Y = torch.empty(n_out * chunk, dtype=acc_dtype)
-    staging = [np.empty(int(row_offsets[-1]), dtype=np.uint8) for _ in range(n_staging)]
-    outbufs = [torch.empty(n_out * chunk, dtype=torch.float16) for _ in range(n_write)]
-    in_fds = [os.open(src.path, os.O_RDONLY) for src in sources]
-    for fd in in_fds:
-        with contextlib.suppress(AttributeError, OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-
-    # Runs of each chunk: pieces (param index, first element, last element) within the chunk.
+    total = int(flat_start[-1])
     chunks = []
     for a in range(0, total, chunk):
         b = min(a + chunk, total)
@@ -300,110 +294,138 @@ def _stream_outputs(sources, params, X, out_fds, out_data_start, acc_dtype, chun
             pieces.append((p, int(e0), int(e1), int(flat_start[p] + e0 - a)))
             p += 1
         chunks.append((a, b, pieces))
-    # Per input and piece: the byte position in the file; adjacent pieces are read together.
-    param_starts = [[src.tensors[name].start for name, _, _ in params] for src in sources]
+    return chunks
 
+
+def _stream_outputs(sources, params, X, out_fds, out_data_start, acc_dtype, chunk, workers, progress, stats):
+    """Write the parameter data of every output: the one-pass loop.
+
+    One reader thread fills raw staging buffers with `preadv` (row i = chunk of input i),
+    `workers` compute threads each convert a chunk to `acc_dtype`, multiply it by the
+    coefficients and cast the result to fp16, and one writer thread `pwrite`s row j of the
+    result into output j. Torch runs single-threaded inside each compute thread: independent
+    chunks in parallel scale better than intra-op threads on a busy machine.
+    """
+    # Rows grouped by dtype, widest first, so every group starts aligned for a dtype view.
+    order = sorted(range(len(sources)), key=lambda i: -sources[i].dtype.itemsize)
+    sources, X = [sources[i] for i in order], X[order]
+    n_in, n_out = X.shape
+    itemsizes = [src.dtype.itemsize for src in sources]
+    row_start = np.cumsum([0] + itemsizes)  # staging row i starts at row_start[i] * n bytes
+    groups = []  # (first row, end row, dtype): runs of inputs converted in one copy
+    for i, src in enumerate(sources):
+        if groups and groups[-1][2] == src.dtype:
+            groups[-1][1] = i + 1
+        else:
+            groups.append([i, i + 1, src.dtype])
+    chunks = _plan_chunks(params, chunk)
+    param_starts = [[src.tensors[name].start for name, _, _ in params] for src in sources]
+    Ct = torch.from_numpy(np.ascontiguousarray(X.T)).to(acc_dtype)  # [n_out, n_in]
+
+    staging = [np.empty(int(row_start[-1]) * chunk, dtype=np.uint8) for _ in range(workers + 1)]
+    outbufs = [torch.empty(n_out * chunk, dtype=torch.float16) for _ in range(workers + 1)]
     pipe = _Pipeline()
-    free_staging, ready = queue.Queue(), queue.Queue(maxsize=n_staging)
-    free_out, to_write = queue.Queue(), queue.Queue(maxsize=n_write)
-    for i in range(n_staging):
+    free_staging, ready = queue.Queue(), queue.Queue()
+    free_out, to_write = queue.Queue(), queue.Queue()
+    for i in range(workers + 1):
         free_staging.put(i)
-    for i in range(n_write):
         free_out.put(i)
+    in_fds = []
 
     def reader():
-        try:
-            for ci, (a, b, pieces) in enumerate(chunks):
-                s = pipe.get(free_staging)
-                if s is None:
-                    return
-                buf = memoryview(staging[s])
-                n = b - a
-                t0 = time.perf_counter()
-                for i, fd in enumerate(in_fds):
-                    isz, base = itemsizes[i], int(row_offsets[i]) * n // chunk  # rows packed for n columns
-                    run_file, run_dest, run_len = None, None, 0
-                    for p, e0, e1, dest in pieces:
-                        pos = param_starts[i][p] + e0 * isz
-                        length = (e1 - e0) * isz
-                        if (
-                            run_file is not None
-                            and run_file + run_len == pos
-                            and run_dest + run_len == base + dest * isz
-                        ):
-                            run_len += length
-                            continue
-                        if run_file is not None:
-                            _preadv_full(fd, buf[run_dest : run_dest + run_len], run_file)
-                        run_file, run_dest, run_len = pos, base + dest * isz, length
-                    _preadv_full(fd, buf[run_dest : run_dest + run_len], run_file)
-                    stats["bytes_read"] += n * isz
-                stats["read_s"] += time.perf_counter() - t0
-                if not pipe.put(ready, (ci, s)):
-                    return
-        except BaseException as e:
-            pipe.fail(e)
+        for ci, (a, b, pieces) in enumerate(chunks):
+            s = pipe.get(free_staging)
+            if s is None:
+                return
+            buf, n = memoryview(staging[s]), b - a
+            t0 = time.perf_counter()
+            for i, fd in enumerate(in_fds):
+                isz, base = itemsizes[i], int(row_start[i]) * n
+                run = None  # [file position, staging position, length]: adjacent pieces read at once
+                for p, e0, e1, dest in pieces:
+                    pos, to, length = param_starts[i][p] + e0 * isz, base + dest * isz, (e1 - e0) * isz
+                    if run is not None and run[0] + run[2] == pos and run[1] + run[2] == to:
+                        run[2] += length
+                        continue
+                    if run is not None:
+                        _preadv_full(fd, buf[run[1] : run[1] + run[2]], run[0])
+                    run = [pos, to, length]
+                _preadv_full(fd, buf[run[1] : run[1] + run[2]], run[0])
+                stats["bytes_read"] += n * isz
+            stats["read_s"] += time.perf_counter() - t0
+            if not pipe.put(ready, (ci, s)):
+                return
+        for _ in range(workers):
+            pipe.put(ready, None)
 
-    def writer():
-        try:
-            while True:
-                item = pipe.get(to_write)
-                if item is None or item == "done":
-                    return
-                ci, o = item
-                a, b, _ = chunks[ci]
-                n = b - a
-                t0 = time.perf_counter()
-                data = memoryview(outbufs[o].numpy()).cast("B")
-                for j, fd in enumerate(out_fds):
-                    _pwrite_full(fd, data[j * n * 2 : (j + 1) * n * 2], out_data_start[j] + a * 2)
-                stats["write_s"] += time.perf_counter() - t0
-                if progress is not None:
-                    progress.update(n)
-                free_out.put(o)
-        except BaseException as e:
-            pipe.fail(e)
-
-    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        for _ in range(len(chunks)):
+    def compute():
+        W = torch.empty(n_in * chunk, dtype=acc_dtype)
+        Y = torch.empty(n_out * chunk, dtype=acc_dtype)
+        while True:
             item = pipe.get(ready)
             if item is None:
-                break
+                return
             ci, s = item
             a, b, _ = chunks[ci]
             n = b - a
             t0 = time.perf_counter()
             Wv = W[: n_in * n].view(n_in, n)
-            raw = torch.from_numpy(staging[s][: int(row_offsets[-1]) * n // chunk])
-            i = 0
-            while i < n_in:  # convert runs of inputs with the same dtype in one copy
-                k = i
-                while k < n_in and sources[k].dtype == sources[i].dtype:
-                    k += 1
-                lo, hi = int(row_offsets[i]) * n // chunk, int(row_offsets[k]) * n // chunk
-                Wv[i:k].copy_(raw[lo:hi].view(sources[i].dtype).view(k - i, n))
-                i = k
+            raw = torch.from_numpy(staging[s])
+            for lo, hi, dtype in groups:
+                rows = raw[int(row_start[lo]) * n : int(row_start[hi]) * n]
+                Wv[lo:hi].copy_(rows.view(dtype).view(hi - lo, n))
             free_staging.put(s)
             Yv = Y[: n_out * n].view(n_out, n)
-            torch.mm(Ct, Wv, out=Yv)
+            torch.mm(Ct, Wv, out=Yv)  # every output's chunk at once (spec §7.4 step 6)
             o = pipe.get(free_out)
             if o is None:
-                break
+                return
             outbufs[o][: n_out * n].copy_(Y[: n_out * n])
             stats["compute_s"] += time.perf_counter() - t0
             if not pipe.put(to_write, (ci, o)):
-                break
+                return
+
+    def writer():
+        while True:
+            item = pipe.get(to_write)
+            if item is None or item == "done":
+                return
+            ci, o = item
+            a, b, _ = chunks[ci]
+            n = b - a
+            t0 = time.perf_counter()
+            data = memoryview(outbufs[o].numpy()).cast("B")
+            for j, fd in enumerate(out_fds):
+                _pwrite_full(fd, data[j * n * 2 : (j + 1) * n * 2], out_data_start[j] + a * 2)
+            free_out.put(o)
+            stats["write_s"] += time.perf_counter() - t0
+            if progress is not None:
+                progress.update(n)
+
+    torch_threads = torch.get_num_threads()
+    threads = []
+    try:
+        for src in sources:
+            in_fds.append(os.open(src.path, os.O_RDONLY))
+            with contextlib.suppress(AttributeError, OSError):
+                os.posix_fadvise(in_fds[-1], 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        torch.set_num_threads(1)
+        threads.append(pipe.thread(writer))
+        compute_threads = [pipe.thread(compute) for _ in range(workers)]
+        threads += compute_threads
+        threads.append(pipe.thread(reader))
+        for t in compute_threads:
+            t.join()
         pipe.put(to_write, "done")
-        threads[1].join()
+        for t in threads:
+            t.join()
     except BaseException as e:
         pipe.fail(e)
     finally:
         pipe.stop.set()
         for t in threads:
             t.join()
+        torch.set_num_threads(torch_threads)
         for fd in in_fds:
             os.close(fd)
     if pipe.error is not None:
@@ -447,6 +469,7 @@ def reconstruct_phema(
     max_memory="2GiB",  # Peak memory budget of the process (bytes or text like '2GiB').
     dtype: torch.dtype = torch.float32,  # Accumulation dtype (float32 or float64).
     chunk_elements: int | None = None,  # Elements per chunk (default: chosen from max_memory).
+    workers: int | None = None,  # Compute threads (default: torch.get_num_threads()).
     scratch_dir=None,  # Where official pickles are converted (default: a temporary folder in outdir).
     progress: bool = False,  # Show a tqdm progress bar.
 ) -> dict:
@@ -550,10 +573,13 @@ def reconstruct_phema(
                 out_fds.append(fd)
                 _pwrite_full(fd, memoryview(header), 0)
 
-            # Working memory: chunk buffers sized to the budget (spec: bounded memory).
+            # Working memory: chunk buffers sized to the budget (bounded memory): per element of
+            # a chunk, raw input bytes (workers + 1 staging buffers), the accumulation-dtype
+            # input and output columns (per worker) and fp16 outputs (workers + 1 buffers).
             n_in, n_out = X.shape
-            per_element = sum(2 * s.dtype.itemsize for s in sources) + n_in * dtype.itemsize
-            per_element += n_out * (dtype.itemsize + 2 * 2)
+            workers = max(1, int(workers or torch.get_num_threads()))
+            per_element = (workers + 1) * (sum(s.dtype.itemsize for s in sources) + n_out * 2)
+            per_element += workers * (n_in + n_out) * dtype.itemsize
             budget = parse_bytes(max_memory) - _current_rss() - (64 << 20)
             total = sum(numel for _, numel, _ in params)
             if chunk_elements is None:
@@ -567,6 +593,7 @@ def reconstruct_phema(
             chunk = int(max(1, min(chunk_elements, total)))
             result["chunk_elements"] = chunk
             result["working_bytes"] = chunk * per_element
+            result["workers"] = workers
 
             bar = None
             if progress:
@@ -574,7 +601,7 @@ def reconstruct_phema(
 
                 bar = tqdm(total=total, unit="param", unit_scale=True, desc=f"phema {n_in} in -> {n_out} out")
             try:
-                _stream_outputs(sources, params, X, out_fds, out_data_start, dtype, chunk, bar, stats)
+                _stream_outputs(sources, params, X, out_fds, out_data_start, dtype, chunk, workers, bar, stats)
             finally:
                 if bar is not None:
                     bar.close()

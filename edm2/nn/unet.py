@@ -91,10 +91,8 @@ class UNet(torch.nn.Module):
         label_dim: int,  # Class label dimensionality. 0 = unconditional.
         model_channels: int = 192,  # Base multiplier for the number of channels.
         channel_mult=(1, 2, 3, 4),  # Per-resolution multipliers for the number of channels.
-        channel_mult_noise: int
-        | None = None,  # Multiplier for noise embedding dims. None = select based on channel_mult.
-        channel_mult_emb: int
-        | None = None,  # Multiplier for final embedding dims. None = select based on channel_mult.
+        channel_mult_noise: int | None = None,  # Multiplier for noise embedding dims. None = channel_mult[0].
+        channel_mult_emb: int | None = None,  # Multiplier for final embedding dims. None = max(channel_mult).
         num_blocks: int = 3,  # Number of residual blocks per resolution.
         attn_resolutions=(16, 8),  # List of resolutions with self-attention.
         label_balance: float = 0.5,  # Balance between noise embedding (0) and class embedding (1).

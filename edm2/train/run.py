@@ -170,7 +170,8 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
         if not exists:
             from edm2.io.atomic import atomic_write_text
 
-            text = json.dumps({"options": record, "training_loop": kwargs}, indent=2, default=str) + "\n"
+            loop = {k: v for k, v in kwargs.items() if not callable(v)}
+            text = json.dumps({"options": record, "training_loop": loop}, indent=2, default=str) + "\n"
             atomic_write_text(outdir / OPTIONS_FILE, text)
     barrier()
     with tee_output(outdir / "log.txt"):

@@ -25,7 +25,7 @@ def run(tmp_path_factory):
         trajectory.append({k: v.detach().double().clone() for k, v in net.named_parameters()})
         lrs.append(lr)
         if len(lrs) == 1:
-            gains = [p for k, p in net.named_parameters() if k.endswith("gain")]
+            gains = [net.unet.out_gain]
             gains_after_first.extend((p.detach().clone(), optimizer.state[p]["exp_avg"].clone()) for p in gains)
 
     opts = tiny_options(root / "run", data, duration=1024, batch=32, status=32)
@@ -48,14 +48,14 @@ def test_run_finishes_with_outputs_and_done_marker(run):
     assert done["snapshots"] == [f"network-snapshot-000000{k}-{s}.safetensors" for k in (0, 1) for s in ("0.050", "0.100")]
     assert "Status: kimg 1.0" in (run["dir"] / "log.txt").read_text()
     opts = json.loads((run["dir"] / "training_options.json").read_text())
-    assert opts["options"]["batch"] == 32 and opts["training_loop"]["lr_kwargs"]["ref_lr"] == 0.01
+    assert opts["options"]["batch"] == 32 and opts["training_loop"]["lr_kwargs"] == FAST_LR
 
 
 def test_first_step_uses_learning_rate_zero(run):
     lrs = run["lrs"]
     assert lrs[0] == 0.0
     assert lrs[1] == pytest.approx(0.02 * 32 / 200)  # pre-step cur_nimg / rampup
-    for value, exp_avg in run["gains"]:  # gains start at 0 and stay 0 although Adam's moments moved
+    for value, exp_avg in run["gains"]:  # out_gain starts at 0 and stays 0 although its Adam moment moved
         assert value.item() == 0.0 and exp_avg.abs().item() > 0
 
 
