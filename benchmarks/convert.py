@@ -24,21 +24,25 @@ from edm2.data.convert import convert_dataset, default_workers
 
 
 def make_jpegs(root: Path, n: int, width: int, height: int, seed: int = 0):
-    """Photo-like content: smooth colour gradients, a few blobs, sensor noise; JPEG quality 90."""
+    """Photo-like content: smooth colour gradients and blobs (drawn at 1/4 size, bicubic-enlarged)
+    plus sensor noise, saved as JPEG quality 90 into 10 class folders."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    w4, h4 = max(width // 4, 1), max(height // 4, 1)
+    yy, xx = np.mgrid[0:h4, 0:w4].astype(np.float32)
     for i in range(n):
-        img = np.zeros((height, width, 3), np.float32)
+        img = np.zeros((h4, w4, 3), np.float32)
         for c in range(3):
             a, b, p = rng.uniform(-1, 1, 3)
-            img[..., c] = 128 + 60 * np.sin(a * xx / 40 + b * yy / 30 + 6 * p)
+            img[..., c] = 128 + 60 * np.sin(a * xx / 10 + b * yy / 8 + 6 * p)
         for _ in range(3):
-            cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 120)
+            cx, cy, r = rng.uniform(0, w4), rng.uniform(0, h4), rng.uniform(5, 30)
             img += rng.uniform(-80, 80, 3) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / r**2)[..., None]
-        img += rng.normal(0, 6, img.shape)
+        small = PIL.Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        big = np.asarray(small.resize((width, height), PIL.Image.Resampling.BICUBIC)).astype(np.int16)
+        big = np.clip(big + rng.integers(-8, 9, big.shape, dtype=np.int16), 0, 255).astype(np.uint8)
         sub = root / f"{i % 10:02d}"
         sub.mkdir(exist_ok=True)
-        PIL.Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(sub / f"photo{i:05d}.jpg", quality=90)
+        PIL.Image.fromarray(big).save(sub / f"photo{i:05d}.jpg", quality=90)
 
 
 def plain_loop(src: Path, dest: Path, size: int):

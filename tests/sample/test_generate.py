@@ -48,6 +48,15 @@ def tiny_net(seed=0, **overrides):
     return net.eval().requires_grad_(False)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: thread synchronisation costs more than it saves on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def net():
     return tiny_net()

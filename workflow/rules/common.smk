@@ -254,7 +254,7 @@ def training_data():
 
 
 def detector_file():
-    return f"{DATA}/detector-cnn.pt"
+    return f"{DATA}/detector-cnn.safetensors"
 
 
 def uses_cnn_detector():

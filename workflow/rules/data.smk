@@ -103,6 +103,7 @@ rule ref_stats:
     params:
         metrics=",".join(METRICS),
         detector=lambda wc, input: f"--cnn-detector {input.detector}" if input.detector else "",
+        workers=config["data"]["workers"],
     log:
         log_file("ref_stats"),
     benchmark:
@@ -114,4 +115,4 @@ rule ref_stats:
         "../../envs/eval.yaml"
     shell:
         "python -m edm2 metrics ref --data {input.data} --dest {output} --metrics {params.metrics}"
-        " {params.detector} > {log} 2>&1"
+        " {params.detector} --workers {params.workers} > {log} 2>&1"

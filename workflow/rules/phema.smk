@@ -12,6 +12,7 @@ rule phema:
         outdir=lambda wc: phema_dir(wc.run),
         stds=",".join(GRID),
         kimg=lambda wc: int(wc.kimg),
+        extra=config["phema"]["extra_args"],
     log:
         f"{LOGS}/phema/{{run}}-{{kimg}}.log",
     benchmark:
@@ -23,7 +24,7 @@ rule phema:
         "../../envs/train.yaml"
     shell:
         "python -m edm2 phema --indir {params.indir} --outdir {params.outdir} --outstd {params.stds}"
-        " --outkimg {params.kimg} > {log} 2>&1"
+        " --outkimg {params.kimg} {params.extra} > {log} 2>&1"
 
 
 rule model_info:
@@ -85,6 +86,7 @@ rule phema_refine:
         indir=lambda wc, input: os.path.dirname(input.done),
         stds=lambda wc: ",".join(refine_phema_stds(wc.run)),
         kimg=lambda wc: MODELS[wc.run]["kimg"],
+        extra=config["phema"]["extra_args"],
     log:
         f"{LOGS}/phema_refine/{{run}}.log",
     benchmark:
@@ -98,5 +100,5 @@ rule phema_refine:
         "mkdir -p {output}; "
         "if [ -n '{params.stds}' ]; then "
         "python -m edm2 phema --indir {params.indir} --outdir {output} --outstd {params.stds}"
-        " --outkimg {params.kimg} > {log} 2>&1; "
+        " --outkimg {params.kimg} {params.extra} > {log} 2>&1; "
         "else echo 'no refined EMA lengths needed' > {log}; fi"
