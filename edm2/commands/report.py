@@ -16,6 +16,16 @@ def _metric_list(value: str) -> list[str]:
     return metrics
 
 
+def _pairs(items, option: str, form: str) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise click.BadParameter(f"{item!r} is not {form}", param_hint=option)
+        out[name] = value
+    return out
+
+
 @click.group(name="report")
 def report():
     """Plots and paper-style tables from result files.
@@ -58,9 +68,10 @@ def aggregate(scores, out, best_out, model_infos, statistic):
 @click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False), help="Tidy CSV from `edm2 report aggregate`.")
 @click.option("--metrics", required=True, help="Comma-separated metrics to plot, e.g. fid,fd_dinov2.")
 @click.option("--run", "runs", multiple=True, metavar="NAME=DIR", help="A training run folder (holding stats.jsonl) for the loss plot; repeat.")
+@click.option("--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a run in the loss plot; repeat.")
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the PNG and SVG files.")
 @click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help="Only used in axis labels.")
-def plots(scores, metrics, runs, outdir, statistic):
+def plots(scores, metrics, runs, labels, outdir, statistic):
     """The paper's plots: metric vs EMA length, best metric vs Gflops, training loss.
 
     Writes ema-sweep-<metric>, gflops-<metric> and training-loss, each as PNG and SVG.
@@ -79,14 +90,10 @@ def plots(scores, metrics, runs, outdir, statistic):
     for metric in _metric_list(metrics):
         plot_ema_sweep(rows, metric, outdir / f"ema-sweep-{metric}", statistic)
         plot_gflops(best, metric, outdir / f"gflops-{metric}")
-    stats = {}
-    for item in runs:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            raise click.BadParameter(f"{item!r} is not NAME=DIR", param_hint="--run")
-        stats[name] = Path(folder) / "stats.jsonl"
-    labels = {r["run"]: r["label"] for r in rows}
-    plot_training_loss(stats, outdir / "training-loss", labels)
+    stats = {name: Path(folder) / "stats.jsonl" for name, folder in _pairs(runs, "--run", "NAME=DIR").items()}
+    names = {r["run"]: r["label"] for r in rows}
+    names.update(_pairs(labels, "--label", "NAME=LABEL"))
+    plot_training_loss(stats, outdir / "training-loss", names)
     click.echo(f"plots -> {outdir}")
 
 

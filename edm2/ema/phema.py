@@ -9,8 +9,8 @@ matrix product `X^T W` gives that chunk of every output, which is cast to fp16 a
 its place in the output files. Each input byte is read once, whatever the number of outputs,
 and the working memory is a few chunk-sized buffers chosen to fit `max_memory`.
 
-Reading (a thread doing `preadv`), computing (the main thread, torch's intra-op threads) and
-writing (a thread doing `pwrite`) overlap. Outputs are safetensors files written directly
+Reading (a thread doing `preadv`), computing (a few worker threads, each on its own chunks)
+and writing (a thread doing `pwrite`) overlap. Outputs are safetensors files written directly
 (8-byte little-endian header length, JSON header, raw data) under temporary names and renamed
 into place when complete; they load with `edm2.io.snapshot.load_snapshot`.
 """
@@ -42,6 +42,17 @@ INPUT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<kimg>\d+)-(?P<std>\d+\.\d+)\.(?P<e
 _ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _DEFAULT_CHUNK_BYTES = 160 << 20  # working buffers beyond this do not make the pass faster
+
+
+# The only buffers of the EDM2 network are the MPFourier frequencies and phases (spec §1.5);
+# they are copied from the last input, never averaged (spec §14.12). Deciding this from the
+# names avoids building the network (which costs seconds of torch start-up on the meta device).
+BUFFER_SUFFIXES = (".freqs", ".phases")
+
+
+def is_buffer(name: str) -> bool:
+    """Whether a state-dict entry of `edm2.nn.Precond` is a buffer (not EMA-averaged)."""
+    return name.endswith(BUFFER_SUFFIXES)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,9 +131,12 @@ def plan_coefficients(inputs: list, out_std: list, out_nimg: int | None = None):
     used = [inp for inp in inputs if 0 < inp.nimg <= out_nimg]  # step-0 snapshots never help
     if not used:
         raise ConfigError(f"no input snapshot with 0 < nimg <= {out_nimg}; the step-0 snapshots cannot be used")
-    X = solve_posthoc_coefficients(
-        [inp.nimg for inp in used], [inp.std for inp in used], np.full(len(out_std), out_nimg), out_std
-    )
+    try:
+        X = solve_posthoc_coefficients(
+            [inp.nimg for inp in used], [inp.std for inp in used], np.full(len(out_std), out_nimg), out_std
+        )
+    except np.linalg.LinAlgError:
+        X = np.full((len(used), len(out_std)), np.nan)
     if not np.all(np.isfinite(X)):
         raise ConfigError("the input EMA profiles are linearly dependent; remove duplicate snapshots")
     return used, out_nimg, X
@@ -438,11 +452,10 @@ def _open_source(inp: PhemaInput, scratch: Path) -> tuple[_Source, dict]:
 
     path = inp.path
     if inp.is_pickle:
-        from edm2.io.official import load_official_pickle
+        from edm2.io.official import load_official_pickle, snapshot_fields
 
         data = load_official_pickle(inp.path, dtype=None)
-        encoder = data["encoder"] or {"class": "StandardRGBEncoder"}
-        extra = {"dataset_kwargs": data["dataset_kwargs"], "loss_kwargs": data["loss_fn"]}
+        encoder, extra = snapshot_fields(data, inp.path)
         path = scratch / (inp.path.stem + ".safetensors")
         save_snapshot(path, data["ema"].state_dict(), data["network_kwargs"], encoder, inp.nimg, inp.std, extra, None)
         del data
@@ -480,7 +493,7 @@ def reconstruct_phema(
     coefficients used; buffers come from the last input). Returns a summary dict with
     'outputs' (paths written), 'inputs', 'out_nimg', 'coefficients' and figures of the pass.
     """
-    from edm2.io.snapshot import FORMAT, build_network
+    from edm2.io.snapshot import FORMAT
 
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise ConfigError("edm2 phema runs in a single process; do not start it under torchrun (WORLD_SIZE != 1)")
@@ -491,7 +504,10 @@ def reconstruct_phema(
     outdir = Path(outdir)
     same_dir = outdir.exists() and Path(indir).resolve() == outdir.resolve()
     inputs = find_inputs(indir, inprefix, instd, exclude_prefix=outprefix if same_dir else None)
-    out_nimg = None if outkimg is None else kimg_to_nimg(int(outkimg))
+    out_nimg = None
+    if outkimg is not None:  # the input time with this kimg (= kimg_to_nimg(outkimg) for official files)
+        times = {inp.nimg for inp in inputs if inp.nimg // 1000 == int(outkimg)}
+        out_nimg = times.pop() if len(times) == 1 else kimg_to_nimg(int(outkimg))
     used, out_nimg, _ = plan_coefficients(inputs, out_std, out_nimg)
 
     def out_path(std):
@@ -518,11 +534,11 @@ def reconstruct_phema(
                 src, info = _open_source(inp, Path(scratch))
                 sources.append(src)
                 infos.append(info)
-            net = build_network(infos[0]["network_kwargs"], device="meta")
-            param_names = [name for name, _ in net.named_parameters()]
-            state_names = list(net.state_dict().keys())
-            buffer_names = [name for name in state_names if name not in set(param_names)]
-            shapes = {name: tuple(t.shape) for name, t in net.state_dict().items()}
+            # The tensors of the first input define the layout; every input must match it.
+            shapes = {name: t.shape for name, t in sources[0].tensors.items()}
+            state_names = sorted(shapes)
+            buffer_names = [name for name in state_names if is_buffer(name)]
+            param_names = [name for name in state_names if not is_buffer(name)]
             for src, info in zip(sources, infos):
                 if info["network_kwargs"] != infos[0]["network_kwargs"]:
                     raise FormatError(
@@ -530,7 +546,10 @@ def reconstruct_phema(
                         "pick the snapshots of one run (--indir/--inprefix)"
                     )
                 if set(src.tensors) != set(state_names) or any(src.tensors[k].shape != shapes[k] for k in state_names):
-                    raise FormatError(f"{src.inp.path}: tensors do not match the network config in its metadata")
+                    raise FormatError(
+                        f"{src.inp.path.name}: its tensors differ from those of {sources[0].inp.path.name}; "
+                        "the inputs must be snapshots of one network"
+                    )
                 dtypes = {src.tensors[k].dtype for k in param_names}
                 if len(dtypes) != 1:
                     raise FormatError(f"{src.inp.path}: parameters of mixed dtypes {dtypes} are not supported")
@@ -590,6 +609,8 @@ def reconstruct_phema(
                         f"--max-memory {max_memory} is too small for {n_in} inputs and {n_out} outputs; "
                         f"use at least {need:.2f}GiB, or fewer outputs per run"
                     )
+                # Enough chunks per worker for reading, computing and writing to overlap.
+                chunk_elements = min(chunk_elements, max(4096, -(-total // (16 * workers))))
             chunk = int(max(1, min(chunk_elements, total)))
             result["chunk_elements"] = chunk
             result["working_bytes"] = chunk * per_element

@@ -12,6 +12,7 @@ every download that is not already cached, without touching the network.
 
 import contextlib
 import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -98,7 +99,7 @@ def download(url: str, root=None, timeout: float | None = None, progress: bool =
         raise DownloadError(f"cannot download {url}: {e.reason}; {hint}") from None
     except TimeoutError:
         raise DownloadError(f"cannot download {url}: no answer within {timeout:g} s; {hint}") from None
-    except OSError as e:  # connection reset, refused, ...
+    except (OSError, http.client.HTTPException) as e:  # connection reset, refused, incomplete read, ...
         raise DownloadError(f"cannot download {url}: {e}; {hint}") from None
     return dest
 

@@ -283,6 +283,8 @@ def safe_load(path_or_file):
 
 
 def _safe_load_file(f, name):
+    if not (hasattr(f, "seekable") and f.seekable()):
+        f = io.BytesIO(f.read())
     head = f.read(2)
     f.seek(-len(head), io.SEEK_CUR)
     if head == b"PK":
@@ -500,6 +502,17 @@ def parse_official_name(name):
     return (int(m.group("kimg")), float(m.group("std"))) if m else None
 
 
+def snapshot_fields(data: dict, src) -> tuple[dict, dict]:
+    """`(encoder config, extra)` for our snapshot metadata from `load_official_pickle` output."""
+    encoder = data["encoder"]
+    if encoder is None:
+        if data["ema"].img_channels != 3:
+            raise FormatError(f"{src}: the pickle has no encoder and the network is not RGB; cannot tell the encoder")
+        encoder = {"class": "StandardRGBEncoder"}
+    extra = {"source": Path(str(src)).name, "dataset_kwargs": data["dataset_kwargs"], "loss_kwargs": data["loss_fn"]}
+    return encoder, extra
+
+
 def convert_official_pickle(src, dest, nimg: int | None = None, ema_std: float | None = None) -> dict:
     """Convert an official network pickle into our snapshot format (`edm2.io.snapshot`).
 
@@ -515,12 +528,6 @@ def convert_official_pickle(src, dest, nimg: int | None = None, ema_std: float |
     if ema_std is None and parsed:
         ema_std = parsed[1]
     data = load_official_pickle(src, dtype=None)
-    net = data["ema"]
-    encoder = data["encoder"]
-    if encoder is None:
-        if net.img_channels != 3:
-            raise FormatError(f"{src}: the pickle has no encoder and the network is not RGB; cannot tell the encoder")
-        encoder = {"class": "StandardRGBEncoder"}
-    extra = {"source": Path(str(src)).name, "dataset_kwargs": data["dataset_kwargs"], "loss_kwargs": data["loss_fn"]}
-    save_snapshot(dest, net.state_dict(), data["network_kwargs"], encoder, nimg, ema_std, extra)
+    encoder, extra = snapshot_fields(data, src)
+    save_snapshot(dest, data["ema"].state_dict(), data["network_kwargs"], encoder, nimg, ema_std, extra)
     return {"network_kwargs": data["network_kwargs"], "encoder": encoder, "nimg": nimg, "ema_std": ema_std}

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from edm2.errors import ConfigError, DownloadError, FormatError
+from edm2.io.download import offline
 
 DEFAULT_DINOV2 = "facebook/dinov2-large"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,6 +69,8 @@ def load_dinov2(name_or_path: str = DEFAULT_DINOV2, device="cpu"):
     kwargs = {"torch_dtype": torch.float32, "output_loading_info": True}
     if not looks_local and os.environ.get("EDM2_CACHE_DIR"):
         kwargs["cache_dir"] = str(Path(os.environ["EDM2_CACHE_DIR"]) / "transformers")
+    if not looks_local and (offline() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")):
+        kwargs["local_files_only"] = True  # EDM2_OFFLINE / HF_HUB_OFFLINE: the hub cache only
     try:
         model, info = Dinov2Model.from_pretrained(str(local) if looks_local else name_or_path, **kwargs)
     except OSError as e:

@@ -15,6 +15,8 @@ matrix (this holds for singular sigma1 too). Both steps are symmetric eigendecom
 which are stable. Eigenvalues that come out slightly negative through rounding would give an
 imaginary part in the official computation; the real part of their square root is 0, so we
 clip them to 0, and warn when they are not negligible (inputs that are not covariances).
+Eigenvalues within rounding noise of 0 are set to 0 as well: they are the exact zeros of a
+singular covariance, and the square root would amplify their noise (sqrt(1e-16) = 1e-8).
 """
 
 import warnings
@@ -52,7 +54,10 @@ def _eigh_psd(matrix: np.ndarray, what: str):
             RuntimeWarning,
             stacklevel=3,
         )
-    return np.clip(values, 0, None), vectors
+    # Eigenvalues within rounding noise of 0 (matrix_rank's tolerance) are exact zeros of a
+    # singular covariance; taking sqrt of their noise would add O(sqrt(eps)) errors.
+    tol = scale * matrix.shape[0] * np.finfo(np.float64).eps
+    return np.where(values > tol, values, 0.0), vectors
 
 
 def sqrtm_psd(matrix) -> np.ndarray:

@@ -91,7 +91,7 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     runs = _unique(r["run"] for r in rows)
     guidances = _unique(r["guidance"] for r in rows)
     color, dash = _styles(runs, guidances)
-    for (run, guidance), group in _series(rows, lambda r: (r["run"], r["guidance"])).items():
+    for i, ((run, guidance), group) in enumerate(_series(rows, lambda r: (r["run"], r["guidance"])).items()):
         group = sorted(group, key=lambda r: r["ema_std"])
         x = [r["ema_std"] for r in group]
         y = [r["value"] for r in group]
@@ -101,18 +101,20 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
         ax.plot(x, y, dash[guidance], color=color[run], marker="o", markersize=3, label=label)
         spreads = [[float(v) for v in str(r["values"]).split(";")] if r.get("values") else [r["value"]] for r in group]
         if any(len(s) > 1 for s in spreads):
-            ax.fill_between(x, [min(s) for s in spreads], [max(s) for s in spreads], color=color[run], alpha=0.12, lw=0)
+            ax.fill_between(x, [min(s) for s in spreads], [max(s) for s in spreads], color=color[run], alpha=0.08, lw=0)
         best = min(group, key=lambda r: (r["value"], r["ema_std"]))
         ax.plot([best["ema_std"]], [best["value"]], "*", color=color[run], markersize=13, markeredgecolor="black")
         ax.annotate(
             f"{best['value']:.3g} @ {best['ema_std']:.3f}",
             (best["ema_std"], best["value"]),
             textcoords="offset points",
-            xytext=(4, -12),
+            xytext=(0, 10 if i % 2 == 0 else -17),
+            ha="center",
             fontsize=7,
             color=color[run],
         )
     _maybe_log(ax, [r["value"] for r in rows])
+    ax.margins(y=0.1)
     ax.set_xlabel("EMA length $\\sigma_\\mathrm{rel}$")
     ax.set_ylabel(f"{metric_label(metric)} ({statistic} over seed ranges)")
     ax.set_title(f"{metric_label(metric)} vs EMA length (post-hoc EMA)")
@@ -146,6 +148,7 @@ def plot_gflops(best: list[dict], metric: str, stem):
                 fontsize=7,
             )
     ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.12)
     _maybe_log(ax, [r["value"] for r in rows])
     ax.set_xlabel("Model complexity (Gflops per evaluation)")
     ax.set_ylabel(f"best {metric_label(metric)}")

@@ -64,7 +64,11 @@ def _num(value, digits=3):
 
 
 def _metric(value):
-    return DASH if value is None else f"{float(value):.2f}"
+    """Two decimals as in the paper (FID 2.56); three significant digits below 1."""
+    if value is None:
+        return DASH
+    value = float(value)
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
 
 
 def _std(value):

@@ -125,6 +125,7 @@ def test_outkimg_uses_only_earlier_inputs(run_dir, tmp_path):
     assert result["outputs"][0].name == "phema-0000012-0.090.safetensors"
     assert max(u.nimg for u in result["inputs"]) == 12288 and len(result["inputs"]) == 6
     assert_naive_sum(result, states)
+    assert reconstruct_phema(folder, tmp_path, "0.090", outkimg=12, skip=True)["outputs"] == []
     with pytest.raises(ConfigError, match="--outkimg 13 matches no input"):
         reconstruct_phema(folder, tmp_path, "0.090", outkimg=13)
 
@@ -202,7 +203,7 @@ def test_official_options_from_the_command_line(run_dir, tmp_path):
     result = CliRunner().invoke(main, args + ["--outkimg", "16", "--max-memory", "1GiB"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
-        f"phema-0000016-{s}.safetensors" for s in ("0.050", "0.075", "0.100")
+        f"phema-0000016-{s}.safetensors" for s in ("0.050", "0.060", "0.070", "0.080")
     ]
     result = CliRunner().invoke(main, args + ["--outkimg", "16", "--skip"])
     assert result.exit_code == 0 and "Nothing to do" in result.output
@@ -212,15 +213,34 @@ def test_official_options_from_the_command_line(run_dir, tmp_path):
     assert result.exit_code == 1 and "--max-memory 10MB is too small" in result.output
 
 
-def test_failures_leave_no_partial_outputs(tmp_path):
-    states_dir = tmp_path / "in"
-    states_dir.mkdir()
-    write_snapshots(states_dir, [4, 8], [0.05, 0.10])
-    victim = states_dir / "network-snapshot-0000008-0.100.safetensors"
+def test_failures_leave_no_partial_outputs(tmp_path, monkeypatch):
+    import edm2.ema.phema as phema_module
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_snapshots(folder, [4, 8], [0.05, 0.10])
+    out = tmp_path / "out"
+    # An input that disappears or breaks in the middle of the pass (after the scan).
+    calls = []
+
+    def failing_read(fd, view, offset):
+        calls.append(1)
+        if len(calls) == 7:
+            raise FormatError("unexpected end of file while reading an input snapshot")
+        return real_read(fd, view, offset)
+
+    real_read = phema_module._preadv_full
+    monkeypatch.setattr(phema_module, "_preadv_full", failing_read)
+    with pytest.raises(FormatError, match="unexpected end of file"):
+        reconstruct_phema(folder, out, "0.06,0.07,0.08", chunk_elements=500)
+    assert list(out.iterdir()) == []  # no outputs, no temporary files, no scratch folder
+    monkeypatch.undo()
+    # A file cut short before the run is refused up front.
+    victim = folder / "network-snapshot-0000008-0.100.safetensors"
     os.truncate(victim, victim.stat().st_size - 100)
-    with pytest.raises(FormatError, match="truncated or corrupt"):
-        reconstruct_phema(states_dir, tmp_path / "out", "0.07")
-    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(FormatError, match="not a readable safetensors file|truncated or corrupt"):
+        reconstruct_phema(folder, out, "0.07")
+    assert list(out.iterdir()) == []
 
 
 def test_inconsistent_inputs_are_refused(tmp_path):
@@ -253,3 +273,14 @@ def test_parse_bytes():
     assert parse_bytes(1234) == 1234
     with pytest.raises(ConfigError, match="not a memory size"):
         parse_bytes("lots")
+
+
+def test_buffer_names_match_the_network():
+    from edm2.ema.phema import is_buffer
+
+    for kw in (TINY, dict(TINY, label_dim=0, num_blocks=2)):
+        net = build_network(kw, device="cpu")
+        params = {name for name, _ in net.named_parameters()}
+        buffers = {name for name, _ in net.named_buffers()}
+        assert {n for n in net.state_dict() if is_buffer(n)} == buffers
+        assert not any(is_buffer(n) for n in params)

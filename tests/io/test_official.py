@@ -73,6 +73,8 @@ def test_rebuilt_precond_has_the_pickled_weights_and_outputs(pickles):
     torch.testing.assert_close(out, probe["out"], rtol=0, atol=1e-6)
     torch.testing.assert_close(logvar, probe["logvar"], rtol=0, atol=1e-6)
     assert not _unrelated_modules_loaded()
+    with open(path, "rb") as f:  # a file object works too
+        assert torch.equal(load_official_pickle(f)["ema"].unet.out_gain, net.unet.out_gain)
 
 
 def test_auxiliary_objects_become_plain_configs(pickles):

@@ -13,6 +13,7 @@ import pytest
 from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options
 
 from edm2.io.snapshot import load_state_dict
+from edm2.train.checkpoint import list_training_states
 from edm2.train.run import EX_TEMPFAIL, run_training
 
 
@@ -85,8 +86,7 @@ def test_sigterm_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tmp
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EX_TEMPFAIL, out
     assert "Received SIGTERM" in out and "Re-run the same command to resume" in out
-    states = sorted(run_dir.glob("training-state-*.pt"))
-    assert len(states) == 1
+    states = list_training_states(run_dir)
     stopped_at = load_state(states[0])["state"]["cur_nimg"]
     assert 0 < stopped_at < 2048 and stopped_at % 64 == 0
 

@@ -241,6 +241,12 @@ def dataset_source():
     return digits_dir() if src == "digits" else src
 
 
+def dataset_source_input():
+    """The demo digits are made by a rule; an external dataset (e.g. ImageNet) is read by
+    `convert` only, so a dry-run works on a machine that does not hold it."""
+    return digits_dir() if config["data"]["source"] == "digits" else []
+
+
 def dataset_zip():
     return f"{DATA}/dataset.zip"
 
@@ -322,8 +328,11 @@ def train_opts_hash(run):
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
 
+RUN_DIRS = {run: f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}" for run in MODELS}
+
+
 def run_dir(run):
-    return f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}"
+    return RUN_DIRS[run]
 
 
 def train_done(run):
@@ -372,7 +381,7 @@ def table_files():
 
 
 def sample_files():
-    return [f"{RESULTS}/plots/samples-{run}-{g}.png" for run, g in SCORED]
+    return [f"{RESULTS}/plots/samples/{run}/{g}.png" for run, g in SCORED]
 
 
 def summary_files():

@@ -24,10 +24,11 @@ rule digits:
 rule convert:
     """Images (folder or ZIP) -> the official dataset ZIP (uncompressed PNGs + dataset.json)."""
     input:
-        dataset_source(),
+        dataset_source_input(),
     output:
         dataset_zip(),
     params:
+        source=dataset_source(),
         resolution=lambda wc: f"--resolution {config['data']['resolution']}" if config["data"]["resolution"] else "",
         transform=config["data"]["transform"],
         max_images=lambda wc: f"--max-images {config['data']['max_images']}" if config["data"]["max_images"] else "",
@@ -41,7 +42,7 @@ rule convert:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m edm2 dataset convert --source {input} --dest {output} --transform {params.transform}"
+        "python -m edm2 dataset convert --source {params.source:q} --dest {output} --transform {params.transform}"
         " {params.resolution} {params.max_images} --workers {threads} > {log} 2>&1"
 
 

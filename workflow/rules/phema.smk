@@ -46,7 +46,7 @@ rule model_info:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label '{params.label}'"
+        "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label {params.label:q}"
         " --out {output} > {log} 2>&1"
 
 

@@ -57,6 +57,7 @@ rule plots:
         outdir=f"{RESULTS}/plots",
         metrics=",".join(METRICS),
         runs=lambda wc, input: " ".join(f"--run {run}={os.path.dirname(d)}" for run, d in zip(MODELS, input.done)),
+        labels=" ".join(shlex.quote(f"--label={run}={m['label']}") for run, m in MODELS.items()),
     log:
         log_file("plots"),
     benchmark:
@@ -67,7 +68,7 @@ rule plots:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs}"
+        "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs} {params.labels}"
         " --outdir {params.outdir} > {log} 2>&1"
 
 
@@ -103,7 +104,7 @@ rule samples:
         nets=phema_inputs_for_samples,
     output:
         report(
-            f"{RESULTS}/plots/samples-{{run}}-{{guidance}}.png",
+            f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png",
             caption="../report/samples.rst",
             category="Samples",
             labels=lambda wc: {"run": wc.run, "guidance": wc.guidance},
@@ -113,11 +114,11 @@ rule samples:
         seeds=config["samples"]["seeds"],
         batch=config["samples"]["batch"],
         steps=config["samples"]["steps"] or config["score"]["steps"],
-        tmp=lambda wc: f"{RESULTS}/plots/.samples-{wc.run}-{wc.guidance}",
+        tmp=lambda wc: f"{RESULTS}/plots/samples/{wc.run}/.{wc.guidance}-images",
     log:
-        f"{LOGS}/samples/{{run}}-{{guidance}}.log",
+        f"{LOGS}/samples/{{run}}/{{guidance}}.log",
     benchmark:
-        f"{BENCH}/samples/{{run}}-{{guidance}}.tsv"
+        f"{BENCH}/samples/{{run}}/{{guidance}}.tsv"
     threads: rule_threads("samples")
     resources:
         **rule_resources("samples"),

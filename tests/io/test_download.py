@@ -1,0 +1,138 @@
+"""Downloads into the cache: file:// and a local HTTP server succeed, atomically and once;
+unreachable hosts, HTTP errors, truncated bodies and offline mode fail with DownloadError."""
+
+import contextlib
+import http.server
+import socket
+import threading
+
+import pytest
+
+from edm2.errors import DownloadError, FormatError
+from edm2.io.download import cache_dir, cached_path, download, is_url, resolve_path
+
+PAYLOAD = bytes(range(256)) * 64
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("EDM2_CACHE_DIR", str(root))
+    monkeypatch.delenv("EDM2_OFFLINE", raising=False)
+    return root
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    requests = []
+
+    def do_GET(self):
+        Handler.requests.append(self.path)
+        if self.path == "/net.pkl":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/truncated.pkl":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD) * 2))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """An HTTP server on 127.0.0.1 (loopback only), stopped after the test."""
+    Handler.requests = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port that nothing listens on."""
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def no_temporaries(root):
+    return [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".")] == []
+
+
+def test_cache_dir_defaults_to_home_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDM2_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "edm2"
+
+
+def test_is_url():
+    assert is_url("https://x/y.pkl") and is_url("http://x") and is_url("file:///tmp/a")
+    assert not is_url("/tmp/a.pkl") and not is_url("edm2-img512-xs-fid")
+
+
+def test_file_url_is_copied_into_the_cache_once(tmp_path, cache):
+    src = tmp_path / "net.pkl"
+    src.write_bytes(PAYLOAD)
+    path = download(src.as_uri(), progress=False)
+    assert path == cached_path(src.as_uri()) and path.parent == cache / "downloads"
+    assert path.name.endswith("-net.pkl") and path.read_bytes() == PAYLOAD
+    src.unlink()
+    assert download(src.as_uri(), progress=False) == path  # served from the cache
+    assert no_temporaries(cache)
+
+
+def test_http_download_from_local_server_is_cached(cache, server):
+    url = f"{server}/net.pkl"
+    path = download(url, progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert download(url, progress=False) == path
+    assert Handler.requests == ["/net.pkl"]  # the second call did not hit the server
+
+
+def test_http_error_is_a_download_error(cache, server):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(f"{server}/missing.pkl", progress=False)
+    assert not cached_path(f"{server}/missing.pkl").exists()
+
+
+def test_truncated_body_leaves_no_cached_file(cache, server):
+    url = f"{server}/truncated.pkl"
+    with pytest.raises(DownloadError):
+        download(url, timeout=2, progress=False)
+    assert not cached_path(url).exists() and no_temporaries(cache)
+
+
+def test_unreachable_host_fails_fast_with_a_clear_error(cache):
+    url = f"http://127.0.0.1:{closed_port()}/edm2-img512-xs-2147483-0.135.pkl"
+    with pytest.raises(DownloadError, match="cannot download .*check the network connection"):
+        download(url, timeout=2, progress=False)
+    assert not cached_path(url).exists()
+
+
+def test_offline_mode_refuses_without_touching_the_network(cache, server, monkeypatch):
+    monkeypatch.setenv("EDM2_OFFLINE", "1")
+    with pytest.raises(DownloadError, match="EDM2_OFFLINE"):
+        download(f"{server}/net.pkl", progress=False)
+    assert Handler.requests == []
+
+
+def test_offline_mode_still_serves_cached_files(cache, server, monkeypatch):
+    path = download(f"{server}/net.pkl", progress=False)
+    monkeypatch.setenv("EDM2_OFFLINE", "1")
+    assert download(f"{server}/net.pkl", progress=False) == path
+
+
+def test_resolve_path_accepts_local_files_and_rejects_missing_ones(tmp_path, cache):
+    f = tmp_path / "a.npz"
+    f.write_bytes(b"x")
+    assert resolve_path(f) == f
+    with pytest.raises(FormatError, match="does not exist"):
+        resolve_path(tmp_path / "missing.npz")

@@ -1,0 +1,91 @@
+"""`edm2 train`: options, presets, dry run, exit statuses; a real torchrun launch (slow)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from train_helpers import cli_args, load_state, make_dataset, tiny_options
+
+from edm2.cli import main
+from edm2.presets import TRAINING_PRESETS
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("cli") / "ds", num_images=8)
+
+
+def dry_run(*args):
+    result = CliRunner().invoke(main, ["train", *args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = result.output.split("Dry run; exiting.")[0]
+    return json.loads(text[text.index("{") :])
+
+
+def test_help_lists_the_official_and_new_options():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    for option in ("--outdir", "--data", "--cond", "--uncond", "--preset", "--duration", "--batch", "--channels",
+                   "--dropout", "--P_mean", "--P_std", "--lr", "--decay", "--batch-gpu", "--fp16", "--ls", "--bench",
+                   "--status", "--snapshot", "--checkpoint", "--seed", "--dry-run", "--slice", "--precision",
+                   "--workers", "--channel-mult", "--num-blocks", "--attn-resolutions", "--ema-stds"):  # fmt: skip
+        assert option in result.output, option
+    assert "75" in result.output
+
+
+def test_preset_fills_only_the_options_not_given(tmp_path, data):
+    cfg = dry_run("--outdir", str(tmp_path / "r"), "--data", str(data), "--preset", "edm2-img64-xs", "--lr", "0.005", "--batch", "1Ki")
+    preset = TRAINING_PRESETS["edm2-img64-xs"]
+    opts, loop = cfg["options"], cfg["training_loop"]
+    assert opts["lr"] == 0.005 and opts["batch"] == 1024 and opts["duration"] == preset.duration
+    assert opts["channels"] == preset.channels and opts["P_mean"] == preset.P_mean and opts["decay"] == preset.decay
+    assert loop["lr_kwargs"] == {"ref_lr": 0.005, "ref_batches": preset.decay}  # rampup_Mimg stays the default 10
+    assert loop["network_kwargs"] == {"model_channels": preset.channels, "dropout": preset.dropout}
+    assert loop["precision"] == "fp16" and loop["snapshot_nimg"] == 8 << 20 and loop["status_nimg"] == 128 << 10
+    assert loop["dataset_kwargs"]["use_labels"] is True and loop["ema_stds"] == [0.05, 0.1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_demo_overrides_and_flags(tmp_path, data):
+    loop = dry_run(*cli_args(tiny_options(tmp_path / "r", data, slice=1024)), "--uncond", "--ema-stds", "0.1,0.05,0.2", "--status", "0")["training_loop"]
+    assert loop["network_kwargs"] == {"model_channels": 8, "dropout": 0.0, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4]}
+    assert loop["dataset_kwargs"]["use_labels"] is False and loop["ema_stds"] == [0.05, 0.1, 0.2]
+    assert loop["slice_nimg"] == 1024 and loop["status_nimg"] is None
+    loop = dry_run(*cli_args(tiny_options(tmp_path / "r", data)), "--attn-resolutions", "none", "--fp16", "False", "--precision", "fp32")["training_loop"]
+    assert loop["network_kwargs"]["attn_resolutions"] == [] and loop["precision"] == "fp32"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fp16", "False", "--precision", "bf16"], "contradicts --precision"),
+        (["--cond", "True", "--uncond"], "contradict each other"),
+        (["--duration", "8Xi"], "not an image count"),
+        (["--preset", "edm2-img1024-q"], "unknown training preset"),
+        (["--batch", "48"], "must be a positive multiple of --batch 48"),
+    ],
+)
+def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
+    result = CliRunner().invoke(main, ["train", "--outdir", str(tmp_path / "r"), "--data", str(data), *args, "--dry-run"])
+    assert result.exit_code != 0 and message in result.output, result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_torchrun_two_processes(tmp_path, data):
+    opts = tiny_options(tmp_path / "run", data, duration=1024, batch=32, status=512)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "edm2", "train", *cli_args(opts), "--batch-gpu=8"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = load_state(tmp_path / "run" / "training-state-0000001.pt")  # written after the ranks' consistency check
+    assert state["state"]["cur_nimg"] == 1024
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.count("Training from 0 kimg to 1 kimg") == 1 and "Status: kimg 1.0" in log
+    assert (tmp_path / "run" / "training-done.json").exists()
