@@ -38,7 +38,7 @@ from edm2.ema.phema import reconstruct_phema
 args = json.loads(sys.argv[1])
 r = reconstruct_phema(args["indir"], args["outdir"], args["outstd"], max_memory=args["max_memory"],
                       dtype=getattr(torch, args["dtype"]))
-print(json.dumps({k: r[k] for k in ("bytes_read", "read_s", "compute_s", "write_s", "wall_s",
+print(json.dumps({k: r[k] for k in ("bytes_read", "read_s", "compute_s", "write_s", "wait_write_s", "wall_s",
                                     "chunk_elements", "working_bytes", "workers", "out_nimg")}
                  | {"outputs": [str(p) for p in r["outputs"]], "coefficients": r["coefficients"].tolist(),
                     "inputs": [p.path.name for p in r["inputs"]], "process_s": time.perf_counter() - t0}))
@@ -171,6 +171,9 @@ def main():
         t0 = time.perf_counter()
         base = build_snapshots(indir, network_kwargs, times, stds, interval_nimg)
         print(f"built snapshots in {time.perf_counter() - t0:.1f} s")
+        t0 = time.perf_counter()
+        os.sync()  # flush them, so their write-back does not throttle the outputs' writes
+        print(f"flushed them to disk in {time.perf_counter() - t0:.1f} s")
 
         read_s, read_bytes = time_read_once(indir)
         read_s2, _ = time_read_once(indir)
@@ -201,7 +204,8 @@ def main():
             f"reconstruction wall time      {result['wall_s']:8.2f} s   (process incl. Python/torch start-up: {child_wall:.2f} s)"
         )
         print(
-            f"  of which read / compute / write (summed over threads) {result['read_s']:.2f} / {result['compute_s']:.2f} / {result['write_s']:.2f} s"
+            f"  busy time summed over threads: read {result['read_s']:.2f}, compute {result['compute_s']:.2f}, "
+            f"write {result['write_s']:.2f} s; compute waiting for the writer {result['wait_write_s']:.2f} s"
         )
         print(
             f"peak RSS of the reconstruction {peak_rss / 2**30:8.3f} GiB (working buffers {result['working_bytes'] / 2**20:.0f} MiB, chunk {result['chunk_elements']} elements, {result['workers']} workers)"

@@ -87,17 +87,20 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
       torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
           --outdir out --subdirs --seeds 0-49999
     """
-    from edm2.sample.generate import generate_images
+    from edm2.sample.generate import generate_images, shutdown_distributed
 
-    generate_images(
-        outdir=outdir,
-        net=net,
-        gnet=gnet,
-        preset=preset,
-        seeds=seeds,
-        class_idx=class_idx,
-        max_batch=max_batch,
-        subdirs=subdirs,
-        device=device,
-        **sampler,
-    )
+    try:
+        generate_images(
+            outdir=outdir,
+            net=net,
+            gnet=gnet,
+            preset=preset,
+            seeds=seeds,
+            class_idx=class_idx,
+            max_batch=max_batch,
+            subdirs=subdirs,
+            device=device,
+            **sampler,
+        )
+    finally:
+        shutdown_distributed()

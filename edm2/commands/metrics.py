@@ -22,10 +22,18 @@ def _locations(inception, dinov2, cnn_detector) -> dict:
     return {k: v for k, v in (("fid", inception), ("fd_dinov2", dinov2), ("fd_cnn", cnn_detector)) if v is not None}
 
 
-def _print_result(result: dict) -> None:
-    from edm2.sample.generate import get_rank
+def _run(fn, *args, **kwargs):
+    """Call `fn`; return (its result, this process's rank), leaving any process group after."""
+    from edm2.sample.generate import get_rank, shutdown_distributed
 
-    if get_rank() != 0:
+    try:
+        return fn(*args, **kwargs), get_rank()
+    finally:
+        shutdown_distributed()
+
+
+def _print_result(result: dict, rank: int) -> None:
+    if rank != 0:
         return
     for name, m in result["metrics"].items():
         if len(m["values"]) == 1:
@@ -92,7 +100,8 @@ def calc(
     """Fréchet distances of a random subset of --num images from a folder or ZIP."""
     from edm2.metrics.evaluate import calc_metrics
 
-    result = calc_metrics(
+    result, rank = _run(
+        calc_metrics,
         images,
         ref_path,
         metric_list,
@@ -105,7 +114,7 @@ def calc(
         json_path,
         dest,
     )
-    _print_result(result)
+    _print_result(result, rank)
 
 
 @metrics.command(context_settings=CTX)
@@ -159,7 +168,8 @@ def gen(
     """Fréchet distances of images generated on the fly (nothing is written but the results)."""
     from edm2.metrics.evaluate import gen_metrics
 
-    result = gen_metrics(
+    result, rank = _run(
+        gen_metrics,
         net,
         ref_path,
         metric_list,
@@ -174,7 +184,7 @@ def gen(
         json_path,
         **sampler,
     )
-    _print_result(result)
+    _print_result(result, rank)
 
 
 @metrics.command("train-detector", context_settings=CTX)

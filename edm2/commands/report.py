@@ -41,10 +41,29 @@ def report():
 
 @report.command()
 @click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Tidy CSV: one row per score file and metric.")
-@click.option("--best", "best_out", type=click.Path(dir_okay=False), help="CSV of the best EMA length per run, guidance setting and metric.")
-@click.option("--model-info", "model_infos", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Model info JSON of a run (repeat); adds label, Mparams, Gflops.")
-@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help="Value reported over the seed ranges (the paper: min of 3).")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Tidy CSV: one row per score file and metric."
+)
+@click.option(
+    "--best",
+    "best_out",
+    type=click.Path(dir_okay=False),
+    help="CSV of the best EMA length per run, guidance setting and metric.",
+)
+@click.option(
+    "--model-info",
+    "model_infos",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model info JSON of a run (repeat); adds label, Mparams, Gflops.",
+)
+@click.option(
+    "--statistic",
+    type=click.Choice(["min", "mean"]),
+    default="min",
+    show_default=True,
+    help="Value reported over the seed ranges (the paper: min of 3).",
+)
 def aggregate(scores, out, best_out, model_infos, statistic):
     """Score JSONs (edm2 metrics gen --json) -> tidy CSV tables.
 
@@ -65,12 +84,31 @@ def aggregate(scores, out, best_out, model_infos, statistic):
 
 
 @report.command()
-@click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False), help="Tidy CSV from `edm2 report aggregate`.")
+@click.option(
+    "--scores",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Tidy CSV from `edm2 report aggregate`.",
+)
 @click.option("--metrics", required=True, help="Comma-separated metrics to plot, e.g. fid,fd_dinov2.")
-@click.option("--run", "runs", multiple=True, metavar="NAME=DIR", help="A training run folder (holding stats.jsonl) for the loss plot; repeat.")
-@click.option("--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a run in the loss plot; repeat.")
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="A training run folder (holding stats.jsonl) for the loss plot; repeat.",
+)
+@click.option(
+    "--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a run in the loss plot; repeat."
+)
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the PNG and SVG files.")
-@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help="Only used in axis labels.")
+@click.option(
+    "--statistic",
+    type=click.Choice(["min", "mean"]),
+    default="min",
+    show_default=True,
+    help="Only used in axis labels.",
+)
 def plots(scores, metrics, runs, labels, outdir, statistic):
     """The paper's plots: metric vs EMA length, best metric vs Gflops, training loss.
 
@@ -98,9 +136,16 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
 
 
 @report.command()
-@click.option("--scores", required=True, type=click.Path(exists=True, dir_okay=False), help="Tidy CSV from `edm2 report aggregate`.")
+@click.option(
+    "--scores",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Tidy CSV from `edm2 report aggregate`.",
+)
 @click.option("--metrics", required=True, help="Comma-separated metrics (table columns, in order).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output stem: writes STEM.csv, STEM.md, STEM.tex.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Output stem: writes STEM.csv, STEM.md, STEM.tex."
+)
 def tables(scores, metrics, out):
     """The paper's Table 2 layout as CSV, Markdown and LaTeX.
 
@@ -121,7 +166,13 @@ def tables(scores, metrics, out):
 @report.command()
 @click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--grid", required=True, help="The coarse grid of EMA stds, comma-separated.")
-@click.option("--points", type=click.IntRange(1, 64), default=4, show_default=True, help="Finer EMA lengths per (run, guidance setting).")
+@click.option(
+    "--points",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Finer EMA lengths per (run, guidance setting).",
+)
 @click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON with the chosen stds.")
 def refine(scores, grid, points, statistic, out):
@@ -145,11 +196,19 @@ def refine(scores, grid, points, statistic, out):
 
 
 @report.command()
-@click.option("--best", "best_csv", required=True, type=click.Path(exists=True, dir_okay=False), help="best.csv from `edm2 report aggregate`.")
+@click.option(
+    "--best",
+    "best_csv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="best.csv from `edm2 report aggregate`.",
+)
 @click.option("--run", required=True, help="Run name.")
 @click.option("--guidance", required=True, help="Guidance setting name.")
 @click.option("--metric", required=True, help="Metric that decides.")
-@click.option("--shell", "as_shell", is_flag=True, help="Print `edm2 generate` options (--net, --gnet, --guidance), shell-quoted.")
+@click.option(
+    "--shell", "as_shell", is_flag=True, help="Print `edm2 generate` options (--net, --gnet, --guidance), shell-quoted."
+)
 def best(best_csv, run, guidance, metric, as_shell):
     """The best EMA length of a run: its row as JSON, or generation options with --shell.
 
@@ -161,7 +220,9 @@ def best(best_csv, run, guidance, metric, as_shell):
 
     rows = [r for r in read_csv(best_csv) if r["run"] == run and r["guidance"] == guidance and r["metric"] == metric]
     if not rows:
-        raise DataError(f"{best_csv}: no score of run {run!r}, guidance {guidance!r}, metric {metric!r}; check the names")
+        raise DataError(
+            f"{best_csv}: no score of run {run!r}, guidance {guidance!r}, metric {metric!r}; check the names"
+        )
     row = rows[0]
     if not as_shell:
         click.echo(json.dumps(row))
@@ -175,10 +236,21 @@ def best(best_csv, run, guidance, metric, as_shell):
 
 
 @report.command()
-@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of PNGs (searched recursively).")
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder of PNGs (searched recursively).",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @click.option("--columns", type=click.IntRange(1, None), help="Images per row (default: near-square).")
-@click.option("--min-size", type=click.IntRange(1, None), default=64, show_default=True, help="Upscale small images (nearest) to at least this many pixels.")
+@click.option(
+    "--min-size",
+    type=click.IntRange(1, None),
+    default=64,
+    show_default=True,
+    help="Upscale small images (nearest) to at least this many pixels.",
+)
 def grid(images, out, columns, min_size):
     """A grid image of generated samples.
 
@@ -192,7 +264,9 @@ def grid(images, out, columns, min_size):
 
 
 @report.command(name="model-info")
-@click.option("--net", required=True, type=click.Path(exists=True, dir_okay=False), help="A snapshot or phema .safetensors file.")
+@click.option(
+    "--net", required=True, type=click.Path(exists=True, dir_okay=False), help="A snapshot or phema .safetensors file."
+)
 @click.option("--run", help="Run name (default: the file's folder).")
 @click.option("--label", help="Display name in tables and plots (default: the run name).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON.")
@@ -213,11 +287,27 @@ def model_info(net, run, label, out):
 
 @report.command()
 @click.argument("plots", nargs=-1, type=click.Path(exists=True, dir_okay=False))
-@click.option("--best", "best_csv", required=True, type=click.Path(exists=True, dir_okay=False), help="best.csv from `edm2 report aggregate`.")
-@click.option("--table", "table_md", required=True, type=click.Path(exists=True, dir_okay=False), help="table2.md from `edm2 report tables`.")
-@click.option("--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat).")
+@click.option(
+    "--best",
+    "best_csv",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="best.csv from `edm2 report aggregate`.",
+)
+@click.option(
+    "--table",
+    "table_md",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="table2.md from `edm2 report tables`.",
+)
+@click.option(
+    "--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat)."
+)
 @click.option("--md", "md_path", required=True, type=click.Path(dir_okay=False), help="Output Markdown.")
-@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False), help="Output HTML (images embedded).")
+@click.option(
+    "--html", "html_path", required=True, type=click.Path(dir_okay=False), help="Output HTML (images embedded)."
+)
 def summary(plots, best_csv, table_md, samples, md_path, html_path):
     """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
 

@@ -1,6 +1,5 @@
 """`edm2 train`: a thin click wrapper over edm2.train.run.run_training (EDM2-SPEC §6)."""
 
-
 import click
 
 from edm2.errors import ConfigError
@@ -44,31 +43,110 @@ def _std_list(ctx, param, value):
 @click.option("--data", help="Path to the dataset (ZIP or folder)", metavar="ZIP|DIR", type=str, required=True)
 @click.option("--cond", help="Train class-conditional model", metavar="BOOL", type=bool, default=True)
 @click.option("--uncond", help="Train an unconditional model (same as --cond=False)", is_flag=True)
-@click.option("--preset", help="Configuration preset (fills the options not given)", metavar="STR", type=str, default="edm2-img512-s")
+@click.option(
+    "--preset",
+    help="Configuration preset (fills the options not given)",
+    metavar="STR",
+    type=str,
+    default="edm2-img512-s",
+)
 @click.option("--duration", help="Training duration", metavar="NIMG", callback=_nimg, default=None)
 @click.option("--batch", help="Total batch size", metavar="NIMG", callback=_nimg, default=None)
 @click.option("--channels", help="Channel multiplier", metavar="INT", type=click.IntRange(min=1), default=None)
-@click.option("--dropout", help="Dropout probability", metavar="FLOAT", type=click.FloatRange(min=0, max=1), default=None)
+@click.option(
+    "--dropout", help="Dropout probability", metavar="FLOAT", type=click.FloatRange(min=0, max=1), default=None
+)
 @click.option("--P_mean", "P_mean", help="Noise level mean", metavar="FLOAT", type=float, default=None)
-@click.option("--P_std", "P_std", help="Noise level standard deviation", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option(
+    "--P_std",
+    "P_std",
+    help="Noise level standard deviation",
+    metavar="FLOAT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+)
 @click.option("--lr", help="Learning rate", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--decay", help="Learning rate decay (batches)", metavar="BATCHES", type=click.FloatRange(min=0), default=None)
-@click.option("--batch-gpu", help="Limit batch size per process (0 = no limit)", metavar="NIMG", callback=_nimg, default="0")
+@click.option(
+    "--decay", help="Learning rate decay (batches)", metavar="BATCHES", type=click.FloatRange(min=0), default=None
+)
+@click.option(
+    "--batch-gpu", help="Limit batch size per process (0 = no limit)", metavar="NIMG", callback=_nimg, default="0"
+)
 @click.option("--fp16", help="Enable mixed-precision training (CUDA only)", metavar="BOOL", type=bool, default=True)
-@click.option("--precision", help="Main-path precision; overrides --fp16", type=click.Choice(["fp32", "fp16", "bf16"]), default=None)
-@click.option("--ls", "loss_scaling", help="Loss scaling", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True), default=1.0)
+@click.option(
+    "--precision",
+    help="Main-path precision; overrides --fp16",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+)
+@click.option(
+    "--ls",
+    "loss_scaling",
+    help="Loss scaling",
+    metavar="FLOAT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+)
 @click.option("--bench", help="Enable cuDNN benchmarking", metavar="BOOL", type=bool, default=True)
 @click.option("--status", help="Interval of status prints (0 = never)", metavar="NIMG", callback=_nimg, default="128Ki")
-@click.option("--snapshot", help="Interval of network snapshots (0 = never)", metavar="NIMG", callback=_nimg, default="8Mi")
-@click.option("--checkpoint", help="Interval of training states (0 = never)", metavar="NIMG", callback=_nimg, default="128Mi")
-@click.option("--slice", "slice_nimg", help="Train at most this many images in this invocation, then stop at a checkpoint", metavar="NIMG", callback=_nimg, default=None)
+@click.option(
+    "--snapshot", help="Interval of network snapshots (0 = never)", metavar="NIMG", callback=_nimg, default="8Mi"
+)
+@click.option(
+    "--checkpoint", help="Interval of training states (0 = never)", metavar="NIMG", callback=_nimg, default="128Mi"
+)
+@click.option(
+    "--slice",
+    "slice_nimg",
+    help="Train at most this many images in this invocation, then stop at a checkpoint",
+    metavar="NIMG",
+    callback=_nimg,
+    default=None,
+)
 @click.option("--seed", help="Random seed", metavar="INT", type=int, default=0)
-@click.option("--workers", help="DataLoader worker processes (0 = read in the training process)", metavar="INT", type=click.IntRange(min=0), default=2)
-@click.option("--channel-mult", help="Per-resolution channel multipliers, e.g. 1,2 (default 1,2,3,4)", metavar="LIST", callback=_int_list, default=None)
-@click.option("--num-blocks", help="Residual blocks per resolution (default 3)", metavar="INT", type=click.IntRange(min=1), default=None)
-@click.option("--attn-resolutions", help="Resolutions with self-attention, e.g. 8 or none (default 16,8)", metavar="LIST", callback=_int_list, default=None)
-@click.option("--ema-stds", help="Relative EMA stds to track and snapshot", metavar="LIST", callback=_std_list, default="0.050,0.100")
-@click.option("--device", help="Compute device (default: CUDA when available)", type=click.Choice(["cuda", "cpu"]), default=None)
+@click.option(
+    "--workers",
+    help="DataLoader worker processes (0 = read in the training process)",
+    metavar="INT",
+    type=click.IntRange(min=0),
+    default=2,
+)
+@click.option(
+    "--channel-mult",
+    help="Per-resolution channel multipliers, e.g. 1,2 (default 1,2,3,4)",
+    metavar="LIST",
+    callback=_int_list,
+    default=None,
+)
+@click.option(
+    "--num-blocks",
+    help="Residual blocks per resolution (default 3)",
+    metavar="INT",
+    type=click.IntRange(min=1),
+    default=None,
+)
+@click.option(
+    "--attn-resolutions",
+    help="Resolutions with self-attention, e.g. 8 or none (default 16,8)",
+    metavar="LIST",
+    callback=_int_list,
+    default=None,
+)
+@click.option(
+    "--ema-stds",
+    help="Relative EMA stds to track and snapshot",
+    metavar="LIST",
+    callback=_std_list,
+    default="0.050,0.100",
+)
+@click.option(
+    "--channels-last",
+    help="Channels-last convolutions (faster on CPU; equal to the default up to float rounding)",
+    is_flag=True,
+)
+@click.option(
+    "--device", help="Compute device (default: CUDA when available)", type=click.Choice(["cuda", "cpu"]), default=None
+)
 @click.option("-n", "--dry-run", help="Print training options and exit", is_flag=True)
 def train(**kw):
     """Train an EDM2 diffusion model (or resume the run in --outdir) on one or more processes.
@@ -120,6 +198,9 @@ def train(**kw):
             tdist.destroy_process_group()
     status = exit_status(result)
     if status:
-        click.echo(f"Stopped by a signal at {result.cur_nimg} images; a training state is written. "
-                   f"Re-run the same command to resume.", err=True)  # fmt: skip
+        click.echo(
+            f"Stopped by a signal at {result.cur_nimg} images; a training state is written. "
+            f"Re-run the same command to resume.",
+            err=True,
+        )
     ctx.exit(status)

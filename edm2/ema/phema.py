@@ -194,7 +194,7 @@ def _preadv_full(fd, view, offset):
     while len(view):
         got = os.preadv(fd, [view], offset)
         if got <= 0:
-            raise FormatError("unexpected end of file while reading an input snapshot")
+            raise FormatError("unexpected end of file while reading an input snapshot (was it truncated?)")
         view, offset = view[got:], offset + got
 
 
@@ -355,16 +355,18 @@ def _stream_outputs(sources, params, X, out_fds, out_data_start, acc_dtype, chun
             t0 = time.perf_counter()
             for i, fd in enumerate(in_fds):
                 isz, base = itemsizes[i], int(row_start[i]) * n
-                run = None  # [file position, staging position, length]: adjacent pieces read at once
+                runs = []  # [file position, staging position, length]: adjacent pieces read at once
                 for p, e0, e1, dest in pieces:
                     pos, to, length = param_starts[i][p] + e0 * isz, base + dest * isz, (e1 - e0) * isz
-                    if run is not None and run[0] + run[2] == pos and run[1] + run[2] == to:
-                        run[2] += length
-                        continue
-                    if run is not None:
-                        _preadv_full(fd, buf[run[1] : run[1] + run[2]], run[0])
-                    run = [pos, to, length]
-                _preadv_full(fd, buf[run[1] : run[1] + run[2]], run[0])
+                    if runs and runs[-1][0] + runs[-1][2] == pos and runs[-1][1] + runs[-1][2] == to:
+                        runs[-1][2] += length
+                    else:
+                        runs.append([pos, to, length])
+                try:
+                    for pos, to, length in runs:
+                        _preadv_full(fd, buf[to : to + length], pos)
+                except FormatError as e:
+                    raise FormatError(f"{sources[i].inp.path}: {e}") from None
                 stats["bytes_read"] += n * isz
             stats["read_s"] += time.perf_counter() - t0
             if not pipe.put(ready, (ci, s)):
@@ -391,11 +393,14 @@ def _stream_outputs(sources, params, X, out_fds, out_data_start, acc_dtype, chun
             free_staging.put(s)
             Yv = Y[: n_out * n].view(n_out, n)
             torch.mm(Ct, Wv, out=Yv)  # every output's chunk at once (spec §7.4 step 6)
+            t1 = time.perf_counter()
             o = pipe.get(free_out)
             if o is None:
                 return
+            t2 = time.perf_counter()
             outbufs[o][: n_out * n].copy_(Y[: n_out * n])
-            stats["compute_s"] += time.perf_counter() - t0
+            stats["compute_s"] += time.perf_counter() - t2 + t1 - t0
+            stats["wait_write_s"] += t2 - t1
             if not pipe.put(to_write, (ci, o)):
                 return
 
@@ -524,7 +529,7 @@ def reconstruct_phema(
     result["coefficients"] = X
     outdir.mkdir(parents=True, exist_ok=True)
 
-    stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
     temps, out_fds = [], []
     with tempfile.TemporaryDirectory(prefix=".phema-scratch-", dir=scratch_dir or outdir) as scratch:
         try:

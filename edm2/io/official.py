@@ -63,8 +63,39 @@ class PersistentObject:
         self.state = state
         self.version = version
 
+    def __setstate__(self, state):
+        raise FormatError(f"persistent {self.class_name} object modified after construction; not an EDM2 pickle")
+
     def __repr__(self):
         return f"PersistentObject({self.class_name})"
+
+
+class _Sealed:
+    """A value the pickle stream may pass around but not modify (pickle's BUILD is refused) or
+    call: tensors and storages are boxed so that no torch `__setstate__` is ever reachable."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __setstate__(self, state):
+        raise FormatError(f"{type(self.value).__name__} object modified after construction; not an EDM2 pickle")
+
+
+class _Marker:
+    """A class named by the stream only as an argument (e.g. `torch.Tensor`); not callable."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __setstate__(self, state):
+        raise FormatError(f"{self.name} modified by the pickle; not an EDM2 pickle")
+
+
+_TENSOR = _Marker("torch.Tensor")
+_PARAMETER = _Marker("torch.nn.Parameter")
+_NDARRAY = _Marker("numpy.ndarray")
 
 
 class TorchModuleObject:
@@ -128,7 +159,7 @@ def _load_from_bytes(data):
         raise FormatError(f"torch storage could not be read safely ({type(e).__name__}: {e})") from None
     if not isinstance(storage, torch.storage.TypedStorage):
         raise FormatError(f"torch storage payload holds a {type(storage).__name__}, expected a storage")
-    return storage
+    return _Sealed(storage)
 
 
 def _int_tuple(value, what):
@@ -139,8 +170,9 @@ def _int_tuple(value, what):
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
     """Safe replacement for `torch._utils._rebuild_tensor_v2` (checks the view fits the storage)."""
-    if not isinstance(storage, torch.storage.TypedStorage):
+    if not (isinstance(storage, _Sealed) and isinstance(storage.value, torch.storage.TypedStorage)):
         raise FormatError(f"tensor storage is a {type(storage).__name__}, expected a torch storage")
+    storage = storage.value
     size = _int_tuple(size, "size")
     stride = _int_tuple(stride, "stride")
     if not isinstance(storage_offset, int) or storage_offset < 0 or len(size) != len(stride):
@@ -152,20 +184,22 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         )
     tensor = torch.empty((0,), dtype=storage.dtype)
     tensor.set_(storage._untyped_storage, storage_offset, size, stride)
-    return tensor
+    return _Sealed(tensor)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
     """Safe replacement for `torch._utils._rebuild_parameter[_with_state]`: a plain tensor."""
-    if not isinstance(data, torch.Tensor):
+    if not (isinstance(data, _Sealed) and isinstance(data.value, torch.Tensor)):
         raise FormatError(f"parameter data is a {type(data).__name__}, expected a tensor")
     return data
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     """Safe replacement for `torch._tensor._rebuild_from_type_v2` (tensor types only)."""
-    if func not in (_rebuild_tensor_v2, _rebuild_parameter) or new_type not in (torch.Tensor, torch.nn.Parameter):
+    if func not in (_rebuild_tensor_v2, _rebuild_parameter) or new_type not in (_TENSOR, _PARAMETER):
         raise FormatError("tensor rebuilt through an unexpected function or type")
+    if not isinstance(args, tuple):
+        raise FormatError("tensor rebuild arguments are malformed")
     return func(*args)
 
 
@@ -177,30 +211,42 @@ def _codecs_encode(text, encoding="utf-8"):
 
 
 def _numpy_dtype(spec, align=False, copy=False):
-    dtype = np.dtype(spec, align, copy)
-    if dtype.hasobject:
-        raise FormatError("NumPy arrays of Python objects are not accepted")
-    return dtype
+    """`numpy.dtype` for plain type codes ('f4', '<i8', ...): no object or structured types."""
+    if not isinstance(spec, str) or not re.fullmatch(r"[<>|=]?[biufc]\d{1,2}|[?]|b1", spec):
+        raise FormatError(f"NumPy dtype {spec!r} is not a plain numeric type")
+    return np.dtype(spec, bool(align), bool(copy))
+
+
+def _numpy_reconstruct(subtype, shape, typecode):
+    """`numpy.core.multiarray._reconstruct` for plain `ndarray`s (filled by its __setstate__)."""
+    if subtype is not _NDARRAY:
+        raise FormatError("NumPy array of an unexpected type")
+    from numpy._core import multiarray
+
+    return multiarray._reconstruct(np.ndarray, (0,), b"b")
+
+
+def _numpy_scalar(dtype, data):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise FormatError("NumPy scalar of an unexpected type")
+    from numpy._core import multiarray
+
+    return multiarray.scalar(dtype, data)
+
+
+def _numpy_frombuffer(buf, dtype, shape, order):
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
+        raise FormatError("NumPy array of an unexpected type")
+    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order=order)
 
 
 def _numpy_globals():
-    from numpy._core import multiarray, numeric  # numpy >= 2; the pickles may name numpy.core.*
-
-    table = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        table[(module, "_reconstruct")] = multiarray._reconstruct
-        table[(module, "scalar")] = multiarray.scalar
+    table = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _numpy_dtype}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # NumPy 1.x / 2.x names
+        table[(module, "_reconstruct")] = _numpy_reconstruct
+        table[(module, "scalar")] = _numpy_scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        table[(module, "_frombuffer")] = numeric._frombuffer
-    table[("numpy", "ndarray")] = np.ndarray
-    table[("numpy", "dtype")] = _numpy_dtype
-    # Scalar dtype classes that `numpy.dtype` pickles may name in newer NumPy versions.
-    for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool_"):
-        table[("numpy", name)] = getattr(np, name)
-    for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "UInt8DType", "BoolDType"):
-        cls = getattr(np.dtypes, name, None)
-        if cls is not None:
-            table[("numpy.dtypes", name)] = cls
+        table[(module, "_frombuffer")] = _numpy_frombuffer
     return table
 
 
@@ -234,9 +280,9 @@ def _allowed_globals():
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
         ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("torch", "Tensor"): torch.Tensor,
-        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-        ("torch", "Size"): torch.Size,
+        ("torch", "Tensor"): _TENSOR,
+        ("torch.nn.parameter", "Parameter"): _PARAMETER,
+        ("torch", "Size"): tuple,
     }
     for name in _TORCH_DTYPES:
         table[("torch", name)] = getattr(torch, name)
@@ -305,6 +351,10 @@ def to_plain(obj, where="value"):
     """Convert unpickled data into plain Python (dicts, lists, numbers, arrays, tensors)."""
     if isinstance(obj, (PersistentObject, TorchModuleObject)):
         raise FormatError(f"{where} is a {obj.class_name} object where plain data was expected")
+    if isinstance(obj, _Sealed):
+        return obj.value
+    if isinstance(obj, _Marker):
+        raise FormatError(f"{where} is the class {obj.name} where plain data was expected")
     if isinstance(obj, dict):
         return {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -353,9 +403,9 @@ def _module_state_dict(obj, prefix="", out=None) -> dict:
         for name, value in (state.get(kind) or {}).items():
             if value is None or (kind == "_buffers" and name in non_persistent):
                 continue
-            if not isinstance(value, torch.Tensor):
+            if not (isinstance(value, _Sealed) and isinstance(value.value, torch.Tensor)):
                 raise FormatError(f"{prefix}{name} is a {type(value).__name__}, expected a tensor")
-            out[prefix + name] = value
+            out[prefix + name] = value.value
     for name, child in (state.get("_modules") or {}).items():
         if child is None:
             continue

@@ -203,7 +203,14 @@ def plot_training_loss(runs: dict, stem, labels: dict | None = None):
     for i, (run, path) in enumerate(runs.items()):
         xs, ys = loss_curve(path)
         if xs:
-            ax.plot(xs, ys, "-", color=colors[i % len(colors)], label=labels.get(run, run), marker="." if len(xs) < 30 else None)
+            ax.plot(
+                xs,
+                ys,
+                "-",
+                color=colors[i % len(colors)],
+                label=labels.get(run, run),
+                marker="." if len(xs) < 30 else None,
+            )
             drawn += 1
     ax.set_xlabel("training images (kimg)")
     ax.set_ylabel("loss (incl. learned uncertainty)")

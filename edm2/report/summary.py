@@ -19,7 +19,9 @@ def _best_markdown(best: list[dict]) -> str:
     for r in best:
         weight = "" if r["guidance_weight"] is None else f"{r['guidance_weight']:.2f}"
         nfe = "" if r["nfe"] is None else str(r["nfe"])
-        lines.append(f"| {r['label']} | {r['guidance']} | {weight} | {r['metric']} | {r['ema_std']:.3f} | {r['value']:.3f} | {nfe} |")
+        lines.append(
+            f"| {r['label']} | {r['guidance']} | {weight} | {r['metric']} | {r['ema_std']:.3f} | {r['value']:.3f} | {nfe} |"
+        )
     return header + "\n".join(lines) + "\n"
 
 
@@ -80,7 +82,9 @@ def markdown_to_html(markdown: str, base: Path) -> str:
             path = (base / src).resolve()
             if path.is_file():
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
-                out.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>')
+                out.append(
+                    f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+                )
             else:
                 out.append(f"<p>(missing image {html.escape(src)})</p>")
         elif line.startswith("**") and line.endswith("**"):

@@ -93,19 +93,38 @@ def to_markdown(table: list[dict], metrics: list[str]) -> str:
             header += [f"{name} (guided)", "EMA", "w"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in table:
-        cells = [str(row["model"]), _num(row["mparams"]), _num(row["gflops"]), DASH if row["nfe"] is None else str(row["nfe"])]
+        cells = [
+            str(row["model"]),
+            _num(row["mparams"]),
+            _num(row["gflops"]),
+            DASH if row["nfe"] is None else str(row["nfe"]),
+        ]
         for m in metrics:
             cells += [_metric(row[m]), _std(row[f"{m}_ema_std"])]
             if m in guided:
                 cells += [_metric(row[f"{m}_guided"]), _std(row[f"{m}_guided_ema_std"]), _weight(row[f"{m}_guidance"])]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = ["", "Best value over the EMA lengths scored (EMA: the relative EMA length sigma_rel at the optimum); lower is better."]
+    notes = [
+        "",
+        "Best value over the EMA lengths scored (EMA: the relative EMA length sigma_rel at the optimum); lower is better.",
+    ]
     if not guided:
         notes.append("No guided scores in this configuration.")
     return "\n".join(lines + notes) + "\n"
 
 
-_TEX_ESCAPES = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+_TEX_ESCAPES = {
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "$": "\\$",
+    "#": "\\#",
+    "_": "\\_",
+    "{": "\\{",
+    "}": "\\}",
+    "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
+}
 
 
 def tex_escape(text: str) -> str:
@@ -143,7 +162,12 @@ def to_latex(table: list[dict], metrics: list[str]) -> str:
         "\\midrule",
     ]
     for row in table:
-        cells = [tex_escape(row["model"]), _num(row["mparams"]), _num(row["gflops"]), dash if row["nfe"] is None else str(row["nfe"])]
+        cells = [
+            tex_escape(row["model"]),
+            _num(row["mparams"]),
+            _num(row["gflops"]),
+            dash if row["nfe"] is None else str(row["nfe"]),
+        ]
         for m in metrics:
             cells += [_metric(row[m]), _std(row[f"{m}_ema_std"])]
             if m in guided:

@@ -39,6 +39,14 @@ def init_distributed() -> None:
         dist.init_process_group("gloo", init_method="env://")
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group, if one was joined (call once at the end of a command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def get_rank() -> int:
     import torch.distributed as dist
 
@@ -137,22 +145,26 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
     """Load a network from our `.safetensors` snapshot, an official `.pkl` (read safely), an
     http(s)/file URL of either (downloaded into the cache) or a generation preset name."""
     from edm2.data.encoders import StandardRGBEncoder, make_encoder
-    from edm2.io.download import resolve_path
-    from edm2.presets import GENERATION_PRESETS
+    from edm2.io.download import is_url, resolve_path
+    from edm2.presets import GENERATION_PRESETS, get_generation_preset
     from edm2.utils import kimg_to_nimg
 
     device = torch.device(device) if device is not None else default_device()
     source = str(source)
     target = GENERATION_PRESETS[source].net if source in GENERATION_PRESETS else source
-    path = resolve_path(target, what="network")
     suffix = Path(urllib_path(target)).suffix.lower()
+    if suffix not in (".safetensors", ".pkl"):
+        if not (is_url(target) or Path(target).exists() or Path(target).suffix or "/" in target):
+            get_generation_preset(target)  # not a file: report it as an unknown preset name
+        raise FormatError(f"network {source}: expected an edm2 .safetensors snapshot or an official EDM2 .pkl")
+    path = resolve_path(target, what="network")
     nimg = ema_std = None
     if suffix == ".safetensors":
         from edm2.io.snapshot import load_snapshot
 
         net, info = load_snapshot(path, device=device, dtype=dtype)
         encoder_config, nimg, ema_std = info.encoder, info.nimg, info.ema_std
-    elif suffix == ".pkl":
+    else:
         from edm2.io.official import load_official_pickle
 
         data = load_official_pickle(path, dtype=dtype)
@@ -161,8 +173,6 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
         m = _OFFICIAL_NAME.search(Path(urllib_path(target)).name)
         if m:
             nimg, ema_std = kimg_to_nimg(int(m.group(1))), float(m.group(2))
-    else:
-        raise FormatError(f"network {source}: expected an edm2 .safetensors snapshot or an official EDM2 .pkl")
     encoder = make_encoder(encoder_config) if encoder_config else StandardRGBEncoder()
     if hasattr(encoder, "batch_size"):
         encoder.batch_size = 4  # spec §8.3 / §14.26: generation decodes 4 images at a time
@@ -185,6 +195,7 @@ def load_networks_rank0_first(choice: NetworkChoice, device=None):
         barrier()
     main = load_network(choice.net, device)
     guide = load_network(choice.gnet, device) if choice.gnet is not None else None
+    main.encoder.init(next(main.net.parameters()).device)  # e.g. the VAE decoder: downloads too
     if get_rank() == 0:
         barrier()
     return main, guide

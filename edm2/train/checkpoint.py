@@ -1,8 +1,8 @@
 """Training states, network snapshots and the done marker of a run directory (EDM2-SPEC §5.7, §5.8).
 
-    training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only)
-    network-snapshot-{kimg:07d}-{std:.3f}.safetensors   one per EMA, fp16 (edm2.io.snapshot)
-    training-done.json                              {"nimg", "kimg", "snapshots"} once the duration is reached
+training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only)
+network-snapshot-{kimg:07d}-{std:.3f}.safetensors   one per EMA, fp16 (edm2.io.snapshot)
+training-done.json                              {"nimg", "kimg", "snapshots"} once the duration is reached
 """
 
 import json

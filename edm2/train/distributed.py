@@ -192,8 +192,11 @@ class StopSignal:
 
     def _handler(self, signum, frame):
         if self.signum is None:
-            print(f"Received {signal.Signals(signum).name}: finishing this step, then writing a checkpoint.",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"Received {signal.Signals(signum).name}: finishing this step, then writing a checkpoint.",
+                file=sys.stderr,
+                flush=True,
+            )
         self.signum = signum
 
     @property

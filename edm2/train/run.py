@@ -21,8 +21,20 @@ OPTIONS_FILE = "training_options.json"
 
 # Options that may change between invocations of one run without changing what it computes
 # (or, for duration, only how far it goes); everything else must match training_options.json.
-OPERATIONAL = ("outdir", "preset", "duration", "batch_gpu", "bench", "status", "snapshot", "checkpoint", "slice",
-               "workers", "dry_run")  # fmt: skip
+OPERATIONAL = (
+    "outdir",
+    "preset",
+    "duration",
+    "batch_gpu",
+    "bench",
+    "status",
+    "snapshot",
+    "checkpoint",
+    "slice",
+    "workers",
+    "channels_last",
+    "dry_run",
+)
 
 
 @dataclasses.dataclass
@@ -51,6 +63,7 @@ class TrainOptions:
     slice: int | None = None  # Train at most this many images in this invocation.
     seed: int = 0  # Random seed.
     workers: int = 2  # DataLoader worker processes (0 = read in the training process).
+    channels_last: bool = False  # Channels-last convolutions: faster on CPU, equal up to float rounding.
     channel_mult: list[int] | None = None  # Per-resolution channel multipliers (UNet default 1,2,3,4).
     num_blocks: int | None = None  # Residual blocks per resolution (UNet default 3).
     attn_resolutions: list[int] | None = None  # Resolutions with self-attention (UNet default 16,8).
@@ -59,8 +72,11 @@ class TrainOptions:
 
     def resolved(self) -> "TrainOptions":
         """A copy with the preset's values in every option left None (spec §6)."""
-        missing = [f for f in ("duration", "batch", "channels", "dropout", "P_mean", "P_std", "lr", "decay")
-                   if getattr(self, f) is None]  # fmt: skip
+        missing = [
+            f
+            for f in ("duration", "batch", "channels", "dropout", "P_mean", "P_std", "lr", "decay")
+            if getattr(self, f) is None
+        ]
         if not missing:
             return dataclasses.replace(self)
         from edm2.presets import get_training_preset
@@ -99,6 +115,7 @@ def loop_arguments(opts: TrainOptions) -> dict:
         cudnn_benchmark=bool(opts.bench),
         precision=opts.precision,
         num_workers=int(opts.workers),
+        channels_last=bool(opts.channels_last),
     )
 
 

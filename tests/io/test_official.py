@@ -264,3 +264,36 @@ def test_convert_without_name_info_takes_explicit_values(pickles, tmp_path):
     info = convert_official_pickle(pickles / "vae-custom.pkl", tmp_path / "o.safetensors", nimg=2048, ema_std=0.2)
     assert info["nimg"] == 2048 and info["ema_std"] == 0.2
     assert info["encoder"]["raw_std"] == [2.0, 4.0, 1.25, 0.5]
+
+
+class _Build:
+    """Pickles as `func(*args)` followed by BUILD with `state`."""
+
+    def __init__(self, func, args, state):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return self.func, self.args, self.state
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_tensor_tricks_are_refused(tmp_path):
+    from collections import OrderedDict
+
+    storage = torch.arange(4, dtype=torch.float32).storage()
+    cases = {
+        # a view past the end of its storage (would read foreign memory)
+        "overruns its storage": _Payload(torch._utils._rebuild_tensor_v2, storage, 2, (4,), (1,), False, OrderedDict()),
+        # BUILD on a tensor: torch's legacy __setstate__ would call set_() with any view
+        "modified after construction": _Build(
+            torch._utils._rebuild_tensor_v2,
+            (storage, 0, (2,), (1,), False, OrderedDict()),
+            (storage, 0, (1 << 20,), (1,)),
+        ),
+        "not a plain numeric type": np.array([1, "a"], dtype=object),
+    }
+    for message, payload in cases.items():
+        path = tmp_path / "evil.pkl"
+        path.write_bytes(pickle.dumps({"ema": payload}))
+        with pytest.raises(FormatError, match=message):
+            load_official_pickle(path)

@@ -15,6 +15,15 @@ from edm2.metrics.detectors import clear_cache, load_detector, parse_metrics
 from edm2.metrics.inception import FIDInceptionV3, _avg_pool_same, tf_bilinear_matrix
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small inputs: thread synchronisation costs more than it saves on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
     clear_cache()

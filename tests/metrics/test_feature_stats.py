@@ -75,3 +75,22 @@ def test_unknown_npz_and_pickled_npz_are_rejected(tmp_path):
         load_stats(tmp_path / "obj.npz")
     with pytest.raises(FormatError, match=".npz"):
         save_stats(tmp_path / "x.pkl", {"num_images": 2, "fid": {"mu": np.zeros(1), "sigma": np.eye(1)}})
+
+
+def test_official_pickle_is_read_safely(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(2)
+    stats = {m: {"mu": rng.standard_normal(3), "sigma": np.eye(3)} for m in ("fid", "fd_dinov2")}
+    (tmp_path / "img512.pkl").write_bytes(pickle.dumps(stats))
+    back = load_stats(tmp_path / "img512.pkl")
+    assert set(back) == {"fid", "fd_dinov2"}
+    np.testing.assert_array_equal(back["fd_dinov2"]["mu"], stats["fd_dinov2"]["mu"])
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"fid": Evil()}))
+    with pytest.raises(FormatError):
+        load_stats(tmp_path / "evil.pkl")

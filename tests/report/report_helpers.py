@@ -15,9 +15,7 @@ def write_score(root, run, guidance, std, metrics: dict, weight=1.0, gnet=None, 
     path = Path(root) / run / guidance / f"ema-{std:.3f}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "metrics": {
-            m: {"values": v, "min": min(v), "mean": sum(v) / len(v), "std": 0.0} for m, v in metrics.items()
-        },
+        "metrics": {m: {"values": v, "min": min(v), "mean": sum(v) / len(v), "std": 0.0} for m, v in metrics.items()},
         "network": f"runs/{run}/phema/phema-{kimg:07d}-{std:.3f}.safetensors",
         "gnet": gnet,
         "guidance": weight,

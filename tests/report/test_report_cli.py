@@ -36,9 +36,13 @@ def test_aggregate_writes_tidy_and_best_tables(aggregated):
 
 
 def test_tables_and_plots_commands(aggregated):
-    result = run("tables", "--scores", aggregated / "scores.csv", "--metrics", "fid", "--out", aggregated / "t" / "table2")
+    result = run(
+        "tables", "--scores", aggregated / "scores.csv", "--metrics", "fid", "--out", aggregated / "t" / "table2"
+    )
     assert result.exit_code == 0, result.output
-    assert (aggregated / "t" / "table2.tex").is_file() and "| XS | 125 |" in (aggregated / "t" / "table2.md").read_text()
+    assert (aggregated / "t" / "table2.tex").is_file() and "| XS | 125 |" in (
+        aggregated / "t" / "table2.md"
+    ).read_text()
     stats = write_stats(aggregated / "runs" / "xs" / "stats.jsonl", [(1.0, 2.0), (2.0, 1.0)])
     result = run(
         "plots", "--scores", aggregated / "scores.csv", "--metrics", "fid", "--run", f"xs={stats.parent}",
@@ -51,14 +55,18 @@ def test_tables_and_plots_commands(aggregated):
 
 
 def test_best_prints_generation_options(aggregated):
-    result = run("best", "--best", aggregated / "best.csv", "--run", "xs", "--guidance", "guid-fid", "--metric", "fid", "--shell")
+    result = run(
+        "best", "--best", aggregated / "best.csv", "--run", "xs", "--guidance", "guid-fid", "--metric", "fid", "--shell"
+    )
     assert result.exit_code == 0, result.output
     args = shlex.split(result.output)
     assert args == [
         "--net", "runs/xs/phema/phema-0000065-0.050.safetensors",
         "--gnet", "runs/xs-uncond/phema/phema-0000065-0.050.safetensors", "--guidance", "1.4",
     ]  # fmt: skip
-    result = run("best", "--best", aggregated / "best.csv", "--run", "xs", "--guidance", "noguid", "--metric", "fid", "--shell")
+    result = run(
+        "best", "--best", aggregated / "best.csv", "--run", "xs", "--guidance", "noguid", "--metric", "fid", "--shell"
+    )
     assert shlex.split(result.output) == ["--net", "runs/xs/phema/phema-0000065-0.125.safetensors"]
     result = run("best", "--best", aggregated / "best.csv", "--run", "xl", "--guidance", "noguid", "--metric", "fid")
     assert result.exit_code != 0 and "no score of run 'xl'" in result.output
@@ -90,5 +98,7 @@ def test_model_info_counts_a_real_snapshot(tmp_path):
 
 
 def test_bad_pairs_are_refused_with_the_option_named(aggregated):
-    result = run("plots", "--scores", aggregated / "scores.csv", "--metrics", "fid", "--run", "xs", "--outdir", aggregated / "p")
+    result = run(
+        "plots", "--scores", aggregated / "scores.csv", "--metrics", "fid", "--run", "xs", "--outdir", aggregated / "p"
+    )
     assert result.exit_code != 0 and "--run" in result.output and "NAME=DIR" in result.output

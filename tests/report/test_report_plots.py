@@ -43,7 +43,9 @@ def test_same_data_gives_identical_svg(tmp_path):
 
 
 def test_training_loss_reads_stats_jsonl(tmp_path):
-    stats = write_stats(tmp_path / "run" / "stats.jsonl", [(1.024, 2.0), (2.048, 1.5), (3.072, float("nan")), (4.096, 1.2)])
+    stats = write_stats(
+        tmp_path / "run" / "stats.jsonl", [(1.024, 2.0), (2.048, 1.5), (3.072, float("nan")), (4.096, 1.2)]
+    )
     xs, ys = loss_curve(stats)
     assert xs == [1.024, 2.048, 4.096] and ys == [2.0, 1.5, 1.2]  # the status line without a loss and NaN are skipped
     paths = plot_training_loss({"xs": stats}, tmp_path / "training-loss", {"xs": "XS"})

@@ -29,16 +29,54 @@ def dry_run(*args):
 def test_help_lists_the_official_and_new_options():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--outdir", "--data", "--cond", "--uncond", "--preset", "--duration", "--batch", "--channels",
-                   "--dropout", "--P_mean", "--P_std", "--lr", "--decay", "--batch-gpu", "--fp16", "--ls", "--bench",
-                   "--status", "--snapshot", "--checkpoint", "--seed", "--dry-run", "--slice", "--precision",
-                   "--workers", "--channel-mult", "--num-blocks", "--attn-resolutions", "--ema-stds"):  # fmt: skip
+    for option in (
+        "--outdir",
+        "--data",
+        "--cond",
+        "--uncond",
+        "--preset",
+        "--duration",
+        "--batch",
+        "--channels",
+        "--dropout",
+        "--P_mean",
+        "--P_std",
+        "--lr",
+        "--decay",
+        "--batch-gpu",
+        "--fp16",
+        "--ls",
+        "--bench",
+        "--status",
+        "--snapshot",
+        "--checkpoint",
+        "--seed",
+        "--dry-run",
+        "--slice",
+        "--precision",
+        "--workers",
+        "--channel-mult",
+        "--num-blocks",
+        "--attn-resolutions",
+        "--ema-stds",
+    ):
         assert option in result.output, option
     assert "75" in result.output
 
 
 def test_preset_fills_only_the_options_not_given(tmp_path, data):
-    cfg = dry_run("--outdir", str(tmp_path / "r"), "--data", str(data), "--preset", "edm2-img64-xs", "--lr", "0.005", "--batch", "1Ki")
+    cfg = dry_run(
+        "--outdir",
+        str(tmp_path / "r"),
+        "--data",
+        str(data),
+        "--preset",
+        "edm2-img64-xs",
+        "--lr",
+        "0.005",
+        "--batch",
+        "1Ki",
+    )
     preset = TRAINING_PRESETS["edm2-img64-xs"]
     opts, loop = cfg["options"], cfg["training_loop"]
     assert opts["lr"] == 0.005 and opts["batch"] == 1024 and opts["duration"] == preset.duration
@@ -51,11 +89,32 @@ def test_preset_fills_only_the_options_not_given(tmp_path, data):
 
 
 def test_demo_overrides_and_flags(tmp_path, data):
-    loop = dry_run(*cli_args(tiny_options(tmp_path / "r", data, slice=1024)), "--uncond", "--ema-stds", "0.1,0.05,0.2", "--status", "0")["training_loop"]
-    assert loop["network_kwargs"] == {"model_channels": 8, "dropout": 0.0, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4]}
+    loop = dry_run(
+        *cli_args(tiny_options(tmp_path / "r", data, slice=1024)),
+        "--uncond",
+        "--ema-stds",
+        "0.1,0.05,0.2",
+        "--status",
+        "0",
+    )["training_loop"]
+    assert loop["network_kwargs"] == {
+        "model_channels": 8,
+        "dropout": 0.0,
+        "channel_mult": [1, 2],
+        "num_blocks": 1,
+        "attn_resolutions": [4],
+    }
     assert loop["dataset_kwargs"]["use_labels"] is False and loop["ema_stds"] == [0.05, 0.1, 0.2]
     assert loop["slice_nimg"] == 1024 and loop["status_nimg"] is None
-    loop = dry_run(*cli_args(tiny_options(tmp_path / "r", data)), "--attn-resolutions", "none", "--fp16", "False", "--precision", "fp32")["training_loop"]
+    loop = dry_run(
+        *cli_args(tiny_options(tmp_path / "r", data)),
+        "--attn-resolutions",
+        "none",
+        "--fp16",
+        "False",
+        "--precision",
+        "fp32",
+    )["training_loop"]
     assert loop["network_kwargs"]["attn_resolutions"] == [] and loop["precision"] == "fp32"
 
 
@@ -70,7 +129,9 @@ def test_demo_overrides_and_flags(tmp_path, data):
     ],
 )
 def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
-    result = CliRunner().invoke(main, ["train", "--outdir", str(tmp_path / "r"), "--data", str(data), *args, "--dry-run"])
+    result = CliRunner().invoke(
+        main, ["train", "--outdir", str(tmp_path / "r"), "--data", str(data), *args, "--dry-run"]
+    )
     assert result.exit_code != 0 and message in result.output, result.output
 
 
@@ -78,7 +139,11 @@ def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_torchrun_two_processes(tmp_path, data):
     opts = tiny_options(tmp_path / "run", data, duration=1024, batch=32, status=512)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))
+    }
     env["OMP_NUM_THREADS"] = "1"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "edm2", "train", *cli_args(opts), "--batch-gpu=8"]

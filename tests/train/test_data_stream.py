@@ -6,7 +6,7 @@ import torch
 from train_helpers import make_dataset
 
 from edm2.data.dataset import ImageFolderDataset
-from edm2.train.data import InMemoryBatches, InfiniteSampler, make_batch_iterator
+from edm2.train.data import InfiniteSampler, InMemoryBatches, make_batch_iterator
 
 
 def reference_stream(size, seed, count):

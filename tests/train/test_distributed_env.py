@@ -5,8 +5,15 @@ from edm2.train.distributed import first_slurm_host, resolve_env
 
 def test_torchrun_variables_win():
     env = resolve_env(
-        {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "n1", "MASTER_PORT": "29500",
-         "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}  # fmt: skip
+        {
+            "RANK": "3",
+            "LOCAL_RANK": "1",
+            "WORLD_SIZE": "8",
+            "MASTER_ADDR": "n1",
+            "MASTER_PORT": "29500",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "2",
+        }
     )
     assert (env.rank, env.local_rank, env.world_size, env.master_addr, env.master_port) == (3, 1, 8, "n1", 29500)
     assert env.launcher == "torchrun"
@@ -14,8 +21,13 @@ def test_torchrun_variables_win():
 
 def test_one_slurm_task_per_rank_is_mapped_to_ranks():
     env = resolve_env(
-        {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_ID": "4242",
-         "SLURM_NODELIST": "gpu[007-010,012]"}  # fmt: skip
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_LOCALID": "1",
+            "SLURM_NTASKS": "8",
+            "SLURM_JOB_ID": "4242",
+            "SLURM_NODELIST": "gpu[007-010,012]",
+        }
     )
     assert (env.rank, env.local_rank, env.world_size, env.master_addr) == (5, 1, 8, "gpu007")
     assert env.launcher == "slurm" and env.master_port == 15000 + 4242 % 20000

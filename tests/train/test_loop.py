@@ -45,7 +45,9 @@ def test_run_finishes_with_outputs_and_done_marker(run):
     assert run["result"].finished and run["result"].signal is None
     done = json.loads((run["dir"] / "training-done.json").read_text())
     assert done["nimg"] == 1024 and done["kimg"] == 1
-    assert done["snapshots"] == [f"network-snapshot-000000{k}-{s}.safetensors" for k in (0, 1) for s in ("0.050", "0.100")]
+    assert done["snapshots"] == [
+        f"network-snapshot-000000{k}-{s}.safetensors" for k in (0, 1) for s in ("0.050", "0.100")
+    ]
     assert "Status: kimg 1.0" in (run["dir"] / "log.txt").read_text()
     opts = json.loads((run["dir"] / "training_options.json").read_text())
     assert opts["options"]["batch"] == 32 and opts["training_loop"]["lr_kwargs"] == FAST_LR
@@ -63,7 +65,11 @@ def expected_emas(trajectory, std, batch):
     ema = None
     for step, params in enumerate(trajectory, start=1):
         beta = float(power_function_beta(std=std, t_next=step * batch, t_delta=batch))  # spec §7.1
-        ema = {k: v.clone() for k, v in params.items()} if ema is None else {k: beta * ema[k] + (1 - beta) * v for k, v in params.items()}
+        ema = (
+            {k: v.clone() for k, v in params.items()}
+            if ema is None
+            else {k: beta * ema[k] + (1 - beta) * v for k, v in params.items()}
+        )
     return ema
 
 

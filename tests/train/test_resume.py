@@ -43,7 +43,9 @@ def test_two_slices_equal_one_go(reference, tmp_path):
     second = run_training(opts)
     assert (second.start_nimg, second.cur_nimg, second.finished) == (1024, 2048, True)
     for kimg in (1, 2):
-        assert_same_state(reference["dir"] / f"training-state-000000{kimg}.pt", tmp_path / "run" / f"training-state-000000{kimg}.pt")
+        assert_same_state(
+            reference["dir"] / f"training-state-000000{kimg}.pt", tmp_path / "run" / f"training-state-000000{kimg}.pt"
+        )
     for std in ("0.050", "0.100"):
         name = f"network-snapshot-0000002-{std}.safetensors"
         assert_same_tensors(load_state_dict(reference["dir"] / name), load_state_dict(tmp_path / "run" / name))
@@ -73,7 +75,11 @@ def test_dataloader_workers_do_not_change_the_numbers(reference, tmp_path):
 def test_sigterm_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "edm2", "train", *cli_args(tiny_options(run_dir, reference["data"]))]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))
+    }
     env["OMP_NUM_THREADS"] = "1"  # the reference ran single-threaded (conftest)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stats = run_dir / "stats.jsonl"

@@ -17,7 +17,11 @@ def test_loss_mean_counts_every_finite_element_across_reports():
     means = stats.flush()
     assert means == {"Loss/loss": 3.0, "Loss/learning_rate": 0.5, "Progress/kimg": 1.024}
     means = stats.flush()  # nothing reported since: NaN, names kept
-    assert all(math.isnan(v) for v in means.values()) and list(means) == ["Loss/loss", "Loss/learning_rate", "Progress/kimg"]
+    assert all(math.isnan(v) for v in means.values()) and list(means) == [
+        "Loss/loss",
+        "Loss/learning_rate",
+        "Progress/kimg",
+    ]
 
 
 def test_stats_json_line_format():

@@ -85,15 +85,32 @@ def assert_same_tensors(a, b, where=""):
 
 def cli_args(opts: TrainOptions) -> list[str]:
     """The `edm2 train` arguments that give exactly `opts` (every preset option explicit)."""
+
     def lst(v):
         return ",".join(str(x) for x in v) if v else "none"
 
-    return [
-        f"--outdir={opts.outdir}", f"--data={opts.data}",
-        f"--duration={opts.duration}", f"--batch={opts.batch}", f"--channels={opts.channels}",
-        f"--dropout={opts.dropout}", f"--P_mean={opts.P_mean}", f"--P_std={opts.P_std}", f"--lr={opts.lr}",
-        f"--decay={opts.decay}", f"--precision={opts.precision}", f"--status={opts.status}",
-        f"--snapshot={opts.snapshot}", f"--checkpoint={opts.checkpoint}", f"--workers={opts.workers}",
-        f"--channel-mult={lst(opts.channel_mult)}", f"--num-blocks={opts.num_blocks}",
-        f"--attn-resolutions={lst(opts.attn_resolutions)}", f"--seed={opts.seed}",
-    ] + ([f"--slice={opts.slice}"] if opts.slice else []) + ([] if opts.cond else ["--uncond"])  # fmt: skip
+    return (
+        [
+            f"--outdir={opts.outdir}",
+            f"--data={opts.data}",
+            f"--duration={opts.duration}",
+            f"--batch={opts.batch}",
+            f"--channels={opts.channels}",
+            f"--dropout={opts.dropout}",
+            f"--P_mean={opts.P_mean}",
+            f"--P_std={opts.P_std}",
+            f"--lr={opts.lr}",
+            f"--decay={opts.decay}",
+            f"--precision={opts.precision}",
+            f"--status={opts.status}",
+            f"--snapshot={opts.snapshot}",
+            f"--checkpoint={opts.checkpoint}",
+            f"--workers={opts.workers}",
+            f"--channel-mult={lst(opts.channel_mult)}",
+            f"--num-blocks={opts.num_blocks}",
+            f"--attn-resolutions={lst(opts.attn_resolutions)}",
+            f"--seed={opts.seed}",
+        ]
+        + ([f"--slice={opts.slice}"] if opts.slice else [])
+        + ([] if opts.cond else ["--uncond"])
+    )

@@ -26,8 +26,8 @@ def _validate_config():
     try:
         validate(config, "../schemas/config.schema.yaml")
     except WorkflowError as e:
-        cause = next((a for a in e.args if hasattr(a, "absolute_path")), None)
-        if cause is None:
+        cause = e.__context__  # the jsonschema ValidationError
+        if not hasattr(cause, "absolute_path"):
             raise
         where = "config" + "".join(f"[{p!r}]" for p in cause.absolute_path)
         raise WorkflowError(
@@ -546,7 +546,7 @@ def rule_threads(rule):
 
 
 def rule_resources(rule):
-    """Resources of a rule (to spread into `resources:`): memory, run time, GPUs, and the SLURM
+    """Resources of a rule, to spread into its `resources`: memory, run time, GPUs, and the SLURM
     partition/account from the config or from EDM2_SLURM_PARTITION / EDM2_SLURM_ACCOUNT."""
     out = {"mem_mb": rule_setting(rule, "mem_mb"), "runtime": rule_setting(rule, "runtime")}
     gpus = rule_setting(rule, "gpus")

@@ -28,7 +28,7 @@ rule convert:
     output:
         dataset_zip(),
     params:
-        source=dataset_source(),
+        source=lambda wc: dataset_source(),
         resolution=lambda wc: f"--resolution {config['data']['resolution']}" if config["data"]["resolution"] else "",
         transform=config["data"]["transform"],
         max_images=lambda wc: f"--max-images {config['data']['max_images']}" if config["data"]["max_images"] else "",

@@ -54,7 +54,7 @@ rule plots:
             subcategory="Training",
         ),
     params:
-        outdir=f"{RESULTS}/plots",
+        outdir=lambda wc, output: os.path.dirname(output[0]),
         metrics=",".join(METRICS),
         runs=lambda wc, input: " ".join(f"--run {run}={os.path.dirname(d)}" for run, d in zip(MODELS, input.done)),
         labels=" ".join(shlex.quote(f"--label={run}={m['label']}") for run, m in MODELS.items()),
@@ -83,7 +83,7 @@ rule tables:
         table_files()[2],
     params:
         metrics=",".join(METRICS),
-        stem=f"{RESULTS}/tables/table2",
+        stem=lambda wc, output: os.path.splitext(output[0])[0],
     log:
         log_file("tables"),
     benchmark:

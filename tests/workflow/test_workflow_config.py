@@ -1,0 +1,87 @@
+"""Configuration checks: the shipped configs are valid, bad keys and values are refused with
+their name (by the schema in-process, and by the workflow itself on start)."""
+
+import copy
+
+import jsonschema
+import pytest
+import yaml
+from workflow_helpers import SCHEMA, load_config, snakemake, write_config
+
+SHIPPED = ["config.yaml", "smoke.yaml", "paper-img512.yaml", "paper-img64.yaml"]
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def errors(validator, config):
+    return [(list(e.absolute_path), e.message) for e in validator.iter_errors(config)]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_are_valid(validator, name):
+    assert errors(validator, load_config(name)) == []
+
+
+@pytest.mark.parametrize(
+    "edit, path, message",
+    [
+        (lambda c: c.update(reslts="x"), [], "'reslts' was unexpected"),
+        (lambda c: c["data"].update(resolutoin="16x16"), ["data"], "'resolutoin' was unexpected"),
+        (lambda c: c["models"][0].update(chanels=8), ["models", 0], "'chanels' was unexpected"),
+        (lambda c: c["train"].update(durration="2Ki"), ["train"], "'durration' was unexpected"),
+        (lambda c: c["score"].update(metrics=["fid", "is"]), ["score", "metrics", 1], "'is' is not one of"),
+        (lambda c: c["phema"].update(grid=[0.05, 0.3]), ["phema", "grid"], "is not valid under any"),
+        (lambda c: c["train"].update(snapshot="8 Mi"), ["train", "snapshot"], "is not valid under any"),
+        (lambda c: c["train"].update(precision="fp8"), ["train", "precision"], "'fp8' is not one of"),
+        (lambda c: c["resources"].update(trian={"threads": 2}), ["resources"], "'trian' is not one of"),
+        (lambda c: c.pop("models"), [], "'models' is a required property"),
+    ],
+)
+def test_schema_names_the_bad_key_or_value(validator, edit, path, message):
+    config = copy.deepcopy(load_config("smoke.yaml"))
+    edit(config)
+    found = errors(validator, config)
+    assert found, "the bad config was accepted"
+    assert any(p == path and message in m for p, m in found), found
+
+
+def _start(tmp_path, config):
+    return snakemake(tmp_path, "-n", "--configfile", write_config(tmp_path / "bad.yaml", config), check=False)
+
+
+def test_workflow_refuses_a_bad_key_at_start(tmp_path):
+    config = load_config("smoke.yaml")
+    config["score"]["metrcs"] = ["fd_cnn"]
+    proc = _start(tmp_path, config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "invalid configuration at config['score']" in out and "'metrcs' was unexpected" in out
+    assert "config/README.md" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["models"].append(dict(c["models"][0])), "is used twice"),
+        (lambda c: c["train"].update(duration="3Ki", snapshot="2Ki"), "not a multiple of snapshot=2Ki"),
+        (lambda c: c["guidance"][1].update(guide="missing"), "guidance[guided].guide: no model named 'missing'"),
+        (lambda c: c["phema"].update(grid="0.050,0.075,...,0.110"), "does not reach"),
+    ],
+)
+def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):
+    config = load_config("smoke.yaml")
+    edit(config)
+    proc = _start(tmp_path, config)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_lint_reports_nothing(tmp_path):
+    proc = snakemake(tmp_path, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr

@@ -1,0 +1,103 @@
+"""Dry-runs of the shipped configurations: the right jobs per rule, and the shell commands the
+paper's jobs would run. No job is executed."""
+
+import re
+
+import pytest
+from workflow_helpers import CONFIG, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
+
+GRID_49 = 49  # 0.010,0.015,...,0.250 (EDM2-SPEC §7.4)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return tmp_path
+
+
+def test_paper_img512_lists_every_job(workdir):
+    counts = dry_run(workdir, "--configfile", CONFIG / "paper-img512.yaml")
+    sizes, runs = 6, 7  # XS..XXL, plus the unconditional XS guide
+    settings = 3  # no guidance, guid-fid, guid-dino
+    assert counts == {
+        "convert": 1,
+        "encode": 1,  # SD-VAE latents
+        "ref_stats": 1,
+        "train": runs,
+        "phema": runs,
+        "model_info": runs,
+        "score": sizes * GRID_49 * settings,
+        "aggregate": 1,
+        "plots": 1,
+        "tables": 1,
+        "samples": sizes * settings,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_paper_img64_lists_every_job(workdir):
+    counts = dry_run(workdir, "--configfile", CONFIG / "paper-img64.yaml")
+    assert counts == {
+        "convert": 1,
+        "ref_stats": 1,
+        "train": 4,
+        "phema": 4,
+        "model_info": 4,
+        "score": 4 * GRID_49,
+        "aggregate": 1,
+        "plots": 1,
+        "tables": 1,
+        "samples": 4,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_embedded_default_and_smoke_configs(workdir):
+    counts = dry_run(workdir)  # config/config.yaml, loaded by the Snakefile itself
+    assert counts["train"] == 2 and counts["score"] == 2 * 8 and counts["digits"] == 1
+    assert counts["train_detector"] == 1 and "encode" not in counts
+    counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
+    assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
+
+
+def test_paper_guided_score_command(workdir):
+    target = "results/img512/scores/s/guid-dino/ema-0.085.json"
+    proc = snakemake(workdir, target, "-n", "-p", "--configfile", CONFIG / "paper-img512.yaml")
+    commands = shell_commands(proc.stdout)
+    (score,) = [c for c in commands if "edm2 metrics gen" in c]
+    assert "--net results/img512/runs/s/phema/phema-2147483-0.085.safetensors" in score
+    assert "--gnet results/img512/runs/xs-uncond/phema/phema-2147483-0.085.safetensors --guidance 1.9" in score
+    for option in ("--metrics fd_dinov2", "--num 50000", "--seeds-ranges 3", "--steps 32", "--json " + target):
+        assert option in score
+    trains = [c for c in commands if "edm2 train" in c]
+    assert len(trains) == 2  # S and its guide
+    s_train = next(c for c in trains if "/runs/s/" in c)
+    for option in (
+        "--preset edm2-img512-s",
+        "--duration 2048Mi",
+        "--lr 0.01",
+        "--snapshot 8Mi",
+        "--data results/img512/data/latents.zip",
+    ):
+        assert option in s_train
+    guide = next(c for c in trains if "/runs/xs-uncond/" in c)
+    assert "--cond False" in guide
+    # Multi-node launch: one srun task per node, each a torchrun with a c10d rendezvous.
+    assert re.search(
+        r"srun --nodes=4 --ntasks-per-node=1 .*torchrun --nnodes=4 --nproc-per-node=8 --rdzv-backend=c10d", s_train
+    )
+    (phema,) = [c for c in commands if "edm2 phema" in c and "/runs/s/" in c]
+    assert "--outstd 0.010,0.015,0.020," in phema and ",0.245,0.250 " in phema and "--outkimg 2147483" in phema
+
+
+def test_refine_adds_a_checkpoint_before_the_fine_scores(workdir):
+    config = load_config("smoke.yaml")
+    config["phema"]["refine"] = True
+    configfile = write_config(workdir / "refine.yaml", config)
+    proc = snakemake(workdir, "-n", "--configfile", configfile)
+    out = proc.stdout + proc.stderr
+    counts = job_counts(out)
+    # The coarse grid is scored first; the fine stds exist only once the checkpoint has run.
+    assert counts["refine_grid"] == 1 and counts["score"] == 3 * 2 and counts["aggregate"] == 1
+    assert "checkpoint refine_grid:" in out

@@ -1,0 +1,114 @@
+"""The smoke configuration end to end (every rule runs, guidance included), then what a re-run
+would do after editing the configuration: nothing when it is unchanged, only the dependent jobs
+when the EMA grid or a sampler setting changes, one stage with --forcerun."""
+
+import csv
+import json
+
+import pytest
+from PIL import Image
+from workflow_helpers import dry_run, load_config, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+STDS = ["0.050", "0.100", "0.150"]
+SETTINGS = ["noguid", "guided"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    config = load_config("smoke.yaml")
+    config["results"] = "results"
+    configfile = write_config(workdir / "smoke.yaml", config)
+    snakemake(workdir, "--cores", "2", "--configfile", configfile)
+    return workdir, config
+
+
+def edited(workdir, config, name, edit):
+    config = json.loads(json.dumps(config))
+    edit(config)
+    return write_config(workdir / name, config)
+
+
+def test_every_output_is_written(smoke):
+    workdir, _ = smoke
+    results = workdir / "results"
+    for setting in SETTINGS:
+        for std in STDS:
+            score = json.loads((results / "scores" / "tiny" / setting / f"ema-{std}.json").read_text())
+            assert score["ema_std"] == float(std) and len(score["metrics"]["fd_cnn"]["values"]) == 2
+            assert (score["gnet"] is not None) == (setting == "guided")
+            if setting == "guided":
+                assert score["guidance"] == 1.5 and "/runs/tiny-uncond/phema/" in score["gnet"]
+    with open(results / "tables" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(SETTINGS) * len(STDS)
+    assert {r["label"] for r in rows} == {"tiny (8 ch)"} and all(float(r["gflops"]) > 0 for r in rows)
+    with open(results / "tables" / "table2.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "tiny (8 ch)" and row["fd_cnn_ema_std"] in {"0.05", "0.1", "0.15"}
+    assert row["fd_cnn_guidance"] == "1.5"
+    assert "| tiny (8 ch) |" in (results / "tables" / "table2.md").read_text()
+    for stem in ("ema-sweep-fd_cnn", "gflops-fd_cnn", "training-loss"):
+        with Image.open(results / "plots" / f"{stem}.png") as im:
+            assert im.format == "PNG"
+        assert (results / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    for setting in SETTINGS:
+        with Image.open(results / "plots" / "samples" / "tiny" / f"{setting}.png") as im:
+            assert im.size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)  # 16 seeds of 16x16, upscaled 4x
+    assert "data:image/png;base64," in (results / "summary.html").read_text()
+    for rule in ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report"):
+        assert any((results / "logs" / rule).rglob("*.log")), rule
+        assert any((results / "benchmarks" / rule).rglob("*.tsv")), rule
+
+
+def test_unchanged_config_has_nothing_to_do(smoke):
+    workdir, config = smoke
+    assert dry_run(workdir, "--configfile", workdir / "smoke.yaml") == {}
+
+
+def test_a_new_ema_length_scores_only_that_length(smoke):
+    workdir, config = smoke
+    configfile = edited(workdir, config, "grid.yaml", lambda c: c["phema"].update(grid="0.050,0.100,0.150,0.200"))
+    counts = dry_run(workdir, "--configfile", configfile)
+    # phema reconstructs the grid again (one pass); the three scored lengths are not re-scored.
+    assert counts == {
+        "phema": 2,
+        "score": len(SETTINGS),
+        "aggregate": 1,
+        "plots": 1,
+        "tables": 1,
+        "samples": len(SETTINGS),
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_a_sampler_change_rescores_without_retraining(smoke):
+    workdir, config = smoke
+    configfile = edited(workdir, config, "steps.yaml", lambda c: c["score"].update(steps=5))
+    counts = dry_run(workdir, "--configfile", configfile)
+    assert counts["score"] == len(SETTINGS) * len(STDS)
+    assert not {"train", "phema", "digits", "convert", "ref_stats", "train_detector", "model_info"} & set(counts)
+
+
+def test_a_guidance_weight_change_rescores_that_setting_only(smoke):
+    workdir, config = smoke
+    configfile = edited(workdir, config, "weight.yaml", lambda c: c["guidance"][1].update(weight=2.0))
+    counts = dry_run(workdir, "--configfile", configfile)
+    assert counts["score"] == len(STDS) and "train" not in counts and "phema" not in counts
+
+
+def test_forcerun_reruns_one_stage(smoke):
+    workdir, _ = smoke
+    counts = dry_run(workdir, "--configfile", workdir / "smoke.yaml", "--forcerun", "phema")
+    assert counts.get("phema") == 2
+    assert not {"train", "score", "convert"} & set(counts)
+
+
+def test_snakemake_report_collects_plots_and_tables(smoke):
+    workdir, _ = smoke
+    snakemake(workdir, "--configfile", workdir / "smoke.yaml", "--report", workdir / "report.html")
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000
