@@ -571,6 +571,9 @@ def reconstruct_phema(
             extra0.pop("phema", None)
             input_list = [{"file": s.inp.path.name, "nimg": s.inp.nimg, "std": s.inp.std} for s in sources]
             out_data_start, headers = [], []
+            umask = os.umask(0o022)
+            os.umask(umask)
+            file_mode = 0o666 & ~umask
             for j, std in enumerate(out_std):
                 extra = dict(
                     extra0,
@@ -595,6 +598,7 @@ def reconstruct_phema(
                 fd, tmp = tempfile.mkstemp(prefix=f".{out_path(std).name}.", suffix=".tmp", dir=outdir)
                 temps.append(Path(tmp))
                 out_fds.append(fd)
+                os.fchmod(fd, file_mode)  # mkstemp makes 0600; outputs get the usual umask mode
                 _pwrite_full(fd, memoryview(header), 0)
 
             # Working memory: chunk buffers sized to the budget (bounded memory): per element of

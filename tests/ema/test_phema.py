@@ -137,6 +137,9 @@ def test_skip_existing_outputs(run_dir, tmp_path):
     second = reconstruct_phema(folder, tmp_path, "0.070,0.080", skip=True)
     assert [p.name for p in second["outputs"]] == ["phema-0000020-0.080.safetensors"]
     assert first["outputs"][0].stat().st_mtime_ns == stamp
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert first["outputs"][0].stat().st_mode & 0o777 == 0o666 & ~umask
     assert reconstruct_phema(folder, tmp_path, "0.070,0.080", skip=True)["outputs"] == []
 
 

@@ -4,7 +4,7 @@ paper's jobs would run. No job is executed."""
 import re
 
 import pytest
-from workflow_helpers import CONFIG, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
+from workflow_helpers import CONFIG, REPO, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
 
 GRID_49 = 49  # 0.010,0.015,...,0.250 (EDM2-SPEC §7.4)
 
@@ -101,3 +101,27 @@ def test_refine_adds_a_checkpoint_before_the_fine_scores(workdir):
     # The coarse grid is scored first; the fine stds exist only once the checkpoint has run.
     assert counts["refine_grid"] == 1 and counts["score"] == 3 * 2 and counts["aggregate"] == 1
     assert "checkpoint refine_grid:" in out
+
+
+def test_slurm_profile_gives_training_its_cluster_geometry(workdir):
+    target = "results/img512/runs/xs/model-info.json"
+    proc = snakemake(
+        workdir, target, "-n", "--profile", REPO / "workflow" / "profiles" / "slurm",
+        "--configfile", CONFIG / "paper-img512.yaml",
+        extra_env={"EDM2_SLURM_PARTITION": "gpuq", "EDM2_SLURM_ACCOUNT": "edm2"},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    train = next(line for line in out.splitlines() if "mpi=srun" in line)
+    for resource in (
+        "runtime=2880",
+        "slurm_partition=gpuq",
+        "slurm_account=edm2",
+        "nodes=4",
+        "gres=gpu:8",
+        "tasks=4",
+        "tasks_per_gpu=0",
+        "slurm_extra=--signal=TERM@600",
+    ):
+        assert resource in train, resource
+    encode = next(line for line in out.splitlines() if "runtime=1440" in line)
+    assert "gpu=1" in encode and "slurm_partition=gpuq" in encode

@@ -17,18 +17,23 @@ VENV_BIN = Path(sys.executable).parent
 SNAKEMAKE = str(VENV_BIN / "snakemake")
 
 
-def env():
+def env(**extra):
     """This venv first on PATH (the rules run `python -m edm2`), few threads per process."""
     e = dict(os.environ)
     e["PATH"] = f"{VENV_BIN}{os.pathsep}{e.get('PATH', '/usr/bin:/bin')}"
     e.setdefault("OMP_NUM_THREADS", "1")
+    for key in ("EDM2_SLURM_PARTITION", "EDM2_SLURM_ACCOUNT"):
+        e.pop(key, None)
+    e.update(extra)
     return e
 
 
-def snakemake(workdir, *args, check=True, timeout=900) -> subprocess.CompletedProcess:
+def snakemake(workdir, *args, check=True, timeout=900, extra_env=None) -> subprocess.CompletedProcess:
     """`snakemake --snakefile <repo> --directory <workdir> ARGS`, output captured."""
     cmd = [SNAKEMAKE, "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *map(str, args)]
-    proc = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=env(**(extra_env or {})), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"

@@ -570,8 +570,14 @@ def train_resources():
     base = rule_resources("train")
     base.pop("gpu", None)
     slurm = config["slurm"]
-    if "slurm_partition" not in base and slurm["gpu_partition"] and any(m["gpus_per_node"] for m in MODELS.values()):
-        base["slurm_partition"] = lambda wc: slurm["gpu_partition"] if MODELS[wc.run]["gpus_per_node"] else (slurm["partition"] or os.environ.get("EDM2_SLURM_PARTITION") or None)
+    explicit = rule_setting("train", "partition")
+
+    def partition(wc):
+        if explicit:
+            return explicit
+        if MODELS[wc.run]["gpus_per_node"] and slurm["gpu_partition"]:
+            return slurm["gpu_partition"]
+        return slurm["partition"] or os.environ.get("EDM2_SLURM_PARTITION") or None
 
     def srun_launched(m):
         return m["nodes"] > 1 or (m["launch"] == "tasks" and m["procs_per_node"] > 1)
@@ -601,6 +607,7 @@ def train_resources():
         return f"--signal=TERM@{s}" if s else None
 
     base.update(
+        slurm_partition=partition,
         nodes=lambda wc: MODELS[wc.run]["nodes"],
         gpu=single_node_gpus,
         gres=per_node_gres,

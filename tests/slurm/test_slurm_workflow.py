@@ -1,0 +1,178 @@
+"""The smoke configuration through the workflow's SLURM profile, against the local SLURM.
+
+    snakemake --profile workflow/profiles/slurm --workflow-profile ci/slurm/profile \
+        --configfile config/smoke.yaml
+
+Every job of the DAG (except the local `all`) must go through sbatch and be on SLURM's record as
+completed in partition `debug` under account `ci`, and every output must equal that of a plain
+local run (`snakemake --cores 2`) of the same configuration.
+"""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from slurm_helpers import REPO, job_env, job_record
+
+pytestmark = pytest.mark.slurm
+
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+SMOKE = REPO / "config" / "smoke.yaml"
+SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
+CI_PROFILE = REPO / "ci" / "slurm" / "profile"
+# Per-run records that hold times, hosts or process ids rather than results.
+NOT_COMPARED_DIRS = {"logs", "benchmarks"}
+NOT_COMPARED_NAMES = {"log.txt", "stats.jsonl"}
+NOT_COMPARED_SUFFIXES = {".svg", ".html", ".log"}  # embed dates or random ids
+
+RULE_LINE = re.compile(r"^(localrule|rule|localcheckpoint|checkpoint) (\S+):$")
+JOBID_LINE = re.compile(r"^\s+jobid: (\d+)$")
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+def start_snakemake(workdir, *args):
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *map(str, args),
+           "--configfile", str(SMOKE)]  # fmt: skip
+    env = job_env()
+    for key in ("EDM2_SLURM_PARTITION", "EDM2_SLURM_ACCOUNT"):
+        env.pop(key, None)
+    with open(workdir / "snakemake.out", "w") as out:
+        return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(proc, workdir, timeout=900):
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(30)
+        raise
+    output = (workdir / "snakemake.out").read_text()
+    assert code == 0, f"snakemake in {workdir} failed ({code}):\n{output[-8000:]}"
+    return output
+
+
+def jobs_of(output):
+    """{snakemake job id: (rule, local?)} from the 'rule X:' / 'jobid: N' blocks of a log."""
+    jobs, current = {}, None
+    for line in output.splitlines():
+        if m := RULE_LINE.match(line):
+            current = (m.group(2), m.group(1).startswith("local"))
+        elif current and (m := JOBID_LINE.match(line)):
+            jobs[int(m.group(1))] = current
+            current = None
+    return jobs
+
+
+def results_dir(workdir):
+    return workdir / "results" / "smoke"
+
+
+def compared_files(root):
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or rel.parts[0] in NOT_COMPARED_DIRS or p.name in NOT_COMPARED_NAMES:
+            continue
+        if p.suffix in NOT_COMPARED_SUFFIXES or ".snakemake" in rel.parts:
+            continue
+        out.append(rel)
+    return out
+
+
+def normalised(value, workdir):
+    """Text or parsed JSON with this run's working directory replaced by a placeholder."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text.replace(str(workdir), "<WORKDIR>")
+
+
+def json_or_text(text, workdir):
+    text = normalised(text, workdir)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def flat_tensors(obj, prefix=""):
+    """{path: tensor} of every tensor in a nested dict/list (a training state)."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list | tuple) else []
+    out = {}
+    for key, value in items:
+        out.update(flat_tensors(value, f"{prefix}/{key}"))
+    return out
+
+
+def assert_same_output(rel, slurm_root, slurm_work, local_root, local_work):
+    a, b = slurm_root / rel, local_root / rel
+    if a.suffix == ".safetensors":
+        with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+            meta_a = {k: json_or_text(v, slurm_work) for k, v in (fa.metadata() or {}).items()}
+            meta_b = {k: json_or_text(v, local_work) for k, v in (fb.metadata() or {}).items()}
+            assert meta_a == meta_b, f"{rel}: metadata differs"
+            assert set(fa.keys()) == set(fb.keys()), f"{rel}: different tensors"
+            for key in fa.keys():
+                assert torch.equal(fa.get_tensor(key), fb.get_tensor(key)), f"{rel}: {key} differs"
+    elif a.suffix == ".pt":
+        ta = flat_tensors(torch.load(a, map_location="cpu", weights_only=True))
+        tb = flat_tensors(torch.load(b, map_location="cpu", weights_only=True))
+        assert ta.keys() == tb.keys(), f"{rel}: different contents"
+        for key in ta:
+            assert torch.equal(ta[key], tb[key]), f"{rel}: {key} differs"
+    elif a.suffix == ".npz":
+        with np.load(a) as na, np.load(b) as nb:
+            assert sorted(na.files) == sorted(nb.files), f"{rel}: different arrays"
+            for key in na.files:
+                assert np.array_equal(na[key], nb[key]), f"{rel}: {key} differs"
+    elif a.suffix in {".json", ".csv", ".md", ".tex", ".txt", ".tsv", ".yaml"}:
+        assert json_or_text(a.read_text(), slurm_work) == json_or_text(b.read_text(), local_work), f"{rel} differs"
+    else:  # PNG, ZIP, ...: byte for byte
+        assert a.read_bytes() == b.read_bytes(), f"{rel} differs"
+
+
+def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(slurm, tmp_path):
+    slurm_work, local_work = tmp_path / "slurm", tmp_path / "local"
+    cluster = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE)
+    # The local reference runs meanwhile: the cluster run spends much of its time waiting.
+    local = start_snakemake(local_work, "--cores", "2")
+    local_output = finish(local, local_work)
+    output = finish(cluster, slurm_work)
+
+    # Every job of the DAG went through sbatch, except the local target rule.
+    jobs = jobs_of(output)
+    assert jobs, output[-3000:]
+    assert sorted(rule for rule, _ in jobs.values()) == sorted(rule for rule, _ in jobs_of(local_output).values())
+    assert {rule for rule, local in jobs.values() if local} == {"all"}
+    submitted = {}
+    for line in output.splitlines():
+        if m := SUBMITTED.search(line):
+            submitted[int(m.group(1))] = (m.group(2), Path(m.group(3)))
+    remote = {jobid: rule for jobid, (rule, local) in jobs.items() if not local}
+    assert set(submitted) == set(remote), f"jobs without a SLURM job id: {set(remote) - set(submitted)}"
+    assert {"train", "phema", "score", "aggregate"} <= set(remote.values())
+
+    # ...and each is on SLURM's record: completed, in the CI partition and account, that rule.
+    for jobid, rule in remote.items():
+        slurm_id, log = submitted[jobid]
+        record = job_record(slurm_id)
+        assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", f"{rule}: {record}"
+        assert record["Partition"] == "debug" and record["Account"] == "ci"
+        assert record["WorkDir"] == str(slurm_work)
+        assert record["Comment"].startswith(f"rule_{rule}"), record["Comment"]
+        assert Path(record["StdOut"]) == log and f"rule {rule}:" in log.read_text(), f"{rule}: {log}"
+
+    # The same outputs as the local run (paths of the working directory aside).
+    slurm_root, local_root = results_dir(slurm_work), results_dir(local_work)
+    files = compared_files(local_root)
+    assert files and compared_files(slurm_root) == files
+    assert any(f.suffix == ".safetensors" for f in files) and any(f.parts[0] == "scores" for f in files)
+    for rel in files:
+        assert_same_output(rel, slurm_root, slurm_work, local_root, local_work)
