@@ -154,3 +154,41 @@ def test_torchrun_two_processes(tmp_path, data):
     log = (tmp_path / "run" / "log.txt").read_text()
     assert log.count("Training from 0 kimg to 1 kimg") == 1 and "Status: kimg 1.0" in log
     assert (tmp_path / "run" / "training-done.json").exists()
+
+
+@pytest.mark.slow
+def test_one_slurm_task_per_rank(tmp_path, data):
+    """Two plain processes with only SLURM's variables (as `srun --ntasks 2 edm2 train ...` starts them)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    opts = tiny_options(tmp_path / "run", data, duration=128, batch=32, status=64, snapshot=0, checkpoint=0)
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))
+    }
+    base.update(
+        OMP_NUM_THREADS="1",
+        SLURM_NTASKS="2",
+        SLURM_JOB_ID="77",
+        SLURM_LAUNCH_NODE_IPADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edm2", "train", *cli_args(opts)],
+            env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "Training from 0 kimg" in outs[0] and "Training from" not in outs[1]  # rank 0 prints, rank 1 is quiet
+    lines = (tmp_path / "run" / "stats.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # nimg 0, 64, 128, written once (rank 0)
