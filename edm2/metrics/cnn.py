@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from edm2.errors import ConfigError, DataError, FormatError
 
 FORMAT = "edm2-cnn-detector/1"
+GRID = 4  # the last feature map is average-pooled to GRID x GRID before the hidden layer
 
 
 class CNNClassifier(torch.nn.Module):
-    """Three conv stages (3x3 convs, ReLU, 2x2 max pool), global average pool, a hidden fully
-    connected layer (the features), and a linear classifier.
+    """Three conv stages (3x3 conv, batch norm, ReLU; 2x2 max pool between stages), average
+    pooling to a 4x4 grid, a hidden fully connected layer (the features), a linear classifier.
 
     Input: uint8-range images [N, C, H, W]; resized (bilinear, antialiased) to `resolution`
     when needed and scaled to [-1, 1].
@@ -51,12 +52,10 @@ class CNNClassifier(torch.nn.Module):
         self.resolution = resolution
         self.feature_dim = feature_dim
         c = [width, width * 2, width * 4]
-        self.conv0 = torch.nn.Conv2d(in_channels, c[0], 3, padding=1)
-        self.conv1 = torch.nn.Conv2d(c[0], c[0], 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(c[0], c[1], 3, padding=1)
-        self.conv3 = torch.nn.Conv2d(c[1], c[1], 3, padding=1)
-        self.conv4 = torch.nn.Conv2d(c[1], c[2], 3, padding=1)
-        self.fc = torch.nn.Linear(c[2], feature_dim)
+        pairs = [(in_channels, c[0]), (c[0], c[0]), (c[0], c[1]), (c[1], c[1]), (c[1], c[2])]
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(a, b, 3, padding=1) for a, b in pairs])
+        self.norms = torch.nn.ModuleList([torch.nn.BatchNorm2d(b) for _, b in pairs])
+        self.fc = torch.nn.Linear(c[2] * GRID * GRID, feature_dim)
         self.classifier = torch.nn.Linear(feature_dim, num_classes)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -71,12 +70,12 @@ class CNNClassifier(torch.nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed images -> [N, feature_dim] penultimate features."""
-        x = F.relu(self.conv1(F.relu(self.conv0(x))))
-        x = F.max_pool2d(x, 2) if x.shape[-1] >= 2 else x
-        x = F.relu(self.conv3(F.relu(self.conv2(x))))
-        x = F.max_pool2d(x, 2) if x.shape[-1] >= 2 else x
-        x = F.relu(self.conv4(x))
-        return F.relu(self.fc(x.mean(dim=(2, 3))))
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = F.relu(norm(conv(x)))
+            if i in (1, 3) and min(x.shape[-2:]) >= 2 * GRID:
+                x = F.max_pool2d(x, 2)
+        x = F.adaptive_avg_pool2d(x, GRID).flatten(1)
+        return F.relu(self.fc(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8-range images -> features (what the metrics use)."""
@@ -191,19 +190,19 @@ def train_detector(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=epochs * steps_per_epoch, desc="train-detector", disable=not progress)
+    bar = tqdm(range(epochs), desc="train-detector", unit="epoch", disable=not progress)
     model.train()
-    for _epoch in range(epochs):
+    for _epoch in bar:
         perm = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
+        losses = []
         for idx in perm.split(batch):
-            x = _augment(images[idx], gen)
-            loss = F.cross_entropy(model.logits(x), labels[idx])
+            loss = F.cross_entropy(model.logits(images[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     bar.close()
     model.eval()
     train_acc = _accuracy(model, images[train_idx], labels[train_idx], batch)
@@ -221,15 +220,6 @@ def train_detector(
     )
     save_detector(Path(dest), model, test_acc, info)
     return TrainResult(test_acc, train_acc, int(train_idx.numel()), num_heldout)
-
-
-def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to 1/8 of the image size (edge padding), one shift per batch."""
-    r = max(1, images.shape[-1] // 8)
-    dy, dx = (int(v) for v in torch.randint(-r, r + 1, [2], generator=gen))
-    x = F.pad(images.to(torch.float32), (r, r, r, r), mode="replicate")
-    h, w = images.shape[-2:]
-    return x[:, :, r + dy : r + dy + h, r + dx : r + dx + w]
 
 
 @torch.no_grad()

@@ -2,9 +2,9 @@
 lengths around the optimum of every (run, guidance setting), so the optimum is located with far
 fewer expensive scores than a dense grid would need.
 
-The fine lengths lie strictly between the grid neighbours of the coarse optimum (or, at the
-edge of the grid, as far beyond it as the neighbour on the other side), evenly spaced, rounded
-to the 3 decimals of the phema file names, and exclude lengths already on the grid.
+The fine lengths lie on both sides of the coarse optimum, evenly spaced between it and its grid
+neighbours (at the edge of the grid, as far beyond it as the neighbour on the other side),
+rounded to the 3 decimals of the phema file names, excluding lengths already on the grid.
 """
 
 from edm2.report.results import best_rows
@@ -13,23 +13,25 @@ MAX_STD = 0.289  # power-function EMA profiles exist for std < 1/sqrt(12) (EDM2-
 
 
 def fine_stds(grid: list[float], best: float, points: int) -> list[float]:
-    """`points` lengths between the neighbours of `best` on `grid` (3 decimals, new ones only)."""
+    """`points` lengths on each side of `best`, evenly between it and its grid neighbour (at the
+    edge of the grid, a neighbour mirrored across `best`), 3 decimals, new ones only."""
     grid = sorted(set(round(float(s), 3) for s in grid))
     best = round(float(best), 3)
     if best not in grid:
         raise ValueError(f"the best EMA std {best} is not on the grid {grid}")
     i = grid.index(best)
     if len(grid) == 1:
-        lo, hi = best / 2, min(best * 1.5, MAX_STD)
+        lo, hi = best / 2, best * 1.5
     else:
         lo = grid[i - 1] if i > 0 else best - (grid[i + 1] - best)
         hi = grid[i + 1] if i + 1 < len(grid) else best + (best - grid[i - 1])
     lo, hi = max(lo, 0.0), min(hi, MAX_STD)
-    out = []
-    for k in range(1, points + 1):
-        v = round(lo + (hi - lo) * k / (points + 1), 3)
-        if 0 < v < MAX_STD and v not in grid and v not in out:
-            out.append(v)
+    out = set()
+    for neighbour in (lo, hi):
+        for k in range(1, points + 1):
+            v = round(best + (neighbour - best) * k / (points + 1), 3)
+            if 0 < v < MAX_STD and v not in grid:
+                out.add(v)
     return sorted(out)
 
 

@@ -7,24 +7,21 @@ from edm2.report.refine import fine_stds, refine
 from edm2.report.results import aggregate
 
 
-def test_fine_lengths_lie_strictly_between_the_neighbours_of_the_optimum():
+def test_fine_lengths_lie_on_both_sides_between_the_optimum_and_its_neighbours():
     fine = fine_stds([0.05, 0.10, 0.15, 0.20], 0.10, 4)
-    assert fine == [0.07, 0.09, 0.11, 0.13]
-    assert all(0.05 < s < 0.15 for s in fine)
-
-
-def test_fine_lengths_skip_grid_values_and_duplicates_after_rounding():
-    # (0.10 - 0.05) / 5 = 0.01 steps from 0.05 to 0.15 would hit 0.10 itself.
-    fine = fine_stds([0.05, 0.10, 0.15], 0.10, 9)
-    assert 0.10 not in fine
-    assert fine == sorted(set(fine))
     assert fine == [0.06, 0.07, 0.08, 0.09, 0.11, 0.12, 0.13, 0.14]
-    assert fine_stds([0.100, 0.101, 0.102], 0.101, 8) == []  # nothing new at 3 decimals
+    assert fine_stds([0.05, 0.10, 0.15, 0.20], 0.15, 1) == [0.125, 0.175]  # the midpoints
+
+
+def test_fine_lengths_are_new_after_rounding_to_three_decimals():
+    assert fine_stds([0.100, 0.101, 0.102], 0.101, 8) == []
+    fine = fine_stds([0.10, 0.11], 0.10, 4)
+    assert fine == sorted(set(fine)) and len(fine) == 8 and not {0.10, 0.11} & set(fine)
 
 
 def test_at_the_edge_of_the_grid_the_step_is_mirrored_and_clipped():
-    low = fine_stds([0.05, 0.10], 0.05, 3)
-    assert low == [0.025, 0.075]  # (0.0, 0.10) in quarters, without the grid's 0.05
+    low = fine_stds([0.05, 0.10], 0.05, 1)
+    assert low == [0.025, 0.075]  # the left neighbour mirrored to 0.0
     high = fine_stds([0.20, 0.25], 0.25, 3)
     assert all(0.20 < s < 0.289 for s in high)
 
@@ -36,5 +33,5 @@ def test_refine_picks_the_neighbourhood_of_each_optimum(tmp_path):
         for guidance, opt in (("noguid", s["opt"]), ("guid-fid", s["gopt"])):
             assert result["best"][run][guidance]["ema_std"] == pytest.approx(opt)
             stds = [float(v) for v in result["stds"][run][guidance]]
-            assert stds and all(abs(v - opt) < 0.025 for v in stds)
+            assert len(stds) == 6 and all(0 < abs(v - opt) < 0.025 for v in stds)
             assert all(f"{v:.3f}" == text for v, text in zip(stds, result["stds"][run][guidance]))

@@ -47,12 +47,7 @@ def start_snakemake(workdir, *args):
 
 
 def finish(proc, workdir, timeout=900):
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        proc.wait(30)
-        raise
+    code = proc.wait(timeout=timeout)
     output = (workdir / "snakemake.out").read_text()
     assert code == 0, f"snakemake in {workdir} failed ({code}):\n{output[-8000:]}"
     return output
@@ -143,8 +138,14 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(slurm, 
     cluster = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE)
     # The local reference runs meanwhile: the cluster run spends much of its time waiting.
     local = start_snakemake(local_work, "--cores", "2")
-    local_output = finish(local, local_work)
-    output = finish(cluster, slurm_work)
+    try:
+        local_output = finish(local, local_work)
+        output = finish(cluster, slurm_work)
+    finally:
+        for proc in (local, cluster):
+            if proc.poll() is None:  # snakemake cancels its SLURM jobs when terminated
+                proc.terminate()
+                proc.wait(60)
 
     # Every job of the DAG went through sbatch, except the local target rule.
     jobs = jobs_of(output)

@@ -101,3 +101,12 @@ def test_snapshot_at_nimg_0_holds_the_normalised_initial_weights(run):
     rms = w.flatten(1).norm(dim=1) / np.sqrt(w[0].numel())
     torch.testing.assert_close(rms, torch.ones_like(rms), rtol=2e-3, atol=0)  # normalize(randn): unit RMS per output
     assert snap["unet.out_gain"].item() == 0.0
+
+
+def test_latent_datasets_train_through_the_vae_encoder_without_loading_the_vae(tmp_path):
+    data = make_dataset(tmp_path / "latents", num_images=8, channels=8)
+    opts = tiny_options(tmp_path / "run", data, duration=64, status=0, snapshot=1024, checkpoint=0)
+    run_training(opts)
+    info = read_snapshot_info(tmp_path / "run" / "network-snapshot-0000000-0.100.safetensors")
+    assert info.network_kwargs["img_channels"] == 4 and info.network_kwargs["img_resolution"] == 8
+    assert info.encoder["class"] == "StabilityVAEEncoder" and info.encoder["batch_size"] == 8

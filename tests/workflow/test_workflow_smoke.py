@@ -112,3 +112,23 @@ def test_snakemake_report_collects_plots_and_tables(smoke):
     snakemake(workdir, "--configfile", workdir / "smoke.yaml", "--report", workdir / "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 10_000
+
+
+def test_refine_scores_finer_lengths_around_the_optimum(smoke):
+    """Runs last: turning phema.refine on adds the checkpoint, the refined reconstructions and
+    the fine scores to the finished smoke run, and nothing before them."""
+    workdir, config = smoke
+    configfile = edited(workdir, config, "refine.yaml", lambda c: c["phema"].update(refine=True, refine_points=1))
+    proc = snakemake(workdir, "--cores", "2", "--configfile", configfile)
+    log = proc.stdout + proc.stderr
+    assert "rule train:" not in log and "rule phema:" not in log
+    results = workdir / "results"
+    chosen = json.loads((results / "refine" / "grid.json").read_text())
+    for setting in SETTINGS:
+        stds = chosen["stds"]["tiny"][setting]  # one point on each side of the optimum
+        assert len(stds) == 2 and not set(stds) & set(STDS)
+        for std in stds:
+            assert (results / "scores" / "tiny" / setting / f"ema-{std}.json").is_file()
+            assert any((results / "runs" / "tiny" / "phema-refine").glob(f"phema-*-{std}.safetensors"))
+    with open(results / "tables" / "scores.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(SETTINGS) * (len(STDS) + 2)
