@@ -61,8 +61,9 @@ def bench_sampler(name, kwargs, batch, steps, repeats, device):
     img_s = batch / best
     img_s_32 = evals / 63 * batch  # images/s of a 32-step run at this evaluation rate
     note = "" if steps == 32 else f"  (measured {steps} steps; 32-step images/s extrapolated)"
-    print(f"{name:<12} batch {batch:3d}  {steps:2d} steps  {best:8.2f} s  {img_s_32 if steps != 32 else img_s:8.2f} images/s"
-          f"  {evals:7.2f} evals/s  {evals * batch:8.1f} sample-evals/s{note}")  # fmt: skip
+    rate = img_s if steps == 32 else img_s_32
+    print(f"{name:<12} batch {batch:3d}  {steps:2d} steps  {best:8.2f} s  {rate:8.3g} images/s  {evals:7.3g} evals/s"
+          f"  {evals * batch:8.4g} sample-evals/s{note}")  # fmt: skip
 
 
 def bench_detector(name, make, images, repeats):
@@ -75,7 +76,7 @@ def bench_detector(name, make, images, repeats):
             feats = det(images)
             best = min(best, time.perf_counter() - t0)
     print(f"{name:<12} batch {len(images):3d}  {tuple(images.shape[1:])} -> {feats.shape[1]}-d  {best:8.2f} s  "
-          f"{len(images) / best:8.2f} images/s")  # fmt: skip
+          f"{len(images) / best:8.3g} images/s")  # fmt: skip
 
 
 def make_fid(device):

@@ -10,6 +10,8 @@ For each model it prints images/s of
   * `edm2`: `training_loop` as `edm2 train --workers 0` runs it (no DDP for one process, the
     dataset cached in memory, multi-tensor Adam: bit-identical numbers);
   * `edm2 --channels-last`: the same with channels-last convolutions (equal up to float rounding),
+  * `edm2 --compile` (opt-in mode, minutes of compiling first): torch.compile'd network, forced
+    weight normalisation kept eager (equal up to float rounding),
 and the achieved FLOP/s = count_flops (per sample, official convention: one multiply-add = one
 FLOP) x 3 (forward + backward) x images/s, as a fraction of the peak fp32 matmul rate measured in
 the same run in the same convention (model FLOP utilisation, MFU). Wall-clock figures: on a
@@ -95,7 +97,15 @@ def flops_per_sample(spec: dict) -> float | None:
     return float(count_flops(net).total_flops)
 
 
-def time_edm2(spec, data, steps, warmup, channels_last) -> float:
+EDM2_MODES = {
+    "edm2": {},
+    "edm2-channels-last": dict(channels_last=True),
+    "edm2-compile": dict(compile=True),
+    "edm2-compile-channels-last": dict(compile=True, channels_last=True),
+}
+
+
+def time_edm2(spec, data, steps, warmup, **flags) -> float:
     from edm2.train.loop import training_loop
 
     stamps = []
@@ -114,7 +124,7 @@ def time_edm2(spec, data, steps, warmup, channels_last) -> float:
             checkpoint_nimg=None,
             precision="fp32",
             num_workers=0,
-            channels_last=channels_last,
+            **flags,
             device="cpu",
             step_hook=lambda **_: stamp(stamps),
             progress=False,
@@ -176,7 +186,11 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="steps before timing starts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--repeats", type=int, default=1, help="repeat every measurement and report medians")
-    parser.add_argument("--modes", default="official-style,edm2,edm2-channels-last")
+    parser.add_argument(
+        "--modes",
+        default="official-style,edm2,edm2-channels-last",
+        help="comma-separated: official-style, " + ", ".join(EDM2_MODES) + " (compiling takes minutes)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -198,7 +212,7 @@ def main():
                     if mode == "official-style":
                         measured[mode].append(time_official_style(spec, data, steps, args.warmup))
                     else:
-                        measured[mode].append(time_edm2(spec, data, steps, args.warmup, mode == "edm2-channels-last"))
+                        measured[mode].append(time_edm2(spec, data, steps, args.warmup, **EDM2_MODES[mode]))
             head = f"{name}: batch {spec['batch']}, {steps} timed steps x {args.repeats}"
             print(f"\n{head}" + (f", {flops / 1e9:.4f} Gflops/sample (forward)" if flops else ""))
             wall = {mode: statistics.median(v[0] for v in values) for mode, values in measured.items()}

@@ -145,6 +145,11 @@ def _std_list(ctx, param, value):
     is_flag=True,
 )
 @click.option(
+    "--compile",
+    help="torch.compile the network (minutes to compile; equal to the default up to float rounding)",
+    is_flag=True,
+)
+@click.option(
     "--device", help="Compute device (default: CUDA when available)", type=click.Choice(["cuda", "cpu"]), default=None
 )
 @click.option("-n", "--dry-run", help="Print training options and exit", is_flag=True)

@@ -9,7 +9,9 @@ weights in PyTorch naming). Module and parameter names follow that file exactly
 What makes this the FID network rather than torchvision's Inception-v3:
 * input: uint8-range RGB resized to 299x299 with TF's bilinear resize (the legacy
   `align_corners=False` mapping src = dst * in/out, no half-pixel offset, edges clamped),
-  then `(x - 128) / 128`;
+  then `(x - 128) / 128`. (The official detector pickle computes the same mapping with
+  `affine_grid`/`grid_sample`; its float32 grid coordinates round differently, by under
+  0.01 of 255 at 512x512. We apply the mapping exactly, as two small matrix products.);
 * BatchNorm eps 0.001, convolutions without bias;
 * average pools of blocks A, C and the first E exclude the zero padding from the count
   (TF 'SAME' pooling), and the last E block (Mixed_7c) pools its branch with a max pool;

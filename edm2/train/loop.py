@@ -133,19 +133,23 @@ def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None)
 # ---- the step ------------------------------------------------------------------------------------
 
 
-def accumulate_gradients(ddp, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None):
+def accumulate_gradients(
+    model, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None, ddp=None
+):
     """Forward and backward over `rounds` micro-batches (spec §5.2).
 
-    Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round; DDP synchronises
-    gradients only in the last round.
+    Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round. `model` is what the
+    loss calls (the DDP wrapper, possibly wrapped again by a speed option); `ddp` (default: `model`
+    if it is one) has its gradient synchronisation suppressed for all rounds but the last.
     """
+    if ddp is None and isinstance(model, DistributedDataParallel):
+        ddp = model
     for round_idx in range(rounds):
         last = round_idx == rounds - 1
-        sync = contextlib.nullcontext() if last or not isinstance(ddp, DistributedDataParallel) else ddp.no_sync()
-        with sync:
+        with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
             images, labels = next(batches)
             images = encoder.encode_latents(images.to(device, non_blocking=True))
-            loss = loss_fn(ddp, images, labels.to(device, non_blocking=True))
+            loss = loss_fn(model, images, labels.to(device, non_blocking=True))
             if stats is not None:
                 stats.report("Loss/loss", loss)
             loss.sum().mul(loss_scaling / batch_gpu_total).backward()
@@ -227,6 +231,35 @@ class ChannelsLast(torch.nn.Module):
 
     def forward(self, x, *args, **kwargs):
         return self.net(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
+
+
+class CompiledForward:
+    """`torch.compile` of the network, with MPConv's forced weight normalisation done eagerly.
+
+    A compiled graph does not reproduce MPConv's in-place overwrite of its own parameter inside
+    the forward (spec §14.2), so the MPConv layers run in eval mode inside the graph (normalise
+    and scale only) and every call first applies the forced normalisation `weight <-
+    normalize(weight)` to all of them, as the eager training-mode forward does: the weights stay
+    bit-identical; activations and gradients equal the eager ones up to float rounding (fusion).
+    Every MPConv must take part in each forward, which holds for the training loss of Precond.
+    """
+
+    def __init__(self, model, net):
+        from edm2.nn.layers import MPConv
+
+        self.convs = [m for m in net.modules() if isinstance(m, MPConv)]
+        for conv in self.convs:
+            conv.train(False)
+        self.model = torch.compile(model)
+
+    def __call__(self, *args, **kwargs):
+        from edm2.nn.layers import normalize
+
+        with torch.no_grad():
+            for conv in self.convs:
+                w = conv.weight.to(torch.float64 if conv.weight.dtype == torch.float64 else torch.float32)
+                conv.weight.copy_(normalize(w))
+        return self.model(*args, **kwargs)
 
 
 def _disable_tf32() -> None:
@@ -344,6 +377,7 @@ def training_loop(
     precision: str = "fp16",  # 'fp32', or mixed precision 'fp16'/'bf16' for the main path (CUDA only).
     num_workers: int = 2,  # DataLoader worker processes; 0 reads (and caches small datasets) in-process.
     channels_last: bool = False,  # Feed the network channels-last images (faster convolutions on CPU, not bit-identical).
+    compile: bool = False,  # torch.compile the network (minutes to compile; equal up to float rounding).
     device: str | None = None,  # 'cuda' or 'cpu'; None picks CUDA when available.
     snapshot_extra: dict | None = None,  # More JSON for the snapshot metadata 'extra' (the training options).
     step_hook=None,  # Called on every rank after each step: step_hook(cur_nimg=, net=, optimizer=, ema=, lr=).
@@ -406,6 +440,8 @@ def training_loop(
         if world_size > 1:
             ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
         model = ChannelsLast(ddp) if channels_last else ddp
+        if compile:
+            model = CompiledForward(model, net)
         loss_fn = EDM2Loss(**(loss_kwargs or {}))
         optimizer = make_optimizer(net)
         ema = PowerFunctionEMA(net, stds=[float(s) for s in ema_stds])
@@ -493,7 +529,16 @@ def training_loop(
                     set_random_seed(seed, rank, cur_nimg)
                     optimizer.zero_grad(set_to_none=True)
                     accumulate_gradients(
-                        model, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, status.stats
+                        model,
+                        loss_fn,
+                        encoder,
+                        batches,
+                        rounds,
+                        batch_gpu_total,
+                        loss_scaling,
+                        device,
+                        stats=status.stats,
+                        ddp=ddp if world_size > 1 else None,
                     )
                     lr = float(learning_rate_schedule(cur_nimg=cur_nimg, batch_size=batch_size, **(lr_kwargs or {})))
                     status.stats.report("Loss/learning_rate", lr)

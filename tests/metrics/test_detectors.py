@@ -190,6 +190,23 @@ def test_tf_bilinear_resize_uses_the_legacy_mapping():
     np.testing.assert_allclose(third[j], expected, atol=1e-7)
 
 
+@pytest.mark.parametrize("size", [(16, 16), (64, 48), (512, 512)])
+def test_tf_resize_equals_the_grid_sample_form_of_the_official_port(size):
+    # The StyleGAN3 metrics port of the TF graph resamples with affine_grid/grid_sample
+    # (bilinear, border padding) after shifting the grid by 1/in - 1/out, which is the same
+    # legacy mapping; check both give the same 299x299 image, up to the float32 rounding of the
+    # normalised grid coordinates there (about 1e-7 * size pixels).
+    h, w = size
+    img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    theta = torch.eye(2, 3)
+    theta[0, 2] += theta[0, 0] / w - theta[0, 0] / 299
+    theta[1, 2] += theta[1, 1] / h - theta[1, 1] / 299
+    grid = F.affine_grid(theta[None], [1, 3, 299, 299], align_corners=False)
+    expected = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    ours = tf_bilinear_matrix(h, 299) @ img @ tf_bilinear_matrix(w, 299).T
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), atol=255 * 1e-7 * max(h, w) * 4)
+
+
 def test_inception_preprocessing_scales_to_minus_one_one():
     model = FIDInceptionV3()
     x = torch.tensor([0.0, 128.0, 255.0]).reshape(1, 3, 1, 1).expand(1, 3, 5, 5)

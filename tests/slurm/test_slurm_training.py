@@ -7,6 +7,7 @@ this machine; a run stopped by SLURM's signal before its time limit must exit 75
 state and, resubmitted, end with the same weights as an uninterrupted run.
 """
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -52,12 +53,17 @@ def wait_local(proc, outdir, timeout=600):
 
 
 def batch_script(path, launch, args):
-    """A batch script that starts training the way the workflow's train rule does on a cluster."""
+    """A batch script that starts training the way the workflow's train rule does on a cluster:
+    the launch, then status 75 unless the run is done (with --kill-on-bad-exit, srun may report
+    the SIGTERM with which it ended the last rank rather than that rank's own 75)."""
+    outdir = args[args.index("--outdir") + 1]
     lines = [
         "#!/bin/bash",
         'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         'echo "job $SLURM_JOB_ID: $SLURM_NTASKS task(s) on $SLURM_JOB_NODELIST, master $MASTER_ADDR"',
         f"{launch} {' '.join(args)}",
+        'echo "launch exit status $?"',
+        f"test -f {outdir}/training-done.json || exit 75",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -131,7 +137,7 @@ def test_two_task_job_trains_like_local_two_process_run(slurm, digits8, short_re
     log = read_tail(tmp_path / f"job-{job}.out")
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
     assert record["NumTasks"] == ("2" if launch == "tasks" else "1")
-    assert f"job {job}: {record['NumTasks']} task(s)" in log
+    assert f"job {job}: {record['NumTasks']} task(s)" in log and "launch exit status 0" in log, log
     assert (tmp_path / "slurm-run" / "training-done.json").is_file()
     assert_same_snapshots(tmp_path / "slurm-run", short_reference)
     assert_same_final_weights(tmp_path / "slurm-run", short_reference)
@@ -153,7 +159,9 @@ def test_time_limit_stops_training_at_a_checkpoint_and_resubmission_resumes_it(s
     assert record["TimeLimit"] == "00:01:00"
     assert record["JobState"] != "COMPLETED", "the run ended before SLURM's signal; make it longer"
     assert (record["JobState"], record["ExitCode"]) == ("FAILED", "75:0"), f"{record}\n{log}"
-    assert "Received SIGTERM" in log and "Stopped by a signal" in log, log
+    # Both ranks got SIGTERM from SLURM, stopped after a step, and a rank exited 75 by itself.
+    assert log.count("Received SIGTERM") == 2 and log.count("Stopped by a signal") == 2, log
+    assert re.search(r"tasks? [0-9,-]+: Exited with exit code 75", log), log
     assert not (run / "training-done.json").exists()
     cut_nimg, _ = final_state(run)
     assert 0 < cut_nimg < 24 << 10
