@@ -13,7 +13,8 @@ Detectors (uint8 images -> features, including their resizing):
     fd_cnn     the small CNN of `edm2 metrics train-detector`, 16x16 input
 
 Prints images/s and network evaluations/s ("evals/s" = batched denoiser calls per second;
-"sample-evals/s" = that times the batch). For scale, the official sampler on the 2-core
+"sample-evals/s" = that times the batch), and the process CPU time of the sampler run: on a
+machine shared with other jobs, the CPU time of a `--threads 1` run is the steadier figure. For scale, the official sampler on the 2-core
 development machine makes about 11 images/s with the demo model (batch 64, 32 steps).
 
     .venv/bin/python benchmarks/generate.py                 # everything
@@ -48,14 +49,15 @@ def random_net(kwargs, seed=0):
 def bench_sampler(name, kwargs, batch, steps, repeats, device):
     net = random_net(kwargs).to(device)
     list(generate_batches(net, seeds=range(batch), max_batch=batch, num_steps=2, device=device))  # warm-up
-    best = float("inf")
+    best = best_cpu = float("inf")
     for r in range(repeats):
         seeds = range(r * batch, (r + 1) * batch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         list(generate_batches(net, seeds=seeds, max_batch=batch, num_steps=steps, device=device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
     nfe = 2 * steps - 1
     evals = nfe / best
     img_s = batch / best
@@ -63,7 +65,7 @@ def bench_sampler(name, kwargs, batch, steps, repeats, device):
     note = "" if steps == 32 else f"  (measured {steps} steps; 32-step images/s extrapolated)"
     rate = img_s if steps == 32 else img_s_32
     print(f"{name:<12} batch {batch:3d}  {steps:2d} steps  {best:8.2f} s  {rate:8.3g} images/s  {evals:7.3g} evals/s"
-          f"  {evals * batch:8.4g} sample-evals/s{note}")  # fmt: skip
+          f"  {evals * batch:8.4g} sample-evals/s  (CPU time {best_cpu:.2f} s){note}")  # fmt: skip
 
 
 def bench_detector(name, make, images, repeats):

@@ -59,8 +59,11 @@ wait_for_idle_node() {
         state="$(node_state || true)"
         case "$state" in
             idle | mixed | allocated | completing)
-                say "node $HOST is $state; partition debug is up"
-                return 0
+                # The node's slurmd has registered with this controller (not a state from its config).
+                if ! scontrol -o show node "$HOST" 2>/dev/null | grep -q 'SlurmdStartTime=None'; then
+                    say "node $HOST is $state; partition debug is up"
+                    return 0
+                fi
                 ;;
             drain* | down* | fail*)
                 if [ "$resumed" = 0 ]; then
@@ -84,10 +87,14 @@ if ctld="$(alive_pid slurmctld)" && slurmd_pid="$(alive_pid slurmd)"; then
     wait_for_idle_node
     exit 0
 fi
-if [ ! -d "$STATE" ] && command -v sinfo >/dev/null && sinfo -h -o '%P' >/dev/null 2>&1; then
-    say "a SLURM that this script did not start already answers; using it as it is"
-    sinfo
-    exit 0
+# Someone else's configuration: use their SLURM if it answers, never replace their files.
+if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -q "$MARKER" "$CONF_DIR/slurm.conf"; then
+    if command -v sinfo >/dev/null && sinfo -h -o '%P' >/dev/null 2>&1; then
+        say "a SLURM that this script did not configure already answers; using it as it is"
+        sinfo
+        exit 0
+    fi
+    die "$CONF_DIR/slurm.conf exists and was not written by this script; refusing to replace it"
 fi
 
 # --- install -------------------------------------------------------------------------------------

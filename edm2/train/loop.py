@@ -178,6 +178,21 @@ def make_optimizer(net):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
+def build_network(ref_image, ref_label, network_kwargs, precision, device):
+    """Precond sized from one encoded sample (spec §6), in training mode on `device`."""
+    from edm2.nn import Precond
+
+    net = Precond(
+        img_resolution=ref_image.shape[-1],
+        img_channels=ref_image.shape[1],
+        label_dim=ref_label.shape[-1],
+        **{**network_kwargs, "use_fp16": precision != "fp32"},
+    )
+    if precision == "bf16":
+        net.amp_dtype = torch.bfloat16
+    return net.train().requires_grad_(True).to(device)
+
+
 def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
     """Run one forward with `inputs` (in the net's current mode) and print a module table.
 
@@ -414,25 +429,11 @@ def training_loop(
         with torch.random.fork_rng(devices=[]):  # VAE sampling of the reference item leaves the CPU RNG alone
             ref_image = encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
         print0("Constructing network...")
-        from edm2.nn import Precond
-
-        net = Precond(
-            img_resolution=ref_image.shape[-1],
-            img_channels=ref_image.shape[1],
-            label_dim=ref_label.shape[-1],
-            **{**network_kwargs, "use_fp16": precision != "fp32"},
-        )
-        if precision == "bf16":
-            net.amp_dtype = torch.bfloat16
-        net.train().requires_grad_(True).to(device)
-        if rank == 0:
-            R, C = net.img_resolution, net.img_channels
-            summary_inputs = [
-                torch.zeros([batch_gpu, C, R, R]),
-                torch.ones([batch_gpu]),
-                torch.zeros([batch_gpu, net.label_dim]),
-            ]
-            print_network_summary(net, [t.to(device) for t in summary_inputs])
+        net = build_network(ref_image, ref_label, network_kwargs, precision, device)
+        if rank == 0:  # the official module summary; it also normalises the weights in place (spec §5.5)
+            R, C, L = net.img_resolution, net.img_channels, net.label_dim
+            inputs = [torch.zeros([batch_gpu, C, R, R]), torch.ones([batch_gpu]), torch.zeros([batch_gpu, L])]
+            print_network_summary(net, [t.to(device) for t in inputs])
 
         # Training state; DDP broadcasts rank 0's parameters and buffers (spec §14.31).
         print0("Setting up training state...")
@@ -466,18 +467,13 @@ def training_loop(
                 precision=precision,
                 **(snapshot_extra or {}),
             )
-            show_bar = progress if progress is not None else bool(getattr(sys.__stderr__, "isatty", lambda: False)())
+            if progress is None:
+                progress = bool(getattr(sys.__stderr__, "isatty", lambda: False)())
             bar = None
-            if rank == 0 and show_bar:
+            if rank == 0 and progress:
                 from tqdm import tqdm
 
-                bar = tqdm(
-                    total=stop_at_nimg - start_nimg,
-                    unit="img",
-                    unit_scale=True,
-                    file=sys.__stderr__,
-                    dynamic_ncols=True,
-                )
+                bar = tqdm(total=stop_at_nimg - start_nimg, unit="img", unit_scale=True, file=sys.__stderr__)
             status = StatusReporter(
                 run_dir,
                 StatsCollector(device),

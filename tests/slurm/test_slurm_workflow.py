@@ -35,10 +35,12 @@ JOBID_LINE = re.compile(r"^\s+jobid: (\d+)$")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
-def start_snakemake(workdir, *args):
+def start_snakemake(workdir, *args, extra_configfile=None):
+    """Starts snakemake on the smoke config (plus an overlay) in `workdir`; output to snakemake.out."""
     workdir.mkdir(parents=True, exist_ok=True)
+    configfiles = [str(SMOKE)] + ([str(extra_configfile)] if extra_configfile else [])
     cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *map(str, args),
-           "--configfile", str(SMOKE)]  # fmt: skip
+           "--configfile", *configfiles]  # fmt: skip
     env = job_env()
     for key in ("EDM2_SLURM_PARTITION", "EDM2_SLURM_ACCOUNT"):
         env.pop(key, None)
@@ -63,6 +65,12 @@ def jobs_of(output):
             jobs[int(m.group(1))] = current
             current = None
     return jobs
+
+
+def _submissions(output):
+    """[(SLURM job id, rule)] of every submission in a Snakemake log, in order."""
+    jobs = jobs_of(output)
+    return [(m.group(2), jobs[int(m.group(1))][0]) for m in SUBMITTED.finditer(output)]
 
 
 def results_dir(workdir):
@@ -177,3 +185,54 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(slurm, 
     assert any(f.suffix == ".safetensors" for f in files) and any(f.parts[0] == "scores" for f in files)
     for rel in files:
         assert_same_output(rel, slurm_root, slurm_work, local_root, local_work)
+
+
+# The smoke config's model, trained longer as 2 srun tasks (`launch: tasks`) in 1-minute jobs
+# that SLURM signals (--signal=TERM@5: 25-55 s after the start, see test_slurm_training.py).
+TIME_LIMITED = {
+    "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 6}],
+    "guidance": [{"name": "noguid"}],
+    "train": {"duration": "24Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
+    "slurm": {"signal_seconds": 5},
+    "resources": {"train": {"runtime": 1}},
+}
+# The uninterrupted reference: the same run as 2 local processes (torchrun --standalone).
+UNINTERRUPTED = {**TIME_LIMITED, "models": [{"name": "tiny", "procs_per_node": 2, "launch": "torchrun"}]}
+
+
+def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(slurm, tmp_path):
+    slurm_work, local_work = tmp_path / "slurm", tmp_path / "local"
+    for work, overlay in ((slurm_work, TIME_LIMITED), (local_work, UNINTERRUPTED)):
+        work.mkdir()
+        (work / "overlay.yaml").write_text(json.dumps(overlay))  # JSON is YAML
+    cluster = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE,
+                              "--until", "train", extra_configfile=slurm_work / "overlay.yaml")  # fmt: skip
+    local = start_snakemake(local_work, "--cores", "2", "--until", "train", extra_configfile=local_work / "overlay.yaml")
+    try:
+        finish(local, local_work)
+        output = finish(cluster, slurm_work)
+    finally:
+        for proc in (local, cluster):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(60)
+
+    train_jobs = [int(jobid) for jobid, rule in _submissions(output) if rule == "train"]
+    assert len(train_jobs) >= 2, f"the training was not resubmitted:\n{output[-4000:]}"
+    records = [job_record(j) for j in sorted({str(j) for j in train_jobs}, key=int)]
+    first, last = records[0], records[-1]
+    # The first job: 2 tasks, a 1-minute limit, stopped by SLURM's signal, status 75.
+    assert first["NumTasks"] == "2" and first["TimeLimit"] == "00:01:00"
+    assert (first["JobState"], first["ExitCode"]) == ("FAILED", "75:0"), first
+    assert last["JobState"] == "COMPLETED" and last["ExitCode"] == "0:0", last
+    run = next((results_dir(slurm_work) / "runs" / "tiny").glob("train-*"))
+    log = (run / "log.txt").read_text()
+    assert "Received SIGTERM" in log and "Resuming from" in log
+
+    reference = results_dir(local_work) / "runs" / "tiny" / run.name
+    assert (reference / "training-done.json").is_file() and (run / "training-done.json").is_file()
+    names = sorted(p.name for p in reference.glob("network-snapshot-*.safetensors"))
+    assert names and sorted(p.name for p in run.glob("network-snapshot-*.safetensors")) == names
+    last_state = max(p.name for p in reference.glob("training-state-*.pt"))
+    for rel in [*names, last_state]:
+        assert_same_output(Path(rel), run, slurm_work, reference, local_work)
