@@ -32,7 +32,9 @@ def controller_port_open():
 
 
 def test_batch_job_runs_and_stays_on_record(slurm, tmp_path):
-    job = sbatch(["--mem=100", "--time=1", "--output=out-%j.txt", "--wrap", "echo job $SLURM_JOB_ID on $(hostname -s)"], tmp_path)
+    job = sbatch(
+        ["--mem=100", "--time=1", "--output=out-%j.txt", "--wrap", "echo job $SLURM_JOB_ID on $(hostname -s)"], tmp_path
+    )
     record = wait_for_job(job, timeout=60)
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0"
     assert record["Partition"] == "debug"
@@ -40,7 +42,9 @@ def test_batch_job_runs_and_stays_on_record(slurm, tmp_path):
 
 
 def test_fake_gpu_is_schedulable_and_visible_to_the_job(slurm, tmp_path):
-    job = sbatch(["--mem=100", "--time=1", "--gpus=a100:1", "--output=gpu.txt", "--wrap", "echo $CUDA_VISIBLE_DEVICES"], tmp_path)
+    job = sbatch(
+        ["--mem=100", "--time=1", "--gpus=a100:1", "--output=gpu.txt", "--wrap", "echo $CUDA_VISIBLE_DEVICES"], tmp_path
+    )
     record = wait_for_job(job, timeout=60)
     assert record["JobState"] == "COMPLETED"
     assert record["TresPerJob"] == "gres:gpu:a100:1"
@@ -49,7 +53,14 @@ def test_fake_gpu_is_schedulable_and_visible_to_the_job(slurm, tmp_path):
 
 def test_two_tasks_of_one_job_get_their_own_ranks(slurm, tmp_path):
     job = sbatch(
-        ["--ntasks=2", "--mem-per-cpu=100", "--time=1", "--output=ranks.txt", "--wrap", "srun bash -c 'echo $SLURM_PROCID/$SLURM_NTASKS'"],
+        [
+            "--ntasks=2",
+            "--mem-per-cpu=100",
+            "--time=1",
+            "--output=ranks.txt",
+            "--wrap",
+            "srun bash -c 'echo $SLURM_PROCID/$SLURM_NTASKS'",
+        ],
         tmp_path,
     )
     assert wait_for_job(job, timeout=60)["JobState"] == "COMPLETED"

@@ -497,19 +497,19 @@ def train_launch(run):
     rank (`launch: tasks`; ranks from SLURM_PROCID)."""
     m = MODELS[run]
     nodes, procs = m["nodes"], m["procs_per_node"]
-    port = config["slurm"]["rdzv_port"]
-    head = 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    # First node of the job, and a port that differs between jobs sharing a node.
+    head = (
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1) '
+        f"MASTER_PORT=$(({config['slurm']['rdzv_port']} + SLURM_JOB_ID % 10000))"
+    )
     if m["launch"] == "tasks" and nodes * procs > 1:
-        return (
-            f"export {head} MASTER_PORT={port}; "
-            f"srun --nodes={nodes} --ntasks-per-node={procs} --kill-on-bad-exit=1 python -m edm2 train"
-        )
+        return f"export {head}; srun --nodes={nodes} --ntasks-per-node={procs} --kill-on-bad-exit=1 python -m edm2 train"
     if nodes > 1:
         return (
             f"export {head}; "
             f"srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
             f"torchrun --nnodes={nodes} --nproc-per-node={procs} --rdzv-backend=c10d "
-            f'--rdzv-endpoint="$MASTER_ADDR:{port}" --rdzv-id="$SLURM_JOB_ID" -m edm2 train'
+            f'--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" -m edm2 train'
         )
     if procs > 1:
         return f"torchrun --standalone --nnodes=1 --nproc-per-node={procs} -m edm2 train"
