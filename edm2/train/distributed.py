@@ -189,21 +189,20 @@ class StopSignal:
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._pid = os.getpid()
 
     def _handler(self, signum, frame):
-        if self.signum is None:
-            print(
-                f"Received {signal.Signals(signum).name}: finishing this step, then writing a checkpoint.",
-                file=sys.stderr,
-                flush=True,
-            )
-        self.signum = signum
+        # No printing here: a handler that writes to a stream the interrupted code is writing to
+        # can raise a reentrancy error. The loop reports the signal when it polls the flag.
+        if os.getpid() == self._pid:  # not in a forked helper (DataLoader or compile worker)
+            self.signum = signum
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def __enter__(self):
+        self._pid = os.getpid()
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)

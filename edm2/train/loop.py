@@ -490,6 +490,8 @@ def training_loop(
                     if all_ranks_agree(stop.requested, device) and not done:
                         done = True
                         result.signal = stop.signum or signal.SIGTERM
+                        name = signal.Signals(result.signal).name
+                        print0(f"Received {name}: stopping after {cur_nimg} images; writing a training state.")
 
                     # Status line and statistics (spec §5.7 step 2, §5.9).
                     if (

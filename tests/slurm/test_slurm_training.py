@@ -1,9 +1,9 @@
 """`edm2 train` launched by SLURM as a 2-task job, on CPU (gloo).
 
-The launches are the training rule's cluster launches (workflow/rules/common.smk, train_launch):
-one srun task per rank (`launch: tasks`), and one srun task per node running torchrun with a
-c10d rendezvous. Their snapshots must be bit-identical to a plain 2-process torchrun run's on
-this machine. (Time limits and resumption: test_slurm_workflow.py, through the workflow.)
+The launch is the training rule's multi-node launch (workflow/rules/common.smk, train_launch):
+one srun task per node running torchrun, meeting at a c10d rendezvous. Its snapshots must be
+bit-identical to a plain 2-process torchrun run's on this machine. (One srun task per rank, time
+limits and resumption: test_slurm_workflow.py, through the workflow.)
 """
 
 import subprocess
@@ -70,16 +70,15 @@ def batch_script(path, launch, args):
     return path
 
 
-# One srun task per rank: the trainer maps SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS onto ranks.
-TASKS = "srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 python -m edm2 train"
-TASKS_ALLOC = ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1500"]
-# One srun task per node, torchrun starting 2 ranks on it, meeting at a c10d rendezvous.
-TORCHRUN = (
-    "srun --nodes=1 --ntasks-per-node=1 --kill-on-bad-exit=1 torchrun --nnodes=1 --nproc-per-node=2 "
+# The train rule's multi-node launch, one srun task per node running torchrun, the nodes meeting
+# at a c10d rendezvous on the first one; here 2 "nodes" are 2 tasks of this one node.
+# (One srun task per rank, `launch: tasks`, runs in test_slurm_workflow.py through the workflow.)
+TORCHRUN_C10D = (
+    "srun --nodes=1 --ntasks-per-node=2 --kill-on-bad-exit=1 torchrun --nnodes=2 --nproc-per-node=1 "
     '--rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$((20000 + SLURM_JOB_ID % 10000))" '
     '--rdzv-id="$SLURM_JOB_ID" -m edm2 train'
 )
-TORCHRUN_ALLOC = ["--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=3000"]
+TWO_TASKS = ["--nodes=1", "--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=1500"]
 
 
 def tensors_of(path):
@@ -122,25 +121,18 @@ def assert_same_final_weights(run, ref):
 SHORT = ["--duration", "2Ki", "--snapshot", "1Ki", "--checkpoint", "2Ki"]
 
 
-@pytest.fixture(scope="module")
-def short_reference(digits8, tmp_path_factory):
-    """An uninterrupted 2-process local run of the short training (shared by both launches)."""
-    outdir = tmp_path_factory.mktemp("reference") / "local-run"
-    wait_local(start_local_torchrun(outdir, digits8, *SHORT), outdir)
-    return outdir
-
-
-@pytest.mark.parametrize("launch", ["tasks", "torchrun"])
-def test_two_task_job_trains_like_local_two_process_run(slurm, digits8, short_reference, tmp_path, launch):
-    cmd, alloc = (TASKS, TASKS_ALLOC) if launch == "tasks" else (TORCHRUN, TORCHRUN_ALLOC)
-    script = batch_script(tmp_path / "train.sh", cmd, train_args(tmp_path / "slurm-run", digits8, *SHORT))
-    job = sbatch([*alloc, "--time=5", "--output=job-%j.out", str(script)], tmp_path)
+def test_two_task_job_trains_like_local_two_process_run(slurm, digits8, tmp_path):
+    script = batch_script(tmp_path / "train.sh", TORCHRUN_C10D, train_args(tmp_path / "slurm-run", digits8, *SHORT))
+    job = sbatch([*TWO_TASKS, "--time=5", "--output=job-%j.out", str(script)], tmp_path)
+    reference = start_local_torchrun(tmp_path / "local-run", digits8, *SHORT)  # meanwhile
 
     record = wait_for_job(job, timeout=240)
     log = read_tail(tmp_path / f"job-{job}.out")
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
-    assert record["NumTasks"] == ("2" if launch == "tasks" else "1")
-    assert f"job {job}: {record['NumTasks']} task(s)" in log and "launch exit status 0" in log, log
+    assert record["NumTasks"] == "2"
+    assert f"job {job}: 2 task(s)" in log and "launch exit status 0" in log, log
     assert (tmp_path / "slurm-run" / "training-done.json").is_file()
-    assert_same_snapshots(tmp_path / "slurm-run", short_reference)
-    assert_same_final_weights(tmp_path / "slurm-run", short_reference)
+
+    wait_local(reference, tmp_path / "local-run")
+    assert_same_snapshots(tmp_path / "slurm-run", tmp_path / "local-run")
+    assert_same_final_weights(tmp_path / "slurm-run", tmp_path / "local-run")
