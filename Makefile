@@ -28,6 +28,7 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edm2 tests benchmarks
