@@ -229,13 +229,6 @@ def train_jobs_opts(output):
     return found.pop()
 
 
-def seconds(duration):
-    """'00:01:02' or '1-00:00:05' (SLURM's RunTime) -> seconds."""
-    days, _, hms = duration.rpartition("-")
-    h, m, sec = (int(v) for v in hms.split(":"))
-    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
-
-
 def wait_for_running(workdir, rule, proc, timeout=300):
     """Waits until snakemake in `workdir` has a job of `rule` running on SLURM; returns its id."""
     deadline = time.monotonic() + timeout
@@ -267,14 +260,14 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
     _, output = run_both(procs)
 
     # Every training job but the last: 2 tasks, a 1-minute limit, stopped by SLURM's signal and
-    # failed before the limit (FAILED, not TIMEOUT; the job's status is Snakemake's); Snakemake
+    # failed by itself (FAILED, not TIMEOUT; the job's exit status is Snakemake's); Snakemake
     # resubmitted it until a job completed. Each stop wrote a training state that the next resumed.
     train_jobs = [slurm_id for slurm_id, rule in _submissions(output) if rule == "train"]
     assert len(train_jobs) >= 2, f"the training was not resubmitted:\n{output[-4000:]}"
     records = [job_record(j) for j in train_jobs]
     assert all(r["NumTasks"] == "2" and r["TimeLimit"] == "00:01:00" for r in records), records
-    for r in records[:-1]:
-        assert r["JobState"] == "FAILED" and seconds(r["RunTime"]) < 60, r
+    for r in records[:-1]:  # FAILED: it ended by itself; SLURM enforces the limit itself at 60-90 s
+        assert r["JobState"] == "FAILED", r
     assert (records[-1]["JobState"], records[-1]["ExitCode"]) == ("COMPLETED", "0:0"), records[-1]
     run = results_dir(slurm_work) / "runs" / "tiny" / f"train-{train_jobs_opts(output)}"
     log = (run / "log.txt").read_text()  # both ranks' output, every attempt
