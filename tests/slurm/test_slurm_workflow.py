@@ -214,7 +214,7 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(smoke_r
 TIME_LIMITED = {
     "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 6}],
     "guidance": [{"name": "noguid"}],
-    "train": {"duration": "24Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
+    "train": {"duration": "16Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
     "slurm": {"signal_seconds": 5},
     "resources": {"train": {"runtime": 1}},
 }
