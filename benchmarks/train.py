@@ -231,6 +231,8 @@ def main():
                 line += f"  | {cpu[mode]:7.2f} img per CPU-s"
                 if base:
                     line += f"  | x{wall[mode] / wall[base]:.2f} wall, x{cpu[mode] / cpu[base]:.2f} CPU vs {base}"
+                if len(measured[mode]) > 1:
+                    line += "  (img/s per run: " + ", ".join(f"{w:.1f}" for w, _c in measured[mode]) + ")"
                 print(line)
             results[name] = dict(wall=wall, cpu=cpu)
     return results

@@ -142,7 +142,7 @@ def check_run_dir(outdir, record: dict) -> bool:
     diffs = [
         f"{key}: {old.get(key)!r} there, {value!r} now"
         for key, value in record.items()
-        if key not in OPERATIONAL and old.get(key) != value
+        if key not in OPERATIONAL and key in old and old[key] != value  # keys new to this version pass
     ]
     if diffs:
         raise ConfigError(
