@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from edm2.ema.maths import power_function_beta
+from edm2.ema.maths import std_to_exp
 
 
 class PowerFunctionEMA:
@@ -18,6 +18,7 @@ class PowerFunctionEMA:
         self.net = net
         self.stds = list(stds)
         self.emas = [copy.deepcopy(net) for _std in self.stds]
+        self._exps = {std: float(std_to_exp(std)) for std in self.stds}  # solve each cubic once
 
     @torch.no_grad()
     def reset(self):
@@ -28,10 +29,13 @@ class PowerFunctionEMA:
     @torch.no_grad()
     def update(self, cur_nimg, batch_size):
         # Called after cur_nimg += batch_size, so beta = 0 on the first step (spec §14.21).
+        # beta = (1 - t_delta / t_next)^(gamma + 1), as power_function_beta (spec §7.1).
+        net_params = list(self.net.parameters())
         for std, ema in zip(self.stds, self.emas):
-            beta = power_function_beta(std=std, t_next=cur_nimg, t_delta=batch_size)
-            for p_net, p_ema in zip(self.net.parameters(), ema.parameters()):
-                p_ema.lerp_(p_net, 1 - beta)
+            if std not in self._exps:
+                self._exps[std] = float(std_to_exp(std))
+            beta = (1 - batch_size / cur_nimg) ** (self._exps[std] + 1)
+            torch._foreach_lerp_(list(ema.parameters()), net_params, 1 - beta)
 
     @torch.no_grad()
     def get(self):
