@@ -22,7 +22,7 @@ from slurm_helpers import REPO, job_env, job_record
 
 pytestmark = pytest.mark.slurm
 
-SNAKEFILE = Path("/tmp/wfx/workflow/Snakefile")  # TEMP
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 SMOKE = REPO / "config" / "smoke.yaml"
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
 CI_PROFILE = REPO / "ci" / "slurm" / "profile"
@@ -272,7 +272,7 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
     run = results_dir(slurm_work) / "runs" / "tiny" / f"train-{train_jobs_opts(output)}"
     log = (run / "log.txt").read_text()  # both ranks' output, every attempt
     assert log.count("Resuming from") == len(records) - 1, log[-3000:]
-    assert 2 <= log.count("Received SIGTERM") <= 2 * (len(records) - 1), log[-3000:]
+    assert 1 <= log.count("Received SIGTERM") <= 2 * (len(records) - 1), log[-3000:]
 
     # The final weights (and every snapshot) equal the uninterrupted run's, bit for bit.
     reference = results_dir(local_work) / "runs" / "tiny" / run.name
