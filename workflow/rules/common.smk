@@ -499,7 +499,8 @@ def train_launch(run):
     nodes, procs = m["nodes"], m["procs_per_node"]
     # First node of the job, and a port that differs between jobs sharing a node.
     head = (
-        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1) '
+        # The job-step plugin drops SLURM_JOB_NODELIST, so ask squeue for the job's nodes.
+        'MASTER_ADDR=$(scontrol show hostnames "$(squeue -h -j "$SLURM_JOB_ID" -o %N)" | head -n 1) '
         f"MASTER_PORT=$(({config['slurm']['rdzv_port']} + SLURM_JOB_ID % 10000))"
     )
     if m["launch"] == "tasks" and nodes * procs > 1:

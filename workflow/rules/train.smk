@@ -21,7 +21,7 @@ rule train:
     benchmark:
         f"{BENCH}/train/{{run}}-{{opts}}.tsv"
     threads: rule_threads("train")
-    retries: train_retries()
+    retries: train_retries() if workflow.is_main_process else 0
     resources:
         **train_resources(),
     conda:
