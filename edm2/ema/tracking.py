@@ -32,8 +32,6 @@ class PowerFunctionEMA:
         # beta = (1 - t_delta / t_next)^(gamma + 1), as power_function_beta (spec §7.1).
         net_params = list(self.net.parameters())
         for std, ema in zip(self.stds, self.emas):
-            if std not in self._exps:
-                self._exps[std] = float(std_to_exp(std))
             beta = (1 - batch_size / cur_nimg) ** (self._exps[std] + 1)
             torch._foreach_lerp_(list(ema.parameters()), net_params, 1 - beta)
 
@@ -49,6 +47,7 @@ class PowerFunctionEMA:
 
     def load_state_dict(self, state):
         self.stds = list(state["stds"])
+        self._exps = {std: float(std_to_exp(std)) for std in self.stds}
         for ema, s_ema in zip(self.emas, state["emas"]):
             ema.load_state_dict(s_ema)
 
