@@ -2,15 +2,17 @@
 
 Makes synthetic photo-sized JPEGs (500x375 by default) in a temporary folder, converts them to
 64x64 with center-crop-dhariwal both ways in the same run, checks that both give the same
-pixels, and prints images/s and the ratio.
+pixels, and prints images/s and the ratio. One untimed warm-up of each, then `--repeats`
+interleaved timings of each (so both see the same machine load); the medians are compared.
 
-    .venv/bin/python benchmarks/convert.py [--num-images 300] [--workers N] [--repeats 2]
+    .venv/bin/python benchmarks/convert.py [--num-images 500] [--workers N] [--repeats 5]
 """
 
 import argparse
 import io
 import os
 import resource
+import statistics
 import tempfile
 import time
 import zipfile
@@ -72,11 +74,11 @@ def png_pixels(path: Path) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=300)
+    parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--size", default="500x375", help="Input JPEG size WxH")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--workers", type=int, default=default_workers())
-    parser.add_argument("--repeats", type=int, default=2, help="Best of N timings for each method")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed runs of each method (median reported)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -88,32 +90,38 @@ def main():
         make_jpegs(src, args.num_images, width, height)
         print(f"made {args.num_images} JPEGs of {width}x{height} in {time.perf_counter() - t0:.1f} s")
         load_before = os.getloadavg()[0]
-        plain_best = parallel_best = plain_cpu = parallel_cpu = float("inf")
-        for rep in range(args.repeats):  # interleaved, so both see the same machine load
-            dest = tmp / f"plain{rep}.zip"
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            plain_loop(src, dest, args.resolution)
-            plain_best = min(plain_best, time.perf_counter() - t0)
-            plain_cpu = min(plain_cpu, cpu_seconds() - c0)
-            dest = tmp / f"parallel{rep}.zip"
-            t0, c0 = time.perf_counter(), cpu_seconds()
-            res = f"{args.resolution}x{args.resolution}"
-            convert_dataset(src, dest, res, "center-crop-dhariwal", workers=args.workers, progress=False)
-            parallel_best = min(parallel_best, time.perf_counter() - t0)
-            parallel_cpu = min(parallel_cpu, cpu_seconds() - c0)
+        res = f"{args.resolution}x{args.resolution}"
+        walls, cpus = {"plain": [], "parallel": []}, {"plain": [], "parallel": []}
+        for rep in range(args.repeats + 1):  # run 0 warms the page cache and the allocator; untimed
+            for method in ("plain", "parallel"):
+                dest = tmp / f"{method}{rep}.zip"
+                t0, c0 = time.perf_counter(), cpu_seconds()
+                if method == "plain":
+                    plain_loop(src, dest, args.resolution)
+                else:
+                    convert_dataset(src, dest, res, "center-crop-dhariwal", workers=args.workers, progress=False)
+                if rep > 0:
+                    walls[method].append(time.perf_counter() - t0)
+                    cpus[method].append(cpu_seconds() - c0)
         a, b = png_pixels(tmp / "plain0.zip"), png_pixels(tmp / "parallel0.zip")
         same = a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
+    plain_wall, parallel_wall = statistics.median(walls["plain"]), statistics.median(walls["parallel"])
+    plain_cpu, parallel_cpu = statistics.median(cpus["plain"]), statistics.median(cpus["parallel"])
+    ratios = sorted(p / q for p, q in zip(walls["plain"], walls["parallel"]))
     n = args.num_images
     print(f"cores available: {default_workers()} (os.cpu_count() = {os.cpu_count()}), workers: {args.workers}")
     print(
         f"1-min load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} (other processes slow both)"
     )
-    print(f"plain single-process loop: {n / plain_best:8.1f} images/s  ({plain_best:.2f} s, best of {args.repeats})")
+    print(f"plain single-process loop: {n / plain_wall:8.1f} images/s  ({plain_wall:.2f} s, median of {args.repeats})")
     print(
-        f"parallel converter:        {n / parallel_best:8.1f} images/s  ({parallel_best:.2f} s, best of {args.repeats})"
+        f"parallel converter:        {n / parallel_wall:8.1f} images/s  ({parallel_wall:.2f} s, median of {args.repeats})"
     )
-    print(f"speed-up: {plain_best / parallel_best:.2f}x   same pixels: {'yes' if same else 'NO'}")
+    print(
+        f"speed-up: {plain_wall / parallel_wall:.2f}x (per-pair ratios {ratios[0]:.2f}-{ratios[-1]:.2f})   "
+        f"same pixels: {'yes' if same else 'NO'}"
+    )
     print(
         f"CPU time per image: plain {1e3 * plain_cpu / n:.2f} ms, parallel (all processes) "
         f"{1e3 * parallel_cpu / n:.2f} ms; speed-up bound on an idle machine: "

@@ -13,7 +13,9 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import signal
+import traceback
 import warnings
 import zipfile
 from pathlib import Path
@@ -251,18 +253,32 @@ class ImageJob:
         return Result(idx, name, png=buf.getvalue(), shape=(out.height, out.width, 3), upscaled=small)
 
 
-_WORKER_JOB = None  # this worker process's ImageJob (keeps one ZIP handle per process)
-
-
-def _init_worker(job):
-    global _WORKER_JOB
+def _worker_main(job, tasks, chunk, counter, permits, conn):
+    """A worker process: take the next chunk of `tasks` (shared counter), run `job` on each, send
+    (chunk index, results) to the parent through this worker's own pipe. `permits` bounds how far
+    the workers may run ahead of the parent's writer (flow control for slow writers/huge images)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _WORKER_JOB = job
-
-
-def _run_in_worker(task):
-    return _WORKER_JOB(task)
+    parent = multiprocessing.parent_process()
+    try:
+        while True:
+            while not permits.acquire(timeout=1.0):
+                if parent is not None and not parent.is_alive():
+                    return
+            with counter.get_lock():
+                k = counter.value
+                counter.value += 1
+            if k * chunk >= len(tasks):
+                return
+            try:
+                msg = (k, [job(t) for t in tasks[k * chunk : (k + 1) * chunk]], None)
+            except Exception:  # a bug, not bad input (job turns bad input into Result.error)
+                msg = (k, None, traceback.format_exc())
+            conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+    except (BrokenPipeError, KeyboardInterrupt):
+        return  # the parent is gone or stopping
+    finally:
+        conn.close()
 
 
 # ---- the conversion -------------------------------------------------------------------------
@@ -402,7 +418,11 @@ def _counted(results, bar):
 
 @contextlib.contextmanager
 def _results(job, tasks, workers, progress):
-    """Yield the Results in input order, computed by `workers` processes (1: in this process)."""
+    """Yield the Results in input order, computed by `workers` processes (1: in this process).
+
+    Each worker takes chunks of consecutive tasks from a shared counter and sends their results
+    through its own pipe; the parent reorders the chunks. No pool threads or per-task messages in
+    the parent, which shares the cores with the workers."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), unit="img", disable=not progress, dynamic_ncols=True)
@@ -412,12 +432,49 @@ def _results(job, tasks, workers, progress):
         finally:
             bar.close()
         return
-    chunksize = max(1, min(16, len(tasks) // (workers * 8)))
-    pool = multiprocessing.get_context().Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(job,))
+    workers = min(workers, len(tasks))
+    chunk = max(1, min(8, len(tasks) // (workers * 4)))
+    ctx = multiprocessing.get_context()
+    counter, permits = ctx.Value("q", 0), ctx.Semaphore(4 * workers)
+    procs, conns = [], []
     try:
-        yield _counted(pool.imap(_run_in_worker, tasks, chunksize=chunksize), bar)
-        pool.close()
-        pool.join()
+        for _ in range(workers):
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(job, tasks, chunk, counter, permits, send), daemon=True)
+            proc.start()
+            send.close()
+            procs.append(proc)
+            conns.append(recv)
+        yield _counted(_in_order(conns, procs, permits, -(-len(tasks) // chunk)), bar)
     finally:
-        pool.terminate()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join()
         bar.close()
+
+
+def _in_order(conns, procs, permits, num_chunks):
+    """Receive the workers' chunks and yield their results in chunk order."""
+    from multiprocessing.connection import wait
+
+    pending, live = {}, dict(zip(conns, procs))
+    for k in range(num_chunks):
+        while k not in pending:
+            if not live:
+                codes = ", ".join(str(p.exitcode) for p in procs)
+                raise RuntimeError(f"the converter's worker processes stopped early (exit codes {codes})")
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:  # killed (e.g. out of memory): its chunk will never come
+                raise RuntimeError(f"a converter worker process died (exit code {dead[0].exitcode})")
+            for conn in wait(list(live), timeout=1.0):
+                try:
+                    j, results, error = pickle.loads(conn.recv_bytes())
+                except EOFError:
+                    live.pop(conn).join()
+                    continue
+                if error is not None:
+                    raise RuntimeError(f"a converter worker failed:\n{error}")
+                pending[j] = results
+        permits.release()
+        yield from pending.pop(k)

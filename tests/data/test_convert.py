@@ -285,6 +285,52 @@ def test_interrupt_leaves_no_output(classes, tmp_path, monkeypatch):
     assert not left_over(tmp_path)
 
 
+def _patched_job(monkeypatch, action):
+    """Make ImageJob run `action(task)` first; worker processes inherit the patch (fork)."""
+    import edm2.data.convert as conv
+
+    real = conv.ImageJob.__call__
+
+    def patched(self, task):
+        action(task)
+        return real(self, task)
+
+    monkeypatch.setattr(conv.ImageJob, "__call__", patched)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on fork inheriting a monkeypatch")
+def test_out_of_order_workers_still_write_in_input_order(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    src = write_tree(tmp_path / "src", {f"{i:03d}.png": random_rgb(rng, 8, 8) for i in range(80)})
+    convert_dataset(src, tmp_path / "ref.zip", workers=1, progress=False)
+    # Early chunks are slow, so later chunks overtake them and wait in the parent for their turn.
+    _patched_job(monkeypatch, lambda task: time.sleep(0.02 if task[0] % 17 < 3 else 0))
+    convert_dataset(src, tmp_path / "out.zip", workers=3, progress=False)
+    assert (tmp_path / "ref.zip").read_bytes() == (tmp_path / "out.zip").read_bytes()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on fork inheriting a monkeypatch")
+def test_dead_or_failing_worker_is_reported_and_leaves_no_output(classes, tmp_path, monkeypatch):
+    src, _ = classes
+
+    def die(task):
+        if task[0] == 4:
+            os._exit(9)
+
+    _patched_job(monkeypatch, die)
+    with pytest.raises(RuntimeError, match="worker process died .exit code 9"):
+        convert_dataset(src, tmp_path / "a.zip", "8x8", "center-crop", workers=2, progress=False)
+
+    def bug(task):
+        if task[0] == 6:
+            raise ZeroDivisionError("a bug in a worker")
+
+    _patched_job(monkeypatch, bug)
+    with pytest.raises(RuntimeError, match="(?s)converter worker failed.*ZeroDivisionError: a bug in a worker"):
+        convert_dataset(src, tmp_path / "b.zip", "8x8", "center-crop", workers=2, progress=False)
+    assert not (tmp_path / "a.zip").exists() and not (tmp_path / "b.zip").exists() and not left_over(tmp_path)
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 
