@@ -110,6 +110,8 @@ def time_edm2(spec, data, steps, warmup, **flags) -> float:
 
     stamps = []
     batch = spec["batch"]
+    if flags.get("compile"):
+        torch._dynamo.reset()  # start from nothing, as a fresh `edm2 train --compile` process does
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         training_loop(
             run_dir=run_dir,

@@ -171,6 +171,11 @@ def train(**kw):
           --batch 64 --channels 32 --channel-mult 1,2 --num-blocks 2 --attn-resolutions 8 \\
           --snapshot 8Ki --checkpoint 16Ki --status 4Ki --precision fp32 --workers 0
     """
+    from edm2.signals import StopSignal
+
+    # From here on SIGTERM/SIGUSR1 only set a flag: one that arrives while torch is imported or the
+    # dataset opened stops the run before its first step, with status 75 like a later one.
+    stop = StopSignal().__enter__()
     from edm2.train.run import TrainOptions, exit_status, run_training
 
     ctx = click.get_current_context()
@@ -195,17 +200,18 @@ def train(**kw):
         **kw,
     )
     try:
-        result = run_training(opts, device=device)
+        result = run_training(opts, device=device, stop=stop)
     finally:
+        stop.__exit__(None, None, None)
         import torch.distributed as tdist
 
         if tdist.is_initialized():
             tdist.destroy_process_group()
     status = exit_status(result)
     if status:
+        saved = "a training state is written" if result.cur_nimg != result.start_nimg else "nothing new to save"
         click.echo(
-            f"Stopped by a signal at {result.cur_nimg} images; a training state is written. "
-            f"Re-run the same command to resume.",
+            f"Stopped by a signal at {result.cur_nimg} images; {saved}. Re-run the same command to resume.",
             err=True,
         )
     ctx.exit(status)

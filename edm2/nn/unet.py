@@ -11,6 +11,13 @@ import torch
 from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor stored channels-last (and not also plain contiguous)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 class Block(torch.nn.Module):
     """U-Net residual block, encoder or decoder flavour (spec §2)."""
 
@@ -68,12 +75,14 @@ class Block(torch.nn.Module):
 
         # Self-attention; qkv channels interleaved as [head][ch][q,k,v] (spec §2 step 6, §14.5).
         if self.num_heads != 0:
-            y = self.attn_qkv(x)
+            # .contiguous(): no-op in the default layout; a channels-last x (a speed option) would
+            # otherwise give strided views that send the einsums to a slow per-sample path.
+            y = self.attn_qkv(x).contiguous()
             y = y.reshape(y.shape[0], self.num_heads, -1, 3, y.shape[2] * y.shape[3])
             q, k, v = normalize(y, dim=2).unbind(3)
             w = torch.einsum("nhcq,nhck->nhqk", q, k / np.sqrt(q.shape[2])).softmax(dim=3)
             y = torch.einsum("nhqk,nhck->nhcq", w, v)
-            y = self.attn_proj(y.reshape(*x.shape))
+            y = self.attn_proj(y.reshape(*x.shape).contiguous(memory_format=_layout(x)))
             x = mp_sum(x, y, t=self.attn_balance)
 
         if self.clip_act is not None:

@@ -18,10 +18,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from edm2.ema import PowerFunctionEMA
 from edm2.errors import ConfigError, DataError
+from edm2.signals import StopSignal
 from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator
 from edm2.train.distributed import (
-    StopSignal,
     all_ranks_agree,
     barrier,
     check_ddp_consistency,
@@ -265,7 +265,9 @@ class CompiledForward:
         self.convs = [m for m in net.modules() if isinstance(m, MPConv)]
         for conv in self.convs:
             conv.train(False)
-        self.model = torch.compile(model)
+        # dynamic=False: one graph per input shape (training has one); automatic dynamic shapes
+        # would otherwise kick in when another model reuses the same forward code in this process.
+        self.model = torch.compile(model, dynamic=False)
 
     def __call__(self, *args, **kwargs):
         from edm2.nn.layers import normalize
@@ -397,6 +399,7 @@ def training_loop(
     snapshot_extra: dict | None = None,  # More JSON for the snapshot metadata 'extra' (the training options).
     step_hook=None,  # Called on every rank after each step: step_hook(cur_nimg=, net=, optimizer=, ema=, lr=).
     progress: bool | None = None,  # tqdm progress bar on rank 0; None = when stderr is a terminal.
+    stop: StopSignal | None = None,  # A signal flag the caller installed earlier (edm2 train does, at start-up).
 ) -> TrainingResult:
     """Train (or resume training) an EDM2 network per spec §5; returns what this invocation did.
 
@@ -416,7 +419,7 @@ def training_loop(
     run_dir = Path(run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-    with StopSignal() as stop:  # from here on a signal only sets a flag
+    with contextlib.nullcontext(stop) if stop is not None else StopSignal() as stop:  # a signal only sets a flag
         set_random_seed(seed, rank)
         torch.backends.cudnn.benchmark = cudnn_benchmark
         _disable_tf32()
@@ -491,7 +494,10 @@ def training_loop(
                         done = True
                         result.signal = stop.signum or signal.SIGTERM
                         name = signal.Signals(result.signal).name
-                        print0(f"Received {name}: stopping after {cur_nimg} images; writing a training state.")
+                        if cur_nimg != start_nimg:
+                            print0(f"Received {name}: stopping after {cur_nimg} images; writing a training state.")
+                        else:
+                            print0(f"Received {name} before the first step: stopping; nothing to save.")
 
                     # Status line and statistics (spec §5.7 step 2, §5.9).
                     if (

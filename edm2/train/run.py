@@ -155,7 +155,9 @@ def check_run_dir(outdir, record: dict) -> bool:
 def run_training(opts: TrainOptions, progress: bool | None = None, device: str | None = None, **loop_extra):
     """Validate, prepare the run directory and train; returns a TrainingResult (None on a dry run).
 
-    `loop_extra` goes to training_loop() as is (e.g. step_hook, lr_kwargs overrides for tests).
+    `loop_extra` goes to training_loop() as is (e.g. step_hook, lr_kwargs overrides for tests, or
+    `stop`: a StopSignal installed by the caller, so that a SIGTERM during the start-up is caught
+    too and stops the run before its first step).
     """
     opts = opts.resolved()
     kwargs = loop_arguments(opts)

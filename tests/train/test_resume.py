@@ -100,3 +100,30 @@ def test_sigterm_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tmp
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Resuming from {states[0]}" in done.stdout
     assert_same_state(reference["dir"] / "training-state-0000002.pt", run_dir / "training-state-0000002.pt")
+
+
+def test_sigterm_during_start_up_stops_before_the_first_step_with_75(reference, tmp_path, monkeypatch):
+    """`edm2 train` catches the signal from its first line on (here: while the dataset is opened)."""
+    from click.testing import CliRunner
+
+    import edm2.train.run as run_module
+    from edm2.cli import main
+
+    real_open = run_module.open_dataset
+
+    def open_and_get_signalled(kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_open(kwargs)
+
+    monkeypatch.setattr(run_module, "open_dataset", open_and_get_signalled)
+    previous = signal.getsignal(signal.SIGTERM)
+    args = ["train", *cli_args(tiny_options(tmp_path / "run", reference["data"], duration=1024))]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == EX_TEMPFAIL, result.output
+    assert "Received SIGTERM before the first step" in result.output and "nothing new to save" in result.output
+    assert not list_training_states(tmp_path / "run")
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is removed again
+    monkeypatch.setattr(run_module, "open_dataset", real_open)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert_same_state(reference["dir"] / "training-state-0000001.pt", tmp_path / "run" / "training-state-0000001.pt")
