@@ -1,5 +1,6 @@
-"""Small parsers shared by the commands."""
+"""Small parsers shared by the commands, and lazy package exports."""
 
+import importlib
 import re
 
 from edm2.errors import ConfigError
@@ -43,3 +44,18 @@ def kimg_to_nimg(kimg: int) -> int:
     nimg = (kimg * 1000 + 999) // 1024 * 1024
     assert nimg // 1000 == kimg
     return nimg
+
+
+def lazy_exports(package: str, exports: dict):
+    """`(__getattr__, __dir__)` for a package whose names {name: module} import on first use."""
+
+    def __getattr__(name):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(module), name)
+
+    def __dir__():
+        return sorted(set(importlib.import_module(package).__dict__) | set(exports))
+
+    return __getattr__, __dir__

@@ -11,19 +11,19 @@ from edm2.errors import EDM2Error
 TRANSFORM_CHOICES = ["none", "center-crop", "center-crop-wide", "center-crop-dhariwal"]
 
 
-def _prepare():
-    """Refuse multi-rank launches (the reference refuses WORLD_SIZE != 1, §10.3) and turn SIGTERM
-    into a normal exit, so temporary outputs are removed when a scheduler kills the job."""
+def _run(fn, *args, **kwargs):
+    """Run `fn` as a dataset command: refuse multi-rank launches (the reference refuses WORLD_SIZE
+    != 1, §10.3); while it runs, SIGTERM is a normal exit (so temporary outputs are removed when a
+    scheduler kills the job); errors about the input become one-line messages."""
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise click.ClickException("dataset commands run in one process; launch them without torchrun (WORLD_SIZE=1)")
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-
-
-def _run(fn, *args, **kwargs):
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return fn(*args, **kwargs)
     except EDM2Error as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +81,6 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
     """
     from edm2.data.convert import convert_dataset
 
-    _prepare()
     report = _run(
         convert_dataset,
         source,
@@ -127,7 +126,6 @@ def encode(source, dest, vae, batch, device, max_images, quiet):
     """
     from edm2.data.encode import encode_dataset
 
-    _prepare()
     report = _run(
         encode_dataset,
         source,
@@ -160,9 +158,5 @@ def digits(dest, resolution):
     """
     from edm2.data.digits import write_digits
 
-    _prepare()
-    try:
-        n = write_digits(dest, resolution)
-    except EDM2Error as e:
-        raise click.ClickException(str(e)) from None
+    n = _run(write_digits, dest, resolution)
     click.echo(f"wrote {n} digit images ({resolution}x{resolution}, 10 classes) to {dest}")

@@ -102,5 +102,7 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
             device=device,
             **sampler,
         )
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(completed=False)
+        raise
+    shutdown_distributed()

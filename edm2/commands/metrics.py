@@ -27,9 +27,12 @@ def _run(fn, *args, **kwargs):
     from edm2.sample.generate import get_rank, shutdown_distributed
 
     try:
-        return fn(*args, **kwargs), get_rank()
-    finally:
-        shutdown_distributed()
+        result = fn(*args, **kwargs), get_rank()
+    except BaseException:
+        shutdown_distributed(completed=False)
+        raise
+    shutdown_distributed()
+    return result
 
 
 def _print_result(result: dict, rank: int) -> None:

@@ -26,6 +26,21 @@ def _pairs(items, option: str, form: str) -> dict:
     return out
 
 
+def _statistic_option(help: str):
+    """--statistic: how the seed ranges of a score are combined (the paper: min of 3)."""
+    return click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True, help=help)
+
+
+def _scores_option():
+    """--scores: the tidy CSV that `edm2 report aggregate` writes."""
+    return click.option(
+        "--scores",
+        required=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="Tidy CSV from `edm2 report aggregate`.",
+    )
+
+
 @click.group(name="report")
 def report():
     """Plots and paper-style tables from result files.
@@ -57,13 +72,7 @@ def report():
     type=click.Path(exists=True, dir_okay=False),
     help="Model info JSON of a run (repeat); adds label, Mparams, Gflops.",
 )
-@click.option(
-    "--statistic",
-    type=click.Choice(["min", "mean"]),
-    default="min",
-    show_default=True,
-    help="Value reported over the seed ranges (the paper: min of 3).",
-)
+@_statistic_option("Value reported over the seed ranges (the paper: min of 3).")
 def aggregate(scores, out, best_out, model_infos, statistic):
     """Score JSONs (edm2 metrics gen --json) -> tidy CSV tables.
 
@@ -84,12 +93,7 @@ def aggregate(scores, out, best_out, model_infos, statistic):
 
 
 @report.command()
-@click.option(
-    "--scores",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Tidy CSV from `edm2 report aggregate`.",
-)
+@_scores_option()
 @click.option("--metrics", required=True, help="Comma-separated metrics to plot, e.g. fid,fd_dinov2.")
 @click.option(
     "--run",
@@ -102,13 +106,7 @@ def aggregate(scores, out, best_out, model_infos, statistic):
     "--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a run in the loss plot; repeat."
 )
 @click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the PNG and SVG files.")
-@click.option(
-    "--statistic",
-    type=click.Choice(["min", "mean"]),
-    default="min",
-    show_default=True,
-    help="Only used in axis labels.",
-)
+@_statistic_option("Only used in axis labels.")
 def plots(scores, metrics, runs, labels, outdir, statistic):
     """The paper's plots: metric vs EMA length, best metric vs Gflops, training loss.
 
@@ -136,12 +134,7 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
 
 
 @report.command()
-@click.option(
-    "--scores",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="Tidy CSV from `edm2 report aggregate`.",
-)
+@_scores_option()
 @click.option("--metrics", required=True, help="Comma-separated metrics (table columns, in order).")
 @click.option(
     "--out", required=True, type=click.Path(dir_okay=False), help="Output stem: writes STEM.csv, STEM.md, STEM.tex."
@@ -173,7 +166,7 @@ def tables(scores, metrics, out):
     show_default=True,
     help="Finer EMA lengths per (run, guidance setting).",
 )
-@click.option("--statistic", type=click.Choice(["min", "mean"]), default="min", show_default=True)
+@_statistic_option("Value used over the seed ranges.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON with the chosen stds.")
 def refine(scores, grid, points, statistic, out):
     """Choose finer EMA lengths around the best coarse one of every (run, guidance setting).

@@ -175,7 +175,13 @@ def train(**kw):
 
     # From here on SIGTERM/SIGUSR1 only set a flag: one that arrives while torch is imported or the
     # dataset opened stops the run before its first step, with status 75 like a later one.
-    stop = StopSignal().__enter__()
+    with StopSignal() as stop:
+        status = _train(stop, kw)
+    click.get_current_context().exit(status)
+
+
+def _train(stop, kw) -> int:
+    """The body of `edm2 train` (options -> TrainOptions -> run); returns the exit status."""
     from edm2.train.run import TrainOptions, exit_status, run_training
 
     ctx = click.get_current_context()
@@ -202,7 +208,6 @@ def train(**kw):
     try:
         result = run_training(opts, device=device, stop=stop)
     finally:
-        stop.__exit__(None, None, None)
         import torch.distributed as tdist
 
         if tdist.is_initialized():
@@ -214,4 +219,4 @@ def train(**kw):
             f"Stopped by a signal at {result.cur_nimg} images; {saved}. Re-run the same command to resume.",
             err=True,
         )
-    ctx.exit(status)
+    return status

@@ -4,7 +4,7 @@ Names are imported on first use, so `from edm2.data import make_transform` pulls
 torch nor diffusers (the convert workers stay light).
 """
 
-import importlib
+from edm2.utils import lazy_exports
 
 _EXPORTS = {
     "make_transform": "edm2.data.transforms",
@@ -16,13 +16,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edm2.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -253,12 +253,18 @@ class ImageJob:
         return Result(idx, name, png=buf.getvalue(), shape=(out.height, out.width, 3), upscaled=small)
 
 
+# Blocked in the parent while it starts the workers, so that a SIGTERM reaching a new worker before
+# it has reset the handlers it inherited (e.g. one that only sets a flag) waits instead of being lost.
+_BLOCKED_WHILE_STARTING = {signal.SIGTERM, signal.SIGINT}
+
+
 def _worker_main(job, tasks, chunk, counter, permits, conn):
     """A worker process: take the next chunk of `tasks` (shared counter), run `job` on each, send
     (chunk index, results) to the parent through this worker's own pipe. `permits` bounds how far
     the workers may run ahead of the parent's writer (flow control for slow writers/huge images)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED_WHILE_STARTING)  # a pending SIGTERM ends us now
     parent = multiprocessing.parent_process()
     try:
         while True:
@@ -438,19 +444,27 @@ def _results(job, tasks, workers, progress):
     counter, permits = ctx.Value("q", 0), ctx.Semaphore(4 * workers)
     procs, conns = [], []
     try:
-        for _ in range(workers):
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, args=(job, tasks, chunk, counter, permits, send), daemon=True)
-            proc.start()
-            send.close()
-            procs.append(proc)
-            conns.append(recv)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_WHILE_STARTING)
+        try:
+            for _ in range(workers):
+                recv, send = ctx.Pipe(duplex=False)
+                args = (job, tasks, chunk, counter, permits, send)
+                proc = ctx.Process(target=_worker_main, args=args, daemon=True)
+                proc.start()
+                send.close()
+                procs.append(proc)
+                conns.append(recv)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         yield _counted(_in_order(conns, procs, permits, -(-len(tasks) // chunk)), bar)
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.join()
+            proc.join(timeout=10)
+            if proc.exitcode is None:  # should not happen; never hang here
+                proc.kill()
+                proc.join()
         bar.close()
 
 

@@ -66,9 +66,12 @@ def power_function_correlation(a_ofs, a_std, b_ofs, b_std):
     return num / den
 
 
-def power_function_beta(std, t_next, t_delta):
-    """Per-step EMA decay `beta = (1 - t_delta / t_next)^(gamma + 1)` (spec §7.1, §14.21)."""
-    beta = (1 - t_delta / t_next) ** (std_to_exp(std) + 1)
+def power_function_beta(std, t_next, t_delta, exp=None):
+    """Per-step EMA decay `beta = (1 - t_delta / t_next)^(gamma + 1)` (spec §7.1, §14.21).
+
+    `exp`: gamma = std_to_exp(std) when the caller has it already (it solves a cubic).
+    """
+    beta = (1 - t_delta / t_next) ** ((std_to_exp(std) if exp is None else exp) + 1)
     return beta
 
 

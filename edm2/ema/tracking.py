@@ -4,7 +4,7 @@ import copy
 
 import torch
 
-from edm2.ema.maths import std_to_exp
+from edm2.ema.maths import power_function_beta, std_to_exp
 
 
 class PowerFunctionEMA:
@@ -29,10 +29,9 @@ class PowerFunctionEMA:
     @torch.no_grad()
     def update(self, cur_nimg, batch_size):
         # Called after cur_nimg += batch_size, so beta = 0 on the first step (spec §14.21).
-        # beta = (1 - t_delta / t_next)^(gamma + 1), as power_function_beta (spec §7.1).
         net_params = list(self.net.parameters())
         for std, ema in zip(self.stds, self.emas):
-            beta = (1 - batch_size / cur_nimg) ** (self._exps[std] + 1)
+            beta = power_function_beta(std, t_next=cur_nimg, t_delta=batch_size, exp=self._exps[std])
             torch._foreach_lerp_(list(ema.parameters()), net_params, 1 - beta)
 
     @torch.no_grad()

@@ -69,20 +69,32 @@ def save_snapshot(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def read_snapshot_info(path) -> SnapshotInfo:
-    """Read only the metadata of a snapshot (fast: no tensor data is loaded)."""
+def read_metadata(path, expected_format: str, what: str, missing: str) -> dict:
+    """The string metadata of a safetensors file whose 'format' entry must be `expected_format`.
+
+    `what` names the kind of file in errors ("edm2 snapshot"); `missing` is the whole message
+    for a file that does not exist. No tensor data is read.
+    """
     from safetensors import safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except FileNotFoundError:
-        raise FormatError(f"{path}: no such snapshot file") from None
+        raise FormatError(missing) from None
     except Exception as e:
         raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{path}: not an edm2 snapshot (metadata format={meta.get('format')!r}, expected {FORMAT!r})")
+    if meta.get("format") != expected_format:
+        raise FormatError(
+            f"{path}: not an {what} (metadata format={meta.get('format')!r}, expected {expected_format!r})"
+        )
+    return meta
+
+
+def read_snapshot_info(path) -> SnapshotInfo:
+    """Read only the metadata of a snapshot (fast: no tensor data is loaded)."""
+    path = Path(path)
+    meta = read_metadata(path, FORMAT, "edm2 snapshot", f"{path}: no such snapshot file")
     return SnapshotInfo(
         network_kwargs=json.loads(meta["network_kwargs"]),
         encoder=json.loads(meta["encoder"]),

@@ -1,10 +1,10 @@
 """Feature detectors, statistics, Fréchet distance and FLOP counting (EDM2-SPEC §11-§12).
 
 Names are imported on first use, so `import edm2.metrics` stays light (no Inception, no
-transformers) and `count_flops` resolves even while `flops.py` is absent elsewhere.
+transformers).
 """
 
-import importlib
+from edm2.utils import lazy_exports
 
 _EXPORTS = {
     "frechet_distance": "edm2.metrics.frechet",
@@ -24,13 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'edm2.metrics' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

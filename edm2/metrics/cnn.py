@@ -104,17 +104,10 @@ def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_inf
 
 def read_detector_info(path) -> dict:
     """Metadata of a detector file: {'config': ..., 'heldout_accuracy': ..., 'train': ...}."""
-    from safetensors import safe_open
+    from edm2.io.snapshot import read_metadata
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except FileNotFoundError:
-        raise FormatError(f"CNN detector {path} does not exist; train one with `edm2 metrics train-detector`") from None
-    except Exception as e:
-        raise FormatError(f"{path}: not a readable safetensors file ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{path}: not an edm2 CNN detector (format {meta.get('format')!r}, expected {FORMAT!r})")
+    missing = f"CNN detector {path} does not exist; train one with `edm2 metrics train-detector`"
+    meta = read_metadata(path, FORMAT, "edm2 CNN detector", missing)
     return {
         "config": json.loads(meta["config"]),
         "heldout_accuracy": float(meta["heldout_accuracy"]),

@@ -39,11 +39,18 @@ def init_distributed() -> None:
         dist.init_process_group("gloo", init_method="env://")
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group, if one was joined (call once at the end of a command)."""
+def shutdown_distributed(completed: bool = True) -> None:
+    """Leave the process group, if one was joined (call once at the end of a command).
+
+    `completed`: all ranks finished normally, so they first meet at a barrier; without it a rank
+    that tears gloo down while another still writes its results can abort in teardown. After
+    an error there is no barrier (the other ranks may never get there).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -337,6 +337,7 @@ def test_dead_or_failing_worker_is_reported_and_leaves_no_output(classes, tmp_pa
 def test_cli_convert_and_one_line_errors(classes, tmp_path):
     src, _ = classes
     runner = CliRunner()
+    before = signal.getsignal(signal.SIGTERM)
     r = runner.invoke(main, ["dataset", "convert", "--help"])
     assert r.exit_code == 0 and "Examples:" in r.output and "--on-error" in r.output
     args = ["dataset", "convert", "--source", str(src), "--dest", str(tmp_path / "o.zip"), "--quiet"]
@@ -347,6 +348,7 @@ def test_cli_convert_and_one_line_errors(classes, tmp_path):
     assert r.exit_code == 1 and r.output.startswith("Error: destination") and r.output.count("\n") == 1
     r = runner.invoke(main, [*args[:-2], str(tmp_path / "p.zip"), "--resolution", "8by8"])
     assert r.exit_code == 1 and "not WxH" in r.output
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's SIGTERM handler is removed again
 
 
 @pytest.mark.slow

@@ -6,22 +6,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_networks import tiny_network
 
 from edm2.ema import power_function_response, solve_posthoc_coefficients
 from edm2.ema.phema import find_inputs, parse_bytes, reconstruct_phema
 from edm2.errors import ConfigError, FormatError
 from edm2.io.snapshot import build_network, load_snapshot, save_snapshot
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY = tiny_network(channels_per_head=8)
 ENCODER = {"class": "StandardRGBEncoder"}
 BUFFERS = ("unet.emb_fourier.freqs", "unet.emb_fourier.phases", "logvar_fourier.freqs", "logvar_fourier.phases")
 

@@ -21,6 +21,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tiny_networks import tiny_network
+
 PERSISTENCE_SRC = '''
 """Stand-in for NVIDIA's torch_utils.persistence, written for the tests."""
 import copy
@@ -240,13 +242,4 @@ def make_official_pickles(root, specs) -> list[Path]:
     return [Path(s["path"]) for s in specs]
 
 
-TINY_NETWORK = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=8,
-)
+TINY_NETWORK = tiny_network(channels_per_head=8)

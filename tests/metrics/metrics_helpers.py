@@ -5,20 +5,13 @@ import json
 import numpy as np
 import PIL.Image
 import torch
+from tiny_networks import tiny_network
 
 from edm2.io.snapshot import save_snapshot
 from edm2.metrics.cnn import CNNClassifier, save_detector
 from edm2.nn import Precond
 
-TINY_NET = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=3,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-)
+TINY_NET = tiny_network(label_dim=3)
 
 
 def write_image_folder(root, images, labels=None):

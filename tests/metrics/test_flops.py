@@ -8,21 +8,13 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_networks import tiny_network
 
 from edm2.commands.flops import flops as flops_command
 from edm2.metrics.flops import FlopCounterMode, count_flops, count_flops_of
 from edm2.nn import Block, MPConv, MPFourier, Precond, mp_cat, mp_silu, mp_sum, normalize, resample
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=2,
-    label_dim=3,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=4,
-)
+TINY = tiny_network(img_channels=2, label_dim=3, channels_per_head=4)
 
 
 def _flops(fn, *args, **kwargs):

@@ -4,21 +4,13 @@ draw order, preconditioning, precision, and the parameter counts of every model 
 import numpy as np
 import pytest
 import torch
+from tiny_networks import tiny_network
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from edm2.nn import MPConv, Precond, UNet
 
 # A tiny network with every kind of module: two levels, attention at 4x4, skip convs.
-TINY = dict(
-    img_resolution=8,
-    img_channels=2,
-    label_dim=3,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-    channels_per_head=4,
-)
+TINY = tiny_network(img_channels=2, label_dim=3, channels_per_head=4)
 
 
 def _tiny(seed=0, **overrides):

@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_networks import tiny_network
 
 from edm2.cli import main
 from edm2.errors import ConfigError, DownloadError
@@ -26,15 +27,7 @@ from edm2.sample.generate import (
     split_indices,
 )
 
-TINY = dict(
-    img_resolution=8,
-    img_channels=3,
-    label_dim=4,
-    model_channels=8,
-    channel_mult=[1, 2],
-    num_blocks=1,
-    attn_resolutions=[4],
-)
+TINY = tiny_network()
 
 
 def tiny_net(seed=0, **overrides):

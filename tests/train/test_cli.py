@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -129,10 +130,12 @@ def test_demo_overrides_and_flags(tmp_path, data):
     ],
 )
 def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
+    before = signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(
         main, ["train", "--outdir", str(tmp_path / "r"), "--data", str(data), *args, "--dry-run"]
     )
     assert result.exit_code != 0 and message in result.output, result.output
+    assert signal.getsignal(signal.SIGTERM) is before  # the start-up signal handler is removed again
 
 
 @pytest.mark.slow
