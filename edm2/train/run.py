@@ -152,12 +152,12 @@ def check_run_dir(outdir, record: dict) -> bool:
     return True
 
 
-def run_training(opts: TrainOptions, progress: bool | None = None, device: str | None = None, **loop_extra):
+def run_training(opts: TrainOptions, progress: bool | None = None, device: str | None = None, stop=None, **loop_extra):
     """Validate, prepare the run directory and train; returns a TrainingResult (None on a dry run).
 
-    `loop_extra` goes to training_loop() as is (e.g. step_hook, lr_kwargs overrides for tests, or
-    `stop`: a StopSignal installed by the caller, so that a SIGTERM during the start-up is caught
-    too and stops the run before its first step).
+    `stop`: a StopSignal the caller installed, so that a SIGTERM during the start-up is caught too
+    and stops the run before its first step. `loop_extra` goes to training_loop() as is (e.g.
+    step_hook, lr_kwargs overrides for tests).
     """
     opts = opts.resolved()
     kwargs = loop_arguments(opts)
@@ -198,7 +198,9 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
     barrier()
     with tee_output(outdir / "log.txt"):
         print0(f"Training options: {json.dumps(record)}")
-        return training_loop(**kwargs, device=device, progress=progress, snapshot_extra={"training_options": record})
+        return training_loop(
+            **kwargs, device=device, progress=progress, stop=stop, snapshot_extra={"training_options": record}
+        )
 
 
 def exit_status(result: TrainingResult | None) -> int:

@@ -325,6 +325,7 @@ def test_dead_or_failing_worker_is_reported_and_leaves_no_output(classes, tmp_pa
         if task[0] == 6:
             raise ZeroDivisionError("a bug in a worker")
 
+    monkeypatch.undo()  # the first patch off again
     _patched_job(monkeypatch, bug)
     with pytest.raises(RuntimeError, match="(?s)converter worker failed.*ZeroDivisionError: a bug in a worker"):
         convert_dataset(src, tmp_path / "b.zip", "8x8", "center-crop", workers=2, progress=False)
