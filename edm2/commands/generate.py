@@ -87,9 +87,9 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
       torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
           --outdir out --subdirs --seeds 0-49999
     """
-    from edm2.sample.generate import generate_images, shutdown_distributed
+    from edm2.sample.generate import generate_images, process_group_scope
 
-    try:
+    with process_group_scope():
         generate_images(
             outdir=outdir,
             net=net,
@@ -102,7 +102,3 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
             device=device,
             **sampler,
         )
-    except BaseException:
-        shutdown_distributed(completed=False)
-        raise
-    shutdown_distributed()

@@ -24,15 +24,10 @@ def _locations(inception, dinov2, cnn_detector) -> dict:
 
 def _run(fn, *args, **kwargs):
     """Call `fn`; return (its result, this process's rank), leaving any process group after."""
-    from edm2.sample.generate import get_rank, shutdown_distributed
+    from edm2.sample.generate import get_rank, process_group_scope
 
-    try:
-        result = fn(*args, **kwargs), get_rank()
-    except BaseException:
-        shutdown_distributed(completed=False)
-        raise
-    shutdown_distributed()
-    return result
+    with process_group_scope():
+        return fn(*args, **kwargs), get_rank()
 
 
 def _print_result(result: dict, rank: int) -> None:

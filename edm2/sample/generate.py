@@ -8,6 +8,7 @@ feature detectors). Under `torchrun` every function here works on the calling ra
 the seeds; a single process works without any process group.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -52,6 +53,18 @@ def shutdown_distributed(completed: bool = True) -> None:
         if completed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group_scope():
+    """Leave the process group at the end of a command: after a barrier when every rank got
+    through, without one after an error (see shutdown_distributed)."""
+    try:
+        yield
+    except BaseException:
+        shutdown_distributed(completed=False)
+        raise
+    shutdown_distributed()
 
 
 def get_rank() -> int:
