@@ -214,7 +214,11 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(smoke_r
 TIME_LIMITED = {
     "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 6}],
     "guidance": [{"name": "noguid"}],
-    "train": {"duration": "16Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
+    # 24Ki is 53-67 s of training plus ~9 s of start-up on the 2-core CI machine (2.2-2.8 s/kimg),
+    # so the first 1-minute job always outlives SIGTERM at 55 s. (16Ki, 35-45 s, raced the signal
+    # on a quiet machine. A larger signal_seconds stops jobs earlier but SLURM then sends it at
+    # irregular times, sometimes ~15 s into a job, and the extra resubmissions cost minutes.)
+    "train": {"duration": "24Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
     "slurm": {"signal_seconds": 5},
     "resources": {"train": {"runtime": 1}},
 }
