@@ -2,6 +2,7 @@
 imported only when used, so `edm2 --help` stays fast."""
 
 import importlib
+import sys
 
 import click
 
@@ -39,10 +40,45 @@ class LazyGroup(click.Group):
             raise
 
     def invoke(self, ctx):
+        completed = False
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            completed = True
+            return result
+        except click.exceptions.Exit as e:
+            completed = e.exit_code == 0
+            raise
         except EDM2Error as e:
             raise click.ClickException(str(e)) from None
+        finally:
+            leave_process_group(completed)
+
+
+def leave_process_group(completed: bool) -> None:
+    """Leave the torch.distributed process group that a command joined, if any.
+
+    Every command run under torchrun or SLURM ends here, so none can forget to: after a
+    successful command the ranks first meet at a barrier (a rank must not tear down while another
+    still communicates); after an error there is no barrier (the others may never arrive).
+    Destroying the group joins gloo's worker threads while Python is fully alive. A group left
+    open until the interpreter exits aborts the process at random ("terminate called without an
+    active exception"): a gloo thread that drops the last reference to a tensor of a finished
+    collective then needs the GIL while the interpreter is finalizing.
+    """
+    if "torch.distributed" not in sys.modules:  # no command imported it: nothing to leave
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if completed and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            import torch
+
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -87,18 +87,17 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
       torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
           --outdir out --subdirs --seeds 0-49999
     """
-    from edm2.sample.generate import generate_images, process_group_scope
+    from edm2.sample.generate import generate_images
 
-    with process_group_scope():
-        generate_images(
-            outdir=outdir,
-            net=net,
-            gnet=gnet,
-            preset=preset,
-            seeds=seeds,
-            class_idx=class_idx,
-            max_batch=max_batch,
-            subdirs=subdirs,
-            device=device,
-            **sampler,
-        )
+    generate_images(
+        outdir=outdir,
+        net=net,
+        gnet=gnet,
+        preset=preset,
+        seeds=seeds,
+        class_idx=class_idx,
+        max_batch=max_batch,
+        subdirs=subdirs,
+        device=device,
+        **sampler,
+    )

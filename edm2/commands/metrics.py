@@ -23,11 +23,11 @@ def _locations(inception, dinov2, cnn_detector) -> dict:
 
 
 def _run(fn, *args, **kwargs):
-    """Call `fn`; return (its result, this process's rank), leaving any process group after."""
-    from edm2.sample.generate import get_rank, process_group_scope
+    """Call `fn`; return (its result, this process's rank). The CLI leaves the process group
+    after the command (edm2.cli.leave_process_group)."""
+    from edm2.sample.generate import get_rank
 
-    with process_group_scope():
-        return fn(*args, **kwargs), get_rank()
+    return fn(*args, **kwargs), get_rank()
 
 
 def _print_result(result: dict, rank: int) -> None:

@@ -205,13 +205,7 @@ def _train(stop, kw) -> int:
         slice=kw.pop("slice_nimg"),
         **kw,
     )
-    try:
-        result = run_training(opts, device=device, stop=stop)
-    finally:
-        import torch.distributed as tdist
-
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
+    result = run_training(opts, device=device, stop=stop)  # the CLI leaves the process group after
     status = exit_status(result)
     if status:
         saved = "a training state is written" if result.cur_nimg != result.start_nimg else "nothing new to save"

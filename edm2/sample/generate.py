@@ -8,8 +8,8 @@ feature detectors). Under `torchrun` every function here works on the calling ra
 the seeds; a single process works without any process group.
 """
 
-import contextlib
 import dataclasses
+import importlib
 import math
 import os
 import re
@@ -33,38 +33,13 @@ def init_distributed() -> None:
 
     if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return
+    importlib.import_module("torch._dynamo")  # before the group exists: see edm2.train.distributed.init_distributed
+
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl", init_method="env://")
     else:
         dist.init_process_group("gloo", init_method="env://")
-
-
-def shutdown_distributed(completed: bool = True) -> None:
-    """Leave the process group, if one was joined (call once at the end of a command).
-
-    `completed`: all ranks finished normally, so they first meet at a barrier; without it a rank
-    that tears gloo down while another still writes its results can abort in teardown. After
-    an error there is no barrier (the other ranks may never get there).
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if completed:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def process_group_scope():
-    """Leave the process group at the end of a command: after a barrier when every rank got
-    through, without one after an error (see shutdown_distributed)."""
-    try:
-        yield
-    except BaseException:
-        shutdown_distributed(completed=False)
-        raise
-    shutdown_distributed()
 
 
 def get_rank() -> int:

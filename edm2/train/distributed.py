@@ -8,6 +8,7 @@ process (rank 0 of 1 on localhost, a free port).
 import contextlib
 import dataclasses
 import datetime
+import importlib
 import os
 import re
 import socket
@@ -115,6 +116,12 @@ def init_distributed(device_type: str | None = None, timeout_min: float = 30) ->
     else:
         device = torch.device(device_type)
     if not tdist.is_initialized():
+        # torch imports torch._dynamo lazily (first meta-device op, torch.compile), and that import
+        # keeps references to the process group existing at that moment. destroy_process_group
+        # then cannot stop gloo's threads, and the process can abort at exit ("terminate called
+        # without an active exception"). Importing it before the group exists avoids that.
+        importlib.import_module("torch._dynamo")
+
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(minutes=timeout_min)
         if env.launcher == "torchrun":

@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from edm2_exit_checked import SCRIPT as EXIT_CHECKED
 from metrics_helpers import class_images, tiny_snapshot, write_image_folder
 
 from edm2.cli import main
@@ -134,7 +135,7 @@ def test_two_gloo_ranks_give_the_same_reference_statistics(files, ref, tmp_path)
     env["OMP_NUM_THREADS"] = "1"
     dest = tmp_path / "ref2.npz"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edm2", "metrics",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXIT_CHECKED, "metrics",
         "ref", "--data", str(files["data"]), "--dest", str(dest), "--metrics", "fd_cnn", "--cnn-detector",
         str(files["cnn"]), "--workers", "0", "--batch", "4",
     ]  # fmt: skip

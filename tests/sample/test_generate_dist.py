@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from edm2_exit_checked import SCRIPT as EXIT_CHECKED
 
 from edm2.io.snapshot import save_snapshot
 from edm2.nn import Precond
@@ -31,7 +32,7 @@ def test_two_gloo_ranks_write_the_same_images_as_one_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edm2",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", EXIT_CHECKED,
         "generate", "--net", str(snapshot), "--outdir", str(out), "--seeds", "0-4,1003", "--batch", "2",
         "--steps", "3", "--subdirs",
     ]  # fmt: skip

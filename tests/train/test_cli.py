@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from edm2_exit_checked import SCRIPT as EXIT_CHECKED
 from train_helpers import cli_args, load_state, make_dataset, tiny_options
 
 from edm2.cli import main
@@ -149,7 +150,7 @@ def test_torchrun_two_processes(tmp_path, data):
     }
     env["OMP_NUM_THREADS"] = "1"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "edm2", "train", *cli_args(opts), "--batch-gpu=8"]
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", EXIT_CHECKED, "train", *cli_args(opts), "--batch-gpu=8"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     state = load_state(tmp_path / "run" / "training-state-0000001.pt")  # written after the ranks' consistency check
@@ -182,7 +183,7 @@ def test_one_slurm_task_per_rank(tmp_path, data):
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "edm2", "train", *cli_args(opts)],
+            [sys.executable, EXIT_CHECKED, "train", *cli_args(opts)],
             env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
