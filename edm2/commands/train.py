@@ -158,8 +158,9 @@ def train(**kw):
 
     Preset values fill only the options not given. Sizes accept Ki/Mi/Gi (binary: 8Mi =
     8388608 images). Resumes from the newest training state in --outdir. SIGTERM or SIGUSR1
-    (SLURM's warning before a time limit) finishes the current step, writes a training state and
-    exits with status 75; re-run the same command to continue. Several GPUs or nodes: start it
+    (SLURM's warning before a time limit) or Ctrl-C finishes the current step, writes a training
+    state and exits with status 75 (a second Ctrl-C stops at once, without a state); re-run the
+    same command to continue. Several GPUs or nodes: start it
     with torchrun, or with one SLURM task per GPU.
 
     \b

@@ -1,5 +1,7 @@
 """The training data stream: the infinite per-rank sampler and the batch iterators (EDM2-SPEC §5.6)."""
 
+import signal
+
 import numpy as np
 import torch
 
@@ -99,5 +101,12 @@ def make_batch_iterator(dataset, sampler, batch_size: int, num_workers: int, dev
         prefetch_factor=2,
         pin_memory=(torch.device(device).type == "cuda"),
         multiprocessing_context=("spawn" if torch.device(device).type == "cuda" else None),
+        worker_init_fn=ignore_sigint,
     )
     return iter(loader)
+
+
+def ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C: the terminal sends SIGINT to the whole process group,
+    and the training process stops them itself after writing its training state."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -72,26 +72,39 @@ def test_dataloader_workers_do_not_change_the_numbers(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tmp_path):
+@pytest.mark.parametrize(
+    "signum, workers",
+    [(signal.SIGTERM, 0), (signal.SIGINT, 1)],
+    ids=["SIGTERM", "Ctrl-C-to-the-process-group-with-a-DataLoader-worker"],
+)
+def test_a_signal_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tmp_path, signum, workers):
+    """SIGTERM to the process, or Ctrl-C as a terminal sends it (SIGINT to the whole process
+    group, DataLoader workers included): the step finishes, a training state is written."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "edm2", "train", *cli_args(tiny_options(run_dir, reference["data"]))]
+    opts = tiny_options(run_dir, reference["data"], workers=workers)
+    cmd = [sys.executable, "-m", "edm2", "train", *cli_args(opts)]
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "LOCAL_RANK", "SLURM_"))
     }
     env["OMP_NUM_THREADS"] = "1"  # the reference ran single-threaded (conftest)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     stats = run_dir / "stats.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if stats.exists() and len(stats.read_text().splitlines()) >= 4:  # nimg 0 and three steps done
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # what a terminal does on Ctrl-C
+    else:
+        proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == EX_TEMPFAIL, out
-    assert "Received SIGTERM" in out and "Re-run the same command to resume" in out
+    assert f"Received {signal.Signals(signum).name}" in out and "Re-run the same command to resume" in out
     states = list_training_states(run_dir)
     stopped_at = load_state(states[0])["state"]["cur_nimg"]
     assert 0 < stopped_at < 2048 and stopped_at % 64 == 0

@@ -4,6 +4,7 @@ when the EMA grid or a sampler setting changes, one stage with --forcerun."""
 
 import csv
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -76,6 +77,7 @@ def test_a_new_ema_length_scores_only_that_length(smoke):
     assert counts == {
         "phema": 2,
         "score": len(SETTINGS),
+        "result_set": 1,
         "aggregate": 1,
         "plots": 1,
         "tables": 1,
@@ -105,6 +107,32 @@ def test_forcerun_reruns_one_stage(smoke):
     counts = dry_run(workdir, "--configfile", workdir / "smoke.yaml", "--forcerun", "phema")
     assert counts.get("phema") == 2
     assert not {"train", "score", "convert"} & set(counts)
+
+
+@pytest.mark.parametrize("phema_reruns", [False, True], ids=["grid-only", "with-phema-rerun"])
+def test_removing_an_ema_length_is_consistent_after_one_run(smoke, tmp_path, phema_reruns):
+    """One run after removing 0.150 (on a copy of the finished run) leaves no aggregate naming it,
+    also when phema re-runs in the same run (another phema option changed)."""
+    workdir, config = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)  # results and .snakemake metadata, mtimes kept
+
+    def edit(c):
+        c["phema"]["grid"] = "0.050,0.100"
+        if phema_reruns:
+            c["phema"]["extra_args"] = "--dtype float64"
+
+    configfile = edited(copy, config, "fewer.yaml", edit)
+    counts = dry_run(copy, "--configfile", configfile)
+    assert "score" not in counts and counts.get("aggregate") == 1
+    assert ("phema" in counts) == phema_reruns
+    snakemake(copy, "--cores", "2", "--configfile", configfile)
+    results = copy / "results"
+    with open(results / "tables" / "scores.csv", newline="") as f:
+        assert {r["ema_std"] for r in csv.DictReader(f)} == {"0.05", "0.1"}
+    with open(results / "tables" / "best.csv", newline="") as f:
+        assert {r["ema_std"] for r in csv.DictReader(f)} <= {"0.05", "0.1"}
+    assert dry_run(copy, "--configfile", configfile) == {}
 
 
 def test_snakemake_report_collects_plots_and_tables(smoke):

@@ -3,12 +3,36 @@
 # `snakemake --report results/report.html` with the captions of workflow/report/.
 
 
+rule result_set:
+    """The exact set of results the configuration names (score JSONs, model infos), one per line.
+    Its parameter changes whenever that set does, so it re-runs and the aggregate that reads it
+    follows in the same run, also when phema re-runs in that run (Snakemake then does not check
+    the jobs downstream of phema themselves, only those it reaches through non-ancient files)."""
+    output:
+        f"{RESULTS}/tables/result-set.txt",
+    params:
+        members=sorted(coarse_scores() + [model_info(run) for run in MODELS]),
+    log:
+        log_file("result_set"),
+    benchmark:
+        bench_file("result_set")
+    localrule: True
+    threads: 1
+    resources:
+        **rule_resources("result_set"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "printf '%s\\n' {params.members:q} > {output} 2> {log}"
+
+
 rule aggregate:
     """Score JSONs -> tidy CSV (one row per score and metric) and the best EMA length per
     (run, guidance setting, metric)."""
     input:
         scores=all_scores,
         info=[model_info(run) for run in MODELS],
+        members=f"{RESULTS}/tables/result-set.txt",
     output:
         scores=report(scores_csv(), caption="../report/scores.rst", category="Tables"),
         best=report(best_csv(), caption="../report/best.rst", category="Tables"),
