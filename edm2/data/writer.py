@@ -63,13 +63,14 @@ def open_dest(dest, source=None):
         with atomic_path(dest) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
                 yield _ZipWriter(zf)
-            os.chmod(tmp, 0o644)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield _DirWriter(tmp)
-        os.chmod(tmp, 0o755)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders; the dataset gets the usual mode
         if dest.exists():
             dest.rmdir()  # checked empty above
         os.replace(tmp, dest)

@@ -24,9 +24,11 @@ def atomic_path(path, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; finished outputs get the usual mode
     try:
         yield tmp
+        # mkstemp makes 0600 files, and some writers (safetensors) replace the file at `tmp` with
+        # their own: set the usual mode (0666 less the umask) on whatever is there at the end.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -13,6 +13,7 @@ Metadata keys (all strings, as safetensors requires):
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -49,8 +50,6 @@ def save_snapshot(
     dtype: torch.dtype | None = torch.float16,
 ) -> None:
     """Write a snapshot atomically. Floating tensors are cast to `dtype` (None keeps them)."""
-    from safetensors.torch import save_file
-
     tensors = {}
     for name, value in state_dict.items():
         value = value.detach().to("cpu")
@@ -65,8 +64,38 @@ def save_snapshot(
         "ema_std": "" if ema_std is None else repr(float(ema_std)),
         "extra": json.dumps(extra or {}),
     }
+    write_safetensors(path, tensors, metadata)
+
+
+def write_safetensors(path, tensors: dict, metadata: dict) -> None:
+    """Write `tensors` (name -> contiguous CPU tensor) and string `metadata` to a safetensors file:
+    atomically, with the usual file mode (0666 less the umask), and byte-identical for identical
+    inputs.
+
+    The safetensors writer orders the metadata entries differently on every call (a hash map);
+    the header is rewritten in place with the entries sorted, which keeps its length, so two
+    identical runs write identical files.
+    """
+    from safetensors.torch import save_file
+
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _sort_metadata_in_place(tmp)
+
+
+def _sort_metadata_in_place(path) -> None:
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(length)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+        ordered.update(header)  # tensor entries keep the writer's (deterministic) order
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # not the writer's JSON layout: leave the file as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (length - len(text)))
 
 
 def read_metadata(path, expected_format: str, what: str, missing: str) -> dict:

@@ -87,9 +87,7 @@ class CNNClassifier(torch.nn.Module):
 
 def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_info: dict) -> None:
     """Write the detector file atomically (safetensors + metadata)."""
-    from safetensors.torch import save_file
-
-    from edm2.io.atomic import atomic_path
+    from edm2.io.snapshot import write_safetensors
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
@@ -98,8 +96,7 @@ def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_inf
         "heldout_accuracy": repr(float(heldout_accuracy)),
         "train": json.dumps(train_info),
     }
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(path, tensors, metadata)
 
 
 def read_detector_info(path) -> dict:
