@@ -74,7 +74,7 @@ def ref(data, dest, metric_list, inception, dinov2, cnn_detector, batch, workers
         data, dest, metric_list, _locations(inception, dinov2, cnn_detector), batch, workers, device
     )
     if get_rank() == 0:
-        names = ", ".join(k for k in stats if k != "num_images")
+        names = ", ".join(k for k, v in stats.items() if isinstance(v, dict))
         click.echo(f"Saved statistics of {stats['num_images']} images ({names}) to {dest}")
 
 

@@ -7,6 +7,7 @@ Detectors are cached per (metric, location, device) within a process.
 """
 
 import dataclasses
+import hashlib
 
 import torch
 
@@ -47,6 +48,30 @@ class Detector:
     model: torch.nn.Module
     device: torch.device
     rgb: bool  # expects 3 channels (grayscale is repeated)
+
+    _sha256: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the weights (every parameter and buffer, by name, as little-endian bytes):
+        the same digest for the same weights, wherever they were loaded from."""
+        if self._sha256 is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"{name}:{t.dtype}:{list(tensor.shape)};".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._sha256 = digest.hexdigest()
+        return self._sha256
+
+    def record(self) -> dict:
+        """What statistics store about the detector that made them."""
+        return {
+            "metric": self.metric,
+            "location": self.location,
+            "sha256": self.sha256,
+            "feature_dim": self.feature_dim,
+        }
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -40,26 +40,55 @@ def accumulate(batches, detectors: dict) -> dict:
     """Feed uint8 image batches (None = empty batch) to every detector; return summed,
     all-reduced `FeatureStats` by metric."""
     acc = {name: FeatureStats() for name in detectors}
+    resolution = None
     for images in batches:
         if images is None or len(images) == 0:
             continue
+        if resolution is None:
+            resolution = [int(images.shape[-2]), int(images.shape[-1])]
         for name, detector in detectors.items():
             acc[name].append(detector(images))
     for s in acc.values():
         s.all_reduce()
-    return acc
+    return {"features": acc, "resolution": resolution, "detectors": detectors}
 
 
 def finalize(acc: dict) -> dict:
-    """FeatureStats by metric -> stats dict {'num_images': n, metric: {'mu', 'sigma'}}."""
+    """The result of `accumulate` -> stats dict {'num_images': n, 'resolution': [H, W],
+    metric: {'mu', 'sigma', 'detector'}}."""
     stats = {}
-    for name, s in acc.items():
+    for name, s in acc["features"].items():
         if "num_images" in stats and stats["num_images"] != s.n:
             raise DataError(f"metric {name} saw {s.n} images, others {stats['num_images']}")
         stats["num_images"] = s.n
         mu, sigma = s.mean_cov()
-        stats[name] = {"mu": mu, "sigma": sigma}
+        stats[name] = {"mu": mu, "sigma": sigma, "detector": acc["detectors"][name].record()}
+    stats["resolution"] = acc["resolution"]
     return stats
+
+
+def check_same_detectors(ref: dict, detectors: dict, ref_path) -> None:
+    """Raise `ConfigError` if the reference statistics were made by other detector weights than
+    `detectors` (compared by the SHA-256 of the weights, so a copy elsewhere still matches).
+    References that record no detector (official files, older edm2 files) are accepted."""
+    for metric, detector in detectors.items():
+        made_by = (ref.get(metric) or {}).get("detector")
+        if made_by and made_by.get("sha256") and made_by["sha256"] != detector.sha256:
+            raise ConfigError(
+                f"reference {ref_path} was made with the {metric} detector {made_by.get('location')} "
+                f"(weights sha256 {made_by['sha256'][:16]}...), this run uses {detector.location} "
+                f"(sha256 {detector.sha256[:16]}...); use the same detector or recompute the reference"
+            )
+
+
+def check_same_resolution(ref: dict, stats: dict, ref_path) -> None:
+    """Raise `ConfigError` if the reference records another image resolution than `stats`."""
+    a, b = ref.get("resolution"), stats.get("resolution")
+    if a and b and list(a) != list(b):
+        raise ConfigError(
+            f"reference {ref_path} holds statistics of {a[0]}x{a[1]} images, these are {b[0]}x{b[1]}; "
+            "compare images of the reference's resolution or recompute the reference"
+        )
 
 
 def dataset_stats(
@@ -189,11 +218,14 @@ def calc_metrics(
     """`calc`: FDs of `num` randomly chosen images of a folder/ZIP against a reference."""
     ref_stats = load_stats(ref)
     metrics = choose_metrics(metrics, ref_stats, ref)
+    init_distributed()
+    detectors = load_detectors(metrics, locations, device)
+    check_same_detectors(ref_stats, detectors, ref)  # before any image is read
     stats = dataset_stats(images, metrics, locations, num, seed, batch, workers, device, progress)
+    check_same_resolution(ref_stats, stats, ref)
     if dest is not None and get_rank() == 0:
         save_stats(dest, stats)
     fds = frechet_distances(stats, ref_stats, metrics)
-    detectors = load_detectors(metrics, locations, device)
     result = {
         "metrics": {m: summarize([v]) for m, v in fds.items()},
         "images": str(images),
@@ -235,6 +267,7 @@ def gen_metrics(
     choice = resolve_networks(None, net, gnet, guidance)
     main, guide = load_networks_rank0_first(choice, device)
     detectors = load_detectors(metrics, locations, device)
+    check_same_detectors(ref_stats, detectors, ref)  # before any image is generated
     opts = sampler_kwargs(guidance=choice.guidance, **sampler)
     values = {m: [] for m in metrics}
     ranges = []
@@ -252,6 +285,7 @@ def gen_metrics(
             detectors=detectors,
             **opts,
         )
+        check_same_resolution(ref_stats, stats, ref)
         for m, v in frechet_distances(stats, ref_stats, metrics).items():
             values[m].append(v)
         if progress and get_rank() == 0:

@@ -2,11 +2,19 @@
 (EDM2-SPEC §11.2).
 
 In memory a stats dict is `{'num_images': n, '<metric>': {'mu': [D], 'sigma': [D, D]}, ...}`
-(NumPy float64). On disk we write `.npz` with the arrays `num_images`, `<metric>_mu`,
-`<metric>_sigma` (no pickle). Reading also accepts the official files: the EDM2 `.pkl` and the
-original EDM `.npz` (`mu`, `sigma` -> `fid`), both through the safe loader of `edm2.io.official`.
+(NumPy float64), optionally with `'resolution': [H, W]` (of the images) and, per metric,
+`'detector': {'location', 'sha256', 'feature_dim'}` (what made the features). On disk we write
+`.npz` with the arrays `num_images`, `<metric>_mu`, `<metric>_sigma`, `resolution` and
+`<metric>_detector` (a JSON string; no pickle). Reading also accepts the official files: the
+EDM2 `.pkl` and the original EDM `.npz` (`mu`, `sigma` -> `fid`), both through the safe loader of
+`edm2.io.official`; they record no detector.
+
+Every file is checked on load (`validate_stats`): finite values, matching shapes, and symmetric
+positive semi-definite covariances, so a broken reference is refused before any image is made
+instead of giving a meaningless (even negative) Fréchet distance.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -96,8 +104,14 @@ def save_stats(path, stats: dict) -> None:
             continue
         if not METRIC_NAME.fullmatch(name):
             raise FormatError(f"metric name {name!r} must be lower-case letters, digits and underscores")
+        if name == "resolution":
+            if value is not None:
+                arrays["resolution"] = np.asarray(value, dtype=np.int64)
+            continue
         arrays[f"{name}_mu"] = np.asarray(value["mu"], dtype=np.float64)
         arrays[f"{name}_sigma"] = np.asarray(value["sigma"], dtype=np.float64)
+        if value.get("detector") is not None:
+            arrays[f"{name}_detector"] = np.asarray(json.dumps(value["detector"], sort_keys=True))
     with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
 
@@ -116,9 +130,10 @@ def load_stats(path) -> dict:
         except (OSError, ValueError) as e:
             raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
         if "num_images" in arrays:
-            return _stats_from_arrays(arrays, path)
+            return validate_stats(_stats_from_arrays(arrays, path), path)
         if "mu" in arrays and "sigma" in arrays:  # original EDM reference (Inception only), spec §11.2
-            return {"fid": {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}}
+            stats = {"fid": {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}}
+            return validate_stats(stats, path)
         raise FormatError(f"{path}: neither edm2 statistics (num_images, <metric>_mu, ...) nor EDM's (mu, sigma)")
     if suffix != ".pkl":
         raise FormatError(f"statistics file {path} must be .npz (ours or EDM's) or .pkl (official EDM2)")
@@ -130,17 +145,63 @@ def load_stats(path) -> dict:
     for name, value in stats.items():
         if name != "num_images":
             stats[name] = {"mu": np.asarray(value["mu"], np.float64), "sigma": np.asarray(value["sigma"], np.float64)}
-    return stats
+    return validate_stats(stats, path)
 
 
 def _stats_from_arrays(arrays: dict, path) -> dict:
     stats = {"num_images": int(arrays["num_images"])}
+    if "resolution" in arrays:
+        stats["resolution"] = [int(v) for v in np.asarray(arrays["resolution"]).reshape(-1)]
     for key in sorted(arrays):
         if key.endswith("_mu"):
             name = key[: -len("_mu")]
             if f"{name}_sigma" not in arrays:
                 raise FormatError(f"{path}: has {key} but no {name}_sigma")
             stats[name] = {"mu": arrays[key].astype(np.float64), "sigma": arrays[f"{name}_sigma"].astype(np.float64)}
-    if len(stats) == 1:
+            if f"{name}_detector" in arrays:
+                try:
+                    stats[name]["detector"] = json.loads(str(arrays[f"{name}_detector"]))
+                except ValueError:
+                    raise FormatError(f"{path}: {name}_detector is not valid JSON") from None
+    if not any(isinstance(v, dict) for v in stats.values()):
         raise FormatError(f"{path}: contains no <metric>_mu/<metric>_sigma arrays")
+    return stats
+
+
+# Negative eigenvalues of a covariance down to this fraction of its largest are rounding noise
+# (the same threshold as edm2.metrics.frechet).
+NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
+
+
+def validate_stats(stats: dict, path) -> dict:
+    """Check every metric of a stats dict; return it unchanged or raise `FormatError` naming `path`.
+
+    Per metric: `mu` a finite vector [D], `sigma` a finite [D, D] matrix, symmetric (to 1e-6
+    relative) and positive semi-definite (no eigenvalue below -1e-6 x the largest). A covariance
+    estimated from images always is; a file that is not gives Fréchet distances that mean
+    nothing, down to negative ones.
+    """
+    if "num_images" in stats and int(stats["num_images"]) < 2:
+        raise FormatError(f"{path}: statistics of {stats['num_images']} image(s); a covariance needs at least 2")
+    for name, value in stats.items():
+        if not isinstance(value, dict) or "mu" not in value:
+            continue
+        mu, sigma = np.asarray(value["mu"]), np.asarray(value["sigma"])
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size):
+            raise FormatError(
+                f"{path}: {name} statistics have mu of shape {list(mu.shape)} and sigma of shape "
+                f"{list(sigma.shape)}; expected [D] and [D, D]"
+            )
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise FormatError(f"{path}: {name} statistics contain NaN or Inf; recompute them from valid images")
+        scale = float(np.abs(sigma).max(initial=0.0))
+        if float(np.abs(sigma - sigma.T).max(initial=0.0)) > 1e-6 * scale:
+            raise FormatError(f"{path}: {name} covariance is not symmetric; recompute the statistics")
+        eigenvalues = np.linalg.eigvalsh(sigma)
+        largest = max(float(eigenvalues.max(initial=0.0)), 0.0)
+        if float(eigenvalues.min(initial=0.0)) < -NEGATIVE_EIGENVALUE_TOLERANCE * max(largest, np.finfo(float).tiny):
+            raise FormatError(
+                f"{path}: {name} covariance is not positive semi-definite (smallest eigenvalue "
+                f"{eigenvalues.min():.4g}, largest {largest:.4g}); recompute the statistics"
+            )
     return stats

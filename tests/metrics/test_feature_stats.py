@@ -94,3 +94,53 @@ def test_official_pickle_is_read_safely(tmp_path):
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"fid": Evil()}))
     with pytest.raises(FormatError):
         load_stats(tmp_path / "evil.pkl")
+
+
+def _write(tmp_path, name, mu, sigma, n=10):
+    path = tmp_path / name
+    np.savez(path, num_images=np.asarray(n), fd_cnn_mu=np.asarray(mu), fd_cnn_sigma=np.asarray(sigma))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sigma, message",
+    [
+        (np.diag([1.0, 2.0, -3.0]), "not positive semi-definite"),  # a negative variance
+        (np.array([[1.0, 2.0, 0], [2.0, 1.0, 0], [0, 0, 1.0]]), "not positive semi-definite"),  # eigenvalue -1
+        (np.array([[1.0, 0.5, 0], [0.1, 1.0, 0], [0, 0, 1.0]]), "not symmetric"),
+        (np.array([[1.0, 0, 0], [0, np.nan, 0], [0, 0, 1.0]]), "NaN or Inf"),
+        (np.eye(2), "expected [D] and [D, D]"),
+    ],
+)
+def test_invalid_statistics_are_refused_on_load_naming_the_file(tmp_path, sigma, message):
+    path = _write(tmp_path, "bad.npz", np.zeros(3), sigma)
+    with pytest.raises(FormatError) as e:
+        load_stats(path)
+    assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_original_edm_npz_with_a_non_psd_covariance_is_refused(tmp_path):
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(3), sigma=np.diag([1.0, -1.0, 1.0]))
+    with pytest.raises(FormatError, match="edm.npz: fid covariance is not positive semi-definite"):
+        load_stats(tmp_path / "edm.npz")
+
+
+def test_singular_covariances_and_rounding_noise_are_accepted(tmp_path):
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal([3, 6])  # 3 images, 6 dimensions: rank 2, eigenvalues at rounding noise
+    path = _write(tmp_path, "ok.npz", f.mean(0), np.cov(f, rowvar=False), n=3)
+    assert load_stats(path)["fd_cnn"]["sigma"].shape == (6, 6)
+
+
+def test_detector_record_and_resolution_round_trip(tmp_path):
+    stats = {
+        "num_images": 4,
+        "resolution": [16, 16],
+        "fd_cnn": {"mu": np.zeros(2), "sigma": np.eye(2), "detector": {"location": "d.safetensors", "sha256": "ab"}},
+    }
+    save_stats(tmp_path / "r.npz", stats)
+    back = load_stats(tmp_path / "r.npz")
+    assert back["resolution"] == [16, 16] and back["fd_cnn"]["detector"] == {
+        "location": "d.safetensors",
+        "sha256": "ab",
+    }

@@ -65,7 +65,7 @@ def ref(files):
 
 def test_ref_statistics_match_numpy_over_all_images(files, ref):
     stats = load_stats(ref)
-    assert stats["num_images"] == 30 and set(stats) == {"num_images", "fd_cnn"}
+    assert stats["num_images"] == 30 and set(stats) == {"num_images", "resolution", "fd_cnn"}
     f = features_of(files, files["images"])
     np.testing.assert_allclose(stats["fd_cnn"]["mu"], f.mean(0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(stats["fd_cnn"]["sigma"], np.cov(f, rowvar=False), rtol=1e-5, atol=1e-7)
@@ -146,3 +146,29 @@ def test_two_gloo_ranks_give_the_same_reference_statistics(files, ref, tmp_path)
     # equal up to the float32 rounding of features computed in other batch compositions
     np.testing.assert_allclose(two["fd_cnn"]["mu"], one["fd_cnn"]["mu"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(two["fd_cnn"]["sigma"], one["fd_cnn"]["sigma"], rtol=1e-4, atol=1e-7)
+
+
+def test_reference_records_its_detector_and_another_detector_is_refused(files, ref, tmp_path):
+    stats = load_stats(ref)
+    detector = stats["fd_cnn"]["detector"]
+    assert detector["location"] == str(files["cnn"]) and len(detector["sha256"]) == 64
+    assert stats["resolution"] == [8, 8] and stats["num_images"] == 30
+    # the same weights copied elsewhere still match (the digest is of the weights, not the path)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(files["cnn"].read_bytes())
+    run("metrics", "calc", "--images", files["data"], "--ref", ref, "--num", 10, "--cnn-detector", copy,
+        "--workers", 0)  # fmt: skip
+    other = tmp_path / "other.safetensors"
+    train_detector(files["data"], other, epochs=1, batch=8, progress=False, seed=5)
+    r = CliRunner().invoke(main, ["metrics", "calc", "--images", str(files["data"]), "--ref", str(ref), "--num",
+                                  "10", "--cnn-detector", str(other), "--workers", "0"])  # fmt: skip
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert str(other) in r.output and str(files["cnn"]) in r.output and "recompute the reference" in r.output
+
+
+def test_a_reference_of_another_resolution_is_refused(files, ref, tmp_path):
+    images, labels = class_images(4, num_classes=3, res=16)
+    data16 = write_image_folder(tmp_path / "data16", images, labels)
+    r = CliRunner().invoke(main, ["metrics", "calc", "--images", str(data16), "--ref", str(ref), "--num", "10",
+                                  "--cnn-detector", str(files["cnn"]), "--workers", "0"])  # fmt: skip
+    assert r.exit_code == 1 and "8x8 images, these are 16x16" in r.output
