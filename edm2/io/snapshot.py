@@ -12,6 +12,7 @@ Metadata keys (all strings, as safetensors requires):
 """
 
 import dataclasses
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -69,33 +70,65 @@ def save_snapshot(
 
 def write_safetensors(path, tensors: dict, metadata: dict) -> None:
     """Write `tensors` (name -> contiguous CPU tensor) and string `metadata` to a safetensors file:
-    atomically, with the usual file mode (0666 less the umask), and byte-identical for identical
-    inputs.
+    atomically, with the usual file mode (0666 less the umask), byte-identical for identical
+    inputs, and with the SHA-256 of its tensor data in the metadata entry "sha256" (checked by
+    `verify_safetensors` when the file is loaded).
 
-    The safetensors writer orders the metadata entries differently on every call (a hash map);
-    the header is rewritten in place with the entries sorted, which keeps its length, so two
-    identical runs write identical files.
+    The safetensors writer orders the metadata entries differently on every call (a hash map).
+    The header is rewritten in place with the entries sorted and the digest filled into a
+    placeholder of the same length, so the data never moves.
     """
     from safetensors.torch import save_file
 
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-        _sort_metadata_in_place(tmp)
+        save_file(tensors, str(tmp), metadata={**metadata, "sha256": "0" * 64})
+        with open(tmp, "r+b") as f:
+            length, header = _read_header(f, tmp)
+            meta = header.pop("__metadata__")
+            meta["sha256"] = _data_sha256(f, 8 + length)
+            ordered = {"__metadata__": dict(sorted(meta.items())), **header}  # tensors keep their order
+            text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) > length:
+                raise FormatError(f"{path}: unexpected safetensors header layout; not written")
+            f.seek(8)
+            f.write(text + b" " * (length - len(text)))
 
 
-def _sort_metadata_in_place(path) -> None:
-    with open(path, "r+b") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        raw = f.read(length)
-        header = json.loads(raw)
-        meta = header.pop("__metadata__", None)
-        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
-        ordered.update(header)  # tensor entries keep the writer's (deterministic) order
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) > length:  # not the writer's JSON layout: leave the file as written
+def verify_safetensors(path) -> None:
+    """Raise `FormatError` if the tensor data of a safetensors file no longer matches the SHA-256
+    recorded when it was written (a file damaged on disk or in transfer). Files without a
+    recorded digest (older ones, the post-hoc EMA's streaming writer) are not checked."""
+    with open(path, "rb") as f:
+        length, header = _read_header(f, path)
+        expected = (header.get("__metadata__") or {}).get("sha256")
+        if expected is None:
             return
-        f.seek(8)
-        f.write(text + b" " * (length - len(text)))
+        actual = _data_sha256(f, 8 + length)
+    if actual != expected:
+        raise FormatError(
+            f"{path}: contents damaged (SHA-256 of the tensor data {actual}, written with {expected}); "
+            "restore or recreate the file"
+        )
+
+
+def _read_header(f, path) -> tuple[int, dict]:
+    f.seek(0)
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise FormatError(f"{path}: not a safetensors file (too short)")
+    (length,) = struct.unpack("<Q", raw)
+    try:
+        return length, json.loads(f.read(length))
+    except ValueError:
+        raise FormatError(f"{path}: not a safetensors file (unreadable header)") from None
+
+
+def _data_sha256(f, start: int) -> str:
+    f.seek(start)
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 24):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_metadata(path, expected_format: str, what: str, missing: str) -> dict:
@@ -150,9 +183,12 @@ def build_network(network_kwargs: dict, device="meta"):
 def load_snapshot(path, device="cpu", dtype: torch.dtype | None = torch.float32):
     """Load a snapshot as `(net, info)`: an eval-mode `Precond` with grads disabled.
 
+    Raises `FormatError` if the file is not a snapshot or its tensor data is damaged.
+
     `dtype` casts floating parameters and buffers (None keeps the stored dtype, fp16).
     """
     info = read_snapshot_info(path)
+    verify_safetensors(path)
     state = load_state_dict(path, device=device)
     net = build_network(info.network_kwargs, device="meta")
     net.load_state_dict(state, strict=True, assign=True)

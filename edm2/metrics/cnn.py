@@ -116,7 +116,10 @@ def load_detector(path, device="cpu") -> CNNClassifier:
     """Load a detector file (strict: every tensor must match the stored configuration)."""
     from safetensors.torch import load_file
 
+    from edm2.io.snapshot import verify_safetensors
+
     info = read_detector_info(path)
+    verify_safetensors(path)
     model = CNNClassifier(**info["config"])
     try:
         model.load_state_dict(load_file(str(path)), strict=True)

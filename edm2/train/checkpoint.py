@@ -1,10 +1,12 @@
 """Training states, network snapshots and the done marker of a run directory (EDM2-SPEC §5.7, §5.8).
 
-training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only)
+training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only), with
+                                                a SHA-256 of the contents ("checksum") checked on load
 network-snapshot-{kimg:07d}-{std:.3f}.safetensors   one per EMA, fp16 (edm2.io.snapshot)
 training-done.json                              {"nimg", "kimg", "snapshots"} once the duration is reached
 """
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -43,8 +45,40 @@ def list_snapshots(run_dir) -> list[str]:
     return sorted(names)
 
 
+def content_checksum(data) -> str:
+    """SHA-256 of a training state's contents: every tensor's dtype, shape and bytes, every other
+    value's repr, walked in key order (dicts), so equal contents give equal digests."""
+    digest = hashlib.sha256()
+
+    def walk(value, key):
+        if isinstance(value, dict):
+            digest.update(f"{key}{{".encode())
+            for k in sorted(value, key=str):
+                walk(value[k], f"{k!r}:")
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{key}[".encode())
+            for item in value:
+                walk(item, "")
+            digest.update(b"]")
+        elif isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{key}tensor:{t.dtype}:{list(value.shape)};".encode())
+            digest.update(memoryview(t.view(torch.uint8).numpy()))
+        else:
+            digest.update(f"{key}{value!r};".encode())
+
+    walk(data, "")
+    return digest.hexdigest()
+
+
 def read_training_state(path) -> dict:
-    """Load one training state safely (weights_only); raises ValueError if it is not one."""
+    """Load one training state safely (weights_only) and verify its checksum.
+
+    Raises ValueError if it is not a training state or its contents differ from the checksum
+    written with it (a file damaged on disk that still unpickles). States written before the
+    checksum existed load without the check.
+    """
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a zip, unpickling refused, ...
@@ -53,6 +87,11 @@ def read_training_state(path) -> dict:
         raise ValueError(f"not a training state (expected the keys {', '.join(STATE_KEYS)})")
     if "cur_nimg" not in data["state"]:
         raise ValueError("its 'state' has no cur_nimg")
+    expected = data.pop("checksum", None)
+    if expected is not None:
+        actual = content_checksum(data)
+        if actual != expected:
+            raise ValueError(f"contents damaged: SHA-256 {actual[:16]}..., written with {expected[:16]}...")
     return data
 
 
@@ -67,9 +106,9 @@ def load_latest_training_state(run_dir, log=print) -> tuple[dict | None, Path | 
 
 
 def write_training_state(path, data: dict) -> None:
-    """torch.save under a temporary name, then rename (atomic)."""
+    """torch.save (with a "checksum" of the contents) under a temporary name, then rename."""
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(data, tmp)
+        torch.save({**data, "checksum": content_checksum(data)}, tmp)
 
 
 def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extra) -> list[Path]:

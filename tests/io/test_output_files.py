@@ -60,3 +60,24 @@ def test_other_umasks_are_honoured(tmp_path):
     finally:
         os.umask(old)
     assert mode(tmp_path / "s.safetensors") == 0o600
+
+
+def test_a_damaged_snapshot_is_refused_on_load_naming_the_file(tmp_path):
+    from click.testing import CliRunner
+
+    from edm2.cli import main
+    from edm2.errors import FormatError
+    from edm2.io.snapshot import load_snapshot
+
+    net = tiny_precond()
+    path = tmp_path / "net.safetensors"
+    save_snapshot(path, net.state_dict(), net.init_kwargs, {"class": "StandardRGBEncoder"}, 0, dtype=None)
+    load_snapshot(path)  # intact: loads
+    data = bytearray(path.read_bytes())
+    data[-100:-84] = bytes(b ^ 0xFF for b in data[-100:-84])  # 16 bytes inside the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="contents damaged"):
+        load_snapshot(path)
+    r = CliRunner().invoke(main, ["generate", "--net", str(path), "--outdir", str(tmp_path / "out"), "--seeds", "0"])
+    assert r.exit_code == 1 and str(path) in r.output and "contents damaged" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()

@@ -66,6 +66,38 @@ def test_corrupt_newest_training_state_is_reported_and_the_previous_one_used(ref
     assert_same_state(reference["dir"] / "training-state-0000002.pt", newest)
 
 
+def flip_bytes_inside_the_largest_tensor(path, count=16):
+    """Damage a training state as a bad disk would: bytes inside a tensor change, the archive
+    stays readable (torch.save stores tensor data uncompressed)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        with open(path, "rb") as f:
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = (int.from_bytes(f.read(2), "little") for _ in range(2))
+    start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    with open(path, "r+b") as f:
+        f.seek(start)
+        old = f.read(count)
+        f.seek(start)
+        f.write(bytes(b ^ 0xFF for b in old))
+
+
+def test_a_damaged_but_readable_training_state_is_refused_by_its_checksum(reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference["dir"], run_dir)
+    newest = run_dir / "training-state-0000002.pt"
+    flip_bytes_inside_the_largest_tensor(newest)
+    load_state(newest)  # still unpickles: only the checksum can tell
+    (run_dir / "training-done.json").unlink()
+    result = run_training(tiny_options(run_dir, reference["data"]))
+    out = capsys.readouterr().out
+    assert f"cannot read {newest}" in out and "contents damaged" in out and "Resuming from" in out
+    assert result.start_nimg == 1024 and result.finished
+    assert_same_state(reference["dir"] / "training-state-0000002.pt", newest)
+
+
 def test_dataloader_workers_do_not_change_the_numbers(reference, tmp_path):
     run_training(tiny_options(tmp_path / "run", reference["data"], duration=1024, workers=1))
     assert_same_state(reference["dir"] / "training-state-0000001.pt", tmp_path / "run" / "training-state-0000001.pt")
