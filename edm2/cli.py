@@ -50,6 +50,13 @@ class LazyGroup(click.Group):
             raise
         except EDM2Error as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a disk that fills up or turns read-only during the run
+            from edm2.io.atomic import describe_write_error
+
+            message = describe_write_error(e)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
         finally:
             leave_process_group(completed)
 

@@ -19,3 +19,7 @@ class FormatError(EDM2Error):
 
 class DownloadError(EDM2Error):
     """A URL that could not be fetched (offline, not found, ...)."""
+
+
+class OutputError(EDM2Error):
+    """An output that cannot be written (read-only, not a folder, disk full, ...)."""

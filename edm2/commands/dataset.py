@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from edm2.commands.paths import OutputFileOrDir
 from edm2.errors import EDM2Error
 
 TRANSFORM_CHOICES = ["none", "center-crop", "center-crop-wide", "center-crop-dhariwal"]
@@ -42,7 +43,13 @@ def dataset():
 
 @dataset.command()
 @click.option("--source", required=True, metavar="DIR|ZIP", help="Input folder (searched recursively) or ZIP.")
-@click.option("--dest", required=True, metavar="ZIP|DIR", help="Output .zip, or a folder that is absent or empty.")
+@click.option(
+    "--dest",
+    required=True,
+    type=OutputFileOrDir("dataset"),
+    metavar="ZIP|DIR",
+    help="Output .zip, or a folder that is absent or empty.",
+)
 @click.option("--resolution", metavar="WxH", help="Output size, WxH or W,H (e.g. 64x64); default: keep the size.")
 @click.option(
     "--transform", type=click.Choice(TRANSFORM_CHOICES), default="none", show_default=True, help="Crop/resize recipe."
@@ -98,7 +105,13 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
 
 @dataset.command()
 @click.option("--source", required=True, metavar="ZIP|DIR", help="Pixel dataset, e.g. the output of convert.")
-@click.option("--dest", required=True, metavar="ZIP|DIR", help="Output .zip, or a folder that is absent or empty.")
+@click.option(
+    "--dest",
+    required=True,
+    type=OutputFileOrDir("dataset"),
+    metavar="ZIP|DIR",
+    help="Output .zip, or a folder that is absent or empty.",
+)
 @click.option(
     "--vae",
     default="stabilityai/sd-vae-ft-mse",
@@ -140,7 +153,13 @@ def encode(source, dest, vae, batch, device, max_images, quiet):
 
 
 @dataset.command()
-@click.option("--dest", required=True, metavar="DIR|ZIP", help="Output folder (absent or empty) or .zip.")
+@click.option(
+    "--dest",
+    required=True,
+    type=OutputFileOrDir("dataset"),
+    metavar="DIR|ZIP",
+    help="Output folder (absent or empty) or .zip.",
+)
 @click.option(
     "--resolution", type=int, default=16, show_default=True, help="Image side, a power of two >= 8 (scans are 8x8)."
 )

@@ -2,6 +2,8 @@
 
 import click
 
+from edm2.commands.paths import OutputDir
+
 
 def _parse_seeds(ctx, param, value):
     from edm2.errors import ConfigError
@@ -21,7 +23,9 @@ def _parse_seeds(ctx, param, value):
     "--net", metavar="FILE|URL|PRESET", help="Main network: .safetensors snapshot, official .pkl, URL or preset."
 )
 @click.option("--gnet", metavar="FILE|URL|PRESET", help="Guiding network (used only when --guidance != 1).")
-@click.option("--outdir", required=True, metavar="DIR", help="Where to save the output images.")
+@click.option(
+    "--outdir", required=True, type=OutputDir("image folder"), metavar="DIR", help="Where to save the output images."
+)
 @click.option("--subdirs", is_flag=True, help="Put seed s into the subfolder {s//1000*1000:06d}/.")
 @click.option(
     "--seeds", default="16-19", show_default=True, callback=_parse_seeds, metavar="LIST", help="Seeds, e.g. 0,5,10-19."

@@ -3,6 +3,8 @@
 
 import click
 
+from edm2.commands.paths import OutputFile
+
 CTX = {"help_option_names": ["-h", "--help"]}
 
 
@@ -59,7 +61,9 @@ def metrics():
 
 @metrics.command(context_settings=CTX)
 @click.option("--data", required=True, metavar="ZIP|DIR", help="Dataset of pixel images.")
-@click.option("--dest", required=True, metavar="STATS.npz", help="Where to save the statistics.")
+@click.option(
+    "--dest", required=True, type=OutputFile("statistics"), metavar="STATS.npz", help="Where to save the statistics."
+)
 @click.option("--metrics", "metric_list", default="fid,fd_dinov2", show_default=True, help="Comma-separated metrics.")
 @detector_options
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch per rank.")
@@ -90,8 +94,12 @@ def ref(data, dest, metric_list, inception, dinov2, cnn_detector, batch, workers
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch per rank.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Data loader processes.")
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
-@click.option("--json", "json_path", metavar="OUT.json", help="Also write the results as JSON.")
-@click.option("--dest", metavar="STATS.npz", help="Also save the statistics of the images.")
+@click.option(
+    "--json", "json_path", type=OutputFile("results"), metavar="OUT.json", help="Also write the results as JSON."
+)
+@click.option(
+    "--dest", type=OutputFile("statistics"), metavar="STATS.npz", help="Also save the statistics of the images."
+)
 def calc(
     images, ref_path, metric_list, num, seed, inception, dinov2, cnn_detector, batch, workers, device, json_path, dest
 ):
@@ -145,7 +153,9 @@ def calc(
 @click.option("--S_noise", "S_noise", type=float, default=1.0, show_default=True)
 @detector_options
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
-@click.option("--json", "json_path", metavar="OUT.json", help="Also write the results as JSON.")
+@click.option(
+    "--json", "json_path", type=OutputFile("results"), metavar="OUT.json", help="Also write the results as JSON."
+)
 def gen(
     net,
     ref_path,
@@ -187,7 +197,9 @@ def gen(
 
 @metrics.command("train-detector", context_settings=CTX)
 @click.option("--data", required=True, metavar="ZIP|DIR", help="Labelled dataset (dataset.json with class labels).")
-@click.option("--dest", required=True, metavar="FILE.safetensors", help="Where to save the detector.")
+@click.option(
+    "--dest", required=True, type=OutputFile("detector"), metavar="FILE.safetensors", help="Where to save the detector."
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and order.")
 @click.option("--batch", type=click.IntRange(min=1), default=128, show_default=True, help="Minibatch size.")

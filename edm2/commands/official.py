@@ -2,10 +2,12 @@
 
 import click
 
+from edm2.commands.paths import OutputFile
+
 
 @click.command("convert-official")
 @click.argument("src", type=click.Path(exists=True, dir_okay=False))
-@click.argument("dest", type=click.Path(dir_okay=False))
+@click.argument("dest", type=OutputFile("snapshot"))
 @click.option(
     "--kimg",
     type=int,

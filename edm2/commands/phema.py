@@ -2,6 +2,8 @@
 
 import click
 
+from edm2.commands.paths import OutputDir
+
 
 @click.command("phema")
 @click.option(
@@ -12,7 +14,7 @@ import click
 )
 @click.option("--inprefix", default=None, help="Only inputs whose file name prefix is exactly this")
 @click.option("--instd", default=None, help="Only inputs with these EMA stds, e.g. 0.050,0.100")
-@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where to write the reconstructions")
+@click.option("--outdir", required=True, type=OutputDir("output folder"), help="Where to write the reconstructions")
 @click.option("--outprefix", default="phema", show_default=True, help="File name prefix of the outputs")
 @click.option("--outstd", required=True, help="EMA stds to reconstruct, e.g. 0.010,0.015,...,0.250 (0 < std < 0.289)")
 @click.option("--outkimg", type=int, default=None, help="Training kimg to reconstruct at  [default: the latest input]")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edm2.commands.paths import OutputDir, OutputFile
 from edm2.errors import ConfigError, DataError
 
 
@@ -56,13 +57,11 @@ def report():
 
 @report.command()
 @click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Tidy CSV: one row per score file and metric."
-)
+@click.option("--out", required=True, type=OutputFile("output"), help="Tidy CSV: one row per score file and metric.")
 @click.option(
     "--best",
     "best_out",
-    type=click.Path(dir_okay=False),
+    type=OutputFile("output"),
     help="CSV of the best EMA length per run, guidance setting and metric.",
 )
 @click.option(
@@ -105,7 +104,7 @@ def aggregate(scores, out, best_out, model_infos, statistic):
 @click.option(
     "--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a run in the loss plot; repeat."
 )
-@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Folder for the PNG and SVG files.")
+@click.option("--outdir", required=True, type=OutputDir("plot folder"), help="Folder for the PNG and SVG files.")
 @_statistic_option("Only used in axis labels.")
 def plots(scores, metrics, runs, labels, outdir, statistic):
     """The paper's plots: metric vs EMA length, best metric vs Gflops, training loss.
@@ -137,7 +136,7 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
 @_scores_option()
 @click.option("--metrics", required=True, help="Comma-separated metrics (table columns, in order).")
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Output stem: writes STEM.csv, STEM.md, STEM.tex."
+    "--out", required=True, type=OutputFile("output"), help="Output stem: writes STEM.csv, STEM.md, STEM.tex."
 )
 def tables(scores, metrics, out):
     """The paper's Table 2 layout as CSV, Markdown and LaTeX.
@@ -167,7 +166,7 @@ def tables(scores, metrics, out):
     help="Finer EMA lengths per (run, guidance setting).",
 )
 @_statistic_option("Value used over the seed ranges.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON with the chosen stds.")
+@click.option("--out", required=True, type=OutputFile("output"), help="JSON with the chosen stds.")
 def refine(scores, grid, points, statistic, out):
     """Choose finer EMA lengths around the best coarse one of every (run, guidance setting).
 
@@ -235,7 +234,7 @@ def best(best_csv, run, guidance, metric, as_shell):
     type=click.Path(exists=True, file_okay=False),
     help="Folder of PNGs (searched recursively).",
 )
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
+@click.option("--out", required=True, type=OutputFile("output"), help="Output PNG.")
 @click.option("--columns", type=click.IntRange(1, None), help="Images per row (default: near-square).")
 @click.option(
     "--min-size",
@@ -262,7 +261,7 @@ def grid(images, out, columns, min_size):
 )
 @click.option("--run", help="Run name (default: the file's folder).")
 @click.option("--label", help="Display name in tables and plots (default: the run name).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSON.")
+@click.option("--out", required=True, type=OutputFile("output"), help="Output JSON.")
 def model_info(net, run, label, out):
     """Parameter count and Gflops of a network (official counting convention), as JSON.
 
@@ -297,10 +296,8 @@ def model_info(net, run, label, out):
 @click.option(
     "--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat)."
 )
-@click.option("--md", "md_path", required=True, type=click.Path(dir_okay=False), help="Output Markdown.")
-@click.option(
-    "--html", "html_path", required=True, type=click.Path(dir_okay=False), help="Output HTML (images embedded)."
-)
+@click.option("--md", "md_path", required=True, type=OutputFile("output"), help="Output Markdown.")
+@click.option("--html", "html_path", required=True, type=OutputFile("output"), help="Output HTML (images embedded).")
 def summary(plots, best_csv, table_md, samples, md_path, html_path):
     """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
 

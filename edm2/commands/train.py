@@ -2,6 +2,7 @@
 
 import click
 
+from edm2.commands.paths import OutputDir
 from edm2.errors import ConfigError
 
 
@@ -39,7 +40,7 @@ def _std_list(ctx, param, value):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--outdir", help="Where to save the results", metavar="DIR", type=str, required=True)
+@click.option("--outdir", help="Where to save the results", metavar="DIR", type=OutputDir("run folder"), required=True)
 @click.option("--data", help="Path to the dataset (ZIP or folder)", metavar="ZIP|DIR", type=str, required=True)
 @click.option("--cond", help="Train class-conditional model", metavar="BOOL", type=bool, default=True)
 @click.option("--uncond", help="Train an unconditional model (same as --cond=False)", is_flag=True)

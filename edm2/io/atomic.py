@@ -2,9 +2,12 @@
 leaves a file that looks finished."""
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from edm2.errors import OutputError
 
 
 def _umask() -> int:
@@ -30,9 +33,11 @@ def atomic_path(path, suffix: str = ""):
         # their own: set the usual mode (0666 less the umask) on whatever is there at the end.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, str(tmp)):
+            raise OSError(e.errno, e.strerror, str(path)) from None  # name the output, not the temporary
         raise
 
 
@@ -43,3 +48,67 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _probe_writable(folder: Path, path: Path, what: str) -> None:
+    """Create and remove a file in `folder`, so that a read-only file system, missing permission
+    or a full disk is reported now, before any compute, naming `path`."""
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edm2-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write {what} {path}: {e.strerror or e} ({folder}); choose another location"
+        ) from None
+
+
+def check_output_file(path, what: str = "output") -> Path:
+    """Raise `OutputError` now if the file `path` could not be written later: it is a folder, or
+    its folder (or the nearest existing parent) is read-only, not a folder, or full. The folders
+    are created later by `atomic_path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {what} {path}: it is a folder; give a file name")
+    _probe_writable(_nearest_existing(path.parent), path, what)
+    return path
+
+
+def check_output_dir(path, what: str = "output folder") -> Path:
+    """Raise `OutputError` now if files could not be written into the folder `path` later: it
+    exists and is not a folder, or it (or the nearest existing parent) is read-only or full."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"cannot write into {what} {path}: it exists and is not a folder")
+    _probe_writable(_nearest_existing(path), path, what)
+    return path
+
+
+# Errors of writing that mean "this output cannot be written here", reported in one line.
+WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.EISDIR,
+    errno.ENOTDIR,
+}
+
+
+def describe_write_error(e: OSError) -> str | None:
+    """One line for an OSError of writing an output (disk full, read-only, ...), else None."""
+    if e.errno not in WRITE_ERRNOS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror or e}; free space or choose another location (nothing partial was kept)"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from edm2.errors import FormatError
+from edm2.errors import FormatError, OutputError
 from edm2.io.atomic import atomic_path
 
 FORMAT = "edm2-snapshot/1"
@@ -81,7 +81,11 @@ def write_safetensors(path, tensors: dict, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={**metadata, "sha256": "0" * 64})
+        try:
+            save_file(tensors, str(tmp), metadata={**metadata, "sha256": "0" * 64})
+        except Exception as e:  # the writer reports a failed write (disk full, ...) as its own error type
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OutputError(f"cannot write {path}: {first}; free space or choose another location") from None
         with open(tmp, "r+b") as f:
             length, header = _read_header(f, tmp)
             meta = header.pop("__metadata__")
