@@ -59,3 +59,26 @@ def lazy_exports(package: str, exports: dict):
         return sorted(set(importlib.import_module(package).__dict__) | set(exports))
 
     return __getattr__, __dir__
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (child) process receive SIGKILL when its parent dies, even by SIGKILL.
+
+    Linux's PR_SET_PDEATHSIG through libc; elsewhere a no-op (workers then notice a dead parent
+    only where they poll for it). If the parent died before the call, exit at once.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except OSError:
+            pass
+    if os.getppid() != parent_pid:  # the parent is already gone (we were re-parented)
+        os._exit(1)

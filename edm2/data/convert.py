@@ -258,10 +258,15 @@ class ImageJob:
 _BLOCKED_WHILE_STARTING = {signal.SIGTERM, signal.SIGINT}
 
 
-def _worker_main(job, tasks, chunk, counter, permits, conn):
+def _worker_main(job, tasks, chunk, counter, permits, conn, parent_pid):
     """A worker process: take the next chunk of `tasks` (shared counter), run `job` on each, send
     (chunk index, results) to the parent through this worker's own pipe. `permits` bounds how far
-    the workers may run ahead of the parent's writer (flow control for slow writers/huge images)."""
+    the workers may run ahead of the parent's writer (flow control for slow writers/huge images).
+    The worker dies with its parent, also when the parent is killed with SIGKILL (it would else
+    block on a full pipe that it holds open itself)."""
+    from edm2.utils import die_with_parent
+
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED_WHILE_STARTING)  # a pending SIGTERM ends us now
@@ -448,7 +453,7 @@ def _results(job, tasks, workers, progress):
         try:
             for _ in range(workers):
                 recv, send = ctx.Pipe(duplex=False)
-                args = (job, tasks, chunk, counter, permits, send)
+                args = (job, tasks, chunk, counter, permits, send, os.getpid())
                 proc = ctx.Process(target=_worker_main, args=args, daemon=True)
                 proc.start()
                 send.close()

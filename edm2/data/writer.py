@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edm2.data.naming import file_ext
 from edm2.errors import ConfigError, DataError
-from edm2.io.atomic import atomic_path
+from edm2.io.atomic import atomic_path, remove_stale_temporaries, temporary_prefix
 
 # Fixed timestamp of every ZIP member, so the same images give the same bytes on every run.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -65,7 +65,8 @@ def open_dest(dest, source=None):
                 yield _ZipWriter(zf)
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    remove_stale_temporaries(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield _DirWriter(tmp)
         umask = os.umask(0)

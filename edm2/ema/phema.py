@@ -33,6 +33,7 @@ import torch
 
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
+from edm2.io.atomic import remove_stale_temporaries, temporary_prefix
 from edm2.utils import kimg_to_nimg
 
 # Input file names: `<prefix>-<kimg digits>-<std digits.digits>.<pkl|safetensors>`, prefix
@@ -595,7 +596,8 @@ def reconstruct_phema(
                 header = _safetensors_header(entries, metadata)
                 headers.append(header)
                 out_data_start.append(len(header))
-                fd, tmp = tempfile.mkstemp(prefix=f".{out_path(std).name}.", suffix=".tmp", dir=outdir)
+                remove_stale_temporaries(out_path(std))
+                fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(out_path(std)), suffix=".tmp", dir=outdir)
                 temps.append(Path(tmp))
                 out_fds.append(fd)
                 os.fchmod(fd, file_mode)  # mkstemp makes 0600; outputs get the usual umask mode

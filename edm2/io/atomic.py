@@ -4,6 +4,9 @@ leaves a file that looks finished."""
 import contextlib
 import errno
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -16,15 +19,56 @@ def _umask() -> int:
     return mask
 
 
+def temporary_prefix(path) -> str:
+    """File name prefix of this process's temporaries for `path`: `.<name>.<host>-<pid>.`, so that
+    a later run can tell the temporaries of killed processes from those of live ones."""
+    return f".{Path(path).name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove the temporaries for `path` left by killed processes of this host (SIGKILL, power
+    loss: no cleanup code ran); return what was removed. Temporaries of live processes, and of
+    other hosts sharing the folder, are kept."""
+    path = Path(path)
+    host = socket.gethostname()
+    pattern = re.compile(re.escape(f".{path.name}.{host}-") + r"(\d+)\..*\.tmp")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        m = pattern.fullmatch(candidate.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if candidate.is_dir() and not candidate.is_symlink():
+                shutil.rmtree(candidate)
+            else:
+                candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ""):
     """Yield a temporary path next to `path`; rename it to `path` if the block succeeds.
 
-    On any exception the temporary file is removed and `path` is left untouched.
+    On any exception the temporary file is removed and `path` is left untouched; temporaries of
+    earlier, killed writers of the same `path` are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

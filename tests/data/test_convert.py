@@ -366,3 +366,45 @@ def test_sigterm_leaves_no_output(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert not dest.exists() and not left_over(tmp_path)
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_parent_ends_its_workers_and_the_next_run_removes_the_stale_temporary(tmp_path):
+    rng = np.random.default_rng(7)
+    src = write_tree(tmp_path / "src", {f"{i:04d}.png": random_rgb(rng, 64, 64) for i in range(600)})
+    dest = tmp_path / "out.zip"
+    cmd = [sys.executable, "-m", "edm2", "dataset", "convert", "--source", str(src), "--dest", str(dest),
+           "--workers", "2", "--resolution", "256x256", "--transform", "center-crop", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 60
+    while not any(os.path.getsize(tmp_path / p) > 1_000_000 for p in left_over(tmp_path)):  # mid-way
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    proc.kill()  # SIGKILL: no cleanup code runs in the parent
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "workers outlived their killed parent"
+    assert left_over(tmp_path) and not dest.exists()  # the killed run's temporary is still there
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert dest.exists() and not left_over(tmp_path)  # the next run removed it

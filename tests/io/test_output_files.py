@@ -81,3 +81,23 @@ def test_a_damaged_snapshot_is_refused_on_load_naming_the_file(tmp_path):
     r = CliRunner().invoke(main, ["generate", "--net", str(path), "--outdir", str(tmp_path / "out"), "--seeds", "0"])
     assert r.exit_code == 1 and str(path) in r.output and "contents damaged" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_live_and_other_hosts_kept(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from edm2.io.atomic import atomic_write_text
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".out.json.{host}-{dead_pid}.abc123.tmp"
+    live = tmp_path / f".out.json.{host}-{os.getpid()}.def456.tmp"  # a writer of this (live) process
+    other = tmp_path / f".out.json.otherhost-{dead_pid}.ghi789.tmp"  # another node on a shared folder
+    for p in (stale, live, other):
+        p.write_text("partial")
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "out.json").read_text() == "{}"
