@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from edm2.errors import EDM2Error
+from edm2.errors import EDM2Error, one_line
 
 # name -> "module:attribute" of a click command or group.
 COMMANDS = {
@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
             completed = e.exit_code == 0
             raise
         except EDM2Error as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(one_line(str(e), limit=2000)) from None
         except OSError as e:  # a disk that fills up or turns read-only during the run
             from edm2.io.atomic import describe_write_error
 

@@ -181,6 +181,8 @@ def open_rgb(data: bytes, name: str) -> PIL.Image.Image:
             return img if img.mode == "RGB" else img.convert("RGB")
     except PIL.Image.DecompressionBombError as e:
         raise DataError(f"{name}: {e}") from None
+    except PIL.UnidentifiedImageError:
+        raise DataError(f"{name} is not an image in a format PIL reads; remove it or use --on-error skip") from None
     except Exception as e:  # decoders of broken files raise all sorts (OSError, ValueError, struct.error, ...)
         raise DataError(f"{name} is not a readable image ({e}); remove it or use --on-error skip") from None
 

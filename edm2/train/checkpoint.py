@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edm2.errors import OutputError
+from edm2.errors import OutputError, one_line
 from edm2.io.atomic import atomic_path, atomic_write_text
 from edm2.io.snapshot import save_snapshot
 
@@ -83,7 +83,7 @@ def read_training_state(path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a zip, unpickling refused, ...
-        raise ValueError(f"{type(e).__name__}: {e}") from None
+        raise ValueError(f"{type(e).__name__}: {one_line(str(e))}") from None
     if not isinstance(data, dict) or any(k not in data for k in STATE_KEYS):
         raise ValueError(f"not a training state (expected the keys {', '.join(STATE_KEYS)})")
     if "cur_nimg" not in data["state"]:
