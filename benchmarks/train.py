@@ -136,18 +136,21 @@ def time_edm2(spec, data, steps, warmup, **flags) -> float:
 
 def time_official_style(spec, data, steps, warmup) -> float:
     """The official loop's per-step work: DDP (world 1), DataLoader with 2 spawned workers, per-tensor Adam."""
+    import torch.distributed as tdist
+
     from edm2.data.dataset import ImageFolderDataset
     from edm2.data.encoders import StandardRGBEncoder
+    from edm2.distributed import resolve_env
     from edm2.ema import PowerFunctionEMA
     from edm2.nn import Precond
     from edm2.train.data import InfiniteSampler
-    from edm2.train.distributed import init_distributed
     from edm2.train.loop import accumulate_gradients, set_random_seed
     from edm2.train.loss import EDM2Loss
     from edm2.train.schedule import learning_rate_schedule
     from edm2.train.stats import StatsCollector
 
-    init_distributed("cpu")
+    # The official loop wraps even one process in DDP, which needs a process group of one.
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{resolve_env({}).master_port}", rank=0, world_size=1)
     batch = spec["batch"]
     set_random_seed(0, 0)
     dataset = ImageFolderDataset(str(data), use_labels=True)

@@ -64,28 +64,14 @@ class LazyGroup(click.Group):
 def leave_process_group(completed: bool) -> None:
     """Leave the torch.distributed process group that a command joined, if any.
 
-    Every command run under torchrun or SLURM ends here, so none can forget to: after a
-    successful command the ranks first meet at a barrier (a rank must not tear down while another
-    still communicates); after an error there is no barrier (the others may never arrive).
-    Destroying the group joins gloo's worker threads while Python is fully alive. A group left
-    open until the interpreter exits aborts the process at random ("terminate called without an
-    active exception"): a gloo thread that drops the last reference to a tensor of a finished
-    collective then needs the GIL while the interpreter is finalizing.
+    Every command run under torchrun or SLURM ends here, so none can forget to; the teardown
+    itself (barrier after success, none after an error) is edm2.distributed.shutdown_distributed.
     """
     if "torch.distributed" not in sys.modules:  # no command imported it: nothing to leave
         return
-    import torch.distributed as dist
+    from edm2.distributed import shutdown_distributed  # torch is loaded already
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if completed and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            import torch
-
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-    dist.destroy_process_group()
+    shutdown_distributed(completed)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,8 +26,8 @@ def _locations(inception, dinov2, cnn_detector) -> dict:
 
 def _run(fn, *args, **kwargs):
     """Call `fn`; return (its result, this process's rank). The CLI leaves the process group
-    after the command (edm2.cli.leave_process_group)."""
-    from edm2.sample.generate import get_rank
+    after the command (edm2.distributed.shutdown_distributed)."""
+    from edm2.distributed import get_rank
 
     return fn(*args, **kwargs), get_rank()
 
@@ -71,8 +71,8 @@ def metrics():
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
 def ref(data, dest, metric_list, inception, dinov2, cnn_detector, batch, workers, device):
     """Compute reference statistics over all images of a dataset."""
+    from edm2.distributed import get_rank
     from edm2.metrics.evaluate import reference_stats
-    from edm2.sample.generate import get_rank
 
     stats = reference_stats(
         data, dest, metric_list, _locations(inception, dinov2, cnn_detector), batch, workers, device

@@ -15,11 +15,12 @@ import math
 import numpy as np
 import torch
 
+from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, DataError
 from edm2.metrics.detectors import METRICS, load_detector, parse_metrics
 from edm2.metrics.frechet import frechet_distance
 from edm2.metrics.stats import FeatureStats, load_stats, save_stats
-from edm2.sample.generate import barrier, default_device, get_rank, get_world_size, init_distributed, rank_batches
+from edm2.sample.generate import rank_batches
 
 DEFAULT_METRICS = ("fid", "fd_dinov2")
 

@@ -9,62 +9,15 @@ the seeds; a single process works without any process group.
 """
 
 import dataclasses
-import importlib
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, FormatError
-
-# ---- distributed helpers (spec §13) -----------------------------------------------------------
-
-
-def init_distributed() -> None:
-    """Join the process group described by torchrun's environment (WORLD_SIZE > 1).
-
-    Backend NCCL on CUDA, gloo otherwise. A single process (no WORLD_SIZE, or 1) runs without a
-    process group; barriers and all-reduces are then no-ops.
-    """
-    import torch.distributed as dist
-
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    importlib.import_module("torch._dynamo")  # before the group exists: see edm2.train.distributed.init_distributed
-
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl", init_method="env://")
-    else:
-        dist.init_process_group("gloo", init_method="env://")
-
-
-def get_rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def get_world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def default_device() -> torch.device:
-    """The current CUDA device if there is one, else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
 
 # ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
 

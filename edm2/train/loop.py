@@ -16,21 +16,16 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from edm2.distributed import all_ranks_agree, barrier, check_ddp_consistency, init_distributed, print0
 from edm2.ema import PowerFunctionEMA
 from edm2.errors import ConfigError, DataError
 from edm2.signals import StopSignal
 from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator
-from edm2.train.distributed import (
-    all_ranks_agree,
-    barrier,
-    check_ddp_consistency,
-    init_distributed,
-    print0,
-)
 from edm2.train.loss import EDM2Loss
 from edm2.train.schedule import learning_rate_schedule
-from edm2.train.stats import StatsCollector, cpu_memory_gb, format_time, stats_json_line
+from edm2.train.stats import StatsCollector
+from edm2.train.status import StatusReporter
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -322,51 +317,6 @@ def slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, snapshot_nimg, check
             f"to a multiple of {granularity}); make the slice at least as long as --checkpoint"
         )
     return stop_at
-
-
-class StatusReporter:
-    """The status line, `stats.jsonl` and timing of spec §5.9 (collective: every rank calls `report`)."""
-
-    def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line):
-        self.path = Path(run_dir) / "stats.jsonl"
-        self.stats = stats
-        self.device = device
-        self.rank = rank
-        self.write_line = write_line
-        self.elapsed_before = elapsed_before
-        self.start_time = start_time
-        self.prev_time = time.time()
-        self.prev_nimg = cur_nimg
-        self.training_time = 0.0  # pure step time since the last status
-
-    def report(self, cur_nimg) -> None:
-        now = time.time()
-        s = self.stats
-        if self.device.type == "cuda":
-            gpu_mem = torch.cuda.max_memory_allocated(self.device) / 2**30
-            gpu_reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            gpu_mem = gpu_reserved = 0.0
-        sec_per_kimg = self.training_time / max(cur_nimg - self.prev_nimg, 1) * 1e3
-        fields = [
-            ("kimg", f"{s.report0('Progress/kimg', cur_nimg / 1e3):<9.1f}"),
-            ("time", f"{format_time(s.report0('Timing/total_sec', self.elapsed_before + now - self.start_time)):<12s}"),
-            ("sec/tick", f"{s.report0('Timing/sec_per_tick', now - self.prev_time):<8.2f}"),
-            ("sec/kimg", f"{s.report0('Timing/sec_per_kimg', sec_per_kimg):<7.3f}"),
-            ("maintenance", f"{s.report0('Timing/maintenance_sec', now - self.prev_time - self.training_time):<7.2f}"),
-            ("cpumem", f"{s.report0('Resources/cpu_mem_gb', cpu_memory_gb()):<6.2f}"),
-            ("gpumem", f"{s.report0('Resources/peak_gpu_mem_gb', gpu_mem):<6.2f}"),
-            ("reserved", f"{s.report0('Resources/peak_gpu_mem_reserved_gb', gpu_reserved):<6.2f}"),
-        ]
-        means = s.flush()
-        if self.rank == 0:
-            self.write_line(("Status: " + " ".join(f"{name} {value}" for name, value in fields)).rstrip())
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(stats_json_line(means))
-        self.prev_time = now
-        self.prev_nimg = cur_nimg
-        self.training_time = 0.0
 
 
 # ---- the loop ------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from edm2.distributed import barrier, init_distributed, print0, resolve_env
 from edm2.errors import ConfigError
-from edm2.train.distributed import barrier, init_distributed, print0, tee_output
 from edm2.train.loop import PRECISIONS, TrainingResult, check_intervals, open_dataset, resolve_batch, training_loop
+from edm2.train.status import tee_output
 
 EX_TEMPFAIL = 75  # exit status after a signal: a training state is written, re-run the same command
 OPTIONS_FILE = "training_options.json"
@@ -172,8 +173,6 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
     )
     record = _options_record(opts)
     if opts.dry_run:
-        from edm2.train.distributed import resolve_env
-
         world_size = resolve_env().world_size
         resolve_batch(kwargs["batch_size"], kwargs["batch_gpu"], world_size)
         open_dataset(kwargs["dataset_kwargs"])

@@ -1,6 +1,6 @@
 """Launcher variables -> ranks (spec §13): torchrun, one SLURM task per rank, a plain process."""
 
-from edm2.train.distributed import first_slurm_host, resolve_env
+from edm2.distributed import first_slurm_host, resolve_env
 
 
 def test_torchrun_variables_win():

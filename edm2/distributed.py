@@ -1,18 +1,25 @@
-"""Process groups, ranks, stop signals and log tees for training (EDM2-SPEC §13).
+"""The process group of every multi-process command (training, generation, metrics).
 
-Launch with `torchrun` (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), with one SLURM
-task per rank (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS mapped onto them), or as a single plain
-process (rank 0 of 1 on localhost, a free port).
+Three ways to start N processes, all read by `resolve_env`:
+
+- `torchrun` (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT);
+- one SLURM task per rank (`srun`: SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NUM_TASKS or
+  SLURM_NTASKS are mapped onto rank, local rank and world size);
+- a plain single process (rank 0 of 1): no process group is created, and every collective
+  helper here is then a no-op.
+
+Every `edm2` command leaves the group at its end through `shutdown_distributed` (called by the
+CLI, edm2.cli.LazyGroup.invoke): after a barrier when every rank got through (so that no rank
+tears gloo/NCCL down while another still writes its results), without one after an error (the
+other ranks may never get there).
 """
 
-import contextlib
 import dataclasses
 import datetime
 import importlib
 import os
 import re
 import socket
-import sys
 
 import torch
 import torch.distributed as tdist
@@ -27,7 +34,7 @@ class DistEnv:
     world_size: int
     master_addr: str
     master_port: int
-    launcher: str  # 'torchrun', 'slurm' or 'single'
+    launcher: str  # 'torchrun', 'slurm', 'single' or 'existing' (a group the caller made)
 
 
 def first_slurm_host(nodelist: str) -> str:
@@ -49,7 +56,7 @@ def _free_port() -> int:
 
 
 def resolve_env(environ=None) -> DistEnv:
-    """Read the launcher's variables; fill defaults for a plain single process (spec §13).
+    """Read the launcher's variables (default: `os.environ`) into a `DistEnv`.
 
     Order: torchrun's RANK/WORLD_SIZE if present; else one SLURM task per rank (SLURM_PROCID,
     SLURM_LOCALID, SLURM_STEP_NUM_TASKS or SLURM_NTASKS; MASTER_ADDR from
@@ -92,10 +99,13 @@ def resolve_env(environ=None) -> DistEnv:
 
 
 def init_distributed(device_type: str | None = None, timeout_min: float = 30) -> tuple[DistEnv, torch.device]:
-    """Initialise the default process group (once per process) and pick the compute device.
+    """Join the process group the launcher describes (once per process); pick the compute device.
 
-    NCCL on CUDA, gloo on CPU. Returns the resolved environment and the device
-    (`cuda:LOCAL_RANK` when CUDA is available and `device_type` is not 'cpu').
+    `device_type`: 'cuda' or 'cpu'; None = CUDA when available. Returns the resolved environment
+    and the device (`cuda:LOCAL_RANK`, made the current CUDA device, or the CPU). Backend NCCL on
+    CUDA, gloo on CPU; torchrun's rendezvous is joined through `env://`, a SLURM job's through
+    `tcp://MASTER_ADDR:MASTER_PORT`. A single process (world size 1) joins no group. A group the
+    caller initialised already is used as it is.
     """
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,7 +125,7 @@ def init_distributed(device_type: str | None = None, timeout_min: float = 30) ->
         device = torch.device("cuda", env.local_rank)
     else:
         device = torch.device(device_type)
-    if not tdist.is_initialized():
+    if not tdist.is_initialized() and env.world_size > 1:
         # torch imports torch._dynamo lazily (first meta-device op, torch.compile), and that import
         # keeps references to the process group existing at that moment. destroy_process_group
         # then cannot stop gloo's threads, and the process can abort at exit ("terminate called
@@ -138,15 +148,34 @@ def init_distributed(device_type: str | None = None, timeout_min: float = 30) ->
     return env, device
 
 
+def shutdown_distributed(completed: bool = True) -> None:
+    """Leave the process group, if one was joined (once, at the end of a command).
+
+    `completed`: all ranks finished normally, so they first meet at a barrier (a rank must not
+    tear down while another still communicates). After an error there is no barrier (the others
+    may never arrive). Destroying the group joins gloo's worker threads while Python is fully
+    alive: a group left open until the interpreter exits aborts the process at random
+    ("terminate called without an active exception"), when a gloo thread that drops the last
+    reference to a tensor of a finished collective needs the GIL during finalization.
+    """
+    if tdist.is_available() and tdist.is_initialized():
+        if completed:
+            barrier()
+        tdist.destroy_process_group()
+
+
 def get_rank() -> int:
-    return tdist.get_rank() if tdist.is_initialized() else 0
+    """This process's rank; 0 without a process group."""
+    return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
 
 
 def get_world_size() -> int:
-    return tdist.get_world_size() if tdist.is_initialized() else 1
+    """The number of processes; 1 without a process group."""
+    return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
 
-def barrier():
+def barrier() -> None:
+    """Wait for every rank (on NCCL: on this rank's current CUDA device); a no-op for one process."""
     if get_world_size() > 1:
         if tdist.get_backend() == "nccl":
             tdist.barrier(device_ids=[torch.cuda.current_device()])
@@ -154,14 +183,19 @@ def barrier():
             tdist.barrier()
 
 
-def print0(*args, **kwargs):
+def print0(*args, **kwargs) -> None:
     """print() on rank 0 only."""
     if get_rank() == 0:
         print(*args, **kwargs)
 
 
+def default_device() -> torch.device:
+    """The current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def all_ranks_agree(flag: bool, device) -> bool:
-    """True on every rank if `flag` is true on any rank (one small all-reduce)."""
+    """True on every rank if `flag` is true on any rank (one small all-reduce on `device`)."""
     if get_world_size() == 1:
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=device)
@@ -170,8 +204,8 @@ def all_ranks_agree(flag: bool, device) -> bool:
 
 
 @torch.no_grad()
-def check_ddp_consistency(module: torch.nn.Module, device):
-    """Raise if any parameter or buffer differs from rank 0's copy (NaNs compare equal)."""
+def check_ddp_consistency(module: torch.nn.Module, device) -> None:
+    """Raise RuntimeError if any parameter or buffer differs from rank 0's copy (NaNs compare equal)."""
     if get_world_size() == 1:
         return
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
@@ -181,40 +215,3 @@ def check_ddp_consistency(module: torch.nn.Module, device):
         same = (mine.nan_to_num() == other.nan_to_num()) & (mine.isnan() == other.isnan())
         if not bool(same.all()):
             raise RuntimeError(f"rank {get_rank()}: {name} differs from rank 0's copy after the checkpoint")
-
-
-class _Tee:
-    def __init__(self, stream, file):
-        self.stream = stream
-        self.file = file
-
-    def write(self, text):
-        if text:
-            self.file.write(text)
-            self.file.flush()
-            if self.stream is not None:
-                self.stream.write(text)
-        return len(text)
-
-    def flush(self):
-        self.file.flush()
-        if self.stream is not None:
-            self.stream.flush()
-
-    def isatty(self):
-        return False
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def tee_output(path):
-    """Copy everything printed to stdout and stderr into `path` (append mode) while active."""
-    with open(path, "a", encoding="utf-8") as f:
-        old_out, old_err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(old_out, f), _Tee(old_err, f)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = old_out, old_err

@@ -1,0 +1,99 @@
+"""Status reporting of a training run: the status line, `stats.jsonl` and the copy of every
+rank's output in `log.txt`.
+
+The status line and `stats.jsonl` follow the official training loop's report
+(training/training_loop.py of NVlabs/edm2): progress in kimg, wall time, seconds per tick and
+per kimg, maintenance time and peak memory; the means of every reported statistic since the
+last status go to one JSON line.
+"""
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from edm2.train.stats import cpu_memory_gb, format_time, stats_json_line
+
+
+class StatusReporter:
+    """The status line, `stats.jsonl` and timing of spec §5.9 (collective: every rank calls `report`)."""
+
+    def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line):
+        self.path = Path(run_dir) / "stats.jsonl"
+        self.stats = stats
+        self.device = device
+        self.rank = rank
+        self.write_line = write_line
+        self.elapsed_before = elapsed_before
+        self.start_time = start_time
+        self.prev_time = time.time()
+        self.prev_nimg = cur_nimg
+        self.training_time = 0.0  # pure step time since the last status
+
+    def report(self, cur_nimg) -> None:
+        now = time.time()
+        s = self.stats
+        if self.device.type == "cuda":
+            gpu_mem = torch.cuda.max_memory_allocated(self.device) / 2**30
+            gpu_reserved = torch.cuda.max_memory_reserved(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            gpu_mem = gpu_reserved = 0.0
+        sec_per_kimg = self.training_time / max(cur_nimg - self.prev_nimg, 1) * 1e3
+        fields = [
+            ("kimg", f"{s.report0('Progress/kimg', cur_nimg / 1e3):<9.1f}"),
+            ("time", f"{format_time(s.report0('Timing/total_sec', self.elapsed_before + now - self.start_time)):<12s}"),
+            ("sec/tick", f"{s.report0('Timing/sec_per_tick', now - self.prev_time):<8.2f}"),
+            ("sec/kimg", f"{s.report0('Timing/sec_per_kimg', sec_per_kimg):<7.3f}"),
+            ("maintenance", f"{s.report0('Timing/maintenance_sec', now - self.prev_time - self.training_time):<7.2f}"),
+            ("cpumem", f"{s.report0('Resources/cpu_mem_gb', cpu_memory_gb()):<6.2f}"),
+            ("gpumem", f"{s.report0('Resources/peak_gpu_mem_gb', gpu_mem):<6.2f}"),
+            ("reserved", f"{s.report0('Resources/peak_gpu_mem_reserved_gb', gpu_reserved):<6.2f}"),
+        ]
+        means = s.flush()
+        if self.rank == 0:
+            self.write_line(("Status: " + " ".join(f"{name} {value}" for name, value in fields)).rstrip())
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(stats_json_line(means))
+        self.prev_time = now
+        self.prev_nimg = cur_nimg
+        self.training_time = 0.0
+
+
+class _Tee:
+    def __init__(self, stream, file):
+        self.stream = stream
+        self.file = file
+
+    def write(self, text):
+        if text:
+            self.file.write(text)
+            self.file.flush()
+            if self.stream is not None:
+                self.stream.write(text)
+        return len(text)
+
+    def flush(self):
+        self.file.flush()
+        if self.stream is not None:
+            self.stream.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def tee_output(path):
+    """Copy everything printed to stdout and stderr into `path` (append mode) while active."""
+    with open(path, "a", encoding="utf-8") as f:
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(old_out, f), _Tee(old_err, f)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
