@@ -10,6 +10,7 @@ generation presets with the released post-hoc EMA reconstructions (§8.4).
 import dataclasses
 
 from edm2.errors import ConfigError
+from edm2.naming import snapshot_name
 
 Mi = 1 << 20  # binary mega (spec notation)
 
@@ -120,7 +121,7 @@ MODEL_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
 def model_url(model: str, kimg: int, std: float) -> str:
     """URL of a released post-hoc EMA reconstruction, e.g.
     `model_url('edm2-img512-xs', 2147483, 0.135)` -> `.../edm2-img512-xs-2147483-0.135.pkl`."""
-    return f"{MODEL_ROOT}/{model}-{kimg:07d}-{std:.3f}.pkl"
+    return f"{MODEL_ROOT}/{snapshot_name(model, kimg, std, ext='pkl')}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,10 @@ import re
 
 from edm2.errors import ConfigError
 
+# exp_to_std(0) = sqrt(1/12) = 0.288675: larger relative stds have no power-function profile
+# (EDM2 paper, arXiv 2312.02696, Eq. 3 and Appendix C.1; docs/method.md).
+MAX_STD = 0.289
+
 _SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 
 
@@ -82,3 +86,52 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:  # the parent is already gone (we were re-parented)
         os._exit(1)
+
+
+def parse_std_list(text) -> list[float]:
+    """Parse a comma-separated std list with the `...` expansion of spec §7.4.
+
+    `a,b,...,c` inserts `b + step*m` for m = 1..k with step = b - a and
+    k = round((c - b)/step - 1) (accumulated floats, not rounded). The result is sorted and
+    unique; every value must satisfy 0 < std < 0.289. A float or a list passes through.
+    """
+    if isinstance(text, (int, float)):
+        values = [float(text)]
+    elif isinstance(text, (list, tuple)):
+        values = [float(v) for v in text]
+    else:
+        tokens = [t.strip() for t in str(text).split(",")]
+        if "" in tokens:
+            raise ConfigError(f"{text!r}: empty item in the std list; separate numbers with single commas")
+        values = []
+        for idx, token in enumerate(tokens):
+            if token == "...":
+                if idx < 2 or "..." in tokens[idx - 2 : idx] or idx + 1 >= len(tokens) or tokens[idx + 1] == "...":
+                    raise ConfigError(
+                        f"{text!r}: '...' needs two numbers before it and one after, e.g. 0.010,0.015,...,0.250"
+                    )
+                try:
+                    last = float(tokens[idx + 1])
+                except ValueError:
+                    raise ConfigError(f"{text!r}: {tokens[idx + 1]!r} is not a number") from None
+                prev = values[-1]
+                step = prev - values[-2]
+                if step == 0:
+                    raise ConfigError(f"{text!r}: the two numbers before '...' must differ")
+                k = (last - prev) / step - 1
+                if k < 1 - 1e-4 or abs(k - round(k)) > 1e-4:
+                    raise ConfigError(
+                        f"{text!r}: {last} is not reachable from {prev} in whole steps of {step:g}; "
+                        "fix the end value or the step"
+                    )
+                for m in range(1, int(round(k)) + 1):
+                    values.append(prev + step * m)
+            else:
+                if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", token):
+                    raise ConfigError(f"{text!r}: {token!r} is not a number")
+                values.append(float(token))
+    values = sorted(set(values))
+    bad = [v for v in values if not 0 < v < MAX_STD]
+    if bad:
+        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (spec §7.1)")
+    return values

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from edm2.data.naming import file_ext, is_image_name, out_name
 from edm2.data.transforms import make_pil_transform
 from edm2.data.writer import open_dest
 from edm2.errors import ConfigError, DataError
+from edm2.naming import DATASET_JSON, file_ext, is_image_name, out_name, parse_dataset_json
 
 # ---- reading the source ---------------------------------------------------------------------
 
@@ -69,36 +69,6 @@ class SourceReader:
             self._zip = None
 
 
-def _read_labels(raw: bytes, where: str):
-    """Parse dataset.json into {name: label}; None if `labels` is null."""
-    try:
-        data = json.loads(raw)
-        labels = data["labels"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(
-            f'{where} is not valid dataset metadata ({e!r}); expected {{"labels": [[path, label], ...]}}'
-        ) from None
-    if labels is None:
-        return None
-    if not isinstance(labels, list) or not all(isinstance(x, list) and len(x) == 2 for x in labels):
-        raise DataError(f"{where}: 'labels' must be a list of [relative_path, label] pairs or null")
-    kinds = {}
-    for name, label in labels:
-        if isinstance(label, int) and not isinstance(label, bool):
-            if label < 0:
-                raise DataError(f"{where}: class index of {name} is negative ({label})")
-            kind = "class index"
-        elif isinstance(label, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
-            kind = f"vector of length {len(label)}"
-        else:
-            raise DataError(f"{where}: label of {name} is {label!r}; use an integer class index or a list of numbers")
-        kinds.setdefault(kind, name)
-    if len(kinds) > 1:
-        (k1, n1), (k2, n2) = list(kinds.items())[:2]
-        raise DataError(f"{where} mixes label types: {n1} has a {k1}, {n2} has a {k2}; use one kind for all images")
-    return {str(name): label for name, label in labels}
-
-
 def open_source(source, max_images: int | None = None, strict: bool = True) -> Source:
     """List the images and labels of a folder or ZIP (§10.2).
 
@@ -137,7 +107,7 @@ def open_source(source, max_images: int | None = None, strict: bool = True) -> S
     notes = []
     labels = {}
     if meta is not None:
-        labels = _read_labels(meta, f"{source}/dataset.json") or {}
+        labels = parse_dataset_json(meta, f"{source}/{DATASET_JSON}") or {}
         unknown = sorted(set(labels) - set(names))
         if unknown:
             msg = (

@@ -6,7 +6,6 @@ ZIP handle, and each process opens its own handle on first use.
 """
 
 import io
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -15,8 +14,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from edm2.data.naming import file_ext, pil_extensions
 from edm2.errors import DataError
+from edm2.naming import DATASET_JSON, file_ext, parse_dataset_json, pil_extensions
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -132,40 +131,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
     def _load_raw_labels(self):
         """Labels from dataset.json for every image file: int64 [N] or float32 [N, D]; None if absent/null."""
-        if "dataset.json" not in self._all_fnames:
+        if DATASET_JSON not in self._all_fnames:
             return None
-        where = f"{self._path}/dataset.json"
-        try:
-            labels = json.loads(self._read_bytes("dataset.json"))["labels"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(
-                f"{where} is not valid dataset metadata ({e}); expected {{'labels': [[path, label], ...]}}"
-            ) from None
+        where = f"{self._path}/{DATASET_JSON}"
+        labels = parse_dataset_json(self._read_bytes(DATASET_JSON), where)
         if labels is None:
             return None
-        try:
-            labels = dict(labels)
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: 'labels' must be a list of [relative_path, label] pairs or null") from None
         missing = [f for f in self._image_fnames if f not in labels]
         if missing:
             raise DataError(
                 f"{where} has no label for {missing[0]} ({len(missing)} images unlabelled); "
                 "fix dataset.json or load with use_labels=False"
             )
-        try:
-            labels = np.array([labels[f] for f in self._image_fnames])
-        except ValueError:
-            raise DataError(f"{where} mixes labels of different shapes; use all class indices or all vectors") from None
-        if labels.ndim == 1:
-            if labels.dtype.kind not in "iu":
-                raise DataError(f"{where}: scalar labels must be integer class indices, got {labels.dtype} values")
-            if labels.size and labels.min() < 0:
-                raise DataError(f"{where}: class indices must be >= 0")
-            return labels.astype(np.int64)
-        if labels.ndim == 2 and labels.dtype.kind in "iuf":
-            return labels.astype(np.float32)
-        raise DataError(f"{where}: labels must be class indices or numeric vectors, got shape {labels.shape[1:]}")
+        labels = np.array([labels[f] for f in self._image_fnames])  # one kind for all (parse_dataset_json)
+        return labels.astype(np.int64) if labels.ndim == 1 else labels.astype(np.float32)
 
     def _get_raw_labels(self) -> np.ndarray:
         if self._raw_labels is None:

@@ -15,9 +15,9 @@ import torch
 
 from edm2.data.convert import decode_rgb, open_source
 from edm2.data.encoders import StabilityVAEEncoder
-from edm2.data.naming import out_name
 from edm2.data.writer import check_dest, open_dest
 from edm2.errors import ConfigError, DataError
+from edm2.naming import out_name
 
 
 @dataclasses.dataclass

@@ -8,9 +8,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edm2.data.naming import file_ext
 from edm2.errors import ConfigError, DataError
 from edm2.io.atomic import atomic_path, remove_stale_temporaries, temporary_prefix
+from edm2.naming import file_ext
 
 # Fixed timestamp of every ZIP member, so the same images give the same bytes on every run.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)

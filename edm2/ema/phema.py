@@ -34,11 +34,8 @@ import torch
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
 from edm2.io.atomic import remove_stale_temporaries, temporary_prefix
+from edm2.naming import parse_snapshot_name, snapshot_name
 from edm2.utils import kimg_to_nimg
-
-# Input file names: `<prefix>-<kimg digits>-<std digits.digits>.<pkl|safetensors>`, prefix
-# greedy (spec §7.4).
-INPUT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<kimg>\d+)-(?P<std>\d+\.\d+)\.(?P<ext>pkl|safetensors)$")
 
 _ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
@@ -88,17 +85,17 @@ def find_inputs(indir, inprefix: str | None = None, instd=None, exclude_prefix: 
     stds = None if instd is None else parse_std_list(instd)
     found = {}
     for path in sorted(indir.iterdir()):
-        m = INPUT_NAME.match(path.name)
-        if not m or not path.is_file():
+        parsed = parse_snapshot_name(path.name)
+        if parsed is None or not path.is_file():
             continue
-        prefix = m.group("prefix")
+        prefix = parsed.prefix
         if (inprefix is not None and prefix != inprefix) or (exclude_prefix is not None and prefix == exclude_prefix):
             continue
-        kimg, std = int(m.group("kimg")), float(m.group("std"))
+        kimg, std = parsed.kimg, parsed.std
         if stds is not None and std not in stds:
             continue
         nimg = kimg_to_nimg(kimg)
-        if m.group("ext") == "safetensors":
+        if parsed.ext == "safetensors":
             info = read_snapshot_info(path)
             if info.nimg // 1000 != kimg or info.ema_std is None or abs(info.ema_std - std) > 5e-4:
                 raise FormatError(
@@ -517,7 +514,7 @@ def reconstruct_phema(
     used, out_nimg, _ = plan_coefficients(inputs, out_std, out_nimg)
 
     def out_path(std):
-        return outdir / f"{outprefix}-{out_nimg // 1000:07d}-{std:.3f}.safetensors"
+        return outdir / snapshot_name(outprefix, out_nimg // 1000, std)
 
     if skip:
         out_std = [std for std in out_std if not out_path(std).exists()]

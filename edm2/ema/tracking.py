@@ -5,6 +5,7 @@ import copy
 import torch
 
 from edm2.ema.maths import power_function_beta, std_to_exp
+from edm2.naming import std_text
 
 
 class PowerFunctionEMA:
@@ -39,7 +40,7 @@ class PowerFunctionEMA:
         for ema in self.emas:
             for b_net, b_ema in zip(self.net.buffers(), ema.buffers()):
                 b_ema.copy_(b_net)
-        return [(ema, f"-{std:.3f}") for std, ema in zip(self.stds, self.emas)]
+        return [(ema, f"-{std_text(std)}") for std, ema in zip(self.stds, self.emas)]
 
     def state_dict(self):
         return dict(stds=self.stds, emas=[ema.state_dict() for ema in self.emas])

@@ -543,13 +543,12 @@ def load_official_stats(path) -> dict:
     return data
 
 
-_OFFICIAL_NAME = re.compile(r"^(?P<prefix>.*)-(?P<kimg>\d+)-(?P<std>\d+\.\d+)\.pkl$")
-
-
 def parse_official_name(name):
     """`(kimg, std)` from a file name `*-<kimg>-<std>.pkl` (spec §7.4), else None."""
-    m = _OFFICIAL_NAME.match(Path(name).name)
-    return (int(m.group("kimg")), float(m.group("std"))) if m else None
+    from edm2.naming import parse_snapshot_name
+
+    parsed = parse_snapshot_name(Path(name).name, ext="pkl")
+    return (parsed.kimg, parsed.std) if parsed else None
 
 
 def snapshot_fields(data: dict, src) -> tuple[dict, dict]:

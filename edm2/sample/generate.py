@@ -10,7 +10,6 @@ the seeds; a single process works without any process group.
 
 import dataclasses
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, FormatError
+from edm2.naming import parse_snapshot_name
 
 # ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
 
@@ -86,9 +86,6 @@ def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> Network
     return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance)
 
 
-_OFFICIAL_NAME = re.compile(r"-(\d{7})-(\d+\.\d+)\.pkl$")
-
-
 def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> LoadedNetwork:
     """Load a network from our `.safetensors` snapshot, an official `.pkl` (read safely), an
     http(s)/file URL of either (downloaded into the cache) or a generation preset name."""
@@ -118,9 +115,9 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
         data = load_official_pickle(path, dtype=dtype)
         net = data["ema"].to(device).eval().requires_grad_(False)
         encoder_config = data["encoder"]
-        m = _OFFICIAL_NAME.search(Path(urllib_path(target)).name)
-        if m:
-            nimg, ema_std = kimg_to_nimg(int(m.group(1))), float(m.group(2))
+        parsed = parse_snapshot_name(Path(urllib_path(target)).name, ext="pkl")
+        if parsed is not None:
+            nimg, ema_std = kimg_to_nimg(parsed.kimg), parsed.std
     encoder = make_encoder(encoder_config) if encoder_config else StandardRGBEncoder()
     if hasattr(encoder, "batch_size"):
         encoder.batch_size = 4  # spec §8.3 / §14.26: generation decodes 4 images at a time

@@ -8,7 +8,6 @@ training-done.json                              {"nimg", "kimg", "snapshots"} on
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -16,19 +15,26 @@ import torch
 from edm2.errors import OutputError, one_line
 from edm2.io.atomic import atomic_path, atomic_write_text
 from edm2.io.snapshot import save_snapshot
+from edm2.naming import (
+    DONE_FILE,
+    SNAPSHOT_PREFIX,
+    parse_snapshot_name,
+    parse_training_state_name,
+    snapshot_name,
+    training_state_name,
+)
 
-STATE_PATTERN = re.compile(r"training-state-(\d+)\.pt")
-SNAPSHOT_PATTERN = re.compile(r"network-snapshot-(\d+)-(\d+\.\d+)\.safetensors")
 STATE_KEYS = ("state", "net", "loss_fn", "optimizer", "ema")
-DONE_FILE = "training-done.json"
 
 
 def state_path(run_dir, cur_nimg: int) -> Path:
-    return Path(run_dir) / f"training-state-{cur_nimg // 1000:07d}.pt"
+    """`RUN/training-state-<kimg>.pt` of the training state at `cur_nimg` images."""
+    return Path(run_dir) / training_state_name(cur_nimg // 1000)
 
 
 def snapshot_path(run_dir, cur_nimg: int, std: float) -> Path:
-    return Path(run_dir) / f"network-snapshot-{cur_nimg // 1000:07d}-{std:.3f}.safetensors"
+    """`RUN/network-snapshot-<kimg>-<std>.safetensors` of the EMA with relative std `std` at `cur_nimg` images."""
+    return Path(run_dir) / snapshot_name(SNAPSHOT_PREFIX, cur_nimg // 1000, std)
 
 
 def list_training_states(run_dir) -> list[Path]:
@@ -36,13 +42,14 @@ def list_training_states(run_dir) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := STATE_PATTERN.fullmatch(p.name))]
+    found = [(kimg, p) for p in run_dir.iterdir() if (kimg := parse_training_state_name(p.name)) is not None]
     return [p for _kimg, p in sorted(found, key=lambda item: item[0], reverse=True)]
 
 
 def list_snapshots(run_dir) -> list[str]:
+    """Sorted names of the training snapshots (`network-snapshot-*.safetensors`) in a run directory."""
     run_dir = Path(run_dir)
-    names = [p.name for p in run_dir.iterdir() if SNAPSHOT_PATTERN.fullmatch(p.name)] if run_dir.is_dir() else []
+    names = [p.name for p in run_dir.iterdir() if _is_training_snapshot(p.name)] if run_dir.is_dir() else []
     return sorted(names)
 
 
@@ -71,6 +78,11 @@ def content_checksum(data) -> str:
 
     walk(data, "")
     return digest.hexdigest()
+
+
+def _is_training_snapshot(name: str) -> bool:
+    parsed = parse_snapshot_name(name, ext="safetensors")
+    return parsed is not None and parsed.prefix == SNAPSHOT_PREFIX
 
 
 def read_training_state(path) -> dict:

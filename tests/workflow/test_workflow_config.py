@@ -2,11 +2,13 @@
 their name (by the schema in-process, and by the workflow itself on start)."""
 
 import copy
+import subprocess
+import sys
 
 import jsonschema
 import pytest
 import yaml
-from workflow_helpers import SCHEMA, load_config, snakemake, write_config
+from workflow_helpers import REPO, SCHEMA, load_config, snakemake, write_config
 
 SHIPPED = ["config.yaml", "smoke.yaml", "paper-img512.yaml", "paper-img64.yaml"]
 
@@ -71,7 +73,7 @@ def test_workflow_refuses_a_bad_key_at_start(tmp_path):
         (lambda c: c["models"].append(dict(c["models"][0])), "is used twice"),
         (lambda c: c["train"].update(duration="3Ki", snapshot="2Ki"), "not a multiple of snapshot=2Ki"),
         (lambda c: c["guidance"][1].update(guide="missing"), "guidance[guided].guide: no model named 'missing'"),
-        (lambda c: c["phema"].update(grid="0.050,0.075,...,0.110"), "does not reach"),
+        (lambda c: c["phema"].update(grid="0.050,0.075,...,0.110"), "is not reachable from 0.075 in whole steps"),
     ],
 )
 def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):
@@ -85,3 +87,15 @@ def test_lint_reports_nothing(tmp_path):
     proc = snakemake(tmp_path, "--lint")
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_workflow_parsers_are_torch_free():
+    """The Snakefile imports the package's parsers; they must not pull torch, NumPy or PIL into
+    the Snakemake process (a dry run of the paper configs stays fast)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import edm2.naming, edm2.presets, edm2.utils;"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'PIL'));"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code, str(REPO)], check=True)

@@ -2,8 +2,11 @@
 # of each training run, output paths, input functions and per-rule resources.
 #
 # Everything here is plain Python evaluated when the DAG is built. It must stay cheap (the paper
-# configs dry-run in seconds) and may not import torch or the edm2 package: the Snakemake process
-# may run in an environment that has neither.
+# configs dry-run in seconds) and may not import torch: the Snakemake process may run in an
+# environment without it, and without the edm2 package installed. The few parsers shared with
+# the commands (image counts, EMA std lists, file names, preset durations) come from the
+# repository's own torch-free modules (edm2.utils, edm2.naming, edm2.presets: standard library
+# only), imported from the checkout this Snakefile belongs to.
 
 import hashlib
 import json
@@ -11,6 +14,7 @@ import math
 import os
 import re
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -19,6 +23,13 @@ from snakemake.utils import validate
 # --- Configuration --------------------------------------------------------------------------
 
 REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
+sys.path.insert(0, REPO)
+
+from edm2.errors import ConfigError
+from edm2.naming import PHEMA_PREFIX, snapshot_name, std_text
+from edm2.presets import TRAINING_PRESETS
+from edm2.utils import parse_nimg as _parse_nimg
+from edm2.utils import parse_std_list
 
 
 def _validate_config():
@@ -72,63 +83,35 @@ TRAIN_DEFAULTS = {
     "extra_args": "",
 }
 
-# Training duration and batch of each preset (EDM2-SPEC §6), so that a model may leave them to
+def _nimg_text(nimg):
+    """An image count as `edm2 train --duration` reads it, in Mi when it is whole ('2048Mi')."""
+    return f"{nimg >> 20}Mi" if nimg % (1 << 20) == 0 else str(nimg)
+
+
+# Training duration and batch of each preset (edm2.presets), so that a model may leave them to
 # its preset and the workflow still knows the final snapshot's kimg.
-PRESET_DURATION = {
-    "edm2-img512-xxs": "2048Mi",
-    "edm2-img512-xs": "2048Mi",
-    "edm2-img512-s": "2048Mi",
-    "edm2-img512-m": "2048Mi",
-    "edm2-img512-l": "1792Mi",
-    "edm2-img512-xl": "1280Mi",
-    "edm2-img512-xxl": "896Mi",
-    "edm2-img64-xs": "1024Mi",
-    "edm2-img64-s": "1024Mi",
-    "edm2-img64-m": "2048Mi",
-    "edm2-img64-l": "1024Mi",
-    "edm2-img64-xl": "640Mi",
-}
-PRESET_BATCH = 2048
-
-_NIMG_SUFFIX = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+PRESET_DURATION = {name: _nimg_text(p.duration) for name, p in TRAINING_PRESETS.items()}
+PRESET_BATCH = {name: p.batch for name, p in TRAINING_PRESETS.items()}
 
 
-def parse_nimg(value):
-    """'8Mi' -> 8388608 (same rule as `edm2 train`)."""
-    if isinstance(value, int):
-        return value
-    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", str(value).strip())
-    if not m:
-        raise WorkflowError(f"{value!r} is not an image count; use an integer or one with Ki/Mi/Gi, e.g. 8Mi")
-    return int(m.group(1)) * _NIMG_SUFFIX[m.group(2) or ""]
+def parse_nimg(value, where="an image count"):
+    """'8Mi' -> 8388608 (`edm2 train`'s rule, edm2.utils.parse_nimg)."""
+    try:
+        return _parse_nimg(value)
+    except ConfigError as e:
+        raise WorkflowError(f"{where}: {e}") from None
 
 
 def expand_std_list(value):
-    """EMA std list: numbers, or a string 'a,b,...,c' where '...' continues the step b - a
-    (the rule of `edm2 phema --outstd`, EDM2-SPEC §7.4). Returns sorted unique '0.xyz' strings."""
-    if isinstance(value, (list, tuple)):
-        values = [float(v) for v in value]
-    else:
-        tokens = [t.strip() for t in str(value).split(",") if t.strip()]
-        values = []
-        for i, token in enumerate(tokens):
-            if token != "...":
-                values.append(float(token))
-                continue
-            if len(values) < 2 or i + 1 >= len(tokens) or tokens[i + 1] == "...":
-                raise WorkflowError(f"phema.grid {value!r}: '...' needs two values before it and one after")
-            step = values[-1] - values[-2]
-            stop = float(tokens[i + 1])
-            count = (stop - values[-1]) / step - 1 if step else -1
-            if step == 0 or count < 0 or abs(count - round(count)) > 1e-4:
-                raise WorkflowError(f"phema.grid {value!r}: the step {step:g} does not reach {stop:g}")
-            start = values[-1]
-            values.extend(start + step * (k + 1) for k in range(round(count)))
+    """EMA std list (numbers, or `edm2 phema --outstd` text with its '...' expansion,
+    edm2.utils.parse_std_list) -> sorted unique '0.xyz' strings, as they appear in file names."""
+    try:
+        values = parse_std_list(value)
+    except ConfigError as e:
+        raise WorkflowError(f"phema.grid: {e}") from None
     stds = {}
     for v in values:
-        if not 0 < v < 0.289:
-            raise WorkflowError(f"phema.grid: EMA std {v:g} is outside (0, 0.289); use relative stds such as 0.100")
-        text = f"{v:.3f}"
+        text = std_text(v)
         if text in stds and abs(stds[text] - v) > 1e-9:
             raise WorkflowError(f"phema.grid: {stds[text]:g} and {v:g} both round to {text}; use 3-decimal stds")
         stds[text] = v
@@ -149,9 +132,9 @@ def _model_settings(entry):
     duration = settings["duration"] or PRESET_DURATION.get(preset)
     if duration is None:
         raise WorkflowError(f"models[{name}]: set `duration` (or a `preset`, whose duration is then used)")
-    settings["duration_nimg"] = parse_nimg(duration)
-    batch = settings["batch"] or PRESET_BATCH
-    snapshot = parse_nimg(settings["snapshot"])
+    settings["duration_nimg"] = parse_nimg(duration, f"models[{name}].duration")
+    batch = settings["batch"] or PRESET_BATCH.get(preset, 2048)
+    snapshot = parse_nimg(settings["snapshot"], f"models[{name}].snapshot")
     nimg = settings["duration_nimg"]
     if snapshot <= 0 or snapshot % 1024 or snapshot % batch:
         raise WorkflowError(f"models[{name}]: snapshot={settings['snapshot']} must be a positive multiple of 1024 and of batch={batch}")
@@ -202,7 +185,7 @@ def _guidance_settings():
                 raise WorkflowError(f"guidance[{name}].weight: no weight for {missing}")
         if g["guide"] is None and any(guidance_weight(g, r) != 1 for r in g["runs"]):
             raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
-        if g["guide_std"] != "same" and f"{g['guide_std']:.3f}" not in GRID:
+        if g["guide_std"] != "same" and std_text(g["guide_std"]) not in GRID:
             raise WorkflowError(f"guidance[{name}].guide_std {g['guide_std']} is not in phema.grid; add it there")
         settings[name] = g
     return settings
@@ -344,7 +327,7 @@ def phema_dir(run):
 
 
 def phema_file(run, std):
-    return f"{phema_dir(run)}/phema-{MODELS[run]['kimg']:07d}-{std}.safetensors"
+    return f"{phema_dir(run)}/{snapshot_name(PHEMA_PREFIX, MODELS[run]['kimg'], std)}"
 
 
 def refine_dir(run):
@@ -419,7 +402,7 @@ def net_file(run, std):
     """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder."""
     if std in GRID:
         return phema_file(run, std)
-    return f"{refine_dir(run)}/phema-{MODELS[run]['kimg']:07d}-{std}.safetensors"
+    return f"{refine_dir(run)}/{snapshot_name(PHEMA_PREFIX, MODELS[run]['kimg'], std)}"
 
 
 def net_input(run, std):
@@ -454,7 +437,7 @@ def score_inputs(wildcards):
     inputs = {"net": ancient(net_input(run, std)), "done": train_done(run), "ref": ref_input()}
     if is_guided(setting, run):
         guide = setting["guide"]
-        guide_std = std if setting["guide_std"] == "same" else f"{setting['guide_std']:.3f}"
+        guide_std = std if setting["guide_std"] == "same" else std_text(setting["guide_std"])
         inputs["gnet"] = ancient(net_input(guide, guide_std))
         inputs["gdone"] = train_done(guide)
     if "fd_cnn" in setting["metrics"]:
@@ -468,7 +451,7 @@ def score_args(wildcards):
     setting = GUIDANCE[g]
     args = []
     if is_guided(setting, run):
-        guide_std = std if setting["guide_std"] == "same" else f"{setting['guide_std']:.3f}"
+        guide_std = std if setting["guide_std"] == "same" else std_text(setting["guide_std"])
         args.append(f"--gnet {shlex.quote(net_file(setting['guide'], guide_std))}")
         args.append(f"--guidance {guidance_weight(setting, run):g}")
     if "fd_cnn" in setting["metrics"]:
@@ -525,7 +508,7 @@ def train_retries():
     for m in MODELS.values():
         slices = 1
         if m["slice"] is not None:
-            slices = math.ceil(m["duration_nimg"] / max(parse_nimg(m["slice"]), 1))
+            slices = math.ceil(m["duration_nimg"] / max(parse_nimg(m["slice"], "slice"), 1))
         most = max(most, slices - 1 + m["retries"])
     return most
 

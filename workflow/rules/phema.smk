@@ -6,7 +6,7 @@ rule phema:
     input:
         done=lambda wc: train_done(wc.run),
     output:
-        [f"{RESULTS}/runs/{{run}}/phema/phema-{{kimg}}-{std}.safetensors" for std in GRID],
+        [f"{RESULTS}/runs/{{run}}/phema/{PHEMA_PREFIX}-{{kimg}}-{std}.safetensors" for std in GRID],
     params:
         indir=lambda wc, input: os.path.dirname(input.done),
         outdir=lambda wc: phema_dir(wc.run),
