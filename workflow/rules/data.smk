@@ -16,7 +16,7 @@ rule digits:
     resources:
         **rule_resources("digits"),
     conda:
-        "../../envs/data.yaml"
+        "../envs/data.yaml"
     shell:
         "python -m edm2 dataset digits --dest {output} --resolution {params.resolution} > {log} 2>&1"
 
@@ -40,7 +40,7 @@ rule convert:
     resources:
         **rule_resources("convert"),
     conda:
-        "../../envs/data.yaml"
+        "../envs/data.yaml"
     shell:
         "python -m edm2 dataset convert --source {params.source:q} --dest {output} --transform {params.transform}"
         " {params.resolution} {params.max_images} --workers {threads} > {log} 2>&1"
@@ -63,7 +63,7 @@ rule encode:
     resources:
         **rule_resources("encode"),
     conda:
-        "../../envs/vae.yaml"
+        "../envs/vae.yaml"
     shell:
         "python -m edm2 dataset encode --source {input} --dest {output} --vae {params.vae}"
         " --batch {params.batch} > {log} 2>&1"
@@ -88,7 +88,7 @@ rule train_detector:
     resources:
         **rule_resources("train_detector"),
     conda:
-        "../../envs/eval.yaml"
+        "../envs/eval.yaml"
     shell:
         "python -m edm2 metrics train-detector --data {input} --dest {output} --epochs {params.epochs}"
         " --batch {params.batch} --seed {params.seed} {params.extra} > {log} 2>&1"
@@ -113,7 +113,7 @@ rule ref_stats:
     resources:
         **rule_resources("ref_stats"),
     conda:
-        "../../envs/eval.yaml"
+        "../envs/eval.yaml"
     shell:
         "python -m edm2 metrics ref --data {input.data} --dest {output} --metrics {params.metrics}"
         " {params.detector} --workers {params.workers} > {log} 2>&1"

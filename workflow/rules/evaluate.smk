@@ -27,7 +27,7 @@ rule score:
     resources:
         **rule_resources("score"),
     conda:
-        "../../envs/eval.yaml"
+        "../envs/eval.yaml"
     shell:
         "python -m edm2 metrics gen --net {params.net} {params.guide} --ref {params.ref}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"

@@ -20,7 +20,7 @@ rule phema:
     resources:
         **rule_resources("phema"),
     conda:
-        "../../envs/train.yaml"
+        "../envs/train.yaml"
     shell:
         # The grid comes from a global, not a parameter: a parameter change (an EMA length
         # removed) would re-run phema and, through a Snakemake quirk (jobs downstream of a re-run
@@ -48,7 +48,7 @@ rule model_info:
     resources:
         **rule_resources("model_info"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label {params.label:q}"
         " --out {output} > {log} 2>&1"
@@ -73,7 +73,7 @@ checkpoint refine_grid:
     resources:
         **rule_resources("refine_grid"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report refine --grid {params.grid} --points {params.points}"
         " --statistic {params.statistic} --out {output} {input} > {log} 2>&1"
@@ -99,7 +99,7 @@ rule phema_refine:
     resources:
         **rule_resources("phema"),
     conda:
-        "../../envs/train.yaml"
+        "../envs/train.yaml"
     shell:
         "mkdir -p {output}; "
         "if [ -n '{params.stds}' ]; then "

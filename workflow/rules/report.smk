@@ -47,7 +47,7 @@ rule aggregate:
     resources:
         **rule_resources("aggregate"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report aggregate --out {output.scores} --best {output.best}"
         " --statistic {params.statistic} {params.info} {input.scores} > {log} 2>&1"
@@ -90,7 +90,7 @@ rule plots:
     resources:
         **rule_resources("plots"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs} {params.labels}"
         " --outdir {params.outdir} > {log} 2>&1"
@@ -116,7 +116,7 @@ rule tables:
     resources:
         **rule_resources("tables"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report tables --scores {input} --metrics {params.metrics} --out {params.stem} > {log} 2>&1"
 
@@ -147,7 +147,7 @@ rule samples:
     resources:
         **rule_resources("samples"),
     conda:
-        "../../envs/eval.yaml"
+        "../envs/eval.yaml"
     shell:
         "rm -rf {params.tmp}; "
         "best=$(python -m edm2 report best --best {input.best} --run {wildcards.run}"
@@ -178,7 +178,7 @@ rule report:
     resources:
         **rule_resources("report"),
     conda:
-        "../../envs/report.yaml"
+        "../envs/report.yaml"
     shell:
         "python -m edm2 report summary --best {input.best} --table {input.tables[1]} {params.samples}"
         " --md {output.md} --html {output.html} {input.plots} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule train:
     resources:
         **train_resources(),
     conda:
-        "../../envs/train.yaml"
+        "../envs/train.yaml"
     shell:
         # The no-op trap keeps this shell alive on SIGTERM until training has written its
         # checkpoint; SLURM signals the training processes themselves.
