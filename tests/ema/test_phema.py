@@ -224,8 +224,8 @@ def test_failures_leave_no_partial_outputs(tmp_path, monkeypatch):
             raise FormatError("unexpected end of file while reading an input snapshot")
         return real_read(fd, view, offset)
 
-    real_read = phema_module._preadv_full
-    monkeypatch.setattr(phema_module, "_preadv_full", failing_read)
+    real_read = phema_module.preadv_full
+    monkeypatch.setattr(phema_module, "preadv_full", failing_read)
     with pytest.raises(FormatError, match="unexpected end of file"):
         reconstruct_phema(folder, out, "0.06,0.07,0.08", chunk_elements=500)
     assert list(out.iterdir()) == []  # no outputs, no temporary files, no scratch folder
