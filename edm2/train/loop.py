@@ -24,6 +24,7 @@ from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator
 from edm2.train.loss import EDM2Loss
 from edm2.train.schedule import learning_rate_schedule
+from edm2.train.speed import ChannelsLast, CompiledForward
 from edm2.train.stats import StatsCollector
 from edm2.train.status import StatusReporter
 
@@ -228,52 +229,6 @@ def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
     print()
 
 
-class ChannelsLast(torch.nn.Module):
-    """Calls `net` with its image input in channels-last memory layout (a speed option on CPU).
-
-    The layout changes only the order of some floating-point reductions inside convolutions, not
-    the random draws: the loss draws its noise before the call, in the default layout.
-    """
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x, *args, **kwargs):
-        return self.net(x.contiguous(memory_format=torch.channels_last), *args, **kwargs)
-
-
-class CompiledForward:
-    """`torch.compile` of the network, with MPConv's forced weight normalisation done eagerly.
-
-    A compiled graph does not reproduce MPConv's in-place overwrite of its own parameter inside
-    the forward (spec §14.2), so the MPConv layers run in eval mode inside the graph (normalise
-    and scale only) and every call first applies the forced normalisation `weight <-
-    normalize(weight)` to all of them, as the eager training-mode forward does: the weights stay
-    bit-identical; activations and gradients equal the eager ones up to float rounding (fusion).
-    Every MPConv must take part in each forward, which holds for the training loss of Precond.
-    """
-
-    def __init__(self, model, net):
-        from edm2.nn.layers import MPConv
-
-        self.convs = [m for m in net.modules() if isinstance(m, MPConv)]
-        for conv in self.convs:
-            conv.train(False)
-        # dynamic=False: one graph per input shape (training has one); automatic dynamic shapes
-        # would otherwise kick in when another model reuses the same forward code in this process.
-        self.model = torch.compile(model, dynamic=False)
-
-    def __call__(self, *args, **kwargs):
-        from edm2.nn.layers import normalize
-
-        with torch.no_grad():
-            for conv in self.convs:
-                w = conv.weight.to(torch.float64 if conv.weight.dtype == torch.float64 else torch.float32)
-                conv.weight.copy_(normalize(w))
-        return self.model(*args, **kwargs)
-
-
 def _disable_tf32() -> None:
     """Training computes in true fp32 (spec §5.7, §14.30)."""
     torch.backends.cudnn.allow_tf32 = False
@@ -322,6 +277,239 @@ def slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, snapshot_nimg, check
 # ---- the loop ------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class TrainingPlan:
+    """The options checked against each other, the process count and the data, before any compute.
+
+    `plan_training` makes it once per run (`edm2 train` before it writes anything, or
+    `training_loop` when called without one); the loop uses its dataset instead of opening another.
+    """
+
+    dataset: object  # ImageFolderDataset
+    batch_gpu_total: int  # Images per process per optimizer step.
+    batch_gpu: int  # Images per process per forward/backward round.
+    rounds: int  # Gradient accumulation rounds per step.
+
+
+def plan_training(
+    dataset_kwargs,
+    precision,
+    batch_size,
+    batch_gpu,
+    world_size,
+    total_nimg,
+    slice_nimg,
+    status_nimg,
+    snapshot_nimg,
+    checkpoint_nimg,
+) -> TrainingPlan:
+    """Validate the loop options (ConfigError) and open the dataset (DataError); see TrainingPlan."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg)
+    batch_gpu_total, batch_gpu, rounds = resolve_batch(batch_size, batch_gpu, world_size)
+    return TrainingPlan(open_dataset(dataset_kwargs), batch_gpu_total, batch_gpu, rounds)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop body works on, built once by `training_loop`."""
+
+    run_dir: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    seed: int
+    batch_size: int
+    plan: TrainingPlan
+    encoder: object
+    net: torch.nn.Module  # Precond (what the optimizer, EMA and snapshots see)
+    ddp: torch.nn.Module  # net, or its DistributedDataParallel wrapper with several processes
+    model: object  # what the loss calls: ddp, possibly wrapped by speed options
+    loss_fn: EDM2Loss
+    optimizer: torch.optim.Optimizer
+    ema: PowerFunctionEMA
+    start_time: float
+    elapsed_before: float
+
+
+def _build_network(dataset, encoder_kwargs, network_kwargs, precision, batch_gpu, device, rank):
+    """(encoder, net): the encoder the data needs and a Precond sized from the first item.
+
+    Nothing draws from the CPU generator before the network's initialisation (the official
+    training_loop builds the network right after `set_random_seed`), so the reference item's VAE
+    sampling runs under a forked RNG. Rank 0 prints the official module summary, whose forward
+    also normalises the MPConv weights in place.
+    """
+    encoder = make_training_encoder(dataset.num_channels, encoder_kwargs)
+    ref_image, ref_label = dataset[0]
+    with torch.random.fork_rng(devices=[]):
+        ref_image = encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
+    print0("Constructing network...")
+    net = build_network(ref_image, ref_label, network_kwargs, precision, device)
+    if rank == 0:
+        R, C, L = net.img_resolution, net.img_channels, net.label_dim
+        inputs = [torch.zeros([batch_gpu, C, R, R]), torch.ones([batch_gpu]), torch.zeros([batch_gpu, L])]
+        print_network_summary(net, [t.to(device) for t in inputs])
+    return encoder, net
+
+
+def _wrap_model(net, world_size, device, channels_last, compile):
+    """(ddp, model): DDP with several processes (it broadcasts rank 0's parameters and buffers),
+    then the speed options (edm2.train.speed)."""
+    ddp = net
+    if world_size > 1:
+        ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    model = ChannelsLast(ddp) if channels_last else ddp
+    if compile:
+        model = CompiledForward(model, net)
+    return ddp, model
+
+
+def _make_run(
+    run_dir, env, device, seed, batch_size, plan, start_time, encoder_kwargs, network_kwargs, precision,
+    channels_last, compile, loss_kwargs, ema_stds,
+) -> tuple[_Run, int]:  # fmt: skip
+    """Network, loss, optimizer and EMAs, restored from the newest training state if there is one;
+    returns the run and its image count (0 for a new run)."""
+    encoder, net = _build_network(
+        plan.dataset, encoder_kwargs, network_kwargs, precision, plan.batch_gpu, device, env.rank
+    )
+    print0("Setting up training state...")
+    ddp, model = _wrap_model(net, env.world_size, device, channels_last, compile)
+    loss_fn = EDM2Loss(**(loss_kwargs or {}))
+    optimizer = make_optimizer(net)
+    ema = PowerFunctionEMA(net, stds=[float(s) for s in ema_stds])
+    cur_nimg, elapsed_before = restore_latest(run_dir, net, optimizer, ema, loss_fn)
+    run = _Run(
+        run_dir=run_dir,
+        rank=env.rank,
+        world_size=env.world_size,
+        device=device,
+        seed=seed,
+        batch_size=batch_size,
+        plan=plan,
+        encoder=encoder,
+        net=net,
+        ddp=ddp,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        ema=ema,
+        start_time=start_time,
+        elapsed_before=elapsed_before,
+    )
+    return run, cur_nimg
+
+
+def _stop_requested(stop, run: _Run, result: TrainingResult) -> bool:
+    """Whether any rank got SIGTERM/SIGUSR1 (then `result.signal` is set and a message printed)."""
+    if not all_ranks_agree(stop.requested, run.device):
+        return False
+    result.signal = stop.signum or signal.SIGTERM
+    name = signal.Signals(result.signal).name
+    if result.cur_nimg != result.start_nimg:
+        print0(f"Received {name}: stopping after {result.cur_nimg} images; writing a training state.")
+    else:
+        print0(f"Received {name} before the first step: stopping; nothing to save.")
+    return True
+
+
+def _maintenance(run: _Run, result, status, intervals, snapshot_meta, done) -> None:
+    """Status line, EMA snapshots and training state due at `result.cur_nimg`, in the official
+    order (training/training_loop.py): status, snapshot (rank 0, not forced at the end), then the
+    training state (at the interval, at the end, and when a signal stops the run)."""
+    cur, start = result.cur_nimg, result.start_nimg
+    status_nimg, snapshot_nimg, checkpoint_nimg = intervals
+    resumed_here = cur == start and start != 0  # what a resumed run wrote already
+    if status_nimg and (done or cur % status_nimg == 0) and not resumed_here:
+        status.report(cur)
+    if snapshot_nimg and cur % snapshot_nimg == 0 and not resumed_here and run.rank == 0:
+        for path in ckpt.write_snapshots(
+            run.run_dir, cur, run.ema, run.net.init_kwargs, run.encoder.config(), snapshot_meta
+        ):
+            print0(f"Saved {path.name}")
+    at_interval = checkpoint_nimg and (done or cur % checkpoint_nimg == 0)
+    if (at_interval or result.signal is not None) and cur != start:
+        elapsed = run.elapsed_before + time.time() - run.start_time
+        save_training_state(
+            run.run_dir, cur, elapsed, run.net, run.loss_fn, run.optimizer, run.ema, run.rank, run.device
+        )
+
+
+def _optimizer_step(run: _Run, batches, stats, cur_nimg, loss_scaling, lr_kwargs, force_finite) -> float:
+    """One optimizer step from `cur_nimg` (seeded from (seed, rank, cur_nimg)); returns its lr."""
+    set_random_seed(run.seed, run.rank, cur_nimg)
+    run.optimizer.zero_grad(set_to_none=True)
+    plan = run.plan
+    accumulate_gradients(
+        run.model,
+        run.loss_fn,
+        run.encoder,
+        batches,
+        plan.rounds,
+        plan.batch_gpu_total,
+        loss_scaling,
+        run.device,
+        stats=stats,
+        ddp=run.ddp if run.world_size > 1 else None,
+    )
+    lr = float(learning_rate_schedule(cur_nimg=cur_nimg, batch_size=run.batch_size, **(lr_kwargs or {})))
+    stats.report("Loss/learning_rate", lr)
+    apply_gradients(run.net, run.optimizer, lr, force_finite)
+    return lr
+
+
+def _progress_bar(progress, rank, total):
+    """tqdm on rank 0 (None elsewhere, or when `progress` is false; None = when stderr is a terminal)."""
+    if progress is None:
+        progress = bool(getattr(sys.__stderr__, "isatty", lambda: False)())
+    if rank != 0 or not progress:
+        return None
+    from tqdm import tqdm  # only when a bar is shown
+
+    return tqdm(total=total, unit="img", unit_scale=True, file=sys.__stderr__)
+
+
+def _train(run: _Run, result, stop, intervals, snapshot_meta, num_workers, progress, step_kwargs, step_hook):
+    """The iterations of one invocation: maintenance, exit if done, one step, then the EMA update."""
+    sampler = InfiniteSampler(
+        len(run.plan.dataset), rank=run.rank, num_replicas=run.world_size, seed=run.seed, start_idx=result.cur_nimg
+    )
+    batches = make_batch_iterator(run.plan.dataset, sampler, run.plan.batch_gpu, num_workers, run.device)
+    bar = _progress_bar(progress, run.rank, result.stop_at_nimg - result.start_nimg)
+    status = StatusReporter(
+        run.run_dir,
+        StatsCollector(run.device),
+        run.device,
+        result.cur_nimg,
+        run.elapsed_before,
+        run.start_time,
+        run.rank,
+        write_line=bar.write if bar is not None else print,
+    )
+    try:
+        while True:
+            done = result.cur_nimg >= result.stop_at_nimg
+            if not done and _stop_requested(stop, run, result):
+                done = True
+            _maintenance(run, result, status, intervals, snapshot_meta, done)
+            if done:
+                break
+            step_start = time.time()
+            lr = _optimizer_step(run, batches, status.stats, result.cur_nimg, **step_kwargs)
+            result.cur_nimg += run.batch_size
+            run.ema.update(cur_nimg=result.cur_nimg, batch_size=run.batch_size)
+            status.training_time += time.time() - step_start
+            if bar is not None:
+                bar.update(run.batch_size)
+            if step_hook is not None:
+                step_hook(cur_nimg=result.cur_nimg, net=run.net, optimizer=run.optimizer, ema=run.ema, lr=lr)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def training_loop(
     run_dir,  # Output directory: snapshots, training states, stats.jsonl.
     dataset_kwargs: dict,  # ImageFolderDataset arguments: path, use_labels, ...
@@ -338,7 +526,7 @@ def training_loop(
     status_nimg: int | None = 128 << 10,  # Status line and stats.jsonl every N images; None = never.
     snapshot_nimg: int | None = 8 << 20,  # EMA snapshots every N images; None = never.
     checkpoint_nimg: int | None = 128 << 20,  # Training state every N images and at the end; None = only on a signal.
-    loss_scaling: float = 1,  # Multiplier of the loss before backprop (never divided back out, spec §5.2).
+    loss_scaling: float = 1,  # Multiplier of the loss before backprop (never divided back out, as officially).
     force_finite: bool = True,  # Replace NaN/Inf gradient entries by 0.
     cudnn_benchmark: bool = True,  # torch.backends.cudnn.benchmark.
     precision: str = "fp16",  # 'fp32', or mixed precision 'fp16'/'bf16' for the main path (CUDA only).
@@ -350,60 +538,39 @@ def training_loop(
     step_hook=None,  # Called on every rank after each step: step_hook(cur_nimg=, net=, optimizer=, ema=, lr=).
     progress: bool | None = None,  # tqdm progress bar on rank 0; None = when stderr is a terminal.
     stop: StopSignal | None = None,  # A signal flag the caller installed earlier (edm2 train does, at start-up).
+    plan: TrainingPlan | None = None,  # The checked options and open dataset (default: plan_training here).
 ) -> TrainingResult:
-    """Train (or resume training) an EDM2 network per spec §5; returns what this invocation did.
+    """Train (or resume training) an EDM2 network; returns what this invocation did.
 
-    Stops at the end of the slice or the duration, or after the current step when SIGTERM or
-    SIGUSR1 arrives (then with a training state written and `result.signal` set).
+    The official training loop (training/training_loop.py of NVlabs/edm2; EDM2 paper, arXiv
+    2312.02696, Sec. 2 and Appendix B; docs/method.md "Training"). Stops at the end of the slice
+    or the duration, or after the current step when SIGTERM or SIGUSR1 arrives (then with a
+    training state written and `result.signal` set). Raises ConfigError/DataError for options or
+    data that cannot work, before any compute.
     """
     start_time = time.time()
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg = (
-        v or None for v in (slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg)
-    )
-    check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg)
+    intervals = [v or None for v in (slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg)]
+    slice_nimg, intervals = intervals[0], intervals[1:]
     env, device = init_distributed(device)
-    rank, world_size = env.rank, env.world_size
-    batch_gpu_total, batch_gpu, rounds = resolve_batch(batch_size, batch_gpu, world_size)
+    if plan is None:
+        print0("Loading dataset...")
+        plan = plan_training(
+            dataset_kwargs, precision, batch_size, batch_gpu, env.world_size, total_nimg, slice_nimg, *intervals
+        )
     run_dir = Path(run_dir)
-    if rank == 0:
+    if env.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.nullcontext(stop) if stop is not None else StopSignal() as stop:  # a signal only sets a flag
-        set_random_seed(seed, rank)
+        set_random_seed(seed, env.rank)
         torch.backends.cudnn.benchmark = cudnn_benchmark
         _disable_tf32()
-
-        # Dataset, encoder, network (spec §5.5: nothing draws from the CPU generator before the net).
-        print0("Loading dataset...")
-        dataset = open_dataset(dataset_kwargs)
-        encoder = make_training_encoder(dataset.num_channels, encoder_kwargs)
-        ref_image, ref_label = dataset[0]
-        with torch.random.fork_rng(devices=[]):  # VAE sampling of the reference item leaves the CPU RNG alone
-            ref_image = encoder.encode_latents(torch.as_tensor(ref_image).to(device).unsqueeze(0))
-        print0("Constructing network...")
-        net = build_network(ref_image, ref_label, network_kwargs, precision, device)
-        if rank == 0:  # the official module summary; it also normalises the weights in place (spec §5.5)
-            R, C, L = net.img_resolution, net.img_channels, net.label_dim
-            inputs = [torch.zeros([batch_gpu, C, R, R]), torch.ones([batch_gpu]), torch.zeros([batch_gpu, L])]
-            print_network_summary(net, [t.to(device) for t in inputs])
-
-        # Training state; DDP broadcasts rank 0's parameters and buffers (spec §14.31).
-        print0("Setting up training state...")
-        ddp = net
-        if world_size > 1:
-            ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-        model = ChannelsLast(ddp) if channels_last else ddp
-        if compile:
-            model = CompiledForward(model, net)
-        loss_fn = EDM2Loss(**(loss_kwargs or {}))
-        optimizer = make_optimizer(net)
-        ema = PowerFunctionEMA(net, stds=[float(s) for s in ema_stds])
-        cur_nimg, elapsed_before = restore_latest(run_dir, net, optimizer, ema, loss_fn)
-        start_nimg = cur_nimg
-        stop_at_nimg = slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, snapshot_nimg, checkpoint_nimg)
+        run, cur_nimg = _make_run(
+            run_dir, env, device, seed, batch_size, plan, start_time, encoder_kwargs, network_kwargs, precision,
+            channels_last, compile, loss_kwargs, ema_stds,
+        )  # fmt: skip
+        stop_at_nimg = slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, intervals[1], intervals[2])
         result = TrainingResult(
-            cur_nimg=cur_nimg, start_nimg=start_nimg, stop_at_nimg=stop_at_nimg, total_nimg=total_nimg
+            cur_nimg=cur_nimg, start_nimg=cur_nimg, stop_at_nimg=stop_at_nimg, total_nimg=total_nimg
         )
         if cur_nimg >= total_nimg:
             print0(
@@ -412,105 +579,16 @@ def training_loop(
         else:
             print0(f"Training from {cur_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:")
             print0()
-            sampler = InfiniteSampler(len(dataset), rank=rank, num_replicas=world_size, seed=seed, start_idx=cur_nimg)
-            batches = make_batch_iterator(dataset, sampler, batch_gpu, num_workers, device)
             snapshot_meta = dict(
                 dataset_kwargs={k: (str(v) if isinstance(v, Path) else v) for k, v in dataset_kwargs.items()},
-                loss_kwargs=loss_fn.kwargs(),
+                loss_kwargs=run.loss_fn.kwargs(),
                 precision=precision,
                 **(snapshot_extra or {}),
             )
-            if progress is None:
-                progress = bool(getattr(sys.__stderr__, "isatty", lambda: False)())
-            bar = None
-            if rank == 0 and progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=stop_at_nimg - start_nimg, unit="img", unit_scale=True, file=sys.__stderr__)
-            status = StatusReporter(
-                run_dir,
-                StatsCollector(device),
-                device,
-                cur_nimg,
-                elapsed_before,
-                start_time,
-                rank,
-                write_line=bar.write if bar is not None else print,
-            )
-            try:
-                while True:
-                    done = cur_nimg >= stop_at_nimg
-                    if all_ranks_agree(stop.requested, device) and not done:
-                        done = True
-                        result.signal = stop.signum or signal.SIGTERM
-                        name = signal.Signals(result.signal).name
-                        if cur_nimg != start_nimg:
-                            print0(f"Received {name}: stopping after {cur_nimg} images; writing a training state.")
-                        else:
-                            print0(f"Received {name} before the first step: stopping; nothing to save.")
-
-                    # Status line and statistics (spec §5.7 step 2, §5.9).
-                    if (
-                        status_nimg
-                        and (done or cur_nimg % status_nimg == 0)
-                        and (cur_nimg != start_nimg or start_nimg == 0)
-                    ):
-                        status.report(cur_nimg)
-
-                    # EMA snapshots: rank 0, not forced at the end (spec §5.7 step 3, §14.20).
-                    if (
-                        snapshot_nimg
-                        and cur_nimg % snapshot_nimg == 0
-                        and (cur_nimg != start_nimg or start_nimg == 0)
-                        and rank == 0
-                    ):
-                        for path in ckpt.write_snapshots(
-                            run_dir, cur_nimg, ema, net.init_kwargs, encoder.config(), snapshot_meta
-                        ):
-                            print0(f"Saved {path.name}")
-
-                    # Training state: at the interval, at the end, and when a signal stops the run.
-                    at_interval = checkpoint_nimg and (done or cur_nimg % checkpoint_nimg == 0)
-                    if (at_interval or result.signal is not None) and cur_nimg != start_nimg:
-                        elapsed = elapsed_before + time.time() - start_time
-                        save_training_state(run_dir, cur_nimg, elapsed, net, loss_fn, optimizer, ema, rank, device)
-
-                    if done:
-                        break
-
-                    # One optimizer step (spec §5.2), then the EMA update (spec §7.2).
-                    step_start = time.time()
-                    set_random_seed(seed, rank, cur_nimg)
-                    optimizer.zero_grad(set_to_none=True)
-                    accumulate_gradients(
-                        model,
-                        loss_fn,
-                        encoder,
-                        batches,
-                        rounds,
-                        batch_gpu_total,
-                        loss_scaling,
-                        device,
-                        stats=status.stats,
-                        ddp=ddp if world_size > 1 else None,
-                    )
-                    lr = float(learning_rate_schedule(cur_nimg=cur_nimg, batch_size=batch_size, **(lr_kwargs or {})))
-                    status.stats.report("Loss/learning_rate", lr)
-                    apply_gradients(net, optimizer, lr, force_finite)
-                    cur_nimg += batch_size
-                    ema.update(cur_nimg=cur_nimg, batch_size=batch_size)
-                    status.training_time += time.time() - step_start
-                    result.cur_nimg = cur_nimg
-                    if bar is not None:
-                        bar.update(batch_size)
-                    if step_hook is not None:
-                        step_hook(cur_nimg=cur_nimg, net=net, optimizer=optimizer, ema=ema, lr=lr)
-            finally:
-                if bar is not None:
-                    bar.close()
-
-    if cur_nimg >= total_nimg and rank == 0:
-        ckpt.write_done(run_dir, cur_nimg)
+            step_kwargs = dict(loss_scaling=loss_scaling, lr_kwargs=lr_kwargs, force_finite=force_finite)
+            _train(run, result, stop, intervals, snapshot_meta, num_workers, progress, step_kwargs, step_hook)
+    if result.cur_nimg >= total_nimg and env.rank == 0:
+        ckpt.write_done(run_dir, result.cur_nimg)
     barrier()
     return result
 

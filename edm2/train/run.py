@@ -14,7 +14,8 @@ from pathlib import Path
 
 from edm2.distributed import barrier, init_distributed, print0, resolve_env
 from edm2.errors import ConfigError
-from edm2.train.loop import PRECISIONS, TrainingResult, check_intervals, open_dataset, resolve_batch, training_loop
+from edm2.io.atomic import atomic_write_text
+from edm2.train.loop import TrainingResult, plan_training, training_loop
 from edm2.train.status import tee_output
 
 EX_TEMPFAIL = 75  # exit status after a signal: a training state is written, re-run the same command
@@ -89,9 +90,7 @@ class TrainOptions:
 
 
 def loop_arguments(opts: TrainOptions) -> dict:
-    """training_loop() keyword arguments of resolved options (spec §6 mapping)."""
-    if opts.precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {opts.precision!r}")
+    """training_loop() keyword arguments of resolved options (the mapping of the official train.py)."""
     network_kwargs = dict(model_channels=int(opts.channels), dropout=float(opts.dropout))
     if opts.channel_mult is not None:
         network_kwargs["channel_mult"] = [int(v) for v in opts.channel_mult]
@@ -163,34 +162,22 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
     opts = opts.resolved()
     kwargs = loop_arguments(opts)
     kwargs.update(loop_extra)
-    check_intervals(
-        kwargs["batch_size"],
-        kwargs["total_nimg"],
-        kwargs["slice_nimg"],
-        kwargs["status_nimg"],
-        kwargs["snapshot_nimg"],
-        kwargs["checkpoint_nimg"],
-    )
     record = _options_record(opts)
     if opts.dry_run:
-        world_size = resolve_env().world_size
-        resolve_batch(kwargs["batch_size"], kwargs["batch_gpu"], world_size)
-        open_dataset(kwargs["dataset_kwargs"])
+        _plan(kwargs, resolve_env().world_size)
         check_run_dir(opts.outdir, record)
         print(json.dumps({"options": record, "training_loop": kwargs}, indent=2, default=str))
         print("Dry run; exiting.")
         return None
 
     env, _device = init_distributed(device)
-    resolve_batch(kwargs["batch_size"], kwargs["batch_gpu"], env.world_size)
-    open_dataset(kwargs["dataset_kwargs"])
+    print0("Loading dataset...")
+    plan = _plan(kwargs, env.world_size)  # every rank checks the options and the data before any compute
     outdir = Path(opts.outdir)
     exists = check_run_dir(outdir, record)
     if env.rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
         if not exists:
-            from edm2.io.atomic import atomic_write_text
-
             loop = {k: v for k, v in kwargs.items() if not callable(v)}
             text = json.dumps({"options": record, "training_loop": loop}, indent=2, default=str) + "\n"
             atomic_write_text(outdir / OPTIONS_FILE, text)
@@ -198,8 +185,29 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
     with tee_output(outdir / "log.txt"):
         print0(f"Training options: {json.dumps(record)}")
         return training_loop(
-            **kwargs, device=device, progress=progress, stop=stop, snapshot_extra={"training_options": record}
+            **kwargs,
+            device=device,
+            progress=progress,
+            stop=stop,
+            snapshot_extra={"training_options": record},
+            plan=plan,
         )
+
+
+def _plan(kwargs: dict, world_size: int):
+    """plan_training() of training_loop() keyword arguments."""
+    return plan_training(
+        kwargs["dataset_kwargs"],
+        kwargs["precision"],
+        kwargs["batch_size"],
+        kwargs["batch_gpu"],
+        world_size,
+        kwargs["total_nimg"],
+        kwargs["slice_nimg"],
+        kwargs["status_nimg"],
+        kwargs["snapshot_nimg"],
+        kwargs["checkpoint_nimg"],
+    )
 
 
 def exit_status(result: TrainingResult | None) -> int:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edm2.nn import Precond
-from edm2.train.loop import ChannelsLast, CompiledForward
 from edm2.train.loss import EDM2Loss
+from edm2.train.speed import ChannelsLast, CompiledForward
 
 
 def tiny_net():
