@@ -3,6 +3,7 @@
 import click
 
 from edm2.commands.paths import OutputDir
+from edm2.commands.sampling import sampler_options
 
 
 def _parse_seeds(ctx, param, value):
@@ -39,42 +40,8 @@ def _parse_seeds(ctx, param, value):
     show_default=True,
     help="Maximum batch size per rank.",
 )
-@click.option(
-    "--steps", "num_steps", type=click.IntRange(min=2), default=32, show_default=True, help="Number of sampling steps."
-)
-@click.option(
-    "--sigma_min",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.002,
-    show_default=True,
-    help="Lowest noise level.",
-)
-@click.option(
-    "--sigma_max",
-    type=click.FloatRange(min=0, min_open=True),
-    default=80.0,
-    show_default=True,
-    help="Highest noise level.",
-)
-@click.option(
-    "--rho", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True, help="Time step exponent."
-)
 @click.option("--guidance", type=float, metavar="FLOAT", help="Guidance strength  [default: 1 (no guidance)]")
-@click.option(
-    "--S_churn", "S_churn", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Stochasticity strength."
-)
-@click.option(
-    "--S_min", "S_min", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Stochastic min noise level."
-)
-@click.option(
-    "--S_max",
-    "S_max",
-    type=click.FloatRange(min=0),
-    default=float("inf"),
-    show_default=True,
-    help="Stochastic max noise level.",
-)
-@click.option("--S_noise", "S_noise", type=float, default=1.0, show_default=True, help="Stochastic noise inflation.")
+@sampler_options
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
 def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, device, **sampler):
     """Generate images with the EDM sampler, one PNG per seed ({outdir}/{seed:06d}.png).

@@ -4,6 +4,7 @@
 import click
 
 from edm2.commands.paths import OutputFile
+from edm2.commands.sampling import sampler_options
 
 CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -143,14 +144,7 @@ def calc(
 @click.option(
     "--batch", "max_batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch per rank."
 )
-@click.option("--steps", "num_steps", type=click.IntRange(min=2), default=32, show_default=True, help="Sampling steps.")
-@click.option("--sigma_min", type=click.FloatRange(min=0, min_open=True), default=0.002, show_default=True)
-@click.option("--sigma_max", type=click.FloatRange(min=0, min_open=True), default=80.0, show_default=True)
-@click.option("--rho", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True)
-@click.option("--S_churn", "S_churn", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--S_min", "S_min", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--S_max", "S_max", type=click.FloatRange(min=0), default=float("inf"), show_default=True)
-@click.option("--S_noise", "S_noise", type=float, default=1.0, show_default=True)
+@sampler_options
 @detector_options
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
 @click.option(

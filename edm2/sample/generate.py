@@ -18,6 +18,7 @@ import torch
 from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, FormatError
 from edm2.naming import parse_snapshot_name
+from edm2.sample.options import SamplerOptions
 
 # ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
 
@@ -160,21 +161,10 @@ class GeneratedBatch:
     num_batches: int  # batches on this rank
 
 
-def sampler_kwargs(
-    num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, guidance=1, S_churn=0, S_min=0, S_max=float("inf"), S_noise=1
-) -> dict:
-    """The keyword arguments of `edm_sampler` with their spec §8.1 defaults."""
-    return dict(
-        num_steps=int(num_steps),
-        sigma_min=float(sigma_min),
-        sigma_max=float(sigma_max),
-        rho=float(rho),
-        guidance=float(guidance),
-        S_churn=float(S_churn),
-        S_min=float(S_min),
-        S_max=float(S_max),
-        S_noise=float(S_noise),
-    )
+def sampler_kwargs(guidance=1, **options) -> dict:
+    """The keyword arguments of `edm_sampler`: SamplerOptions' defaults, `options` and `guidance`
+    (ConfigError for values outside the bounds of `edm2.sample.options.SAMPLER_FIELDS`)."""
+    return SamplerOptions(**options).kwargs(guidance)
 
 
 def generate_batches(
@@ -209,8 +199,6 @@ def generate_batches(
     opts = sampler_kwargs(**kwargs)
     if opts["guidance"] != 1 and gnet is None:
         raise ConfigError(f"guidance {opts['guidance']:g} needs a guiding network (gnet)")
-    if opts["num_steps"] < 2:
-        raise ConfigError(f"--steps must be at least 2, got {opts['num_steps']}")
     label_dim = int(getattr(net, "label_dim", 0))
     if class_idx is not None:
         if label_dim == 0:

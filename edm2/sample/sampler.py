@@ -3,21 +3,23 @@
 import numpy as np
 import torch
 
+from edm2.sample.options import DEFAULTS
+
 
 def edm_sampler(
     net,
     noise,
     labels=None,
     gnet=None,
-    num_steps=32,
-    sigma_min=0.002,
-    sigma_max=80,
-    rho=7,
+    num_steps=DEFAULTS.num_steps,
+    sigma_min=DEFAULTS.sigma_min,
+    sigma_max=DEFAULTS.sigma_max,
+    rho=DEFAULTS.rho,
     guidance=1,
-    S_churn=0,
-    S_min=0,
-    S_max=float("inf"),
-    S_noise=1,
+    S_churn=DEFAULTS.S_churn,
+    S_min=DEFAULTS.S_min,
+    S_max=DEFAULTS.S_max,
+    S_noise=DEFAULTS.S_noise,
     dtype=torch.float32,
     randn_like=torch.randn_like,
 ):

@@ -42,6 +42,8 @@ def test_shipped_configs_are_valid(validator, name):
         (lambda c: c["train"].update(precision="fp8"), ["train", "precision"], "'fp8' is not one of"),
         (lambda c: c["resources"].update(trian={"threads": 2}), ["resources"], "'trian' is not one of"),
         (lambda c: c.pop("models"), [], "'models' is a required property"),
+        (lambda c: c["score"].update(steps=1), ["score", "steps"], "less than the minimum of 2"),
+        (lambda c: c["samples"].update(steps=1), ["samples", "steps"], "less than the minimum of 2"),
     ],
 )
 def test_schema_names_the_bad_key_or_value(validator, edit, path, message):
@@ -99,3 +101,14 @@ def test_workflow_parsers_are_torch_free():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code, str(REPO)], check=True)
+
+
+def test_schema_sampler_bounds_are_the_commands():
+    """The schema refuses exactly the step counts `edm2 generate` / `metrics gen` refuse, and
+    leaves the default to the sampler's options (edm2.sample.options)."""
+    from edm2.sample.options import SAMPLER_FIELDS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for section in ("score", "samples"):
+        steps = schema["properties"][section]["properties"]["steps"]
+        assert steps["minimum"] == SAMPLER_FIELDS["num_steps"].minimum and steps["default"] is None

@@ -4,9 +4,9 @@
 # Everything here is plain Python evaluated when the DAG is built. It must stay cheap (the paper
 # configs dry-run in seconds) and may not import torch: the Snakemake process may run in an
 # environment without it, and without the edm2 package installed. The few parsers shared with
-# the commands (image counts, EMA std lists, file names, preset durations) come from the
-# repository's own torch-free modules (edm2.utils, edm2.naming, edm2.presets: standard library
-# only), imported from the checkout this Snakefile belongs to.
+# the commands (image counts, EMA std lists, file names, preset durations, sampler defaults) come from the
+# repository's own torch-free modules (edm2.utils, edm2.naming, edm2.presets, edm2.sample.options:
+# standard library only), imported from the checkout this Snakefile belongs to.
 
 import hashlib
 import json
@@ -28,6 +28,7 @@ sys.path.insert(0, REPO)
 from edm2.errors import ConfigError
 from edm2.naming import PHEMA_PREFIX, snapshot_name, std_text
 from edm2.presets import TRAINING_PRESETS
+from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
 from edm2.utils import parse_nimg as _parse_nimg
 from edm2.utils import parse_std_list
 
@@ -48,6 +49,8 @@ def _validate_config():
 
 
 _validate_config()
+if config["score"]["steps"] is None:  # the sampler's own default, from one place
+    config["score"]["steps"] = SAMPLER_DEFAULTS.num_steps
 
 RESULTS = config["results"].rstrip("/")
 

@@ -1,0 +1,30 @@
+"""The sampler options shared by `edm2 generate` and `edm2 metrics gen`: one click decorator
+built from `edm2.sample.options` (defaults, bounds and help in one place)."""
+
+import click
+
+from edm2.sample.options import DEFAULTS, SAMPLER_FIELDS
+
+
+def _click_type(name, field):
+    if field.minimum is None:
+        return float
+    if name == "num_steps":
+        return click.IntRange(min=field.minimum)
+    return click.FloatRange(min=field.minimum, min_open=field.open)
+
+
+def sampler_options(command):
+    """Add --steps, --sigma_min, --sigma_max, --rho, --S_churn, --S_min, --S_max and --S_noise;
+    the command receives them as keyword arguments named like SamplerOptions' fields."""
+    for name in reversed(list(SAMPLER_FIELDS)):
+        field = SAMPLER_FIELDS[name]
+        command = click.option(
+            field.flag,
+            name,
+            type=_click_type(name, field),
+            default=getattr(DEFAULTS, name),
+            show_default=True,
+            help=field.help,
+        )(command)
+    return command
