@@ -33,9 +33,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edm2 tests benchmarks
 	$(VENV)/bin/ruff format --check edm2 tests benchmarks
+	$(VENV)/bin/snakefmt --check workflow
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format edm2 tests benchmarks
+	$(VENV)/bin/snakefmt workflow
 	$(VENV)/bin/ruff check --fix edm2 tests benchmarks
 
 # Lets `snakemake --profile slurm` work as typed (Snakemake looks in ~/.config/snakemake/).

@@ -32,12 +32,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("edm2"):
-                return None  # area not built yet
-            raise
+        # A command that fails to import is a bug to see, not an unknown command: let it raise.
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx):
         completed = False

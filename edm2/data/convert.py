@@ -18,15 +18,18 @@ import signal
 import traceback
 import warnings
 import zipfile
+from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
+from tqdm import tqdm
 
 from edm2.data.transforms import make_pil_transform
 from edm2.data.writer import open_dest
 from edm2.errors import ConfigError, DataError
 from edm2.naming import DATASET_JSON, file_ext, is_image_name, out_name, parse_dataset_json
+from edm2.utils import die_with_parent
 
 # ---- reading the source ---------------------------------------------------------------------
 
@@ -236,8 +239,6 @@ def _worker_main(job, tasks, chunk, counter, permits, conn, parent_pid):
     the workers may run ahead of the parent's writer (flow control for slow writers/huge images).
     The worker dies with its parent, also when the parent is killed with SIGKILL (it would else
     block on a full pipe that it holds open itself)."""
-    from edm2.utils import die_with_parent
-
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -406,8 +407,6 @@ def _results(job, tasks, workers, progress):
     Each worker takes chunks of consecutive tasks from a shared counter and sends their results
     through its own pipe; the parent reorders the chunks. No pool threads or per-task messages in
     the parent, which shares the cores with the workers."""
-    from tqdm import tqdm
-
     bar = tqdm(total=len(tasks), unit="img", disable=not progress, dynamic_ncols=True)
     if workers == 1 or len(tasks) < 2:
         try:
@@ -447,8 +446,6 @@ def _results(job, tasks, workers, progress):
 
 def _in_order(conns, procs, permits, num_chunks):
     """Receive the workers' chunks and yield their results in chunk order."""
-    from multiprocessing.connection import wait
-
     pending, live = {}, dict(zip(conns, procs))
     for k in range(num_chunks):
         while k not in pending:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from edm2.data.convert import decode_rgb, open_source
 from edm2.data.encoders import StabilityVAEEncoder
@@ -63,8 +64,6 @@ def encode_dataset(
     dev = resolve_device(device)
     encoder = StabilityVAEEncoder(vae_name=vae, batch_size=int(batch))
     encoder.init(dev)  # load the VAE before anything is written
-
-    from tqdm import tqdm
 
     reader = src.open_reader()
     labels, shape = [], None

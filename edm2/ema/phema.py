@@ -30,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
+from edm2.io.official import load_official_pickle, snapshot_fields
 from edm2.io.safetensors_stream import StreamingWriter, preadv_full, read_safetensors_header
+from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
 from edm2.naming import PHEMA_PREFIX, parse_snapshot_name, snapshot_name
 from edm2.utils import kimg_to_nimg
 
@@ -75,8 +78,6 @@ def find_inputs(indir, inprefix: str | None = None, instd=None, exclude_prefix: 
     metadata is used (it agrees whenever nimg is a multiple of 1024). Filters: exact prefix
     (`inprefix`), std membership (`instd`, a list or std-list text). Sorted by (nimg, std).
     """
-    from edm2.io.snapshot import read_snapshot_info
-
     indir = Path(indir)
     if not indir.is_dir():
         raise ConfigError(f"--indir {indir}: no such directory")
@@ -385,12 +386,8 @@ class _StreamingPass:
 
 def _open_source(inp: PhemaInput, scratch: Path) -> tuple[_Source, dict]:
     """An input as a safetensors file (official pickles are converted once into `scratch`)."""
-    from edm2.io.snapshot import FORMAT, save_snapshot
-
     path = inp.path
     if inp.is_pickle:
-        from edm2.io.official import load_official_pickle, snapshot_fields
-
         data = load_official_pickle(inp.path, dtype=None)
         encoder, extra = snapshot_fields(data, inp.path)
         path = scratch / (inp.path.stem + ".safetensors")
@@ -441,8 +438,6 @@ def _check_layout(sources, infos) -> tuple[list, list, dict]:
 def _output_metadata(info, sources, coefficients, std, out_nimg, acc_dtype) -> dict:
     """Snapshot metadata of one output: the first input's, plus in `extra.phema` the inputs and
     the coefficients of this output."""
-    from edm2.io.snapshot import FORMAT
-
     extra = dict(info["extra"])
     extra.pop("phema", None)
     extra["phema"] = {
@@ -578,8 +573,6 @@ def reconstruct_phema(
             result.update(chunk_elements=chunk, working_bytes=chunk * per_element, workers=workers)
             bar = None
             if progress:
-                from tqdm import tqdm
-
                 bar = tqdm(
                     total=total, unit="param", unit_scale=True, desc=f"phema {X.shape[0]} in -> {X.shape[1]} out"
                 )

@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from edm2.errors import DownloadError, FormatError
 from edm2.io.atomic import atomic_path
 
@@ -78,8 +80,6 @@ def download(url: str, root=None, timeout: float | None = None, progress: bool =
             total = int(total) if total and total.isdigit() else None
             bar = None
             if progress and (total is None or total > (1 << 20)):
-                from tqdm import tqdm
-
                 bar = stack.enter_context(
                     tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {dest.name}")
                 )

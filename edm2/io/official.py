@@ -31,6 +31,10 @@ import numpy as np
 import torch
 
 from edm2.errors import FormatError
+from edm2.io.snapshot import build_network, save_snapshot
+from edm2.naming import parse_snapshot_name
+from edm2.nn import Precond
+from edm2.utils import kimg_to_nimg
 
 # The classes the official code wraps with `persistence.persistent_class`, by class name.
 NETWORK_CLASSES = ("Precond", "UNet", "Block", "MPConv", "MPFourier")  # training/networks_edm2.py
@@ -420,9 +424,6 @@ def network_from_object(obj, dtype: torch.dtype | None = torch.float32):
 
     Returns `(net, network_kwargs)`; `dtype` casts floating tensors (None keeps fp16).
     """
-    from edm2.io.snapshot import build_network
-    from edm2.nn import Precond
-
     if not isinstance(obj, PersistentObject) or obj.class_name != "Precond":
         found = getattr(obj, "class_name", type(obj).__name__)
         raise FormatError(f"the network is a {found}, expected an EDM2 Precond")
@@ -545,8 +546,6 @@ def load_official_stats(path) -> dict:
 
 def parse_official_name(name):
     """`(kimg, std)` from a file name `*-<kimg>-<std>.pkl` (spec §7.4), else None."""
-    from edm2.naming import parse_snapshot_name
-
     parsed = parse_snapshot_name(Path(name).name, ext="pkl")
     return (parsed.kimg, parsed.std) if parsed else None
 
@@ -568,9 +567,6 @@ def convert_official_pickle(src, dest, nimg: int | None = None, ema_std: float |
     nimg and the EMA std come from the file name `*-<kimg>-<std>.pkl` unless given. Returns
     a summary dict (network_kwargs, encoder, nimg, ema_std).
     """
-    from edm2.io.snapshot import save_snapshot
-    from edm2.utils import kimg_to_nimg
-
     parsed = parse_official_name(src) if isinstance(src, (str, Path)) else None
     if nimg is None:
         nimg = kimg_to_nimg(parsed[0]) if parsed else 0

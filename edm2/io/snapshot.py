@@ -18,9 +18,12 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from edm2.errors import FormatError, OutputError
 from edm2.io.atomic import atomic_path
+from edm2.nn import Precond
 
 FORMAT = "edm2-snapshot/1"
 
@@ -78,8 +81,6 @@ def write_safetensors(path, tensors: dict, metadata: dict) -> None:
     The header is rewritten in place with the entries sorted and the digest filled into a
     placeholder of the same length, so the data never moves.
     """
-    from safetensors.torch import save_file
-
     with atomic_path(path, suffix=".safetensors") as tmp:
         try:
             save_file(tensors, str(tmp), metadata={**metadata, "sha256": "0" * 64})
@@ -141,8 +142,6 @@ def read_metadata(path, expected_format: str, what: str, missing: str) -> dict:
     `what` names the kind of file in errors ("edm2 snapshot"); `missing` is the whole message
     for a file that does not exist. No tensor data is read.
     """
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -171,15 +170,11 @@ def read_snapshot_info(path) -> SnapshotInfo:
 
 
 def load_state_dict(path, device="cpu") -> dict:
-    from safetensors.torch import load_file
-
     return load_file(str(path), device=str(device))
 
 
 def build_network(network_kwargs: dict, device="meta"):
     """Construct a `Precond` from stored constructor arguments (weights uninitialised on meta)."""
-    from edm2.nn import Precond
-
     with torch.device(device):
         return Precond(**network_kwargs)
 

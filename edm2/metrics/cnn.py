@@ -17,8 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm import tqdm
 
+from edm2.data.dataset import ImageFolderDataset
 from edm2.errors import ConfigError, DataError, FormatError
+from edm2.io.snapshot import read_metadata, verify_safetensors, write_safetensors
 
 FORMAT = "edm2-cnn-detector/1"
 GRID = 4  # the last feature map is average-pooled to GRID x GRID before the hidden layer
@@ -87,8 +91,6 @@ class CNNClassifier(torch.nn.Module):
 
 def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_info: dict) -> None:
     """Write the detector file atomically (safetensors + metadata)."""
-    from edm2.io.snapshot import write_safetensors
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -101,8 +103,6 @@ def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_inf
 
 def read_detector_info(path) -> dict:
     """Metadata of a detector file: {'config': ..., 'heldout_accuracy': ..., 'train': ...}."""
-    from edm2.io.snapshot import read_metadata
-
     missing = f"CNN detector {path} does not exist; train one with `edm2 metrics train-detector`"
     meta = read_metadata(path, FORMAT, "edm2 CNN detector", missing)
     return {
@@ -114,10 +114,6 @@ def read_detector_info(path) -> dict:
 
 def load_detector(path, device="cpu") -> CNNClassifier:
     """Load a detector file (strict: every tensor must match the stored configuration)."""
-    from safetensors.torch import load_file
-
-    from edm2.io.snapshot import verify_safetensors
-
     info = read_detector_info(path)
     verify_safetensors(path)
     model = CNNClassifier(**info["config"])
@@ -150,8 +146,6 @@ def train_detector(
     progress: bool = True,
 ) -> TrainResult:
     """Train `CNNClassifier` on a labelled dataset, measure it on a held-out split, write `dest`."""
-    from edm2.data.dataset import ImageFolderDataset
-
     dataset = ImageFolderDataset(data, use_labels=True)
     if not dataset.has_labels or dataset.label_dim < 2:
         raise DataError(f"dataset {data} has no class labels (dataset.json); train-detector needs a labelled dataset")
@@ -180,8 +174,6 @@ def train_detector(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = max(1, -(-train_idx.numel() // batch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-
-    from tqdm import tqdm
 
     bar = tqdm(range(epochs), desc="train-detector", unit="epoch", disable=not progress)
     model.train()

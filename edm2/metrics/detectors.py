@@ -12,15 +12,16 @@ import hashlib
 import torch
 
 from edm2.errors import ConfigError, FormatError
+from edm2.io.download import resolve_path
+from edm2.metrics.cnn import load_detector as load_cnn
+from edm2.metrics.dinov2 import DEFAULT_DINOV2, DINOv2Detector, load_dinov2
+from edm2.metrics.inception import FEATURE_DIM, FID_WEIGHTS_URL, FIDInceptionV3
 
 METRICS = ("fid", "fd_dinov2", "fd_cnn")
 
 
 def default_location(metric: str):
     """Where a detector's weights come from unless told otherwise."""
-    from edm2.metrics.dinov2 import DEFAULT_DINOV2
-    from edm2.metrics.inception import FID_WEIGHTS_URL
-
     return {"fid": FID_WEIGHTS_URL, "fd_dinov2": DEFAULT_DINOV2, "fd_cnn": None}[check_metric(metric)]
 
 
@@ -89,9 +90,6 @@ def load_inception(path_or_url, device="cpu"):
     """The FID Inception-v3 with the weights of `pt_inception-2015-12-05-6726825d.pth` (local path
     or URL), checked strictly: every parameter and buffer present, none extra, shapes equal.
     `num_batches_tracked` counters, if the file has them, are ignored (unused at inference)."""
-    from edm2.io.download import resolve_path
-    from edm2.metrics.inception import FIDInceptionV3
-
     path = resolve_path(path_or_url, what="Inception weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -134,19 +132,12 @@ def load_detector(metric: str, location=None, device="cpu") -> Detector:
     key = (metric, location, str(device))
     if key not in _CACHE:
         if metric == "fid":
-            from edm2.metrics.inception import FEATURE_DIM
-
             model = load_inception(location, device)
             _CACHE[key] = Detector(metric, location, FEATURE_DIM, model, device, rgb=True)
         elif metric == "fd_dinov2":
-            from edm2.metrics.dinov2 import DINOv2Detector, load_dinov2
-
             model = DINOv2Detector(load_dinov2(location, device)).to(device)
             _CACHE[key] = Detector(metric, location, model.feature_dim, model, device, rgb=True)
         else:
-            from edm2.io.download import resolve_path
-            from edm2.metrics.cnn import load_detector as load_cnn
-
             path = resolve_path(location, what="CNN detector")
             model = load_cnn(path, device)
             _CACHE[key] = Detector(metric, location, model.feature_dim, model, device, rgb=False)

@@ -14,13 +14,22 @@ import math
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from edm2.data.dataset import ImageFolderDataset
 from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, DataError
+from edm2.io.atomic import atomic_write_text
 from edm2.metrics.detectors import METRICS, load_detector, parse_metrics
 from edm2.metrics.frechet import frechet_distance
 from edm2.metrics.stats import FeatureStats, load_stats, save_stats
-from edm2.sample.generate import rank_batches
+from edm2.sample.generate import (
+    generate_batches,
+    load_networks_rank0_first,
+    rank_batches,
+    resolve_networks,
+    sampler_kwargs,
+)
 
 DEFAULT_METRICS = ("fid", "fd_dinov2")
 
@@ -104,8 +113,6 @@ def dataset_stats(
     progress: bool = True,
 ) -> dict:
     """Statistics of a dataset's images (all of them, or a random subset of `num`)."""
-    from edm2.data.dataset import ImageFolderDataset
-
     init_distributed()
     metrics = parse_metrics(metrics)
     detectors = load_detectors(metrics, locations, device)
@@ -126,8 +133,6 @@ def dataset_stats(
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=workers)
 
     def batches():
-        from tqdm import tqdm
-
         for images, _labels in tqdm(loader, desc="features", unit="batch", disable=not (progress and rank == 0)):
             yield images
 
@@ -147,8 +152,6 @@ def generator_stats(
     **sampler,  # edm_sampler options (num_steps, guidance, ...).
 ) -> dict:
     """Statistics of freshly generated images, fed to the detectors without saving them."""
-    from edm2.sample.generate import generate_batches
-
     init_distributed()
     if detectors is None:
         detectors = load_detectors(parse_metrics(metrics), locations, device)
@@ -186,8 +189,6 @@ def summarize(values: list) -> dict:
 
 
 def write_json(path, result: dict) -> None:
-    from edm2.io.atomic import atomic_write_text
-
     if path is not None and get_rank() == 0:
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
 
@@ -256,8 +257,6 @@ def gen_metrics(
     **sampler,  # num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.
 ) -> dict:
     """`gen`: FDs of images generated with consecutive seeds, for one or more seed ranges."""
-    from edm2.sample.generate import load_networks_rank0_first, resolve_networks, sampler_kwargs
-
     if num < 2:
         raise ConfigError(f"--num must be at least 2 (a covariance needs 2 images), got {num}")
     if seeds_ranges < 1:

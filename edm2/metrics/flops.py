@@ -20,9 +20,16 @@ Counting a meta-device network allocates nothing, so the XXL model counts in sec
 
 import dataclasses
 import math
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from edm2.errors import ConfigError
+from edm2.io.snapshot import read_snapshot_info
+from edm2.nn import Precond
+from edm2.nn.layers import MPConv, normalize
+from edm2.presets import TRAINING_PRESETS, network_kwargs
 
 # --- The official cost table (spec §12), keyed by aten op name as seen at dispatch level ------
 
@@ -205,8 +212,6 @@ def count_flops(
     (the weights are not modified) while the network runs in eval mode, so dropout stays free as
     in the official table. `False` counts a plain eval-mode forward.
     """
-    from edm2.nn.layers import MPConv, normalize
-
     param = next(iter(net.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     if args is None:
@@ -237,18 +242,11 @@ def count_flops(
 def network_kwargs_of(target) -> dict:
     """`Precond` constructor arguments for `target`: a training preset name (spec §6) or the
     path of an edm2 snapshot (`.safetensors`, read from its metadata without loading weights)."""
-    from pathlib import Path
-
-    from edm2.errors import ConfigError
-    from edm2.presets import TRAINING_PRESETS, network_kwargs
-
     target = str(target)
     if target in TRAINING_PRESETS:
         return network_kwargs(target)
     path = Path(target)
     if path.is_file():
-        from edm2.io.snapshot import read_snapshot_info
-
         return read_snapshot_info(path).network_kwargs
     raise ConfigError(
         f"{target!r} is neither a snapshot file nor a training preset; give a .safetensors snapshot "
@@ -259,8 +257,6 @@ def network_kwargs_of(target) -> dict:
 def count_flops_of(target, forced_weight_norm: bool = True) -> tuple[FlopCount, dict]:
     """Count a training preset or snapshot (see `network_kwargs_of`) on the meta device;
     returns `(FlopCount, network_kwargs)`. Takes about a second even for XXL."""
-    from edm2.nn import Precond
-
     kwargs = network_kwargs_of(target)
     with torch.device("meta"):
         net = Precond(**kwargs)

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from edm2.errors import FormatError
 from edm2.io.atomic import atomic_path
+from edm2.io.download import resolve_path
 
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -64,8 +66,6 @@ class FeatureStats:
 
     def all_reduce(self) -> None:
         """Sum counts and sums over all ranks (no-op without an initialised process group)."""
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
@@ -119,8 +119,6 @@ def save_stats(path, stats: dict) -> None:
 def load_stats(path) -> dict:
     """Read statistics: our .npz, the original EDM .npz (`mu`, `sigma` -> fid) or the official
     EDM2 .pkl (read without executing it). Local path or URL (downloaded into the cache)."""
-    from edm2.io.download import resolve_path
-
     path = resolve_path(path, what="reference statistics")
     suffix = path.suffix.lower()
     if suffix == ".npz":

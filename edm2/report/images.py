@@ -4,8 +4,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from edm2.errors import DataError
+from edm2.io.atomic import atomic_path
 
 
 def list_images(folder) -> list[Path]:
@@ -46,10 +48,6 @@ def make_grid(images: list[np.ndarray], columns: int | None = None, min_size: in
 
 def save_grid(folder, out, columns: int | None = None, min_size: int = 64) -> Path:
     """Read every PNG under `folder` (sorted by name) and write their grid to `out` (PNG)."""
-    from PIL import Image
-
-    from edm2.io.atomic import atomic_path
-
     images = []
     for path in list_images(folder):
         try:

@@ -4,13 +4,12 @@ counted on the meta device (no weights loaded) by the official convention (EDM2-
 from pathlib import Path
 
 from edm2.errors import FormatError
+from edm2.io.snapshot import build_network, read_snapshot_info
+from edm2.metrics.flops import count_flops
 
 
 def model_info(net_path, run: str | None = None, label: str | None = None) -> dict:
     """Facts about the network stored in a snapshot / phema file."""
-    from edm2.io.snapshot import build_network, read_snapshot_info
-    from edm2.metrics.flops import count_flops
-
     net_path = Path(net_path)
     info = read_snapshot_info(net_path)
     try:

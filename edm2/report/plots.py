@@ -1,4 +1,6 @@
-"""The paper's plots from result files (matplotlib, Agg backend; PNG and SVG of each figure):
+"""The paper's plots from result files (PNG and SVG of each figure). Figures are made with
+matplotlib's object-oriented API (`matplotlib.figure.Figure`), never through pyplot, so this
+library sets no global backend or rcParams in the process that imports it:
 
 * metric vs EMA length, one curve per run (and guidance setting), optimum marked (paper Fig. 5);
 * best metric vs Gflops per model size (paper Fig. 1);
@@ -9,7 +11,11 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib
+from matplotlib.figure import Figure
+
 from edm2.errors import FormatError
+from edm2.io.atomic import atomic_path
 
 METRIC_LABELS = {"fid": "FID", "fd_dinov2": "FD$_\\mathrm{DINOv2}$", "fd_cnn": "FD$_\\mathrm{CNN}$"}
 FORMATS = ("png", "svg")
@@ -19,31 +25,31 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
-def _pyplot():
-    import matplotlib
+# Saving settings, applied only while a figure is saved: text stays text in SVGs (searchable,
+# editable), and SVG ids are stable, so identical data gives identical files.
+_SAVE_RC = {"svg.fonttype": "none", "svg.hashsalt": "edm2"}
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    plt.rcParams["svg.fonttype"] = "none"  # keep text as text in SVGs (searchable, editable)
-    plt.rcParams["svg.hashsalt"] = "edm2"  # stable ids, so identical data gives identical files
-    return plt
+def _figure():
+    """(fig, ax) of a new figure that belongs to no pyplot window manager."""
+    fig = Figure(figsize=(6.4, 4.4))
+    return fig, fig.subplots()
+
+
+def _colors():
+    return matplotlib.colormaps["tab10"].colors
 
 
 def save_figure(fig, stem) -> list[Path]:
-    """Write `stem.png` and `stem.svg` atomically; close the figure."""
-    from edm2.io.atomic import atomic_path
-
+    """Write `stem.png` and `stem.svg` atomically."""
     stem = Path(stem)
     paths = []
-    try:
+    with matplotlib.rc_context(_SAVE_RC):
         for fmt in FORMATS:
             path = stem.with_name(f"{stem.name}.{fmt}")
             with atomic_path(path, suffix=f".{fmt}") as tmp:
                 fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=_metadata(fmt))
             paths.append(path)
-    finally:
-        _pyplot().close(fig)
     return paths
 
 
@@ -64,8 +70,7 @@ def _series(rows, key):
 
 
 def _styles(runs, guidances):
-    plt = _pyplot()
-    colors = plt.get_cmap("tab10").colors
+    colors = _colors()
     dashes = ["-", "--", ":", "-."]
     color = {run: colors[i % len(colors)] for i, run in enumerate(runs)}
     dash = {g: dashes[i % len(dashes)] for i, g in enumerate(guidances)}
@@ -85,9 +90,8 @@ def _maybe_log(ax, values, axis="y"):
 def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     """Metric vs EMA length (one curve per run and guidance setting; the optimum starred).
     Shaded: the spread over the seed ranges."""
-    plt = _pyplot()
     rows = [r for r in rows if r["metric"] == metric]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     runs = _unique(r["run"] for r in rows)
     guidances = _unique(r["guidance"] for r in rows)
     color, dash = _styles(runs, guidances)
@@ -129,11 +133,10 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
 def plot_gflops(best: list[dict], metric: str, stem):
     """Best metric (at the optimal EMA length) vs Gflops per model size, one line per guidance
     setting, each point labelled with its size and EMA length."""
-    plt = _pyplot()
     rows = [r for r in best if r["metric"] == metric and r.get("gflops") is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = _figure()
     guidances = _unique(r["guidance"] for r in rows)
-    colors = plt.get_cmap("tab10").colors
+    colors = _colors()
     for i, (guidance, group) in enumerate(_series(rows, lambda r: r["guidance"]).items()):
         group = sorted(group, key=lambda r: r["gflops"])
         x = [r["gflops"] for r in group]
@@ -195,10 +198,9 @@ def loss_curve(path) -> tuple[list[float], list[float]]:
 def plot_training_loss(runs: dict, stem, labels: dict | None = None):
     """Training loss (mean per status interval) vs training images, one curve per run.
     `runs`: {run: path of its stats.jsonl}."""
-    plt = _pyplot()
     labels = labels or {}
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = plt.get_cmap("tab10").colors
+    fig, ax = _figure()
+    colors = _colors()
     drawn = 0
     for i, (run, path) in enumerate(runs.items()):
         xs, ys = loss_curve(path)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from edm2.errors import FormatError
+from edm2.io.atomic import atomic_path
 
 STATISTICS = ("min", "mean")
 
@@ -154,8 +155,6 @@ def _fmt(value):
 
 def write_csv(path, rows: list[dict], columns: list[str]) -> None:
     """Write rows atomically (missing keys are empty cells)."""
-    from edm2.io.atomic import atomic_path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".csv") as tmp:

@@ -11,14 +11,25 @@ the seeds; a single process works without any process group.
 import dataclasses
 import math
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
+import PIL.Image
 import torch
+from tqdm import tqdm
 
+from edm2.data.encoders import StandardRGBEncoder, make_encoder
 from edm2.distributed import barrier, default_device, get_rank, get_world_size, init_distributed
 from edm2.errors import ConfigError, FormatError
+from edm2.io.atomic import atomic_path
+from edm2.io.download import is_url, resolve_path
+from edm2.io.official import load_official_pickle
+from edm2.io.snapshot import load_snapshot
 from edm2.naming import parse_snapshot_name
+from edm2.presets import GENERATION_PRESETS, get_generation_preset
 from edm2.sample.options import SamplerOptions
+from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
+from edm2.utils import kimg_to_nimg
 
 # ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
 
@@ -67,8 +78,6 @@ class NetworkChoice:
 def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> NetworkChoice:
     """Fill unset options from a generation preset; a preset name given as --net/--gnet means its
     main network. Guidance unset -> 1 (and the guide ignored); guidance != 1 needs a guide."""
-    from edm2.presets import GENERATION_PRESETS, get_generation_preset
-
     if preset is not None:
         p = get_generation_preset(preset)
         net = p.net if net is None else net
@@ -90,11 +99,6 @@ def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> Network
 def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> LoadedNetwork:
     """Load a network from our `.safetensors` snapshot, an official `.pkl` (read safely), an
     http(s)/file URL of either (downloaded into the cache) or a generation preset name."""
-    from edm2.data.encoders import StandardRGBEncoder, make_encoder
-    from edm2.io.download import is_url, resolve_path
-    from edm2.presets import GENERATION_PRESETS, get_generation_preset
-    from edm2.utils import kimg_to_nimg
-
     device = torch.device(device) if device is not None else default_device()
     source = str(source)
     target = GENERATION_PRESETS[source].net if source in GENERATION_PRESETS else source
@@ -106,13 +110,9 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
     path = resolve_path(target, what="network")
     nimg = ema_std = None
     if suffix == ".safetensors":
-        from edm2.io.snapshot import load_snapshot
-
         net, info = load_snapshot(path, device=device, dtype=dtype)
         encoder_config, nimg, ema_std = info.encoder, info.nimg, info.ema_std
     else:
-        from edm2.io.official import load_official_pickle
-
         data = load_official_pickle(path, dtype=dtype)
         net = data["ema"].to(device).eval().requires_grad_(False)
         encoder_config = data["encoder"]
@@ -127,10 +127,6 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
 
 def urllib_path(text: str) -> str:
     """The path part of a URL (file name and suffix), or `text` itself for a local path."""
-    from urllib.parse import unquote, urlparse
-
-    from edm2.io.download import is_url
-
     return unquote(urlparse(text).path) if is_url(text) else text
 
 
@@ -187,9 +183,6 @@ def generate_batches(
     on its seed, not on the batch it lands in or the number of ranks. All ranks run the same
     number of batches and meet at a barrier after each.
     """
-    from edm2.data.encoders import StandardRGBEncoder
-    from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
-
     if isinstance(net, LoadedNetwork):
         encoder = encoder if encoder is not None else net.encoder
         net = net.net
@@ -216,8 +209,6 @@ def generate_batches(
 
     bar = None
     if progress and rank == 0:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(batches), unit="batch", desc="generate")
     for index, indices in enumerate(batches):
         batch_seeds = [int(s) for s in seeds[indices]]
@@ -253,10 +244,6 @@ def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
 
 def save_png(image: np.ndarray, path) -> None:
     """Write a CHW uint8 image (1 or 3 channels) as PNG, atomically."""
-    import PIL.Image
-
-    from edm2.io.atomic import atomic_path
-
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise FormatError(f"cannot save an image of shape {list(image.shape)} as PNG; need 1 or 3 channels")
     hwc = np.ascontiguousarray(image.transpose(1, 2, 0))

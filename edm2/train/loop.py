@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from edm2.data.dataset import ImageFolderDataset
+from edm2.data.encoders import StabilityVAEEncoder, StandardRGBEncoder
 from edm2.distributed import all_ranks_agree, barrier, check_ddp_consistency, init_distributed, print0
 from edm2.ema import PowerFunctionEMA
 from edm2.errors import ConfigError, DataError
+from edm2.nn import Precond
 from edm2.signals import StopSignal
 from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator
@@ -102,8 +106,6 @@ def resolve_batch(batch_size: int, batch_gpu: int | None, world_size: int) -> tu
 
 def open_dataset(dataset_kwargs: dict):
     """The training dataset, checked against the options (spec §6): 3 or 8 channels, labels if cond."""
-    from edm2.data.dataset import ImageFolderDataset
-
     kwargs = dict(dataset_kwargs)
     dataset = ImageFolderDataset(**kwargs)
     path = kwargs.get("path")
@@ -119,8 +121,6 @@ def open_dataset(dataset_kwargs: dict):
 
 def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None):
     """StandardRGBEncoder for 3-channel pixels, StabilityVAEEncoder for 8-channel latents (spec §6)."""
-    from edm2.data.encoders import StabilityVAEEncoder, StandardRGBEncoder
-
     if num_channels == 3:
         return StandardRGBEncoder()
     return StabilityVAEEncoder(**{"batch_size": 8, **(encoder_kwargs or {})})  # micro-batch 8 in training (§14.26)
@@ -176,8 +176,6 @@ def make_optimizer(net):
 
 def build_network(ref_image, ref_label, network_kwargs, precision, device):
     """Precond sized from one encoded sample (spec §6), in training mode on `device`."""
-    from edm2.nn import Precond
-
     net = Precond(
         img_resolution=ref_image.shape[-1],
         img_channels=ref_image.shape[1],
@@ -466,7 +464,6 @@ def _progress_bar(progress, rank, total):
         progress = bool(getattr(sys.__stderr__, "isatty", lambda: False)())
     if rank != 0 or not progress:
         return None
-    from tqdm import tqdm  # only when a bar is shown
 
     return tqdm(total=total, unit="img", unit_scale=True, file=sys.__stderr__)
 

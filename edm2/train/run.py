@@ -15,6 +15,7 @@ from pathlib import Path
 from edm2.distributed import barrier, init_distributed, print0, resolve_env
 from edm2.errors import ConfigError
 from edm2.io.atomic import atomic_write_text
+from edm2.presets import get_training_preset
 from edm2.train.loop import TrainingResult, plan_training, training_loop
 from edm2.train.status import tee_output
 
@@ -83,7 +84,6 @@ class TrainOptions:
         ]
         if not missing:
             return dataclasses.replace(self)
-        from edm2.presets import get_training_preset
 
         preset = get_training_preset(self.preset)
         return dataclasses.replace(self, **{f: getattr(preset, f) for f in missing})

@@ -306,11 +306,11 @@ def test_load_network_from_file_url_uses_the_cache(tmp_path, monkeypatch, snapsh
 
 
 def test_official_pickle_name_gives_kimg_and_ema_std(tmp_path, monkeypatch, net):
-    import edm2.io.official as official
+    import edm2.sample.generate as generate_module
 
     path = tmp_path / "edm2-img512-xs-2147483-0.135.pkl"
     path.write_bytes(b"not read")
-    monkeypatch.setattr(official, "load_official_pickle", lambda p, dtype=None: {"ema": net, "encoder": None})
+    monkeypatch.setattr(generate_module, "load_official_pickle", lambda p, dtype=None: {"ema": net, "encoder": None})
     loaded = load_network(path, device="cpu")
     assert loaded.nimg == 2147483648 and loaded.ema_std == 0.135  # kimg_to_nimg (spec §7.4)
 

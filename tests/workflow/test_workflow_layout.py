@@ -51,3 +51,17 @@ def test_catalog_files_and_test_config(tmp_path):
     test_config = REPO / ".test" / "config" / "config.yaml"
     assert yaml.safe_load(test_config.read_text()) == yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
     assert dry_run(tmp_path, "--configfile", test_config)["train"] == 2
+
+
+def test_rules_are_snakefmt_formatted():
+    """`make lint` runs snakefmt --check workflow; so does this test where snakefmt is installed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    snakefmt = shutil.which("snakefmt")
+    if snakefmt is None:
+        pytest.skip("snakefmt is not installed (pip install -c constraints.txt -e '.[dev]')")
+    proc = subprocess.run([snakefmt, "--check", str(REPO / "workflow")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -19,7 +19,6 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-
 # --- Configuration --------------------------------------------------------------------------
 
 REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
@@ -86,6 +85,7 @@ TRAIN_DEFAULTS = {
     "extra_args": "",
 }
 
+
 def _nimg_text(nimg):
     """An image count as `edm2 train --duration` reads it, in Mi when it is whole ('2048Mi')."""
     return f"{nimg >> 20}Mi" if nimg % (1 << 20) == 0 else str(nimg)
@@ -140,7 +140,9 @@ def _model_settings(entry):
     snapshot = parse_nimg(settings["snapshot"], f"models[{name}].snapshot")
     nimg = settings["duration_nimg"]
     if snapshot <= 0 or snapshot % 1024 or snapshot % batch:
-        raise WorkflowError(f"models[{name}]: snapshot={settings['snapshot']} must be a positive multiple of 1024 and of batch={batch}")
+        raise WorkflowError(
+            f"models[{name}]: snapshot={settings['snapshot']} must be a positive multiple of 1024 and of batch={batch}"
+        )
     if nimg % snapshot:
         raise WorkflowError(
             f"models[{name}]: duration={duration} is not a multiple of snapshot={settings['snapshot']}; "
@@ -181,7 +183,9 @@ def _guidance_settings():
             if run not in MODELS:
                 raise WorkflowError(f"guidance[{name}].runs: no model named {run!r}")
         if g["guide"] is not None and g["guide"] not in MODELS:
-            raise WorkflowError(f"guidance[{name}].guide: no model named {g['guide']!r}; add it to `models` (score: false)")
+            raise WorkflowError(
+                f"guidance[{name}].guide: no model named {g['guide']!r}; add it to `models` (score: false)"
+            )
         if isinstance(g["weight"], dict):
             missing = [r for r in g["runs"] if r not in g["weight"]]
             if missing:
@@ -215,7 +219,13 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
 # wildcard_constraints (also used by the rules): names are path segments, stds '0.xyz'.
-WC = {"run": r"[A-Za-z0-9][A-Za-z0-9_.-]*", "guidance": r"[A-Za-z0-9][A-Za-z0-9_.-]*", "std": r"\d\.\d{3}", "kimg": r"\d{7}", "opts": r"[0-9a-f]{8}"}
+WC = {
+    "run": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    "guidance": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    "std": r"\d\.\d{3}",
+    "kimg": r"\d{7}",
+    "opts": r"[0-9a-f]{8}",
+}
 
 
 def digits_dir():
@@ -310,7 +320,10 @@ def train_opts_hash(run):
     changed option trains a fresh run in a new folder instead of resuming an incompatible one."""
     m = MODELS[run]
     key = {k: m[k] for k in TRAIN_DEFAULTS if k not in _LAUNCH_KEYS}
-    key["data"] = {k: config["data"][k] for k in ("source", "digits_resolution", "resolution", "transform", "max_images", "latents", "vae")}
+    key["data"] = {
+        k: config["data"][k]
+        for k in ("source", "digits_resolution", "resolution", "transform", "max_images", "latents", "vae")
+    }
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -491,7 +504,9 @@ def train_launch(run):
         f"MASTER_PORT=$(({config['slurm']['rdzv_port']} + SLURM_JOB_ID % 10000))"
     )
     if m["launch"] == "tasks" and nodes * procs > 1:
-        return f"export {head}; srun --nodes={nodes} --ntasks-per-node={procs} --kill-on-bad-exit=1 python -m edm2 train"
+        return (
+            f"export {head}; srun --nodes={nodes} --ntasks-per-node={procs} --kill-on-bad-exit=1 python -m edm2 train"
+        )
     if nodes > 1:
         return (
             f"export {head}; "

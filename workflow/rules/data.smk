@@ -6,17 +6,17 @@ rule digits:
     """The embedded demo dataset: scikit-learn's 1,797 handwritten digits as a labelled PNG folder."""
     output:
         directory(digits_dir()),
-    params:
-        resolution=config["data"]["digits_resolution"],
     log:
         log_file("digits"),
     benchmark:
         bench_file("digits")
+    conda:
+        "../envs/data.yaml"
     threads: rule_threads("digits")
     resources:
         **rule_resources("digits"),
-    conda:
-        "../envs/data.yaml"
+    params:
+        resolution=config["data"]["digits_resolution"],
     shell:
         "python -m edm2 dataset digits --dest {output} --resolution {params.resolution} > {log} 2>&1"
 
@@ -27,20 +27,20 @@ rule convert:
         dataset_source_input(),
     output:
         dataset_zip(),
+    log:
+        log_file("convert"),
+    benchmark:
+        bench_file("convert")
+    conda:
+        "../envs/data.yaml"
+    threads: rule_threads("convert")
+    resources:
+        **rule_resources("convert"),
     params:
         source=lambda wc: dataset_source(),
         resolution=lambda wc: f"--resolution {config['data']['resolution']}" if config["data"]["resolution"] else "",
         transform=config["data"]["transform"],
         max_images=lambda wc: f"--max-images {config['data']['max_images']}" if config["data"]["max_images"] else "",
-    log:
-        log_file("convert"),
-    benchmark:
-        bench_file("convert")
-    threads: rule_threads("convert")
-    resources:
-        **rule_resources("convert"),
-    conda:
-        "../envs/data.yaml"
     shell:
         "python -m edm2 dataset convert --source {params.source:q} --dest {output} --transform {params.transform}"
         " {params.resolution} {params.max_images} --workers {threads} > {log} 2>&1"
@@ -52,18 +52,18 @@ rule encode:
         dataset_zip(),
     output:
         latents_zip(),
-    params:
-        vae=config["data"]["vae"],
-        batch=config["data"]["encode_batch"],
     log:
         log_file("encode"),
     benchmark:
         bench_file("encode")
+    conda:
+        "../envs/vae.yaml"
     threads: rule_threads("encode")
     resources:
         **rule_resources("encode"),
-    conda:
-        "../envs/vae.yaml"
+    params:
+        vae=config["data"]["vae"],
+        batch=config["data"]["encode_batch"],
     shell:
         "python -m edm2 dataset encode --source {input} --dest {output} --vae {params.vae}"
         " --batch {params.batch} > {log} 2>&1"
@@ -75,20 +75,20 @@ rule train_detector:
         dataset_zip(),
     output:
         detector_file(),
+    log:
+        log_file("train_detector"),
+    benchmark:
+        bench_file("train_detector")
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("train_detector")
+    resources:
+        **rule_resources("train_detector"),
     params:
         epochs=config["detector"]["epochs"],
         batch=config["detector"]["batch"],
         seed=config["detector"]["seed"],
         extra=config["detector"]["extra_args"],
-    log:
-        log_file("train_detector"),
-    benchmark:
-        bench_file("train_detector")
-    threads: rule_threads("train_detector")
-    resources:
-        **rule_resources("train_detector"),
-    conda:
-        "../envs/eval.yaml"
     shell:
         "python -m edm2 metrics train-detector --data {input} --dest {output} --epochs {params.epochs}"
         " --batch {params.batch} --seed {params.seed} {params.extra} > {log} 2>&1"
@@ -101,19 +101,19 @@ rule ref_stats:
         detector=detector_file() if uses_cnn_detector() else [],
     output:
         f"{DATA}/ref-stats.npz",
-    params:
-        metrics=",".join(METRICS),
-        detector=lambda wc, input: f"--cnn-detector {input.detector}" if input.detector else "",
-        workers=config["data"]["workers"],
     log:
         log_file("ref_stats"),
     benchmark:
         bench_file("ref_stats")
+    conda:
+        "../envs/eval.yaml"
     threads: rule_threads("ref_stats")
     resources:
         **rule_resources("ref_stats"),
-    conda:
-        "../envs/eval.yaml"
+    params:
+        metrics=",".join(METRICS),
+        detector=lambda wc, input: f"--cnn-detector {input.detector}" if input.detector else "",
+        workers=config["data"]["workers"],
     shell:
         "python -m edm2 metrics ref --data {input.data} --dest {output} --metrics {params.metrics}"
         " {params.detector} --workers {params.workers} > {log} 2>&1"

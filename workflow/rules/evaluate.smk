@@ -8,6 +8,15 @@ rule score:
         unpack(score_inputs),
     output:
         f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json",
+    log:
+        f"{LOGS}/score/{{run}}/{{guidance}}/ema-{{std}}.log",
+    benchmark:
+        f"{BENCH}/score/{{run}}/{{guidance}}/ema-{{std}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
     params:
         net=lambda wc: net_file(wc.run, wc.std),
         ref=ref_stats(),
@@ -19,15 +28,6 @@ rule score:
         batch=config["score"]["batch"],
         guide=score_args,
         extra=config["score"]["extra_args"],
-    log:
-        f"{LOGS}/score/{{run}}/{{guidance}}/ema-{{std}}.log",
-    benchmark:
-        f"{BENCH}/score/{{run}}/{{guidance}}/ema-{{std}}.tsv"
-    threads: rule_threads("score")
-    resources:
-        **rule_resources("score"),
-    conda:
-        "../envs/eval.yaml"
     shell:
         "python -m edm2 metrics gen --net {params.net} {params.guide} --ref {params.ref}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"

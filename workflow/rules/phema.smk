@@ -7,20 +7,20 @@ rule phema:
         done=lambda wc: train_done(wc.run),
     output:
         [f"{RESULTS}/runs/{{run}}/phema/{PHEMA_PREFIX}-{{kimg}}-{std}.safetensors" for std in GRID],
+    log:
+        f"{LOGS}/phema/{{run}}-{{kimg}}.log",
+    benchmark:
+        f"{BENCH}/phema/{{run}}-{{kimg}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
     params:
         indir=lambda wc, input: os.path.dirname(input.done),
         outdir=lambda wc: phema_dir(wc.run),
         kimg=lambda wc: int(wc.kimg),
         extra=config["phema"]["extra_args"],
-    log:
-        f"{LOGS}/phema/{{run}}-{{kimg}}.log",
-    benchmark:
-        f"{BENCH}/phema/{{run}}-{{kimg}}.tsv"
-    threads: rule_threads("phema")
-    resources:
-        **rule_resources("phema"),
-    conda:
-        "../envs/train.yaml"
     shell:
         # The grid comes from a global, not a parameter: a parameter change (an EMA length
         # removed) would re-run phema and, through a Snakemake quirk (jobs downstream of a re-run
@@ -38,17 +38,17 @@ rule model_info:
         done=lambda wc: train_done(wc.run),
     output:
         f"{RESULTS}/runs/{{run}}/model-info.json",
-    params:
-        label=lambda wc: MODELS[wc.run]["label"],
     log:
         f"{LOGS}/model_info/{{run}}.log",
     benchmark:
         f"{BENCH}/model_info/{{run}}.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: rule_threads("model_info")
     resources:
         **rule_resources("model_info"),
-    conda:
-        "../envs/report.yaml"
+    params:
+        label=lambda wc: MODELS[wc.run]["label"],
     shell:
         "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label {params.label:q}"
         " --out {output} > {log} 2>&1"
@@ -61,19 +61,19 @@ checkpoint refine_grid:
         coarse_scores(),
     output:
         refine_grid_file(),
-    params:
-        points=config["phema"]["refine_points"],
-        grid=",".join(GRID),
-        statistic=config["score"]["statistic"],
     log:
         log_file("refine_grid"),
     benchmark:
         bench_file("refine_grid")
+    conda:
+        "../envs/report.yaml"
     threads: rule_threads("refine_grid")
     resources:
         **rule_resources("refine_grid"),
-    conda:
-        "../envs/report.yaml"
+    params:
+        points=config["phema"]["refine_points"],
+        grid=",".join(GRID),
+        statistic=config["score"]["statistic"],
     shell:
         "python -m edm2 report refine --grid {params.grid} --points {params.points}"
         " --statistic {params.statistic} --out {output} {input} > {log} 2>&1"
@@ -86,20 +86,20 @@ rule phema_refine:
         grid=refine_grid_file(),
     output:
         directory(f"{RESULTS}/runs/{{run}}/phema-refine"),
+    log:
+        f"{LOGS}/phema_refine/{{run}}.log",
+    benchmark:
+        f"{BENCH}/phema_refine/{{run}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
     params:
         indir=lambda wc, input: os.path.dirname(input.done),
         stds=lambda wc: ",".join(refine_phema_stds(wc.run)),
         kimg=lambda wc: MODELS[wc.run]["kimg"],
         extra=config["phema"]["extra_args"],
-    log:
-        f"{LOGS}/phema_refine/{{run}}.log",
-    benchmark:
-        f"{BENCH}/phema_refine/{{run}}.tsv"
-    threads: rule_threads("phema")
-    resources:
-        **rule_resources("phema"),
-    conda:
-        "../envs/train.yaml"
     shell:
         "mkdir -p {output}; "
         "if [ -n '{params.stds}' ]; then "

@@ -36,18 +36,18 @@ rule aggregate:
     output:
         scores=report(scores_csv(), caption="../report/scores.rst", category="Tables"),
         best=report(best_csv(), caption="../report/best.rst", category="Tables"),
-    params:
-        statistic=config["score"]["statistic"],
-        info=lambda wc, input: " ".join(f"--model-info {f}" for f in input.info),
     log:
         log_file("aggregate"),
     benchmark:
         bench_file("aggregate")
+    conda:
+        "../envs/report.yaml"
     threads: rule_threads("aggregate")
     resources:
         **rule_resources("aggregate"),
-    conda:
-        "../envs/report.yaml"
+    params:
+        statistic=config["score"]["statistic"],
+        info=lambda wc, input: " ".join(f"--model-info {f}" for f in input.info),
     shell:
         "python -m edm2 report aggregate --out {output.scores} --best {output.best}"
         " --statistic {params.statistic} {params.info} {input.scores} > {log} 2>&1"
@@ -77,20 +77,20 @@ rule plots:
             category="Plots",
             subcategory="Training",
         ),
+    log:
+        log_file("plots"),
+    benchmark:
+        bench_file("plots")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("plots")
+    resources:
+        **rule_resources("plots"),
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
         metrics=",".join(METRICS),
         runs=lambda wc, input: " ".join(f"--run {run}={os.path.dirname(d)}" for run, d in zip(MODELS, input.done)),
         labels=" ".join(shlex.quote(f"--label={run}={m['label']}") for run, m in MODELS.items()),
-    log:
-        log_file("plots"),
-    benchmark:
-        bench_file("plots")
-    threads: rule_threads("plots")
-    resources:
-        **rule_resources("plots"),
-    conda:
-        "../envs/report.yaml"
     shell:
         "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs} {params.labels}"
         " --outdir {params.outdir} > {log} 2>&1"
@@ -105,18 +105,18 @@ rule tables:
         report(table_files()[0], caption="../report/table2.rst", category="Tables"),
         table_files()[1],
         table_files()[2],
-    params:
-        metrics=",".join(METRICS),
-        stem=lambda wc, output: os.path.splitext(output[0])[0],
     log:
         log_file("tables"),
     benchmark:
         bench_file("tables")
+    conda:
+        "../envs/report.yaml"
     threads: rule_threads("tables")
     resources:
         **rule_resources("tables"),
-    conda:
-        "../envs/report.yaml"
+    params:
+        metrics=",".join(METRICS),
+        stem=lambda wc, output: os.path.splitext(output[0])[0],
     shell:
         "python -m edm2 report tables --scores {input} --metrics {params.metrics} --out {params.stem} > {log} 2>&1"
 
@@ -133,21 +133,21 @@ rule samples:
             category="Samples",
             labels=lambda wc: {"run": wc.run, "guidance": wc.guidance},
         ),
+    log:
+        f"{LOGS}/samples/{{run}}/{{guidance}}.log",
+    benchmark:
+        f"{BENCH}/samples/{{run}}/{{guidance}}.tsv"
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("samples")
+    resources:
+        **rule_resources("samples"),
     params:
         metric=lambda wc: GUIDANCE[wc.guidance]["metrics"][0],
         seeds=config["samples"]["seeds"],
         batch=config["samples"]["batch"],
         steps=config["samples"]["steps"] or config["score"]["steps"],
         tmp=lambda wc: f"{RESULTS}/plots/samples/{wc.run}/.{wc.guidance}-images",
-    log:
-        f"{LOGS}/samples/{{run}}/{{guidance}}.log",
-    benchmark:
-        f"{BENCH}/samples/{{run}}/{{guidance}}.tsv"
-    threads: rule_threads("samples")
-    resources:
-        **rule_resources("samples"),
-    conda:
-        "../envs/eval.yaml"
     shell:
         "rm -rf {params.tmp}; "
         "best=$(python -m edm2 report best --best {input.best} --run {wildcards.run}"
@@ -168,17 +168,17 @@ rule report:
     output:
         md=f"{RESULTS}/summary.md",
         html=f"{RESULTS}/summary.html",
-    params:
-        samples=lambda wc, input: " ".join(f"--samples {f}" for f in input.samples),
     log:
         log_file("report"),
     benchmark:
         bench_file("report")
+    conda:
+        "../envs/report.yaml"
     threads: rule_threads("report")
     resources:
         **rule_resources("report"),
-    conda:
-        "../envs/report.yaml"
+    params:
+        samples=lambda wc, input: " ".join(f"--samples {f}" for f in input.samples),
     shell:
         "python -m edm2 report summary --best {input.best} --table {input.tables[1]} {params.samples}"
         " --md {output.md} --html {output.html} {input.plots} > {log} 2>&1"

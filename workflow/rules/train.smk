@@ -12,20 +12,20 @@ rule train:
         data=training_data(),
     output:
         f"{RESULTS}/runs/{{run}}/train-{{opts}}/training-done.json",
-    params:
-        launch=lambda wc: train_launch(wc.run),
-        outdir=lambda wc, output: os.path.dirname(output[0]),
-        options=lambda wc: _train_cli(wc.run),
     log:
         f"{LOGS}/train/{{run}}-{{opts}}.log",
     benchmark:
         f"{BENCH}/train/{{run}}-{{opts}}.tsv"
-    threads: rule_threads("train")
     retries: train_retries() if workflow.is_main_process else 0
-    resources:
-        **train_resources(),
     conda:
         "../envs/train.yaml"
+    threads: rule_threads("train")
+    resources:
+        **train_resources(),
+    params:
+        launch=lambda wc: train_launch(wc.run),
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+        options=lambda wc: _train_cli(wc.run),
     shell:
         # The no-op trap keeps this shell alive on SIGTERM until training has written its
         # checkpoint; SLURM signals the training processes themselves.
