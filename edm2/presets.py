@@ -1,5 +1,5 @@
-"""The paper's presets as typed data: training presets (EDM2-SPEC §6), model sizes (§3.4) and
-generation presets with the released post-hoc EMA reconstructions (§8.4).
+"""The paper's presets as typed data: training presets (docs/method.md#presets), model sizes (docs/method.md#unet) and
+generation presets with the released post-hoc EMA reconstructions (docs/method.md#sampling).
 
     TRAINING_PRESETS['edm2-img512-s'].lr          -> 0.0100
     TRAINING_PRESETS['edm2-img512-s'].final_kimg  -> 2147483
@@ -12,15 +12,15 @@ import dataclasses
 from edm2.errors import ConfigError
 from edm2.naming import snapshot_name
 
-Mi = 1 << 20  # binary mega (spec notation)
+Mi = 1 << 20  # binary mega (2^20 images)
 
 
-# --- Training presets (spec §6) -------------------------------------------------------------
+# --- Training presets (docs/method.md#presets) -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPreset:
-    """One row of the training-preset table (spec §6)."""
+    """One row of the training-preset table (docs/method.md#presets)."""
 
     duration: int  # Train for a total of this many training images.
     batch: int  # Total batch size (images per optimizer step).
@@ -33,12 +33,12 @@ class TrainingPreset:
 
     @property
     def final_kimg(self) -> int:
-        """kimg of the last snapshot, as in the released file names (`nimg // 1000`, spec §6)."""
+        """kimg of the last snapshot, as in the released file names (`nimg // 1000`, docs/method.md#presets)."""
         return self.duration // 1000
 
     @property
     def decay_nimg(self) -> int:
-        """Training images after which the learning rate decays (`decay * batch`, spec §6)."""
+        """Training images after which the learning rate decays (`decay * batch`, docs/method.md#presets)."""
         return self.decay * self.batch
 
 
@@ -66,7 +66,7 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
 }
 DEFAULT_TRAINING_PRESET = "edm2-img512-s"
 
-# Network interface of each dataset family (spec §6: sizes come from one encoded sample).
+# Network interface of each dataset family (docs/method.md#presets: sizes come from one encoded sample).
 # img512: 64x64x4 Stable Diffusion VAE latents; img64: 64x64 RGB pixels; ImageNet's 1000 classes.
 DATASET_SHAPES = {
     "img512": dict(img_resolution=64, img_channels=4, label_dim=1000),
@@ -83,19 +83,19 @@ def get_training_preset(name: str) -> TrainingPreset:
 
 
 def network_kwargs(name: str) -> dict:
-    """`Precond` constructor arguments of a training preset (spec §6: only `model_channels`
+    """`Precond` constructor arguments of a training preset (docs/method.md#presets: only `model_channels`
     and `dropout` differ from the defaults; interface sizes from the dataset family)."""
     preset = get_training_preset(name)
     family = name.split("-")[1]
     return dict(**DATASET_SHAPES[family], model_channels=preset.channels, dropout=preset.dropout)
 
 
-# --- Model sizes (spec §3.4) ----------------------------------------------------------------
+# --- Model sizes (docs/method.md#unet) ----------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSize:
-    """One row of the model-size table (spec §3.4; counts with label_dim 1000, resolution 64)."""
+    """One row of the model-size table (docs/method.md#unet; counts with label_dim 1000, resolution 64)."""
 
     model_channels: int  # Base channel count; cblock = model_channels * [1, 2, 3, 4].
     params_img512: float | None  # Trainable parameters in millions, 4-channel latents (None: not trained).
@@ -113,7 +113,7 @@ MODEL_SIZES: dict[str, ModelSize] = {
 }
 
 
-# --- Generation presets (spec §8.4) ---------------------------------------------------------
+# --- Generation presets (docs/method.md#sampling) ---------------------------------------------------------
 
 MODEL_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions"
 
@@ -126,7 +126,7 @@ def model_url(model: str, kimg: int, std: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationPreset:
-    """One row of the generation-preset table (spec §8.4); names follow the official generate.py."""
+    """One row of the generation-preset table (docs/method.md#sampling); names follow the official generate.py."""
 
     net: str  # URL of the main network.
     gnet: str | None  # URL of the guiding network; None = no guidance.
@@ -163,7 +163,7 @@ GENERATION_PRESETS: dict[str, GenerationPreset] = {
     "edm2-img64-m-fid": _gen(("img64-m", _FULL, 0.060), value=1.43),
     "edm2-img64-l-fid": _gen(("img64-l", 1073741, 0.040), value=1.33),
     "edm2-img64-xl-fid": _gen(("img64-xl", 671088, 0.040), value=1.33),
-    # Classifier-free guidance with a separately trained unconditional XS guide (spec §14.27).
+    # Classifier-free guidance with a separately trained unconditional XS guide (docs/method.md#official-details).
     "edm2-img512-xs-guid-fid": _gen(("img512-xs", _FULL, 0.045), (_XS_UNCOND, _FULL, 0.045), 1.40, "fid", 2.91),
     "edm2-img512-xs-guid-dino": _gen(("img512-xs", _FULL, 0.150), (_XS_UNCOND, _FULL, 0.150), 1.70, "fd_dinov2", 79.94),
     "edm2-img512-s-guid-fid": _gen(("img512-s", _FULL, 0.025), (_XS_UNCOND, _FULL, 0.025), 1.40, "fid", 2.23),
@@ -180,7 +180,7 @@ GENERATION_PRESETS: dict[str, GenerationPreset] = {
     "edm2-img512-xxl-guid-dino": _gen(
         ("img512-xxl", 939524, 0.015), (_XS_UNCOND, _FULL, 0.015), 1.70, "fd_dinov2", 33.09
     ),
-    # Autoguidance: a smaller, shorter-trained conditional guide (spec §14.27).
+    # Autoguidance: a smaller, shorter-trained conditional guide (docs/method.md#official-details).
     "edm2-img512-s-autog-fid": _gen(("img512-s", _FULL, 0.070), ("img512-xs", 134217, 0.125), 2.10, "fid", 1.34),
     "edm2-img512-s-autog-dino": _gen(
         ("img512-s", _FULL, 0.120), ("img512-xs", 134217, 0.165), 2.45, "fd_dinov2", 36.67

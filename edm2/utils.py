@@ -44,7 +44,7 @@ def parse_int_list(value) -> list[int]:
 
 
 def kimg_to_nimg(kimg: int) -> int:
-    """Smallest multiple of 1024 with nimg // 1000 == kimg (EDM2-SPEC §7.4)."""
+    """Smallest multiple of 1024 with nimg // 1000 == kimg (docs/method.md#ema)."""
     nimg = (kimg * 1000 + 999) // 1024 * 1024
     assert nimg // 1000 == kimg
     return nimg
@@ -89,7 +89,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def parse_std_list(text) -> list[float]:
-    """Parse a comma-separated std list with the `...` expansion of spec §7.4.
+    """Parse a comma-separated std list with the `...` expansion of docs/method.md#ema
 
     `a,b,...,c` inserts `b + step*m` for m = 1..k with step = b - a and
     k = round((c - b)/step - 1) (accumulated floats, not rounded). The result is sorted and
@@ -133,5 +133,5 @@ def parse_std_list(text) -> list[float]:
     values = sorted(set(values))
     bad = [v for v in values if not 0 < v < MAX_STD]
     if bad:
-        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (spec §7.1)")
+        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (docs/method.md#ema)")
     return values

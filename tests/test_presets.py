@@ -1,4 +1,4 @@
-"""Presets (EDM2-SPEC §3.4, §6, §8.4): values against the spec tables, written out here."""
+"""Presets (docs/method.md#unet, #presets, #sampling): values against the paper's tables, written out here."""
 
 import dataclasses
 import re
@@ -20,7 +20,7 @@ from edm2.presets import (
 
 Mi = 2**20
 
-# Spec §6 table: duration (Mi images), batch, channels, lr, decay (batches), dropout, P_mean, P_std.
+# docs/method.md#presets (the EDM2 appendix's table): duration (Mi images), batch, channels, lr, decay (batches), dropout, P_mean, P_std.
 SPEC_TRAINING = {
     "edm2-img512-xxs": (2048, 2048, 64, 0.0170, 70000, 0.00, -0.4, 1.0),
     "edm2-img512-xs": (2048, 2048, 128, 0.0120, 70000, 0.00, -0.4, 1.0),
@@ -35,7 +35,7 @@ SPEC_TRAINING = {
     "edm2-img64-l": (1024, 2048, 320, 0.0080, 35000, 0.10, -0.8, 1.6),
     "edm2-img64-xl": (640, 2048, 384, 0.0070, 35000, 0.10, -0.8, 1.6),
 }
-# Spec §6: duration -> final kimg as in the released file names.
+# docs/method.md#presets: duration -> final kimg as in the released file names.
 SPEC_FINAL_KIMG = {2048: 2147483, 1792: 1879048, 1280: 1342177, 896: 939524, 1024: 1073741, 640: 671088}
 
 
@@ -70,7 +70,7 @@ def test_network_kwargs_of_training_presets():
 
 
 def test_model_size_table():
-    expected = {  # spec §3.4: model_channels, params img512 (M), params img64 (M)
+    expected = {  # docs/method.md#unet: model_channels, params img512 (M), params img64 (M)
         "xxs": (64, 31.31, None),
         "xs": (128, 124.71, 124.71),
         "s": (192, 280.21, 280.21),
@@ -85,7 +85,7 @@ def test_model_size_table():
 
 
 ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"
-# Spec §8.4 table: preset -> (main model, kimg, std), guide or None, guidance, metric, value.
+# docs/method.md#sampling (the official generate_images.py presets): preset -> (main model, kimg, std), guide or None, guidance, metric, value.
 X = "img512-xs-uncond"
 SPEC_GENERATION = {
     "edm2-img512-xs-fid": (("img512-xs", 2147483, 0.135), None, 1, "fid", 3.53),
@@ -170,7 +170,9 @@ def test_every_url_is_well_formed():
             m = pattern.fullmatch(url)
             assert m, url
             assert int(m.group(5)) in final_kimgs, url
-            assert 0 < float(m.group(6)) < 0.289, url  # EMA stds must be below 1/sqrt(12) (spec §14.21)
+            assert 0 < float(m.group(6)) < 0.289, (
+                url
+            )  # EMA stds must be below 1/sqrt(12) (docs/method.md#official-details)
         # The main net of a conditional preset is a conditional model of the preset's size.
         assert preset.net.split("/")[-1].startswith(name.rsplit("-", 1)[0].replace("-guid", "").replace("-autog", ""))
     assert model_url("edm2-img512-xs", 134217, 0.1) == ROOT + "edm2-img512-xs-0134217-0.100.pkl"

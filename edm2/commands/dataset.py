@@ -1,4 +1,4 @@
-"""`edm2 dataset convert|encode|digits`: thin click wrappers over edm2.data (EDM2-SPEC §10)."""
+"""`edm2 dataset convert|encode|digits`: thin click wrappers over edm2.data (docs/method.md#datasets)."""
 
 import os
 import signal
@@ -14,7 +14,7 @@ TRANSFORM_CHOICES = ["none", "center-crop", "center-crop-wide", "center-crop-dha
 
 def _run(fn, *args, **kwargs):
     """Run `fn` as a dataset command: refuse multi-rank launches (the reference refuses WORLD_SIZE
-    != 1, §10.3); while it runs, SIGTERM is a normal exit (so temporary outputs are removed when a
+    != 1, docs/method.md#datasets); while it runs, SIGTERM is a normal exit (so temporary outputs are removed when a
     scheduler kills the job); errors about the input become one-line messages."""
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise click.ClickException("dataset commands run in one process; launch them without torchrun (WORLD_SIZE=1)")
@@ -71,7 +71,7 @@ def dataset():
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def convert(source, dest, resolution, transform, max_images, workers, on_error, upscale, quiet):
-    """Convert a folder or ZIP of images into a dataset (EDM2-SPEC §10.2).
+    """Convert a folder or ZIP of images into a dataset (docs/method.md#datasets).
 
     Every image is converted to RGB, transformed, and written as an uncompressed PNG
     `00000/img00000000.png` ... (numbered by input image) with labels in dataset.json, taken
@@ -126,7 +126,7 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
 @click.option("--max-images", type=click.IntRange(min=1), help="Encode only the first N images.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def encode(source, dest, vae, batch, device, max_images, quiet):
-    """Encode a pixel dataset into Stable Diffusion VAE latents (EDM2-SPEC §10.3).
+    """Encode a pixel dataset into Stable Diffusion VAE latents (docs/method.md#datasets).
 
     Writes per image an 8-channel float32 array (posterior mean, then std, at 1/8 resolution)
     as `00000/img-mean-std-00000000.npy` ..., and carries the labels over.

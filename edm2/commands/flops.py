@@ -18,7 +18,7 @@ def flops(target, forced_norm, table):
     FILE is an edm2 snapshot (.safetensors); PRESET is a training preset name (img512 presets
     use 64x64x4 latents, img64 presets 64x64x3 pixels, both with 1000 classes). The network is
     built on the meta device, so nothing is allocated and even XXL counts in about a second.
-    One multiply-add counts as one FLOP (EDM2-SPEC §12).
+    One multiply-add counts as one FLOP (docs/method.md#flops).
 
     \b
     Examples:

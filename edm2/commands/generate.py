@@ -1,4 +1,4 @@
-"""`edm2 generate`: images from a network, a URL or a released preset (EDM2-SPEC §8)."""
+"""`edm2 generate`: images from a network, a URL or a released preset (docs/method.md#sampling)."""
 
 import click
 
@@ -18,7 +18,9 @@ def _parse_seeds(ctx, param, value):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--preset", metavar="NAME", help="Generation preset (spec §8.4); fills --net, --gnet, --guidance when unset."
+    "--preset",
+    metavar="NAME",
+    help="Generation preset (docs/method.md#sampling); fills --net, --gnet, --guidance when unset.",
 )
 @click.option(
     "--net", metavar="FILE|URL|PRESET", help="Main network: .safetensors snapshot, official .pkl, URL or preset."

@@ -1,5 +1,5 @@
 """`edm2 metrics ref|calc|gen|train-detector`: feature statistics and Fréchet distances
-(EDM2-SPEC §11)."""
+(docs/method.md#metrics)."""
 
 import click
 

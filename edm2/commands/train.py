@@ -1,4 +1,4 @@
-"""`edm2 train`: a thin click wrapper over edm2.train.run.run_training (EDM2-SPEC §6)."""
+"""`edm2 train`: a thin click wrapper over edm2.train.run.run_training (docs/method.md#presets)."""
 
 import click
 

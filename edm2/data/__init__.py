@@ -1,4 +1,4 @@
-"""Datasets and encoders (EDM2-SPEC §9, §10).
+"""Datasets and encoders (docs/method.md#encoders, #datasets).
 
 Names are imported on first use, so `from edm2.data import make_transform` pulls in neither
 torch nor diffusers (the convert workers stay light).

@@ -1,5 +1,5 @@
 """`edm2 dataset convert`: a folder or ZIP of images -> a dataset in the official format
-(EDM2-SPEC §10.2): `s[:5]/img{s}.png` with `s = f"{idx:08d}"` (idx counts *input* images),
+(docs/method.md#datasets): `s[:5]/img{s}.png` with `s = f"{idx:08d}"` (idx counts *input* images),
 uncompressed PNGs in a STORED ZIP or a folder, and `dataset.json` with the labels.
 
 Worker processes decode, transform and PNG-encode the images; the parent writes them in input
@@ -73,7 +73,7 @@ class SourceReader:
 
 
 def open_source(source, max_images: int | None = None, strict: bool = True) -> Source:
-    """List the images and labels of a folder or ZIP (§10.2).
+    """List the images and labels of a folder or ZIP (docs/method.md#datasets).
 
     Labels come from `dataset.json` in the source root if present and non-null; otherwise, for
     folders, from the sorted set of top-level folder names (root files: ''), if there are >= 2.
@@ -138,7 +138,7 @@ def open_source(source, max_images: int | None = None, strict: bool = True) -> S
 
 
 def open_rgb(data: bytes, name: str) -> PIL.Image.Image:
-    """Image bytes -> loaded PIL image in mode RGB (§10.2: every image is converted to RGB with PIL).
+    """Image bytes -> loaded PIL image in mode RGB (docs/method.md#datasets: every image is converted to RGB with PIL).
 
     16-bit grayscale keeps its high byte (v >> 8), as PIL already does for 16-bit RGB(A);
     alpha is dropped (not composited); palette and CMYK go through PIL's convert('RGB').
@@ -180,7 +180,7 @@ class Result:
 
 
 def too_small(transform: str | None, width, height, h: int, w: int) -> bool:
-    """Whether producing the output means enlarging the image (§10.2 geometry of each transform)."""
+    """Whether producing the output means enlarging the image (docs/method.md#datasets geometry of each transform)."""
     if transform in (None, "none"):
         return (width is not None and w < width) or (height is not None and h < height)
     if transform == "center-crop":
@@ -331,6 +331,11 @@ def convert_dataset(
     upscale: bool = True,  # Enlarge images smaller than the output (the reference does); False = bad input.
     progress: bool = True,  # Show a tqdm progress bar on stderr.
 ) -> ConvertReport:
+    """Convert images into a dataset in the official format (`dataset_tool.py convert`;
+    docs/method.md#datasets): RGB uint8 PNGs named `00000/img00000000.png`, uncompressed, plus
+    `dataset.json`, written to a temporary name and renamed when complete. Raises ConfigError for
+    bad options, DataError for unusable input (named, with the fix). Returns a ConvertReport.
+    """
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     width, height = parse_resolution(resolution)
@@ -350,7 +355,9 @@ def convert_dataset(
             error = r.error
             if error is None and r.png is not None:
                 h, w, c = r.shape
-                if attrs is None:  # §10.2: the first output image fixes the size: square, power of two
+                if (
+                    attrs is None
+                ):  # docs/method.md#datasets: the first output image fixes the size: square, power of two
                     if w != h or w & (w - 1):
                         raise ConfigError(
                             f"the first image {r.name} comes out {w}x{h}; the output must be square with a "

@@ -1,5 +1,5 @@
 """Reading datasets in the official format: a ZIP or folder of PNG (pixels) or NPY (latents) files
-plus an optional `dataset.json` with labels (EDM2-SPEC §10.1).
+plus an optional `dataset.json` with labels (docs/method.md#datasets).
 
 Safe with DataLoader workers (fork or spawn) and several ranks: the object pickles without its
 ZIP handle, and each process opens its own handle on first use.
@@ -49,8 +49,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         else:
             raise DataError(f"dataset {path} is neither a folder nor a .zip file")
 
-        exts = pil_extensions() | {".npy"}  # §10.1
-        # §10.1: image files sorted lexicographically by relative path.
+        exts = pil_extensions() | {".npy"}  # docs/method.md#datasets
+        # docs/method.md#datasets: image files sorted lexicographically by relative path.
         self._image_fnames = sorted(f for f in self._all_fnames if file_ext(f) in exts)
         if not self._image_fnames:
             raise DataError(f"dataset {path} contains no image (.png, .jpg, ...) or .npy files")
@@ -67,7 +67,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self._cached_images = {}
         self._raw_labels = None
 
-        # §10.1: max_size subset (shuffle with RandomState(seed mod 2^31), keep first, sort), then xflip.
+        # docs/method.md#datasets: max_size subset (shuffle with RandomState(seed mod 2^31), keep first, sort), then xflip.
         self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
         if max_size is not None and self._raw_idx.size > max_size:
             np.random.RandomState(random_seed % (1 << 31)).shuffle(self._raw_idx)
@@ -172,12 +172,12 @@ class ImageFolderDataset(torch.utils.data.Dataset):
             if self._cache:
                 self._cached_images[raw_idx] = image
         if self._xflip[idx]:
-            image = image[:, :, ::-1]  # §10.1: mirror the last axis
+            image = image[:, :, ::-1]  # docs/method.md#datasets: mirror the last axis
         return image.copy(), self.get_label(idx)
 
     def get_label(self, idx) -> np.ndarray:
         label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:  # §10.1: class index -> one-hot of length max+1
+        if label.dtype == np.int64:  # docs/method.md#datasets: class index -> one-hot of length max+1
             onehot = np.zeros(self.label_shape, dtype=np.float32)
             onehot[label] = 1
             return onehot

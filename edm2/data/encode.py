@@ -1,4 +1,4 @@
-"""`edm2 dataset encode`: a pixel dataset -> Stable Diffusion VAE posteriors (EDM2-SPEC §10.3).
+"""`edm2 dataset encode`: a pixel dataset -> Stable Diffusion VAE posteriors (docs/method.md#datasets).
 
 Each source image (converted to RGB) becomes an 8-channel float32 array, posterior mean then std
 at 1/8 resolution, stored as `s[:5]/img-mean-std-{s}.npy` with `s = f"{idx:08d}"`; labels are
@@ -57,6 +57,11 @@ def encode_dataset(
     max_images: int | None = None,  # Encode only the first N images.
     progress: bool = True,
 ) -> EncodeReport:
+    """Encode a pixel dataset into Stable Diffusion VAE latents (`dataset_tool.py encode`;
+    docs/method.md#encoders): per image an 8-channel float32 `.npy` [8, H/8, W/8] holding the
+    posterior mean and std, plus the labels. Raises ConfigError/DataError before any compute for
+    bad options or input. Returns an EncodeReport.
+    """
     if int(batch) < 1:
         raise ConfigError(f"--batch must be at least 1, got {batch}")
     src = open_source(source, max_images=max_images, strict=False)
@@ -82,7 +87,7 @@ def encode_dataset(
                     if img.shape[0] % 8 or img.shape[1] % 8:
                         raise DataError(f"{name} is {img.shape[1]}x{img.shape[0]}; the VAE needs sides divisible by 8")
                 x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(dev)
-                mean_std = encoder.encode_pixels(x).cpu().numpy()  # §10.3: [N, 8, H/8, W/8] float32
+                mean_std = encoder.encode_pixels(x).cpu().numpy()  # docs/method.md#datasets: [N, 8, H/8, W/8] float32
                 for i, (name, arr) in enumerate(zip(names, mean_std)):
                     if shape is None:
                         shape = arr.shape

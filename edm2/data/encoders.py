@@ -1,5 +1,5 @@
 """Encoders between raw pixels, raw latents (what a dataset stores) and final latents (what the
-network sees), EDM2-SPEC §9.
+network sees), docs/method.md#encoders
 
     raw pixels (uint8 NCHW) --encode_pixels--> raw latents --encode_latents--> final latents
     final latents --decode--> uint8 pixels
@@ -19,7 +19,7 @@ from edm2.errors import ConfigError, DownloadError, FormatError
 
 
 class StandardRGBEncoder:
-    """Pixel-space 'encoder': uint8 [0, 255] <-> float32 [-1, 1] (EDM2-SPEC §9.1)."""
+    """Pixel-space 'encoder': uint8 [0, 255] <-> float32 [-1, 1] (docs/method.md#encoders)."""
 
     def init(self, device):  # nothing to load
         pass
@@ -30,23 +30,23 @@ class StandardRGBEncoder:
     def encode(self, x):
         return self.encode_latents(self.encode_pixels(x))
 
-    def encode_pixels(self, x):  # identity, uint8 stays uint8 (§9.1)
+    def encode_pixels(self, x):  # identity, uint8 stays uint8 (docs/method.md#encoders)
         return x
 
-    def encode_latents(self, x):  # float32(x) / 127.5 - 1 (§9.1)
+    def encode_latents(self, x):  # float32(x) / 127.5 - 1 (docs/method.md#encoders)
         return x.to(torch.float32) / 127.5 - 1
 
-    def decode(self, x):  # +128 instead of +127.5 rounds to nearest under the truncating cast (§9.1)
+    def decode(self, x):  # +128 instead of +127.5 rounds to nearest under the truncating cast (docs/method.md#encoders)
         return (x.to(torch.float32) * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
-# Default statistics of the raw sd-vae-ft-mse latents over ImageNet-512 (EDM2-SPEC §9.2).
+# Default statistics of the raw sd-vae-ft-mse latents over ImageNet-512 (docs/method.md#encoders).
 RAW_MEAN = (5.81, 3.25, 0.12, -2.15)
 RAW_STD = (4.17, 4.62, 3.71, 3.28)
 
 
 class StabilityVAEEncoder:
-    """Latent-space encoder on top of the Stable Diffusion VAE (EDM2-SPEC §9.2).
+    """Latent-space encoder on top of the Stable Diffusion VAE (docs/method.md#encoders).
 
     Raw latents are the 8-channel concatenation of the posterior mean and std at 1/8 resolution;
     `encode_latents` draws a fresh sample from that posterior every call and normalises it with
@@ -72,7 +72,7 @@ class StabilityVAEEncoder:
         self.final_mean = np.float32(final_mean)
         self.final_std = np.float32(final_std)
         self.batch_size = int(batch_size)
-        # §9.2: all float32.
+        # docs/method.md#encoders: all float32.
         self.scale = self.final_std / self.raw_std
         self.bias = self.final_mean - self.raw_mean * self.scale
         self._vae = None
@@ -88,7 +88,7 @@ class StabilityVAEEncoder:
             "batch_size": self.batch_size,
         }
 
-    def __getstate__(self):  # the VAE is never pickled (§9.2)
+    def __getstate__(self):  # the VAE is never pickled (docs/method.md#encoders)
         return {**self.__dict__, "_vae": None}
 
     def init(self, device):
@@ -108,7 +108,7 @@ class StabilityVAEEncoder:
     def encode_pixels(self, x):
         """uint8 [N, 3, H, W] -> float32 [N, 8, H/8, W/8] (posterior mean, then std)."""
         self.init(x.device)
-        x = x.to(torch.float32) / 255  # §9.2: the VAE is fed [0, 1], not [-1, 1]
+        x = x.to(torch.float32) / 255  # docs/method.md#encoders: the VAE is fed [0, 1], not [-1, 1]
         out = []
         for batch in x.split(self.batch_size):
             posterior = self._vae.encode(batch).latent_dist
@@ -116,14 +116,14 @@ class StabilityVAEEncoder:
         return torch.cat(out)
 
     def encode_latents(self, x):
-        """Raw latents [N, 8, h, w] -> a fresh posterior sample, normalised: [N, 4, h, w] (§9.2)."""
+        """Raw latents [N, 8, h, w] -> a fresh posterior sample, normalised: [N, 4, h, w] (docs/method.md#encoders)."""
         mean, std = x.to(torch.float32).chunk(2, dim=1)
         z = mean + torch.randn_like(mean) * std
         return z * self._per_channel(self.scale, z) + self._per_channel(self.bias, z)
 
     @torch.no_grad()
     def decode(self, x):
-        """Final latents [N, 4, h, w] -> uint8 [N, 3, 8h, 8w] (§9.2: clamp [0, 1], x255, truncate)."""
+        """Final latents [N, 4, h, w] -> uint8 [N, 3, 8h, 8w] (docs/method.md#encoders: clamp [0, 1], x255, truncate)."""
         self.init(x.device)
         x = x.to(torch.float32)
         x = (x - self._per_channel(self.bias, x)) / self._per_channel(self.scale, x)

@@ -1,5 +1,5 @@
 """Resize/crop transforms of `edm2 dataset convert`, pixel-exact with the official dataset tool
-(EDM2-SPEC §10.2). `make_transform` takes and returns HWC uint8 RGB arrays (None = skip the
+(docs/method.md#datasets). `make_transform` takes and returns HWC uint8 RGB arrays (None = skip the
 image); `make_pil_transform` is the same on PIL images, which the converter uses to save copies.
 Cropping a PIL image gives the same pixels as slicing the array, so both agree exactly."""
 
@@ -17,7 +17,7 @@ BICUBIC = PIL.Image.Resampling.BICUBIC
 
 
 def _scale(width, height, img):
-    """none: LANCZOS resize to the given resolution if it differs, else unchanged (§10.2)."""
+    """none: LANCZOS resize to the given resolution if it differs, else unchanged (docs/method.md#datasets)."""
     w, h = img.size
     if (width is None or width == w) and (height is None or height == h):
         return img
@@ -25,7 +25,7 @@ def _scale(width, height, img):
 
 
 def _center_crop(width, height, img):
-    """center-crop: central min(H, W) square, LANCZOS to (width, height) (§10.2)."""
+    """center-crop: central min(H, W) square, LANCZOS to (width, height) (docs/method.md#datasets)."""
     w, h = img.size
     s = min(h, w)
     img = img.crop(((w - s) // 2, (h - s) // 2, (w + s) // 2, (h + s) // 2))
@@ -34,7 +34,7 @@ def _center_crop(width, height, img):
 
 def _center_crop_wide(width, height, img):
     """center-crop-wide: crop rows to the output aspect ratio, LANCZOS, paste into a black
-    width x width canvas at row (width - height)//2; None if the image is too small (§10.2)."""
+    width x width canvas at row (width - height)//2; None if the image is too small (docs/method.md#datasets)."""
     w, h = img.size
     ch = int(np.round(width * h / w))  # round half to even, like the reference
     if w < width or ch < height:
@@ -47,7 +47,7 @@ def _center_crop_wide(width, height, img):
 
 def _center_crop_dhariwal(size, img):
     """center-crop-dhariwal (ADM): BOX-halve while min side >= 2*size, BICUBIC so the short side
-    is `size`, then crop size x size at ((h - size)//2, (w - size)//2) (§10.2)."""
+    is `size`, then crop size x size at ((h - size)//2, (w - size)//2) (docs/method.md#datasets)."""
     while min(img.size) >= 2 * size:
         img = img.resize(tuple(x // 2 for x in img.size), resample=BOX)
     f = size / min(img.size)

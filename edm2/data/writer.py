@@ -22,7 +22,7 @@ class _ZipWriter:
 
     def write(self, name: str, data: bytes):
         info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
-        info.compress_type = zipfile.ZIP_STORED  # §10.2: no compression
+        info.compress_type = zipfile.ZIP_STORED  # docs/method.md#datasets: no compression
         info.external_attr = 0o644 << 16
         self._zf.writestr(info, data)
 

@@ -1,4 +1,4 @@
-"""Power-function EMA tracking and post-hoc EMA reconstruction (EDM2-SPEC §7)."""
+"""Power-function EMA tracking and post-hoc EMA reconstruction (docs/method.md#ema)."""
 
 from edm2.ema.maths import (
     MAX_STD,

@@ -43,8 +43,8 @@ from edm2.utils import kimg_to_nimg
 _DEFAULT_CHUNK_BYTES = 160 << 20  # working buffers beyond this do not make the pass faster
 
 
-# The only buffers of the EDM2 network are the MPFourier frequencies and phases (spec §1.5);
-# they are copied from the last input, never averaged (spec §14.12). Deciding this from the
+# The only buffers of the EDM2 network are the MPFourier frequencies and phases (docs/method.md#mp-layers);
+# they are copied from the last input, never averaged (docs/method.md#official-details). Deciding this from the
 # names avoids building the network (which costs seconds of torch start-up on the meta device).
 BUFFER_SUFFIXES = (".freqs", ".phases")
 
@@ -74,7 +74,7 @@ class PhemaInput:
 def find_inputs(indir, inprefix: str | None = None, instd=None, exclude_prefix: str | None = None) -> list:
     """Scan `indir` (not recursively) for snapshots named `<prefix>-<kimg>-<std>.(pkl|safetensors)`.
 
-    kimg -> nimg by `kimg_to_nimg` (spec §7.4); for our snapshots the exact nimg of the
+    kimg -> nimg by `kimg_to_nimg` (docs/method.md#ema); for our snapshots the exact nimg of the
     metadata is used (it agrees whenever nimg is a multiple of 1024). Filters: exact prefix
     (`inprefix`), std membership (`instd`, a list or std-list text). Sorted by (nimg, std).
     """
@@ -113,7 +113,7 @@ def find_inputs(indir, inprefix: str | None = None, instd=None, exclude_prefix: 
 
 
 def plan_coefficients(inputs: list, out_std: list, out_nimg: int | None = None):
-    """Select the inputs and solve the coefficients (spec §7.4 steps 1, 2, 5).
+    """Select the inputs and solve the coefficients (docs/method.md#ema).
 
     Returns `(used_inputs, out_nimg, X)` with X float64 [len(used_inputs), len(out_std)],
     columns summing to 1.

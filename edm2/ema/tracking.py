@@ -1,4 +1,4 @@
-"""EMA trackers used during training (EDM2-SPEC §7.2, §7.3)."""
+"""EMA trackers used during training (docs/method.md#ema)."""
 
 import copy
 
@@ -9,7 +9,7 @@ from edm2.naming import std_text
 
 
 class PowerFunctionEMA:
-    """One power-function EMA of the network per relative std (spec §7.2).
+    """One power-function EMA of the network per relative std (docs/method.md#ema).
 
     Only parameters are averaged; buffers are copied from the live net when read.
     """
@@ -23,13 +23,16 @@ class PowerFunctionEMA:
 
     @torch.no_grad()
     def reset(self):
+        """Set every EMA's parameters to the network's."""
         for ema in self.emas:
             for p_net, p_ema in zip(self.net.parameters(), ema.parameters()):
                 p_ema.copy_(p_net)
 
     @torch.no_grad()
     def update(self, cur_nimg, batch_size):
-        # Called after cur_nimg += batch_size, so beta = 0 on the first step (spec §14.21).
+        """Average in the network's parameters after a step of `batch_size` images that ended at
+        `cur_nimg` images: `ema <- lerp(ema, net, 1 - beta)`, beta = (1 - batch/cur_nimg)^(gamma+1)."""
+        # Called after cur_nimg += batch_size, so beta = 0 on the first step (docs/method.md#official-details).
         net_params = list(self.net.parameters())
         for std, ema in zip(self.stds, self.emas):
             beta = power_function_beta(std, t_next=cur_nimg, t_delta=batch_size, exp=self._exps[std])
@@ -37,15 +40,18 @@ class PowerFunctionEMA:
 
     @torch.no_grad()
     def get(self):
+        """[(ema network, file-name suffix '-0.050'), ...], with the buffers copied from the network."""
         for ema in self.emas:
             for b_net, b_ema in zip(self.net.buffers(), ema.buffers()):
                 b_ema.copy_(b_net)
         return [(ema, f"-{std_text(std)}") for std, ema in zip(self.stds, self.emas)]
 
     def state_dict(self):
+        """{'stds': [...], 'emas': [state dict, ...]} (saved in training states)."""
         return dict(stds=self.stds, emas=[ema.state_dict() for ema in self.emas])
 
     def load_state_dict(self, state):
+        """Restore what `state_dict` returned."""
         self.stds = list(state["stds"])
         self._exps = {std: float(std_to_exp(std)) for std in self.stds}
         for ema, s_ema in zip(self.emas, state["emas"]):
@@ -53,7 +59,7 @@ class PowerFunctionEMA:
 
 
 class TraditionalEMA:
-    """Classic exponential EMA with a half-life and ramp-up (spec §7.3; available, unused)."""
+    """Classic exponential EMA with a half-life and ramp-up (docs/method.md#ema; available, unused)."""
 
     @torch.no_grad()
     def __init__(self, net: torch.nn.Module, halflife_Mimg=float("inf"), rampup_ratio=0.09):

@@ -86,11 +86,13 @@ def atomic_path(path, suffix: str = ""):
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` under a temporary name, then rename (no partial file on failure)."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def atomic_write_text(path, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

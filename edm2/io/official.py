@@ -1,5 +1,5 @@
 """Safe import of the official EDM2 pickles (network snapshots, post-hoc reconstructions and
-`dataset-refs` statistics) without executing anything stored in them (EDM2-SPEC §14.36).
+`dataset-refs` statistics) without executing anything stored in them (docs/method.md#official-details).
 
 The released files were written with plain `pickle.dump` of objects whose classes are wrapped
 by NVIDIA's `torch_utils.persistence`: such an object pickles as a call
@@ -463,7 +463,7 @@ def encoder_config_from_object(obj) -> dict:
     config["final_std"] = float(config["final_std"])
     config["vae_name"] = str(obj.state.get("vae_name", config["vae_name"]))
     config["batch_size"] = int(obj.state.get("batch_size", config["batch_size"]))
-    # The state holds scale = final_std/raw_std and bias = final_mean - raw_mean*scale (spec §9.2)
+    # The state holds scale = final_std/raw_std and bias = final_mean - raw_mean*scale (docs/method.md#encoders)
     # in float32; when they disagree with the recorded arguments, recover raw_mean/raw_std.
     scale, bias = obj.state.get("scale"), obj.state.get("bias")
     if scale is not None and bias is not None:
@@ -545,7 +545,7 @@ def load_official_stats(path) -> dict:
 
 
 def parse_official_name(name):
-    """`(kimg, std)` from a file name `*-<kimg>-<std>.pkl` (spec §7.4), else None."""
+    """`(kimg, std)` from a file name `*-<kimg>-<std>.pkl` (docs/method.md#ema), else None."""
     parsed = parse_snapshot_name(Path(name).name, ext="pkl")
     return (parsed.kimg, parsed.std) if parsed else None
 

@@ -1,4 +1,4 @@
-"""Feature detectors, statistics, Fréchet distance and FLOP counting (EDM2-SPEC §11-§12).
+"""Feature detectors, statistics, Fréchet distance and FLOP counting (docs/method.md#metrics, #flops).
 
 Names are imported on first use, so `import edm2.metrics` stays light (no Inception, no
 transformers).

@@ -1,4 +1,4 @@
-"""Feature detectors by metric name (EDM2-SPEC §11.1): `fid` (Inception-v3 of TF 2015-12-05),
+"""Feature detectors by metric name (docs/method.md#metrics): `fid` (Inception-v3 of TF 2015-12-05),
 `fd_dinov2` (DINOv2 ViT-L/14) and `fd_cnn` (a small dataset-trained CNN, see `edm2.metrics.cnn`).
 
 Every detector maps uint8-range RGB images [N, C, H, W] to float32 features [N, D]. Grayscale

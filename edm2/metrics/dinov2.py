@@ -1,8 +1,8 @@
-"""DINOv2 ViT-L/14 features for FD_DINOv2 through `transformers` (EDM2-SPEC §11.1, §14.28).
+"""DINOv2 ViT-L/14 features for FD_DINOv2 through `transformers` (docs/method.md#metrics, #official-details).
 
 The official code loads `dinov2_vitl14` from torch hub; we load the same weights as
 `transformers.Dinov2Model` (`facebook/dinov2-large`, or a local folder written by
-`save_pretrained`). Pre-processing as §11.1 ('torch' mode): fp32, bicubic resize with
+`save_pretrained`). Pre-processing as docs/method.md#metrics ('torch' mode): fp32, bicubic resize with
 antialiasing to 224x224 (no clamping or re-quantisation), /255, ImageNet mean/std. Feature: the
 CLS token after the final layer norm, which is `Dinov2Model(...).pooler_output` (1024-d).
 
@@ -100,7 +100,9 @@ class DINOv2Detector(torch.nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(torch.float32)
         if tuple(x.shape[-2:]) != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", antialias=True)  # §11.1
+            x = F.interpolate(
+                x, size=(INPUT_SIZE, INPUT_SIZE), mode="bicubic", antialias=True
+            )  # docs/method.md#metrics
         x = x / 255
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 

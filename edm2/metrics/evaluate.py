@@ -1,11 +1,11 @@
-"""The three metric modes (EDM2-SPEC §11.4) as plain functions; `edm2 metrics` wraps them.
+"""The three metric modes (docs/method.md#metrics) as plain functions; `edm2 metrics` wraps them.
 
     reference_stats(data, dest)                statistics of every image of a dataset
     calc_metrics(images, ref, num=50000)       FDs of a random subset of an image folder/ZIP
     gen_metrics(net, ref, num=50000)           FDs of images generated on the fly
 
-Batches are split across ranks as spec §8.3; features are summed in float64 and all-reduced
-(§11.2); FDs are computed from the summed statistics (§11.3). Results are returned as the dict
+Batches are split across ranks as docs/method.md#sampling; features are summed in float64 and all-reduced
+(docs/method.md#metrics); FDs are computed from the summed statistics (docs/method.md#metrics). Results are returned as the dict
 of the results JSON (docs/HELPERS.md) and written by rank 0 when a path is given.
 """
 
@@ -35,7 +35,7 @@ DEFAULT_METRICS = ("fid", "fd_dinov2")
 
 
 def load_detectors(metrics, locations: dict | None = None, device=None) -> dict:
-    """Detectors by metric name, built rank 0 first (it fills the caches), then the others (§13)."""
+    """Detectors by metric name, built rank 0 first (it fills the caches), then the others (docs/method.md#distributed)."""
     locations = locations or {}
     device = torch.device(device) if device is not None else default_device()
     if get_rank() != 0:
@@ -106,7 +106,7 @@ def dataset_stats(
     metrics=DEFAULT_METRICS,  # Metric names.
     locations: dict | None = None,  # Detector locations by metric (default weights otherwise).
     num: int | None = None,  # Random subset of this many images (None = all); fewer is an error.
-    seed: int = 0,  # Seed of the subset (§14.29: shuffle with RandomState(seed), keep first n, sort).
+    seed: int = 0,  # Seed of the subset (docs/method.md#official-details: shuffle with RandomState(seed), keep first n, sort).
     batch: int = 64,  # Images per batch per rank.
     workers: int = 2,  # DataLoader worker processes.
     device=None,
@@ -117,7 +117,7 @@ def dataset_stats(
     metrics = parse_metrics(metrics)
     detectors = load_detectors(metrics, locations, device)
     rank, world = get_rank(), get_world_size()
-    if rank != 0:  # dataset listing rank 0 first (§13)
+    if rank != 0:  # dataset listing rank 0 first (docs/method.md#distributed)
         barrier()
     dataset = ImageFolderDataset(path, use_labels=False, max_size=num, random_seed=seed)
     if rank == 0:
@@ -178,7 +178,7 @@ def choose_metrics(requested, ref: dict, ref_path) -> list[str]:
 
 
 def frechet_distances(stats: dict, ref: dict, metrics) -> dict:
-    """FD per metric between generated/test statistics and the reference (§11.3)."""
+    """FD per metric between generated/test statistics and the reference (docs/method.md#metrics)."""
     return {m: frechet_distance(stats[m]["mu"], stats[m]["sigma"], ref[m]["mu"], ref[m]["sigma"]) for m in metrics}
 
 
@@ -245,7 +245,7 @@ def gen_metrics(
     ref,  # Reference statistics (.npz, official .pkl, or URL).
     metrics=None,  # Metric names; default: every metric in the reference.
     gnet=None,  # Guiding network (used when guidance != 1).
-    guidance: float | None = None,  # Guidance strength; default 1 (§11.4: gen uses no guidance).
+    guidance: float | None = None,  # Guidance strength; default 1 (docs/method.md#metrics: gen uses no guidance).
     num: int = 50000,  # Images per seed range.
     seed: int = 0,  # First seed.
     seeds_ranges: int = 1,  # Evaluate K disjoint ranges seed + k num ... seed + (k+1) num - 1.
@@ -290,7 +290,7 @@ def gen_metrics(
             values[m].append(v)
         if progress and get_rank() == 0:
             print(f"seeds {lo}-{lo + num - 1}: " + ", ".join(f"{m} {values[m][-1]:.4f}" for m in metrics))
-    nfe = 2 * opts["num_steps"] - 1  # denoiser evaluations per image (§8.1)
+    nfe = 2 * opts["num_steps"] - 1  # denoiser evaluations per image (docs/method.md#sampling)
     result = {
         "metrics": {m: summarize(v) for m, v in values.items()},
         "network": choice.net,

@@ -1,4 +1,4 @@
-"""FLOP counting by the official EDM2 convention (EDM2-SPEC §12, §14.34).
+"""FLOP counting by the official EDM2 convention (docs/method.md#flops, #official-details).
 
 The official `count_flops.py` traces the network with `torch.jit.trace` and charges every graph
 node by a fixed table; one multiply-accumulate counts as one FLOP. Tracing does not work on the
@@ -31,7 +31,7 @@ from edm2.nn import Precond
 from edm2.nn.layers import MPConv, normalize
 from edm2.presets import TRAINING_PRESETS, network_kwargs
 
-# --- The official cost table (spec §12), keyed by aten op name as seen at dispatch level ------
+# --- The official cost table (docs/method.md#flops), keyed by aten op name as seen at dispatch level ------
 
 # Charged numel(out) per call.
 _UNIT_OPS = {
@@ -53,7 +53,7 @@ for _name in _UNIT_OPS:
 _INPUT_OPS = {"linalg_vector_norm", "avg_pool2d"}
 # Matrix products: numel(out) * K, K = last dim of the first operand.
 _MATMUL_OPS = {"mm", "bmm", "matmul", "mv", "dot", "linear"}
-# Free: data movement, shape changes, casts, constants, dropout (spec §12 "etc." row).
+# Free: data movement, shape changes, casts, constants, dropout (docs/method.md#flops "etc." row).
 _FREE_OPS = {
     "view", "_unsafe_view", "reshape", "_reshape_alias", "as_strided", "expand", "permute",
     "transpose", "t", "unsqueeze", "squeeze", "select", "slice", "narrow", "unbind", "split",
@@ -102,11 +102,11 @@ def op_cost(name: str, args, out) -> int | None:
         return _ELEMENTWISE_FACTOR[base] * result.numel()
     if base in _INPUT_OPS:
         return args[0].numel()
-    if base in _MATMUL_OPS:  # spec §12: numel(out) * K
+    if base in _MATMUL_OPS:  # docs/method.md#flops: numel(out) * K
         return result.numel() * int(args[0].shape[-1])
-    if base in ("addmm", "baddbmm"):  # spec §12: numel(out) * (K + 1)
+    if base in ("addmm", "baddbmm"):  # docs/method.md#flops: numel(out) * (K + 1)
         return result.numel() * (int(args[1].shape[-1]) + 1)
-    if base in ("convolution", "_convolution"):  # spec §12: numel(out) * prod(weight.shape[1:])
+    if base in ("convolution", "_convolution"):  # docs/method.md#flops: numel(out) * prod(weight.shape[1:])
         return result.numel() * _numel(args[1].shape[1:])
     return None
 
@@ -181,7 +181,7 @@ class FlopCounterMode(TorchDispatchMode):
 
 
 def _default_inputs(net: torch.nn.Module, batch_size: int, device: torch.device):
-    """Official inputs (spec §12): zeros [N, C, R, R], sigma zeros [N], labels zeros [N, label_dim]."""
+    """Official inputs (docs/method.md#flops): zeros [N, C, R, R], sigma zeros [N], labels zeros [N, label_dim]."""
     for attr in ("img_channels", "img_resolution", "label_dim"):
         if not hasattr(net, attr):
             raise TypeError(f"count_flops: {type(net).__name__} has no `{attr}`; pass `args=(...)` explicitly")
@@ -198,7 +198,7 @@ def count_flops(
     kwargs=None,
     forced_weight_norm: bool = True,
 ) -> FlopCount:
-    """Count FLOPs and parameters of one forward of `net` by the official convention (spec §12).
+    """Count FLOPs and parameters of one forward of `net` by the official convention (docs/method.md#flops).
 
     By default `net` is an `edm2.nn.Precond` and is called as the official script does:
     `net(zeros[N, C, R, R], zeros[N], zeros[N, label_dim])` with `N = batch_size` (1: per-sample
@@ -207,7 +207,7 @@ def count_flops(
     allocating anything. Pass `args`/`kwargs` to call another module.
 
     `forced_weight_norm=True` also charges the forced weight normalisation that every MPConv
-    runs in a training-mode forward (spec §1.6 step 2): the official figures (XS 45.75 ...
+    runs in a training-mode forward (docs/method.md#mp-layers): the official figures (XS 45.75 ...
     XXL 555.12 Gflops) include it and are not reproduced without it. It is computed on the side
     (the weights are not modified) while the network runs in eval mode, so dropout stays free as
     in the official table. `False` counts a plain eval-mode forward.
@@ -219,7 +219,7 @@ def count_flops(
 
     def forced_norm_hook(module, _inputs):
         # The forced normalisation's arithmetic, `normalize(float32(weight))`, without the
-        # in-place overwrite (spec §1.6 step 2).
+        # in-place overwrite (docs/method.md#mp-layers).
         w = module.weight
         normalize(w.to(torch.float64 if w.dtype == torch.float64 else torch.float32))
 
@@ -240,7 +240,7 @@ def count_flops(
 
 
 def network_kwargs_of(target) -> dict:
-    """`Precond` constructor arguments for `target`: a training preset name (spec §6) or the
+    """`Precond` constructor arguments for `target`: a training preset name (docs/method.md#presets) or the
     path of an edm2 snapshot (`.safetensors`, read from its metadata without loading weights)."""
     target = str(target)
     if target in TRAINING_PRESETS:

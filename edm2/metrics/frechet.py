@@ -1,4 +1,4 @@
-"""Fréchet distance between two Gaussians (EDM2-SPEC §11.3).
+"""Fréchet distance between two Gaussians (docs/method.md#metrics).
 
     FD = ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2))
 
@@ -74,7 +74,7 @@ def trace_sqrtm_product(sigma1, sigma2) -> float:
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), spec §11.3 (float64)."""
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), docs/method.md#metrics (float64)."""
     mu1, sigma1 = _as_stats(mu1, sigma1, "1")
     mu2, sigma2 = _as_stats(mu2, sigma2, "2")
     if mu1.shape != mu2.shape:

@@ -1,5 +1,5 @@
 """Inception-v3 as used for FID: the TensorFlow graph `inception-2015-12-05`, in plain PyTorch
-(EDM2-SPEC §11.1, detector `fid`).
+(docs/method.md#metrics, detector `fid`).
 
 Weights: the standard FID weight file `pt_inception-2015-12-05-6726825d.pth` (the TF graph's
 weights in PyTorch naming). Module and parameter names follow that file exactly

@@ -1,5 +1,5 @@
 """Feature statistics: float64 accumulation, all-reduce across ranks, and the stats files
-(EDM2-SPEC §11.2).
+(docs/method.md#metrics).
 
 In memory a stats dict is `{'num_images': n, '<metric>': {'mu': [D], 'sigma': [D, D]}, ...}`
 (NumPy float64), optionally with `'resolution': [H, W]` (of the images) and, per metric,
@@ -30,7 +30,7 @@ METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class FeatureStats:
-    """Running sums of features for one metric: S1 = sum f, S2 = sum f f^T, n (spec §11.2).
+    """Running sums of features for one metric: S1 = sum f, S2 = sum f f^T, n (docs/method.md#metrics).
 
     Accumulates in float64 on the features' device; `all_reduce()` sums across ranks.
     """
@@ -83,7 +83,7 @@ class FeatureStats:
         self.s2 = packed[1 + self.dim :].reshape(self.dim, self.dim).to(self.device)
 
     def mean_cov(self):
-        """mu = S1/n, sigma = (S2 - n mu mu^T)/(n - 1), unbiased (spec §11.2); NumPy float64."""
+        """mu = S1/n, sigma = (S2 - n mu mu^T)/(n - 1), unbiased (docs/method.md#metrics); NumPy float64."""
         if self.n < 2:
             raise FormatError(f"feature statistics need at least 2 images, got {self.n}")
         s1 = self.s1.cpu().numpy()
@@ -129,7 +129,7 @@ def load_stats(path) -> dict:
             raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
         if "num_images" in arrays:
             return validate_stats(_stats_from_arrays(arrays, path), path)
-        if "mu" in arrays and "sigma" in arrays:  # original EDM reference (Inception only), spec §11.2
+        if "mu" in arrays and "sigma" in arrays:  # original EDM reference (Inception only), docs/method.md#metrics
             stats = {"fid": {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}}
             return validate_stats(stats, path)
         raise FormatError(f"{path}: neither edm2 statistics (num_images, <metric>_mu, ...) nor EDM's (mu, sigma)")

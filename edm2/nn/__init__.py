@@ -1,4 +1,4 @@
-"""Magnitude-preserving layers, the EDM2 U-Net and the EDM preconditioning (EDM2-SPEC §1-§4)."""
+"""Magnitude-preserving layers, the EDM2 U-Net and the EDM preconditioning (docs/method.md#mp-layers, #preconditioning)."""
 
 from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 from edm2.nn.unet import Block, Precond, UNet

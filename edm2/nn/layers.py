@@ -1,4 +1,4 @@
-"""Magnitude-preserving building blocks (EDM2-SPEC §1).
+"""Magnitude-preserving building blocks (docs/method.md#mp-layers).
 
 Every function computes in float32 (or float64 when its input is float64; the official code
 would silently fall back to float32 there, we keep float64 so references compare exactly).
@@ -9,12 +9,12 @@ import torch
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else computes in float32 (spec §1.1, §1.5, §1.6)."""
+    """float64 stays float64; everything else computes in float32 (docs/method.md#mp-layers)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
-    """Rescale slices of `x` along `dim` to unit RMS (spec §1.1, §14.1).
+    """Rescale slices of `x` along `dim` to unit RMS (docs/method.md#mp-layers, #official-details).
 
     `x / (eps + ||x|| / sqrt(K))` with K the slice size; the norm is taken in fp32 (fp64 for
     fp64 input) and cast back to `x.dtype` before dividing.
@@ -27,17 +27,17 @@ def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
 
 
 def mp_silu(x: torch.Tensor) -> torch.Tensor:
-    """SiLU scaled to unit output RMS for unit-variance input (spec §1.2; literal 0.596)."""
+    """SiLU scaled to unit output RMS for unit-variance input (docs/method.md#mp-layers; literal 0.596)."""
     return torch.nn.functional.silu(x) / 0.596
 
 
 def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving interpolation `lerp(a, b, t) / sqrt((1-t)^2 + t^2)` (spec §1.3)."""
+    """Magnitude-preserving interpolation `lerp(a, b, t) / sqrt((1-t)^2 + t^2)` (docs/method.md#mp-layers)."""
     return a.lerp(b, t) / np.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving concatenation, `a` first then `b` (spec §1.4)."""
+    """Magnitude-preserving concatenation, `a` first then `b` (docs/method.md#mp-layers)."""
     Na = a.shape[dim]
     Nb = b.shape[dim]
     C = np.sqrt((Na + Nb) / ((1 - t) ** 2 + t**2))
@@ -47,7 +47,7 @@ def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> to
 
 
 def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
-    """2x box downsampling or nearest upsampling with a separable filter (spec §1.7)."""
+    """2x box downsampling or nearest upsampling with a separable filter (docs/method.md#mp-layers)."""
     if mode == "keep":
         return x
     f = np.float32(f)
@@ -64,7 +64,7 @@ def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
 
 
 class MPFourier(torch.nn.Module):
-    """Magnitude-preserving Fourier features; `freqs` and `phases` are buffers (spec §1.5)."""
+    """Magnitude-preserving Fourier features; `freqs` and `phases` are buffers (docs/method.md#mp-layers)."""
 
     def __init__(self, num_channels: int, bandwidth: float = 1):
         super().__init__()
@@ -73,6 +73,8 @@ class MPFourier(torch.nn.Module):
         self.register_buffer("phases", 2 * np.pi * torch.rand(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`sqrt(2) cos(x f + phi)`: x [N] (any float dtype) -> [N, num_channels] in x's dtype,
+        computed in float32 (float64 for float64 input)."""
         dtype = _compute_dtype(x.dtype)
         y = x.to(dtype)
         y = y.ger(self.freqs.to(dtype))
@@ -85,7 +87,7 @@ class MPConv(torch.nn.Module):
     """Magnitude-preserving convolution (kernel [kh, kw]) or linear layer (kernel []).
 
     No bias. Forced weight normalisation in training mode, standard weight normalisation and
-    MP scaling always (spec §1.6, §14.2).
+    MP scaling always (docs/method.md#mp-layers, #official-details).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel):
@@ -94,8 +96,12 @@ class MPConv(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x: torch.Tensor, gain=1) -> torch.Tensor:
+        """x [N, in, H, W] (convolution, 'same' padding) or [N, in] (linear) -> [N, out, H, W] or
+        [N, out], in x's dtype. `gain`: a number or a 0-dim tensor (then learned through it); the
+        weight is normalised in float32 (float64 for float64 weights) and cast to x's dtype. In
+        training mode the stored weight is overwritten by its normalised value first."""
         # For fp32 (fp64) weights `w` aliases the parameter, so after the in-place forced
-        # normalisation below the forward computes normalize(normalize(w_old)) (spec §14.2).
+        # normalisation below the forward computes normalize(normalize(w_old)) (docs/method.md#official-details).
         w = self.weight.to(_compute_dtype(self.weight.dtype))
         if self.training:
             with torch.no_grad():

@@ -1,8 +1,8 @@
-"""The EDM2 U-Net, its residual blocks and the EDM preconditioning wrapper (EDM2-SPEC §2-§4).
+"""The EDM2 U-Net, its residual blocks and the EDM preconditioning wrapper (docs/method.md#blocks, #preconditioning).
 
 Module registration order equals the official one, so `state_dict()` keys, shapes and order
 match the released networks and the construction draws random numbers in the official order
-(spec Appendix A).
+(docs/method.md#unet; the official constructor's draw order).
 """
 
 import numpy as np
@@ -19,7 +19,7 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 
 
 class Block(torch.nn.Module):
-    """U-Net residual block, encoder or decoder flavour (spec §2)."""
+    """U-Net residual block, encoder or decoder flavour (docs/method.md#blocks)."""
 
     def __init__(
         self,
@@ -55,13 +55,17 @@ class Block(torch.nn.Module):
         self.attn_proj = MPConv(out_channels, out_channels, kernel=[1, 1]) if self.num_heads != 0 else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x [N, in_channels, H, W] (activation dtype: float32, fp16/bf16 under mixed precision,
+        or float64) and emb [N or 1, emb_channels] (float32 or float64) -> [N, out_channels, H', W']
+        in x's dtype, with H' = H, 2H or H/2 for resample 'keep', 'up' or 'down'. Dropout only in
+        training mode; the output is clamped to +-clip_act."""
         x = resample(x, f=self.resample_filter, mode=self.resample_mode)
         if self.flavor == "enc":
             if self.conv_skip is not None:
                 x = self.conv_skip(x)
-            x = normalize(x, dim=1)  # pixel norm (spec §2 step 2)
+            x = normalize(x, dim=1)  # pixel norm (docs/method.md#blocks)
 
-        # Residual branch (spec §2 step 3).
+        # Residual branch (docs/method.md#blocks).
         y = self.conv_res0(mp_silu(x))
         c = self.emb_linear(emb, gain=self.emb_gain) + 1
         y = mp_silu(y * c.unsqueeze(2).unsqueeze(3).to(y.dtype))
@@ -73,7 +77,7 @@ class Block(torch.nn.Module):
             x = self.conv_skip(x)
         x = mp_sum(x, y, t=self.res_balance)
 
-        # Self-attention; qkv channels interleaved as [head][ch][q,k,v] (spec §2 step 6, §14.5).
+        # Self-attention; qkv channels interleaved as [head][ch][q,k,v] (docs/method.md#blocks, #official-details).
         if self.num_heads != 0:
             # .contiguous(): no-op in the default layout; a channels-last x (a speed option) would
             # otherwise give strided views that send the einsums to a slow per-sample path.
@@ -91,7 +95,7 @@ class Block(torch.nn.Module):
 
 
 class UNet(torch.nn.Module):
-    """The EDM2 U-Net F(x) (spec §3)."""
+    """The EDM2 U-Net F(x) (docs/method.md#unet)."""
 
     def __init__(
         self,
@@ -121,7 +125,7 @@ class UNet(torch.nn.Module):
         self.emb_noise = MPConv(cnoise, cemb, kernel=[])
         self.emb_label = MPConv(label_dim, cemb, kernel=[]) if label_dim != 0 else None
 
-        # Encoder (spec §3.2 item 5).
+        # Encoder (docs/method.md#unet).
         self.enc = torch.nn.ModuleDict()
         cout = img_channels + 1
         for level, channels in enumerate(cblock):
@@ -141,7 +145,7 @@ class UNet(torch.nn.Module):
                     cin, cout, cemb, flavor="enc", attention=(res in attn_resolutions), **block_kwargs
                 )
 
-        # Decoder (spec §3.2 item 6).
+        # Decoder (docs/method.md#unet).
         self.dec = torch.nn.ModuleDict()
         skips = [block.out_channels for block in self.enc.values()]
         for level, channels in reversed(list(enumerate(cblock))):
@@ -160,7 +164,11 @@ class UNet(torch.nn.Module):
         self.out_conv = MPConv(cout, img_channels, kernel=[3, 3])
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
-        # Embedding, in the dtype of noise_labels (spec §3.3 step 1).
+        """The raw network F: x [N, img_channels, R, R] (activation dtype), noise_labels [N] or [1]
+        (c_noise = ln(sigma)/4, float32 or float64: the embedding path runs in this dtype) and
+        class_labels [N or 1, label_dim] (one-hot, ignored when label_dim = 0) -> [N,
+        img_channels, R, R] in x's dtype. R must be divisible by 2^(len(channel_mult) - 1)."""
+        # Embedding, in the dtype of noise_labels (docs/method.md#unet).
         emb = self.emb_noise(self.emb_fourier(noise_labels))
         if self.emb_label is not None:
             emb = mp_sum(emb, self.emb_label(class_labels * np.sqrt(class_labels.shape[1])), t=self.label_balance)
@@ -173,7 +181,7 @@ class UNet(torch.nn.Module):
             x = block(x) if "conv" in name else block(x, emb)
             skips.append(x)
 
-        # Decoder: main path first, skip second (spec §3.3 step 4).
+        # Decoder: main path first, skip second (docs/method.md#unet).
         for name, block in self.dec.items():
             if "block" in name:
                 x = mp_cat(x, skips.pop(), t=self.concat_balance)
@@ -183,7 +191,7 @@ class UNet(torch.nn.Module):
 
 
 class Precond(torch.nn.Module):
-    """EDM preconditioning around the U-Net plus the per-sigma uncertainty head (spec §4).
+    """EDM preconditioning around the U-Net plus the per-sigma uncertainty head (docs/method.md#preconditioning).
 
     Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
     the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
@@ -222,6 +230,16 @@ class Precond(torch.nn.Module):
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
+        """The denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM, arXiv 2206.00364, Table 1).
+
+        x: [N, img_channels, R, R] noisy images/latents, any float dtype (float64 keeps the whole
+        computation in float64; anything else computes in float32). sigma: noise level(s), a
+        number, a 0-dim tensor or [N] (broadcast to [N, 1, 1, 1]). class_labels: [N, label_dim]
+        one-hot (or [label_dim]); None uses a zero label (embedding 0), ignored when unconditional.
+        force_fp32: no fp16/bf16 main path even on CUDA. Returns D [N, img_channels, R, R] in
+        float32 (float64), and with `return_logvar` also the uncertainty u(sigma) [N or 1, 1, 1, 1]
+        of the loss weighting (docs/method.md#preconditioning).
+        """
         base = torch.float64 if x.dtype == torch.float64 else torch.float32
         x = x.to(base)
         # A Python/NumPy sigma is converted straight to `base` (not via float32) so that float64
@@ -236,7 +254,7 @@ class Precond(torch.nn.Module):
         use_amp = self.use_fp16 and not force_fp32 and x.device.type == "cuda" and base == torch.float32
         dtype = self.amp_dtype if use_amp else base
 
-        # Preconditioning (spec §4 step 4).
+        # Preconditioning (docs/method.md#preconditioning).
         c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
         c_out = sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
         c_in = 1 / (self.sigma_data**2 + sigma**2).sqrt()

@@ -1,5 +1,5 @@
 """Model size facts for the tables: parameter count and Gflops of one denoiser evaluation,
-counted on the meta device (no weights loaded) by the official convention (EDM2-SPEC §12)."""
+counted on the meta device (no weights loaded) by the official convention (docs/method.md#flops)."""
 
 from pathlib import Path
 

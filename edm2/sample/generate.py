@@ -1,5 +1,5 @@
 """Image generation: networks from files, URLs or presets, per-seed randomness, seeds split
-across ranks, and PNG output (EDM2-SPEC §8.2-§8.4, §13).
+across ranks, and PNG output (docs/method.md#sampling, #distributed).
 
     generate_images(net='edm2-img512-s-guid-dino', outdir='out', seeds=range(16, 20))
 
@@ -31,7 +31,7 @@ from edm2.sample.options import SamplerOptions
 from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
 from edm2.utils import kimg_to_nimg
 
-# ---- seeds and ranks (spec §8.3) ----------------------------------------------------------------
+# ---- seeds and ranks (docs/method.md#sampling) ----------------------------------------------------------------
 
 
 def split_indices(num_items: int, max_batch: int, world_size: int = 1) -> list[np.ndarray]:
@@ -43,7 +43,7 @@ def split_indices(num_items: int, max_batch: int, world_size: int = 1) -> list[n
 
 
 def rank_batches(num_items: int, max_batch: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
-    """The chunks that rank `rank` processes: chunks r, r + W, r + 2W, ... (spec §8.3)."""
+    """The chunks that rank `rank` processes: chunks r, r + W, r + 2W, ... (docs/method.md#sampling)."""
     return split_indices(num_items, max_batch, world_size)[rank::world_size]
 
 
@@ -68,7 +68,7 @@ class LoadedNetwork:
 
 @dataclasses.dataclass
 class NetworkChoice:
-    """Which networks and guidance to use, after presets are resolved (spec §8.3-§8.4)."""
+    """Which networks and guidance to use, after presets are resolved (docs/method.md#sampling)."""
 
     net: str
     gnet: str | None
@@ -90,7 +90,7 @@ def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> Network
         gnet = GENERATION_PRESETS[gnet].net
     guidance = 1.0 if guidance is None else float(guidance)
     if guidance == 1:
-        gnet = None  # spec §8.3: --gnet is ignored without guidance
+        gnet = None  # docs/method.md#sampling: --gnet is ignored without guidance
     elif gnet is None:
         raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
     return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance)
@@ -121,7 +121,7 @@ def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> Loa
             nimg, ema_std = kimg_to_nimg(parsed.kimg), parsed.std
     encoder = make_encoder(encoder_config) if encoder_config else StandardRGBEncoder()
     if hasattr(encoder, "batch_size"):
-        encoder.batch_size = 4  # spec §8.3 / §14.26: generation decodes 4 images at a time
+        encoder.batch_size = 4  # docs/method.md#sampling, #official-details: generation decodes 4 images at a time
     return LoadedNetwork(net=net, encoder=encoder, source=source, path=str(path), nimg=nimg, ema_std=ema_std)
 
 
@@ -132,7 +132,7 @@ def urllib_path(text: str) -> str:
 
 def load_networks_rank0_first(choice: NetworkChoice, device=None):
     """Load the main and guiding networks, rank 0 first (it fills the download cache) while the
-    other ranks wait at a barrier, then the others from the cache (spec §8.3, §13)."""
+    other ranks wait at a barrier, then the others from the cache (docs/method.md#sampling, #distributed)."""
     if get_rank() != 0:
         barrier()
     main = load_network(choice.net, device)
@@ -176,7 +176,7 @@ def generate_batches(
     progress: bool = False,  # tqdm bar on rank 0.
     **kwargs,  # edm_sampler options: num_steps, sigma_min, sigma_max, rho, guidance, S_churn, ...
 ):
-    """Yield `GeneratedBatch`es for this rank's share of `seeds` (spec §8.2-§8.3).
+    """Yield `GeneratedBatch`es for this rank's share of `seeds` (docs/method.md#sampling).
 
     Per seed: a generator seeded with `seed mod 2^32` draws the initial noise, then (conditional
     nets) one class; churn noise comes later from the same generator. So an image depends only
@@ -217,7 +217,7 @@ def generate_batches(
             with torch.no_grad():
                 rnd = StackedRandomGenerator(device, batch_seeds)
                 shape = [len(batch_seeds), net.img_channels, net.img_resolution, net.img_resolution]
-                noise = rnd.randn(shape, device=device)  # (1) noise first (spec §8.2)
+                noise = rnd.randn(shape, device=device)  # (1) noise first (docs/method.md#sampling)
                 if label_dim > 0:  # (2) then the class, even when --class overrides it
                     classes = rnd.randint(label_dim, size=[len(batch_seeds)], device=device)
                     labels = torch.eye(label_dim, device=device)[classes]
@@ -235,7 +235,7 @@ def generate_batches(
 
 
 def image_path(outdir, seed: int, subdirs: bool = False) -> Path:
-    """`{outdir}/[{seed//1000*1000:06d}/]{seed:06d}.png` (spec §8.2)."""
+    """`{outdir}/[{seed//1000*1000:06d}/]{seed:06d}.png` (docs/method.md#sampling)."""
     outdir = Path(outdir)
     if subdirs:
         outdir = outdir / f"{seed // 1000 * 1000:06d}"
@@ -257,7 +257,7 @@ def generate_images(
     net=None,  # Network: .safetensors, official .pkl, URL or preset name (or a loaded network).
     gnet=None,  # Guiding network, same forms; used only when guidance != 1.
     preset: str | None = None,  # Generation preset: fills net, gnet and guidance when unset.
-    seeds=range(16, 24),  # Seeds of the images (§14.26: the function default is 16..23).
+    seeds=range(16, 24),  # Seeds of the images (docs/method.md#official-details: the function default is 16..23).
     class_idx: int | None = None,  # Class of every image; None = random (per seed).
     max_batch: int = 32,  # Images per batch per rank.
     subdirs: bool = False,  # Put seed s in a subfolder {s//1000*1000:06d}.

@@ -1,4 +1,4 @@
-"""The EDM (Heun) sampler with guidance, and per-seed random generators (EDM2-SPEC §8.1-§8.2)."""
+"""The EDM (Heun) sampler with guidance, and per-seed random generators (docs/method.md#sampling)."""
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ def edm_sampler(
     dtype=torch.float32,
     randn_like=torch.randn_like,
 ):
-    """Deterministic 2nd-order Heun sampler (optionally stochastic with S_churn), spec §8.1.
+    """Deterministic 2nd-order Heun sampler (optionally stochastic with S_churn), docs/method.md#sampling
 
     NFE = 2 * num_steps - 1; each call evaluates `gnet` too when guidance != 1.
     """
@@ -71,7 +71,7 @@ def edm_sampler(
 
 class StackedRandomGenerator:
     """One torch.Generator per seed (seed mod 2^32); draws are stacked along the batch, so a
-    sample's randomness does not depend on the batch it lands in (spec §8.2)."""
+    sample's randomness does not depend on the batch it lands in (docs/method.md#sampling)."""
 
     def __init__(self, device, seeds):
         self.generators = [torch.Generator(device).manual_seed(int(seed) % (1 << 32)) for seed in seeds]

@@ -1,4 +1,4 @@
-"""Training: loss, learning-rate schedule, the training loop (EDM2-SPEC §5-§6)."""
+"""Training: loss, learning-rate schedule, the training loop (docs/method.md#training, #presets)."""
 
 from edm2.train.loss import EDM2Loss
 from edm2.train.schedule import learning_rate_schedule

@@ -1,4 +1,4 @@
-"""Training states, network snapshots and the done marker of a run directory (EDM2-SPEC §5.7, §5.8).
+"""Training states, network snapshots and the done marker of a run directory (docs/method.md#training).
 
 training-state-{kimg:07d}.pt                    torch.save of plain state dicts (weights_only), with
                                                 a SHA-256 of the contents ("checksum") checked on load
@@ -109,7 +109,7 @@ def read_training_state(path) -> dict:
 
 
 def load_latest_training_state(run_dir, log=print) -> tuple[dict | None, Path | None]:
-    """The newest readable training state of a run (spec §5.8); unreadable ones are reported and skipped."""
+    """The newest readable training state of a run (docs/method.md#training); unreadable ones are reported and skipped."""
     for path in list_training_states(run_dir):
         try:
             return read_training_state(path), path
@@ -131,7 +131,7 @@ def write_training_state(path, data: dict) -> None:
 
 
 def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extra) -> list[Path]:
-    """One fp16 safetensors snapshot per tracked EMA (spec §5.7 step 3); returns the paths."""
+    """One fp16 safetensors snapshot per tracked EMA (docs/method.md#training); returns the paths."""
     paths = []
     for (ema_net, _suffix), std in zip(ema.get(), ema.stds):
         path = snapshot_path(run_dir, cur_nimg, std)
@@ -150,5 +150,6 @@ def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extr
 
 
 def write_done(run_dir, cur_nimg: int) -> None:
+    """`RUN/training-done.json` ({"nimg", "kimg", "snapshots"}), atomically, once the duration is reached."""
     data = {"nimg": int(cur_nimg), "kimg": int(cur_nimg) // 1000, "snapshots": list_snapshots(run_dir)}
     atomic_write_text(Path(run_dir) / DONE_FILE, json.dumps(data, indent=2) + "\n")

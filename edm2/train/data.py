@@ -1,4 +1,4 @@
-"""The training data stream: the infinite per-rank sampler and the batch iterators (EDM2-SPEC §5.6)."""
+"""The training data stream: the infinite per-rank sampler and the batch iterators (docs/method.md#training)."""
 
 import signal
 
@@ -7,7 +7,7 @@ import torch
 
 
 class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless index stream for one rank (spec §5.6, §14.18).
+    """Endless index stream for one rank (docs/method.md#training, #official-details).
 
     A full permutation per epoch, shuffled by `RandomState(hash((seed, epoch)) mod 2^31)`; rank
     `r` of `W` yields stream positions `start_idx + r, start_idx + r + W, ...`. The global stream
@@ -32,7 +32,9 @@ class InfiniteSampler(torch.utils.data.Sampler):
             if idx // size != epoch:
                 epoch = idx // size
                 order = np.arange(size)
-                np.random.RandomState(hash((self.seed, epoch)) % (1 << 31)).shuffle(order)  # spec §14.17
+                np.random.RandomState(hash((self.seed, epoch)) % (1 << 31)).shuffle(
+                    order
+                )  # docs/method.md#official-details
             yield int(order[idx % size])
             idx += self.num_replicas
 
@@ -83,7 +85,7 @@ class InMemoryBatches:
 
 
 def make_batch_iterator(dataset, sampler, batch_size: int, num_workers: int, device, cache_limit_bytes=1 << 30):
-    """An endless iterator of `(images, labels)` batches of size `batch_size` (spec §5.6).
+    """An endless iterator of `(images, labels)` batches of size `batch_size` (docs/method.md#training).
 
     `num_workers == 0` reads in this process (caching small datasets in memory, up to
     `cache_limit_bytes`); otherwise a DataLoader with that many workers, prefetch factor 2,

@@ -1,7 +1,7 @@
-"""The EDM2 training loop (EDM2-SPEC §5): one function with plain arguments.
+"""The EDM2 training loop (docs/method.md#training): one function with plain arguments.
 
-Per iteration (spec §5.7): status -> snapshot (rank 0) -> checkpoint -> exit if done -> one
-optimizer step (spec §5.2) -> EMA update. A run is a pure function of its options: every random
+Per iteration (docs/method.md#training): status -> snapshot (rank 0) -> checkpoint -> exit if done -> one
+optimizer step (docs/method.md#training) -> EMA update. A run is a pure function of its options: every random
 draw is seeded from (seed, rank, cur_nimg) and the data stream resumes at cur_nimg.
 """
 
@@ -36,7 +36,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def set_random_seed(*args) -> None:
-    """Seed torch (all devices) and NumPy's global RNG with hash(args) mod 2^31 (spec §5.5, §14.17)."""
+    """Seed torch (all devices) and NumPy's global RNG with hash(args) mod 2^31 (docs/method.md#training, #official-details)."""
     seed = hash(args) % (1 << 31)
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -62,7 +62,7 @@ class TrainingResult:
 
 
 def check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_nimg, checkpoint_nimg) -> None:
-    """The divisibility rules of spec §5.7; None (or 0) disables an interval."""
+    """The divisibility rules of docs/method.md#training; None (or 0) disables an interval."""
     if batch_size <= 0:
         raise ConfigError(f"--batch must be positive, got {batch_size}")
     if total_nimg <= 0 or total_nimg % batch_size:
@@ -82,14 +82,14 @@ def check_intervals(batch_size, total_nimg, slice_nimg, status_nimg, snapshot_ni
         if need_1024 and value % 1024:
             raise ConfigError(
                 f"{name} {value} must be a multiple of 1024 (so that kimg names the image count exactly, "
-                "spec §5.7); use e.g. 8Mi or 1Ki"
+                "docs/method.md#training); use e.g. 8Mi or 1Ki"
             )
     if slice_nimg is not None and not checkpoint_nimg:
         raise ConfigError("--slice needs checkpoints to resume from; set --checkpoint (e.g. 128Mi)")
 
 
 def resolve_batch(batch_size: int, batch_gpu: int | None, world_size: int) -> tuple[int, int, int]:
-    """(batch_gpu_total, batch_gpu, rounds) with batch = batch_gpu * rounds * world (spec §5.2)."""
+    """(batch_gpu_total, batch_gpu, rounds) with batch = batch_gpu * rounds * world (docs/method.md#training)."""
     if batch_size % world_size:
         raise ConfigError(f"--batch {batch_size} is not divisible by the number of processes ({world_size})")
     batch_gpu_total = batch_size // world_size
@@ -105,7 +105,7 @@ def resolve_batch(batch_size: int, batch_gpu: int | None, world_size: int) -> tu
 
 
 def open_dataset(dataset_kwargs: dict):
-    """The training dataset, checked against the options (spec §6): 3 or 8 channels, labels if cond."""
+    """The training dataset, checked against the options (docs/method.md#presets): 3 or 8 channels, labels if cond."""
     kwargs = dict(dataset_kwargs)
     dataset = ImageFolderDataset(**kwargs)
     path = kwargs.get("path")
@@ -120,10 +120,12 @@ def open_dataset(dataset_kwargs: dict):
 
 
 def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None):
-    """StandardRGBEncoder for 3-channel pixels, StabilityVAEEncoder for 8-channel latents (spec §6)."""
+    """StandardRGBEncoder for 3-channel pixels, StabilityVAEEncoder for 8-channel latents (docs/method.md#presets)."""
     if num_channels == 3:
         return StandardRGBEncoder()
-    return StabilityVAEEncoder(**{"batch_size": 8, **(encoder_kwargs or {})})  # micro-batch 8 in training (§14.26)
+    return StabilityVAEEncoder(
+        **{"batch_size": 8, **(encoder_kwargs or {})}
+    )  # micro-batch 8 in training (docs/method.md#official-details)
 
 
 # ---- the step ------------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None)
 def accumulate_gradients(
     model, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None, ddp=None
 ):
-    """Forward and backward over `rounds` micro-batches (spec §5.2).
+    """Forward and backward over `rounds` micro-batches (docs/method.md#training).
 
     Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round. `model` is what the
     loss calls (the DDP wrapper, possibly wrapped again by a speed option); `ddp` (default: `model`
@@ -152,7 +154,7 @@ def accumulate_gradients(
 
 
 def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> None:
-    """Set the step's lr in every param group, zero non-finite gradients, step (spec §5.2, §14.16)."""
+    """Set the step's lr in every param group, zero non-finite gradients, step (docs/method.md#training, #official-details)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     if force_finite:
@@ -163,7 +165,7 @@ def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> Non
 
 
 def make_optimizer(net):
-    """Adam, betas (0.9, 0.99), eps 1e-8, no weight decay (spec §5.4).
+    """Adam, betas (0.9, 0.99), eps 1e-8, no weight decay (docs/method.md#training).
 
     The multi-tensor ('foreach') implementation is what CUDA uses by default; on CPU it gives
     bit-identical results to the per-tensor loop, with less Python overhead per step.
@@ -175,7 +177,7 @@ def make_optimizer(net):
 
 
 def build_network(ref_image, ref_label, network_kwargs, precision, device):
-    """Precond sized from one encoded sample (spec §6), in training mode on `device`."""
+    """Precond sized from one encoded sample (docs/method.md#presets), in training mode on `device`."""
     net = Precond(
         img_resolution=ref_image.shape[-1],
         img_channels=ref_image.shape[1],
@@ -191,7 +193,7 @@ def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
     """Run one forward with `inputs` (in the net's current mode) and print a module table.
 
     In training mode this forward applies forced weight normalisation to every MPConv weight it
-    touches, exactly as the official module summary does before DDP is built (spec §5.5).
+    touches, exactly as the official module summary does before DDP is built (docs/method.md#training).
     """
     modules = {name: m for name, m in net.named_modules() if name and name.count(".") < max_nesting}
     outputs = {}
@@ -228,14 +230,14 @@ def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
 
 
 def _disable_tf32() -> None:
-    """Training computes in true fp32 (spec §5.7, §14.30)."""
+    """Training computes in true fp32 (docs/method.md#training, #official-details)."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
 
 
 def restore_latest(run_dir, net, optimizer, ema, loss_fn) -> tuple[int, float]:
-    """Load the newest readable training state into the objects (spec §5.8); (cur_nimg, elapsed s)."""
+    """Load the newest readable training state into the objects (docs/method.md#training); (cur_nimg, elapsed s)."""
     data, path = ckpt.load_latest_training_state(run_dir, log=print0)
     if data is None:
         return 0, 0.0
@@ -259,7 +261,7 @@ def restore_latest(run_dir, net, optimizer, ema, loss_fn) -> tuple[int, float]:
 
 
 def slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, snapshot_nimg, checkpoint_nimg) -> int:
-    """Where this invocation stops: the duration, or the slice rounded down to a checkpoint (spec §5.8)."""
+    """Where this invocation stops: the duration, or the slice rounded down to a checkpoint (docs/method.md#training)."""
     if slice_nimg is None or cur_nimg >= total_nimg:
         return total_nimg
     granularity = checkpoint_nimg or snapshot_nimg or batch_size
@@ -591,7 +593,7 @@ def training_loop(
 
 
 def save_training_state(run_dir, cur_nimg, elapsed, net, loss_fn, optimizer, ema, rank, device) -> None:
-    """Rank 0 writes `training-state-{kimg}.pt` atomically; then every rank checks it matches rank 0 (spec §5.7 step 4)."""
+    """Rank 0 writes `training-state-{kimg}.pt` atomically; then every rank checks it matches rank 0 (docs/method.md#training)."""
     path = ckpt.state_path(run_dir, cur_nimg)
     if rank == 0:
         data = dict(

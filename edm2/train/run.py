@@ -1,4 +1,4 @@
-"""`edm2 train` as a library call: typed options, presets, the run directory, logs (EDM2-SPEC §6).
+"""`edm2 train` as a library call: typed options, presets, the run directory, logs (docs/method.md#presets).
 
     opts = TrainOptions(outdir="runs/demo", data="data/digits.zip", preset="edm2-img64-xs", duration=64 << 10)
     result = run_training(opts)      # resumes from the newest training state in runs/demo
@@ -43,7 +43,7 @@ OPERATIONAL = (
 
 @dataclasses.dataclass
 class TrainOptions:
-    """The options of `edm2 train`; None fields are filled from the preset (spec §6)."""
+    """The options of `edm2 train`; None fields are filled from the preset (docs/method.md#presets)."""
 
     outdir: str  # Where to save the results.
     data: str  # Path to the dataset (ZIP or folder).
@@ -76,7 +76,7 @@ class TrainOptions:
     dry_run: bool = False  # Print the options and exit.
 
     def resolved(self) -> "TrainOptions":
-        """A copy with the preset's values in every option left None (spec §6)."""
+        """A copy with the preset's values in every option left None (docs/method.md#presets)."""
         missing = [
             f
             for f in ("duration", "batch", "channels", "dropout", "P_mean", "P_std", "lr", "decay")

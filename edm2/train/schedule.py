@@ -1,4 +1,4 @@
-"""Learning-rate schedule: inverse square root decay with a linear warm-up (EDM2-SPEC §5.3)."""
+"""Learning-rate schedule: inverse square root decay with a linear warm-up (docs/method.md#training)."""
 
 import numpy as np
 
@@ -7,7 +7,7 @@ def learning_rate_schedule(cur_nimg, batch_size, ref_lr=100e-4, ref_batches=70e3
     """Learning rate for the step that starts at `cur_nimg` images.
 
     Decay `1/sqrt(t)` begins after `ref_batches` batches; warm-up is linear over
-    `rampup_Mimg` million (decimal) images, so the very first step has lr = 0 (spec §14.15).
+    `rampup_Mimg` million (decimal) images, so the very first step has lr = 0 (docs/method.md#official-details).
     """
     lr = ref_lr
     if ref_batches > 0:

@@ -1,4 +1,4 @@
-"""Training statistics: the per-step collector, the status line and `stats.jsonl` (EDM2-SPEC §5.9)."""
+"""Training statistics: the per-step collector, the status line and `stats.jsonl` (docs/method.md#training)."""
 
 import math
 import os
@@ -11,7 +11,7 @@ import torch.distributed as tdist
 class StatsCollector:
     """Running means of reported values since the last flush.
 
-    `report(name, tensor)` counts every finite element of the tensor (spec §5.9) and keeps the
+    `report(name, tensor)` counts every finite element of the tensor (docs/method.md#training) and keeps the
     sums on the tensor's device, so a step costs no host sync; `flush()` all-reduces the sums
     across ranks and returns `{name: mean}` (NaN for a name with no data since the last flush).
     `report0(name, value)` records a rank-0-only value (timings, memory) for the next flush.

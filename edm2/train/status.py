@@ -18,7 +18,7 @@ from edm2.train.stats import cpu_memory_gb, format_time, stats_json_line
 
 
 class StatusReporter:
-    """The status line, `stats.jsonl` and timing of spec §5.9 (collective: every rank calls `report`)."""
+    """The status line, `stats.jsonl` and timing of docs/method.md#training (collective: every rank calls `report`)."""
 
     def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line):
         self.path = Path(run_dir) / "stats.jsonl"

@@ -1,4 +1,4 @@
-"""`edm2 dataset convert` (EDM2-SPEC §10.2): layout, labels, determinism, bad input, atomicity."""
+"""`edm2 dataset convert` (docs/method.md#datasets): layout, labels, determinism, bad input, atomicity."""
 
 import io
 import json

@@ -1,4 +1,4 @@
-"""`edm2 dataset encode` (EDM2-SPEC §10.3, with a tiny random VAE) and `edm2 dataset digits`."""
+"""`edm2 dataset encode` (docs/method.md#datasets, with a tiny random VAE) and `edm2 dataset digits`."""
 
 import io
 import json

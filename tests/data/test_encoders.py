@@ -1,4 +1,4 @@
-"""Encoders (EDM2-SPEC §9): constants, value ranges, sampling, config round trip."""
+"""Encoders (docs/method.md#encoders): constants, value ranges, sampling, config round trip."""
 
 import pickle
 import types

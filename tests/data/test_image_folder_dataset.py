@@ -1,4 +1,4 @@
-"""ImageFolderDataset (EDM2-SPEC §10.1): files, shapes, labels, subsets, flips, processes."""
+"""ImageFolderDataset (docs/method.md#datasets): files, shapes, labels, subsets, flips, processes."""
 
 import io
 import pickle

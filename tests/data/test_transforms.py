@@ -1,4 +1,4 @@
-"""Convert transforms (EDM2-SPEC §10.2) against hand-computed crops and step-by-step PIL calls."""
+"""Convert transforms (docs/method.md#datasets) against hand-computed crops and step-by-step PIL calls."""
 
 import numpy as np
 import PIL.Image

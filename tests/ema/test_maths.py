@@ -1,4 +1,4 @@
-"""Power-function EMA maths (EDM2-SPEC §7.1, §7.4) checked against independent answers:
+"""Power-function EMA maths (docs/method.md#ema) checked against independent answers:
 closed forms derived here, numerical integrals (scipy.integrate.quad), root bracketing and
 a 40-digit mpmath solve."""
 
@@ -20,7 +20,7 @@ from edm2.errors import EDM2Error
 
 
 def density(t, T, gamma):
-    """Power-function profile p(t) = (gamma+1)/T (t/T)^gamma on [0, T] (spec §7.1)."""
+    """Power-function profile p(t) = (gamma+1)/T (t/T)^gamma on [0, T] (docs/method.md#ema)."""
     return np.where((t >= 0) & (t <= T), (gamma + 1) / T * (np.clip(t, 0, None) / T) ** gamma, 0.0)
 
 
@@ -37,7 +37,7 @@ def std_by_moments(gamma):
 @pytest.mark.parametrize(
     "std, gamma, rtol",
     [
-        (0.050, 16.972198602, 1e-10),  # spec §7.1
+        (0.050, 16.972198602, 1e-10),  # docs/method.md#ema
         (0.100, 6.937203938, 1e-9),
         (0.010, 96.9949, 1e-6),
         (0.200, 1.82621, 1e-5),
@@ -365,6 +365,6 @@ def test_invalid_lists_raise_a_package_error(text):
 
 
 def test_two_floats_must_precede_each_ellipsis_even_after_an_expansion():
-    # Spec §7.4: '...' requires two *floats* before it; here the token two places back is '...'.
+    # docs/method.md#ema: '...' requires two *floats* before it; here the token two places back is '...'.
     with pytest.raises(EDM2Error):
         parse_std_list("0.01,0.02,...,0.05,...,0.09")

@@ -1,4 +1,4 @@
-"""Post-hoc EMA reconstruction in one streaming pass (edm2.ema.phema, spec §7.4)."""
+"""Post-hoc EMA reconstruction in one streaming pass (edm2.ema.phema, docs/method.md#ema)."""
 
 import os
 
@@ -45,7 +45,7 @@ def assert_naive_sum(result, states, atol_scale=1e-6):
         net, info = load_snapshot(path, dtype=None)
         for name, value in net.state_dict().items():
             assert value.dtype == torch.float16
-            if name in BUFFERS:  # buffers come from the last input (spec §7.4 step 6)
+            if name in BUFFERS:  # buffers come from the last input (docs/method.md#ema)
                 assert torch.equal(value, states[(used[-1].nimg, used[-1].std)][name]), name
                 continue
             terms = [X[i, j] * states[(u.nimg, u.std)][name].double() for i, u in enumerate(used)]
@@ -162,7 +162,7 @@ def test_bad_std_lists_are_config_errors(run_dir, tmp_path, text, message):
 
 def test_reconstruction_follows_the_target_profile(tmp_path):
     """Inputs whose weights are their own EMA impulse responses: the outputs must be the
-    impulse response of the requested power-function EMA (spec §7.1, §7.4)."""
+    impulse response of the requested power-function EMA (docs/method.md#ema)."""
     unit = 8  # images per time step of the discretised responses
     length = 32 * 1024 // unit + 1
 

@@ -1,4 +1,4 @@
-"""EMA trackers (EDM2-SPEC §7.2, §7.3) run over synthetic parameter trajectories and compared
+"""EMA trackers (docs/method.md#ema) run over synthetic parameter trajectories and compared
 with the weights derived by hand and by brute force."""
 
 import numpy as np
@@ -107,7 +107,7 @@ def test_emas_are_independent_copies_that_start_from_the_net():
     net = TinyNet()
     net.set([1.0, 2.0, 3.0], 4.0)
     ema = PowerFunctionEMA(net)
-    assert ema.stds == [0.05, 0.10]  # spec §7.2 default
+    assert ema.stds == [0.05, 0.10]  # docs/method.md#ema default
     modules = [m for m, _ in ema.get()]
     assert len(modules) == 2 and modules[0] is not net and modules[0] is not modules[1]
     for m in modules:

@@ -1,4 +1,4 @@
-"""Feature detectors (EDM2-SPEC §11.1) built from small or random weight files made here:
+"""Feature detectors (docs/method.md#metrics) built from small or random weight files made here:
 strict loading, parameter names and shapes of the published weight files, feature shapes,
 and the pre-processing each detector expects."""
 

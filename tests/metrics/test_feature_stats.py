@@ -1,4 +1,4 @@
-"""Feature statistics (EDM2-SPEC §11.2) against NumPy, the .npz format and official files."""
+"""Feature statistics (docs/method.md#metrics) against NumPy, the .npz format and official files."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""FLOP counting by the official convention (EDM2-SPEC §12, §14.34): hand counts of single
+"""FLOP counting by the official convention (docs/method.md#flops, #official-details): hand counts of single
 layers, the paper's figures for every img512 preset, and a cross-check against an independent
 `torch.jit.trace`-based count (the official method) on a small CPU network."""
 
@@ -28,7 +28,7 @@ def _weight_norm(out, fan_in):
     return out * fan_in + out + out * fan_in
 
 
-# --- Hand counts of single ops (spec §12 table) ---------------------------------------------
+# --- Hand counts of single ops (docs/method.md#flops table) ---------------------------------------------
 
 
 def test_mp_ops_by_hand():
@@ -105,7 +105,7 @@ def test_attention_block_by_hand():
     assert count_flops(block, args=args).total_flops == expected + forced
 
 
-# --- The paper's figures (issue 2 item 8; spec §3.4) -----------------------------------------
+# --- The paper's figures (issue 2 item 8; docs/method.md#unet) -----------------------------------------
 
 TARGETS = {  # preset -> (Gflops per evaluation, params in M)
     "edm2-img512-xs": (45.75, 124.71),
@@ -150,7 +150,7 @@ def test_dropout_is_free_and_batch_size_scales_activations_only():
     assert three - two == two - one < one
 
 
-# --- Cross-check against the official method: jit.trace + the spec §12 table ----------------
+# --- Cross-check against the official method: jit.trace + the docs/method.md#flops table ----------------
 
 _UNIT = {"add", "sub", "rsub", "mul", "div", "exp", "pow", "reciprocal", "square", "sqrt", "rsqrt", "sin", "cos"}
 _UNIT |= {"log", "eq", "gt", "neg", "mean", "sum", "clamp_min", "floor_divide", "addcmul", "outer"}
@@ -164,7 +164,7 @@ def _shape(value):
 
 
 def _trace_count(net, args):
-    """Official-style count: trace the forward, charge each graph node by the spec §12 table,
+    """Official-style count: trace the forward, charge each graph node by the docs/method.md#flops table,
     with einsum charged as the matmul it is rewritten into (product of all index sizes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""Fréchet distance (EDM2-SPEC §11.3) against closed forms for Gaussians."""
+"""Fréchet distance (docs/method.md#metrics) against closed forms for Gaussians."""
 
 import warnings
 

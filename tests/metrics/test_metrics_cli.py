@@ -1,4 +1,4 @@
-"""`edm2 metrics ref|calc|gen` (EDM2-SPEC §11.4) end to end on tiny data, with a CNN detector
+"""`edm2 metrics ref|calc|gen` (docs/method.md#metrics) end to end on tiny data, with a CNN detector
 made here: statistics against NumPy, the random subset of `calc`, `gen` equal to `generate`
 then `calc`, seed ranges, the results JSON, and two gloo ranks."""
 
@@ -77,7 +77,7 @@ def test_calc_uses_the_seeded_random_subset(files, ref):
     run("metrics", "calc", "--images", files["data"], "--ref", ref, "--num", 20, "--seed", 3, "--cnn-detector",
         files["cnn"], "--workers", 0, "--json", out, "--dest", dest)  # fmt: skip
     idx = np.arange(30)
-    np.random.RandomState(3).shuffle(idx)  # spec §14.29: shuffle, keep the first n, sort
+    np.random.RandomState(3).shuffle(idx)  # docs/method.md#official-details: shuffle, keep the first n, sort
     f = features_of(files, files["images"][np.sort(idx[:20])])
     sub = load_stats(dest)
     np.testing.assert_allclose(sub["fd_cnn"]["mu"], f.mean(0), rtol=1e-6, atol=1e-7)

@@ -1,5 +1,5 @@
-"""`Block` (EDM2-SPEC §2) against an independent float64 reference written from the spec, with
-the attention done by explicit loops over the interleaved qkv channels (§14.5)."""
+"""`Block` (docs/method.md#blocks) against an independent float64 reference written from docs/method.md#blocks, with
+the attention done by explicit loops over the interleaved qkv channels (docs/method.md#official-details)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from edm2.nn import Block
 
 
 def _mpconv(weight, x, gain=1.0):
-    """Eval-mode MPConv: per-output-channel RMS normalisation, then gain/sqrt(fan_in) (§1.6)."""
+    """Eval-mode MPConv: per-output-channel RMS normalisation, then gain/sqrt(fan_in) (docs/method.md#mp-layers)."""
     w = weight.detach().double().numpy()
     rows = w.reshape(w.shape[0], -1)
     rows = rows / (1e-4 + np.sqrt((rows**2).mean(axis=1, keepdims=True))) * float(gain) / np.sqrt(rows.shape[1])
@@ -28,7 +28,7 @@ def _mix(a, b, t):
 
 
 def _attention(qkv, heads):
-    """Spec §2 step 6 with explicit loops: channel head*3c + ch*3 + s holds q (s=0), k (1), v (2)."""
+    """docs/method.md#blocks with explicit loops: channel head*3c + ch*3 + s holds q (s=0), k (1), v (2)."""
     N, C3, H, W = qkv.shape
     C = C3 // 3
     c = C // heads

@@ -1,4 +1,4 @@
-"""Magnitude-preserving building blocks (EDM2-SPEC §1) against closed forms and hand values."""
+"""Magnitude-preserving building blocks (docs/method.md#mp-layers) against closed forms and hand values."""
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-# --- normalize (§1.1, §14.1) ----------------------------------------------------------------
+# --- normalize (docs/method.md#mp-layers, #official-details) ----------------------------------------------------------------
 
 
 def test_normalize_gives_unit_rms_per_slice():
@@ -34,7 +34,7 @@ def test_normalize_eps_is_added_to_the_rms_not_the_l2_norm():
     x = torch.full([1, K], c, dtype=torch.float64)
     expected = c / (eps + c)
     torch.testing.assert_close(normalize(x), torch.full_like(x, expected), rtol=1e-15, atol=0)
-    eps_on_l2_norm = c / ((eps + c * np.sqrt(K)) / np.sqrt(K))  # the placement the spec rules out
+    eps_on_l2_norm = c / ((eps + c * np.sqrt(K)) / np.sqrt(K))  # the placement the official normalize() does not use
     assert abs(expected - eps_on_l2_norm) > 1e-2
     # A custom eps and a zero slice (0 / eps = 0, no NaN).
     torch.testing.assert_close(normalize(x, eps=0.5), torch.full_like(x, c / (0.5 + c)), rtol=1e-15, atol=0)
@@ -67,13 +67,13 @@ def test_normalize_keeps_float64():
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-15)
 
 
-# --- mp_silu, mp_sum, mp_cat (§1.2-§1.4) ----------------------------------------------------
+# --- mp_silu, mp_sum, mp_cat (docs/method.md#mp-layers) ----------------------------------------------------
 
 
 def test_mp_silu_uses_the_literal_0596_and_preserves_unit_magnitude():
     x = torch.linspace(-5, 5, 101, dtype=torch.float64)
     torch.testing.assert_close(mp_silu(x), x * torch.sigmoid(x) / 0.596, rtol=1e-15, atol=0)
-    # E[silu(z)^2], z ~ N(0, 1), by quadrature: RMS 0.59647 (the spec's "0.59634" is slightly
+    # E[silu(z)^2], z ~ N(0, 1), by quadrature: RMS 0.59647 (the often-quoted "0.59634" is slightly
     # off; the code uses the literal 0.596 either way), so mp_silu has RMS 1.0008 on N(0, 1).
     second_moment = scipy.integrate.quad(
         lambda z: (z * scipy.special.expit(z)) ** 2 * np.exp(-(z**2) / 2) / np.sqrt(2 * np.pi), -np.inf, np.inf
@@ -110,7 +110,7 @@ def test_mp_cat_weights_match_the_spec_example_and_preserve_magnitude():
     assert torch.equal(mp_cat(c, c, dim=2), torch.cat([c, c], dim=2))
 
 
-# --- MPFourier (§1.5) ---------------------------------------------------------------------
+# --- MPFourier (docs/method.md#mp-layers) ---------------------------------------------------------------------
 
 
 def test_mp_fourier_buffers_are_drawn_freqs_then_phases():
@@ -136,7 +136,7 @@ def test_mp_fourier_output_is_sqrt2_cos_and_unit_rms():
     assert torch.equal(y16, y.half())  # computed in fp32, cast back
 
 
-# --- MPConv (§1.6, §14.2-14.4) ------------------------------------------------------------
+# --- MPConv (docs/method.md#mp-layers, #official-details-14.4) ------------------------------------------------------------
 
 
 def _reference_weight(w, gain, times=1, eps=1e-4):
@@ -235,7 +235,7 @@ def test_mpconv_gain_tensor_is_differentiable():
     torch.testing.assert_close(gain.grad, (y / 0.5).sum().detach())
 
 
-# --- resample (§1.7) ------------------------------------------------------------------------
+# --- resample (docs/method.md#mp-layers) ------------------------------------------------------------------------
 
 
 def test_resample_down_is_2x2_average_and_up_is_nearest():

@@ -1,4 +1,4 @@
-"""`UNet` and `Precond` (EDM2-SPEC §3, §4, §14, Appendix A): structure, state-dict layout, RNG
+"""`UNet` and `Precond` (docs/method.md#unet, #preconditioning, #official-details, Appendix A): structure, state-dict layout, RNG
 draw order, preconditioning, precision, and the parameter counts of every model size."""
 
 import numpy as np
@@ -28,9 +28,9 @@ def _randomize_gains(net, seed=1):
     return net
 
 
-# --- Structure (§3.2, §14.35) --------------------------------------------------------------
+# --- Structure (docs/method.md#unet, #official-details) --------------------------------------------------------------
 
-# Spec §3.2 example: model_channels=192, 64x64 input: module -> (in, out, heads).
+# The docs/method.md#unet layout, worked example: model_channels=192, 64x64 input: module -> (in, out, heads).
 SPEC_TABLE_192 = {
     "enc.64x64_conv": (5, 192, None),
     **{f"enc.64x64_block{i}": (192, 192, 0) for i in range(3)},
@@ -92,7 +92,7 @@ def test_modules_match_the_spec_example_table():
 
 
 def _spec_state_dict_keys(res, channel_mult, num_blocks, attn, label_dim):
-    """State-dict keys derived from the rules of spec §3.2 (not from the module tree)."""
+    """State-dict keys derived from the rules of docs/method.md#unet (not from the module tree)."""
 
     def block(prefix, skip, heads):
         keys = [f"{prefix}.emb_gain", f"{prefix}.conv_res0.weight", f"{prefix}.emb_linear.weight"]
@@ -202,7 +202,7 @@ def test_construction_draws_random_numbers_in_appendix_a_order():
     assert all(state[k].ndim == 0 and state[k].item() == 0 for k in state if k not in drawn)  # gains: zeros
 
 
-# --- Parameter counts (§3.4) -----------------------------------------------------------------
+# --- Parameter counts (docs/method.md#unet) -----------------------------------------------------------------
 
 PARAMS_M = {  # model_channels -> (img512 with 4-channel latents, img64 RGB), millions
     64: (31.31, None),
@@ -225,7 +225,7 @@ def test_parameter_counts_of_every_model_size(channels):
         assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == expected
 
 
-# --- Precond behaviour (§4, §14.4, §14.10) ---------------------------------------------------
+# --- Precond behaviour (docs/method.md#preconditioning, #official-details) ---------------------------------------------------
 
 
 def test_zero_initialised_gains_give_d_equal_c_skip_x():
@@ -412,7 +412,7 @@ def test_mixed_precision_on_cuda_keeps_the_embedding_in_fp32(amp_dtype):
         reference = net(x, 1.0, labels, force_fp32=True)
     assert d.dtype == torch.float32
     low, fp32 = rec.ops_by_dtype[amp_dtype], rec.ops_by_dtype[torch.float32]
-    assert "convolution" in low and "convolution" not in fp32  # main image path (§4 step 5)
-    assert "bmm" in low and "bmm" not in fp32  # attention in the activation dtype (§2 step 6)
-    assert "mm" in fp32 and "mm" not in low  # embedding path stays fp32 (§14.11)
+    assert "convolution" in low and "convolution" not in fp32  # main image path (docs/method.md#preconditioning)
+    assert "bmm" in low and "bmm" not in fp32  # attention in the activation dtype (docs/method.md#blocks)
+    assert "mm" in fp32 and "mm" not in low  # embedding path stays fp32 (docs/method.md#official-details)
     torch.testing.assert_close(d, reference, rtol=5e-2, atol=5e-2)

@@ -1,4 +1,4 @@
-"""Image generation (EDM2-SPEC §8.2-§8.4): seeds split across ranks, per-seed randomness,
+"""Image generation (docs/method.md#sampling): seeds split across ranks, per-seed randomness,
 guidance arithmetic, PNG output, network sources and presets."""
 
 import os
@@ -77,7 +77,7 @@ def generate_all(net, seeds, **kwargs):
 @pytest.mark.parametrize("n,batch,world", [(10, 3, 2), (4, 32, 1), (3, 2, 4), (100, 7, 3), (0, 4, 2)])
 def test_seed_chunks_follow_spec_formula_and_cover_each_seed_once(n, batch, world):
     chunks = split_indices(n, batch, world)
-    num_batches = max(-(-n // (batch * world)), 1) * world  # spec §8.3
+    num_batches = max(-(-n // (batch * world)), 1) * world  # docs/method.md#sampling
     assert len(chunks) == num_batches
     sizes = [len(c) for c in chunks]
     assert max(sizes) - min(sizes) <= 1 and max(sizes) <= batch  # array_split: nearly equal, contiguous
@@ -161,7 +161,7 @@ def test_bad_class_and_guidance_options_raise_clear_errors(net):
         resolve_networks(net="a.safetensors", guidance=1.5)
 
 
-# ---- guidance arithmetic (spec §8.1) ----------------------------------------------------------
+# ---- guidance arithmetic (docs/method.md#sampling) ----------------------------------------------------------
 
 
 class LinearDenoiser(torch.nn.Module):
@@ -312,13 +312,13 @@ def test_official_pickle_name_gives_kimg_and_ema_std(tmp_path, monkeypatch, net)
     path.write_bytes(b"not read")
     monkeypatch.setattr(generate_module, "load_official_pickle", lambda p, dtype=None: {"ema": net, "encoder": None})
     loaded = load_network(path, device="cpu")
-    assert loaded.nimg == 2147483648 and loaded.ema_std == 0.135  # kimg_to_nimg (spec §7.4)
+    assert loaded.nimg == 2147483648 and loaded.ema_std == 0.135  # kimg_to_nimg (docs/method.md#ema)
 
 
-# ---- presets (spec §8.4) ------------------------------------------------------------------------
+# ---- presets (docs/method.md#sampling) ------------------------------------------------------------------------
 
 ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"
-# name: (main net file, guide file or None, guidance), transcribed from the spec's table.
+# name: (main net file, guide file or None, guidance), transcribed from the presets table of the official README (generate_images.py).
 PRESET_TABLE = {
     "edm2-img512-xs-fid": ("img512-xs-2147483-0.135", None, 1),
     "edm2-img512-xs-dino": ("img512-xs-2147483-0.200", None, 1),

@@ -1,4 +1,4 @@
-"""Generation under torchrun with two gloo ranks: same images as one process (EDM2-SPEC §8.3)."""
+"""Generation under torchrun with two gloo ranks: same images as one process (docs/method.md#sampling)."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""EDM Heun sampler and per-seed generators (EDM2-SPEC §8.1, §8.2, §14.24-25), checked against
+"""EDM Heun sampler and per-seed generators (docs/method.md#sampling, #official-details-25), checked against
 Appendix B, an independent re-implementation of the update, and a Gaussian dataset whose
 optimal denoiser and probability-flow ODE are known in closed form."""
 
@@ -191,7 +191,7 @@ def test_guided_denoiser_is_guide_plus_w_times_main_minus_guide(guidance):
 
 
 def heun_by_hand(denoise, x0, num_steps, S_churn, S_noise, eps_list):
-    """Independent float64 NumPy implementation of the sampler of spec §8.1 (S_min=0, S_max=inf)."""
+    """Independent float64 NumPy implementation of the sampler of docs/method.md#sampling (S_min=0, S_max=inf)."""
     t = reference_grid(num_steps)
     x = x0 * t[0]
     eps = iter(eps_list)

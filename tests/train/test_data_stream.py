@@ -1,4 +1,4 @@
-"""The training data stream: InfiniteSampler (spec §5.6) and the in-process batch iterator."""
+"""The training data stream: InfiniteSampler (docs/method.md#training) and the in-process batch iterator."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from edm2.train.data import InfiniteSampler, InMemoryBatches, make_batch_iterato
 
 
 def reference_stream(size, seed, count):
-    """The global index stream written out from the spec: one permutation per epoch."""
+    """The global index stream written out from docs/method.md#training: one permutation per epoch."""
     out = []
     for epoch in range(count // size + 1):
         order = np.arange(size)

@@ -1,4 +1,4 @@
-"""Launcher variables -> ranks (spec §13): torchrun, one SLURM task per rank, a plain process."""
+"""Launcher variables -> ranks (docs/method.md#distributed): torchrun, one SLURM task per rank, a plain process."""
 
 from edm2.distributed import first_slurm_host, resolve_env
 

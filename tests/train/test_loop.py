@@ -1,5 +1,5 @@
 """A short training run checked against the recipe: the loss falls, the first step has lr 0,
-the EMAs and snapshots equal the power-function EMA of the parameter trajectory (spec §5, §7)."""
+the EMAs and snapshots equal the power-function EMA of the parameter trajectory (docs/method.md#training, #ema)."""
 
 import json
 
@@ -64,7 +64,7 @@ def test_first_step_uses_learning_rate_zero(run):
 def expected_emas(trajectory, std, batch):
     ema = None
     for step, params in enumerate(trajectory, start=1):
-        beta = float(power_function_beta(std=std, t_next=step * batch, t_delta=batch))  # spec §7.1
+        beta = float(power_function_beta(std=std, t_next=step * batch, t_delta=batch))  # docs/method.md#ema
         ema = (
             {k: v.clone() for k, v in params.items()}
             if ema is None

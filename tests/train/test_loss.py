@@ -1,4 +1,4 @@
-"""EDM2 loss (EDM2-SPEC §5.1, §14.13) with fake networks that record their inputs."""
+"""EDM2 loss (docs/method.md#training, #official-details) with fake networks that record their inputs."""
 
 import math
 
@@ -70,7 +70,7 @@ def test_perfect_denoiser_gives_exactly_the_logvar_on_every_element():
     loss = EDM2Loss()(net=net, images=images)
     assert loss.shape == (6, 4, 2, 3)
     assert torch.equal(loss, u_values.expand(6, 4, 2, 3))
-    # Summed per sample, the +u term contributes C*H*W*u (spec §14.13).
+    # Summed per sample, the +u term contributes C*H*W*u (docs/method.md#official-details).
     assert torch.equal(loss.sum(dim=(1, 2, 3)), 24 * u_values.flatten())
 
 

@@ -1,4 +1,4 @@
-"""Two gloo processes (spec §13): DDP's averaged gradient is the mean of the ranks' own gradients,
+"""Two gloo processes (docs/method.md#distributed): DDP's averaged gradient is the mean of the ranks' own gradients,
 and a 2-rank training run keeps both ranks' weights identical after every step."""
 
 import copy

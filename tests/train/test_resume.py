@@ -1,6 +1,6 @@
 """A run is a pure function of its options: training in one go, in slices, after a corrupt
 training state, with DataLoader workers, or after a SIGTERM gives bit-identical weights, EMAs and
-optimizer state on CPU (spec §5.5-§5.8)."""
+optimizer state on CPU (docs/method.md#training)."""
 
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Learning-rate schedule (EDM2-SPEC §5.3, §14.15): values at the warm-up and decay boundaries,
+"""Learning-rate schedule (docs/method.md#training, #official-details): values at the warm-up and decay boundaries,
 computed by hand."""
 
 import math

@@ -1,4 +1,4 @@
-"""Training statistics (spec §5.9): means of finite elements, stats.jsonl formatting."""
+"""Training statistics (docs/method.md#training): means of finite elements, stats.jsonl formatting."""
 
 import json
 import math

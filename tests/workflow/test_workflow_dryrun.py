@@ -6,7 +6,7 @@ import re
 import pytest
 from workflow_helpers import CONFIG, REPO, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
 
-GRID_49 = 49  # 0.010,0.015,...,0.250 (EDM2-SPEC §7.4)
+GRID_49 = 49  # 0.010,0.015,...,0.250 (docs/method.md#ema)
 
 
 @pytest.fixture
