@@ -10,18 +10,18 @@ rule result_set:
     the jobs downstream of phema themselves, only those it reaches through non-ancient files)."""
     output:
         f"{RESULTS}/tables/result-set.txt",
-    params:
-        members=sorted(coarse_scores() + [model_info(run) for run in MODELS]),
     log:
         log_file("result_set"),
     benchmark:
         bench_file("result_set")
     localrule: True
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         **rule_resources("result_set"),
-    conda:
-        "../../envs/report.yaml"
+    params:
+        members=sorted(coarse_scores() + [model_info(run) for run in MODELS]),
     shell:
         "printf '%s\\n' {params.members:q} > {output} 2> {log}"
 
