@@ -209,7 +209,12 @@ def generate_batches(
 
     bar = None
     if progress and rank == 0:
-        bar = tqdm(total=len(batches), unit="batch", desc="generate")
+        # Images of all ranks: every rank runs the same number of batches, so after batch i all
+        # ranks together have made the images of their first i + 1 batches.
+        per_index = np.sum(
+            [[len(c) for c in rank_batches(len(seeds), max_batch, r, world_size)] for r in range(world_size)], axis=0
+        )
+        bar = tqdm(total=len(seeds), unit="img", desc="generate", dynamic_ncols=True)
     for index, indices in enumerate(batches):
         batch_seeds = [int(s) for s in seeds[indices]]
         images = labels = None
@@ -229,7 +234,7 @@ def generate_batches(
         yield GeneratedBatch(seeds=batch_seeds, images=images, labels=labels, index=index, num_batches=len(batches))
         barrier()
         if bar is not None:
-            bar.update(1)
+            bar.update(int(per_index[index]))
     if bar is not None:
         bar.close()
 
@@ -301,4 +306,6 @@ def generate_images(
             path = image_path(outdir, seed, subdirs)
             save_png(image, path)
             written.append(path)
+    if progress and rank == 0:
+        print(f"Wrote {len(seeds)} images to {outdir}")
     return written

@@ -20,7 +20,7 @@ from edm2.train.stats import cpu_memory_gb, format_time, stats_json_line
 class StatusReporter:
     """The status line, `stats.jsonl` and timing of docs/method.md#training (collective: every rank calls `report`)."""
 
-    def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line):
+    def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line, bar=None):
         self.path = Path(run_dir) / "stats.jsonl"
         self.stats = stats
         self.device = device
@@ -31,6 +31,7 @@ class StatusReporter:
         self.prev_time = time.time()
         self.prev_nimg = cur_nimg
         self.training_time = 0.0  # pure step time since the last status
+        self.bar = bar  # the terminal's progress bar (rank 0), which shows the latest mean loss
 
     def report(self, cur_nimg) -> None:
         now = time.time()
@@ -57,6 +58,8 @@ class StatusReporter:
             self.write_line(("Status: " + " ".join(f"{name} {value}" for name, value in fields)).rstrip())
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(stats_json_line(means))
+            if self.bar is not None and means.get("Loss/loss") is not None:
+                self.bar.set_postfix_str(f"loss {means['Loss/loss']:.4g}", refresh=False)
         self.prev_time = now
         self.prev_nimg = cur_nimg
         self.training_time = 0.0

@@ -410,3 +410,22 @@ def test_cli_module_entry_point_runs(tmp_path, snapshot):
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "000001.png").is_file()
+
+
+def test_generate_counts_images_not_batches_and_says_where_they_went(tmp_path):
+    from click.testing import CliRunner
+
+    from edm2.cli import main
+    from edm2.io.snapshot import save_snapshot
+    from edm2.nn import Precond
+
+    torch.manual_seed(0)
+    net = Precond(8, 3, 0, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    snapshot = tmp_path / "net.safetensors"
+    save_snapshot(snapshot, net.state_dict(), net.init_kwargs, {"class": "StandardRGBEncoder"}, 0, dtype=None)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["generate", "--net", str(snapshot), "--outdir", str(out), "--seeds", "0-6",
+                                  "--batch", "3", "--steps", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "7/7" in r.output and "img" in r.output and f"Wrote 7 images to {out}" in r.output
+    assert len(list(out.glob("*.png"))) == 7

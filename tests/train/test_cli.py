@@ -196,3 +196,12 @@ def test_one_slurm_task_per_rank(tmp_path, data):
     assert "Training from 0 kimg" in outs[0] and "Training from" not in outs[1]  # rank 0 prints, rank 1 is quiet
     lines = (tmp_path / "run" / "stats.jsonl").read_text().splitlines()
     assert len(lines) == 3  # nimg 0, 64, 128, written once (rank 0)
+
+
+def test_a_snapshot_interval_longer_than_the_duration_is_warned_and_a_summary_closes_the_run(data, tmp_path):
+    opts = tiny_options(tmp_path / "run", data, duration=128, batch=32, status=64, snapshot=1024, checkpoint=1024)
+    result = CliRunner().invoke(main, ["train", *cli_args(opts)])
+    assert result.exit_code == 0, result.output
+    assert "Warning: --snapshot 1024 is longer than --duration 128" in result.output
+    assert "Trained 128 images in" in result.output and "finished the duration of 0 kimg" in result.output
+    assert "network-snapshot-0000000-0.100.safetensors" in result.output  # where the snapshots are
