@@ -115,7 +115,7 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
     Example:
       edm2 report plots --scores scores.csv --metrics fd_cnn --run mc16=results/runs/mc16/train-1a2b3c4d --outdir plots
     """
-    from edm2.report.plots import plot_ema_sweep, plot_gflops, plot_training_loss
+    from edm2.report.plots import edge_optima, plot_ema_sweep, plot_gflops, plot_training_loss
     from edm2.report.results import best_rows, read_csv
 
     rows = read_csv(scores)
@@ -124,6 +124,13 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
     outdir.mkdir(parents=True, exist_ok=True)
     for metric in _metric_list(metrics):
         plot_ema_sweep(rows, metric, outdir / f"ema-sweep-{metric}", statistic)
+        for e in edge_optima(rows, metric):
+            click.echo(
+                f"Warning: {metric} of {e['label']} ({e['guidance']}) is best at the {e['side']} EMA length "
+                f"scored ({e['ema_std']:.3f}); the optimum may lie outside the grid: extend phema.grid past it "
+                "(then phema.refine searches around the new optimum).",
+                err=True,
+            )
         plot_gflops(best, metric, outdir / f"gflops-{metric}")
     stats = {name: Path(folder) / "stats.jsonl" for name, folder in _pairs(runs, "--run", "NAME=DIR").items()}
     names = {r["run"]: r["label"] for r in rows}

@@ -87,36 +87,58 @@ def _maybe_log(ax, values, axis="y"):
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
 
 
+def edge_optima(rows: list[dict], metric: str) -> list[dict]:
+    """The (run, guidance) curves of `metric` whose optimum lies at the smallest or largest EMA
+    length scored: the true optimum may lie outside the grid. Each item: run, label, guidance,
+    ema_std, side ('shortest' or 'longest')."""
+    found = []
+    for (run, guidance), group in _series(
+        [r for r in rows if r["metric"] == metric], lambda r: (r["run"], r["guidance"])
+    ).items():
+        stds = sorted({r["ema_std"] for r in group})
+        if len(stds) < 2:
+            continue
+        best = min(group, key=lambda r: (r["value"], r["ema_std"]))
+        if best["ema_std"] in (stds[0], stds[-1]):
+            side = "shortest" if best["ema_std"] == stds[0] else "longest"
+            found.append(
+                dict(run=run, label=group[0]["label"] or run, guidance=guidance, ema_std=best["ema_std"], side=side)
+            )
+    return found
+
+
 def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
-    """Metric vs EMA length (one curve per run and guidance setting; the optimum starred).
-    Shaded: the spread over the seed ranges."""
+    """Metric vs EMA length (one curve per run and guidance setting; the optimum starred and
+    given in the legend, so labels never overlap). Shaded: the min-max over the seed ranges.
+    An optimum at the edge of the grid is drawn hollow and named in a note under the plot."""
+    from matplotlib.patches import Patch
+
     rows = [r for r in rows if r["metric"] == metric]
     fig, ax = _figure()
     runs = _unique(r["run"] for r in rows)
     guidances = _unique(r["guidance"] for r in rows)
     color, dash = _styles(runs, guidances)
-    for i, ((run, guidance), group) in enumerate(_series(rows, lambda r: (r["run"], r["guidance"])).items()):
+    edges = {(e["run"], e["guidance"]): e for e in edge_optima(rows, metric)}
+    banded = False
+    for (run, guidance), group in _series(rows, lambda r: (r["run"], r["guidance"])).items():
         group = sorted(group, key=lambda r: r["ema_std"])
         x = [r["ema_std"] for r in group]
         y = [r["value"] for r in group]
+        best = min(group, key=lambda r: (r["value"], r["ema_std"]))
         label = group[0]["label"] or run
         if len(guidances) > 1:
             label = f"{label}, {guidance}"
+        edge = (run, guidance) in edges
+        label += f": best {best['value']:.3g} at {best['ema_std']:.3f}" + (" (grid edge)" if edge else "")
         ax.plot(x, y, dash[guidance], color=color[run], marker="o", markersize=3, label=label)
         spreads = [[float(v) for v in str(r["values"]).split(";")] if r.get("values") else [r["value"]] for r in group]
         if any(len(s) > 1 for s in spreads):
             ax.fill_between(x, [min(s) for s in spreads], [max(s) for s in spreads], color=color[run], alpha=0.08, lw=0)
-        best = min(group, key=lambda r: (r["value"], r["ema_std"]))
-        ax.plot([best["ema_std"]], [best["value"]], "*", color=color[run], markersize=13, markeredgecolor="black")
-        ax.annotate(
-            f"{best['value']:.3g} @ {best['ema_std']:.3f}",
-            (best["ema_std"], best["value"]),
-            textcoords="offset points",
-            xytext=(0, 10 if i % 2 == 0 else -17),
-            ha="center",
-            fontsize=7,
-            color=color[run],
-        )
+            banded = True
+        ax.plot(
+            [best["ema_std"]], [best["value"]], "*", markersize=13, markeredgecolor="black",
+            color="white" if edge else color[run],
+        )  # fmt: skip
     _maybe_log(ax, [r["value"] for r in rows])
     ax.margins(y=0.1)
     ax.set_xlabel("EMA length $\\sigma_\\mathrm{rel}$")
@@ -124,9 +146,19 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     ax.set_title(f"{metric_label(metric)} vs EMA length (post-hoc EMA)")
     ax.grid(True, alpha=0.3)
     if rows:
-        ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if banded:
+            handles.append(Patch(color="gray", alpha=0.25, lw=0))
+            labels.append("min-max over seed ranges")
+        ax.legend(handles, labels, fontsize=7)
     else:
         ax.text(0.5, 0.5, f"no scores for {metric}", ha="center", va="center", transform=ax.transAxes)
+    if edges:
+        names = ", ".join(f"{e['label']} ({e['guidance']}) at {e['ema_std']:.3f}" for e in edges.values())
+        fig.text(
+            0.01, -0.02, f"Optimum at the edge of the EMA grid: {names}. Extend phema.grid past it; "
+            "phema.refine then refines around the new optimum.", fontsize=7, ha="left", va="top", wrap=True,
+        )  # fmt: skip
     return save_figure(fig, stem)
 
 

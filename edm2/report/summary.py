@@ -44,8 +44,23 @@ def build_markdown(best_csv, table_md, plots, samples, md_path) -> str:
     if samples:
         parts += ["## Samples at the best EMA length", ""]
         for p in samples:
-            parts += [f"**{Path(p).stem}**", "", f"![{Path(p).stem}]({_rel(p, base)})", ""]
+            parts += [f"**{sample_heading(p, best)}**", "", f"![{Path(p).stem}]({_rel(p, base)})", ""]
     return "\n".join(parts) + "\n"
+
+
+def sample_heading(path, best: list[dict]) -> str:
+    """'<model label>, guidance <setting> (w=<weight>), EMA length <std> (best <metric>)' for a
+    grid at the workflow's `plots/samples/<run>/<guidance>.png`, from the first best.csv row of
+    that run and setting (the workflow samples at the best length of its first metric); the file
+    name alone when best.csv has no such row."""
+    path = Path(path)
+    run, guidance = path.parent.name, path.stem
+    rows = [r for r in best if r["run"] == run and r["guidance"] == guidance]
+    if not rows:
+        return path.stem
+    r = rows[0]
+    weight = "" if r.get("guidance_weight") in (None, 1.0) else f" (w={r['guidance_weight']:g})"
+    return f"{r['label'] or run}, guidance {guidance}{weight}, EMA length {r['ema_std']:.3f} (best {r['metric']})"
 
 
 def _inline(markdown_line: str) -> str:

@@ -50,12 +50,14 @@ def test_summary_links_and_embeds_everything(tmp_path):
     write_csv(tmp_path / "best.csv", best_rows(rows), BEST_COLUMNS)
     table_md = write_table2(rows, ["fid"], tmp_path / "tables" / "table2")[1]
     plots = plot_ema_sweep(rows, "fid", tmp_path / "plots" / "ema-sweep-fid")
-    sample = tmp_path / "plots" / "samples-xs-noguid.png"
+    sample = tmp_path / "plots" / "samples" / "xs" / "guid-fid.png"  # the workflow's layout
+    sample.parent.mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(sample)
     write_summary(tmp_path / "best.csv", table_md, plots, [sample], tmp_path / "summary.md", tmp_path / "summary.html")
     md = (tmp_path / "summary.md").read_text()
     assert "![ema-sweep-fid](plots/ema-sweep-fid.png) ([SVG](plots/ema-sweep-fid.svg))" in md
-    assert "![samples-xs-noguid](plots/samples-xs-noguid.png)" in md
+    assert "![guid-fid](plots/samples/xs/guid-fid.png)" in md
+    assert "**XS, guidance guid-fid (w=1.4), EMA length 0.050 (best fid)**" in md  # the grid's heading
     assert "| XS | guid-fid | 1.40 | fid | 0.050 | 2.900 | 63 |" in md
     html = (tmp_path / "summary.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html and "<td>XS</td>" in html

@@ -20,10 +20,28 @@ def test_ema_sweep_writes_png_and_svg_with_each_optimum_marked(tmp_path):
     with Image.open(paths[0]) as im:
         assert im.format == "PNG" and im.width > 300
     texts = " ".join(_svg_texts(paths[1]))
-    for s in SIZES.values():  # the annotation of each optimum: value @ EMA length
-        assert f"{s['floor']:.3g} @ {s['opt']:.3f}" in texts
-        assert f"{s['gfloor']:.3g} @ {s['gopt']:.3f}" in texts
+    for s in SIZES.values():  # each optimum in its curve's legend entry (labels cannot overlap)
+        assert f"best {s['floor']:.3g} at {s['opt']:.3f}" in texts
+        assert f"best {s['gfloor']:.3g} at {s['gopt']:.3f}" in texts
     assert "XS, noguid" in texts and "S, guid-fid" in texts
+    assert "min-max over seed ranges" in texts  # the shaded band has a legend entry
+
+
+def test_an_optimum_at_the_edge_of_the_grid_is_flagged(tmp_path):
+    from edm2.report.plots import edge_optima
+
+    scores, infos = paper_like_results(tmp_path)
+    rows = [r for r in aggregate(scores, infos) if r["metric"] == "fid"]
+    inside = edge_optima(rows, "fid")
+    cut = [
+        r for r in rows if not (r["run"] == "xs" and r["guidance"] == "noguid" and r["ema_std"] > SIZES["xs"]["opt"])
+    ]
+    edges = edge_optima(cut, "fid")  # the grid of XS without guidance now ends at its optimum
+    assert {(e["run"], e["guidance"], e["side"]) for e in edges} - {
+        (e["run"], e["guidance"], e["side"]) for e in inside
+    } == {("xs", "noguid", "longest")}
+    texts = " ".join(_svg_texts(plot_ema_sweep(cut, "fid", tmp_path / "edge")[1]))
+    assert "(grid edge)" in texts and "Optimum at the edge of the EMA grid" in texts and "phema.refine" in texts
 
 
 def test_gflops_plot_labels_every_size_with_its_best_ema(tmp_path):
