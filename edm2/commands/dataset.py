@@ -33,8 +33,11 @@ def dataset():
 
     \b
     Examples:
-      edm2 dataset digits --dest data/digits-png
+      edm2 dataset digits --dest data/digits-png --resolution 16
       edm2 dataset convert --source data/digits-png --dest data/digits.zip
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 dataset convert --source ~/imagenet/train --dest data/img64.zip \\
           --resolution 64x64 --transform center-crop-dhariwal
       edm2 dataset encode --source data/img512.zip --dest data/img512-sd.zip
@@ -81,10 +84,13 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
     \b
     Examples:
       edm2 dataset convert --source data/digits-png --dest data/digits.zip
+      edm2 dataset convert --source data/digits.zip --dest data/digits8 --resolution 8,8 \\
+          --transform center-crop --on-error skip --workers 2
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 dataset convert --source ~/imagenet/train --dest data/img512.zip \\
           --resolution 512x512 --transform center-crop-dhariwal
-      edm2 dataset convert --source photos.zip --dest data/photos64 --resolution 64,64 \\
-          --transform center-crop --on-error skip --workers 8
     """
     from edm2.data.convert import convert_dataset
 
@@ -132,7 +138,7 @@ def encode(source, dest, vae, batch, device, max_images, quiet):
     as `00000/img-mean-std-00000000.npy` ..., and carries the labels over.
 
     \b
-    Examples:
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 dataset encode --source data/img512.zip --dest data/img512-sd.zip
       edm2 dataset encode --source data/img512.zip --dest data/img512-sd.zip \\
           --vae ~/models/sd-vae-ft-mse --batch 16 --device cuda
@@ -171,7 +177,7 @@ def digits(dest, resolution):
 
     \b
     Examples:
-      edm2 dataset digits --dest data/digits-png
+      edm2 dataset digits --dest data/digits-png --resolution 16
       edm2 dataset digits --dest data/digits32-png --resolution 32
       edm2 dataset convert --source data/digits-png --dest data/digits.zip
     """

@@ -24,7 +24,7 @@ def flops(target, forced_norm, table):
     Examples:
       edm2 flops edm2-img512-xs            # 124.71 M params, 45.75 Gflops
       edm2 flops edm2-img512-xxl --no-table
-      edm2 flops runs/demo/network-snapshot-0000065-0.100.safetensors
+      edm2 flops runs/demo/network-snapshot-0000002-0.100.safetensors
     """
     from edm2.metrics.flops import count_flops_of
 

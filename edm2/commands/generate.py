@@ -55,7 +55,12 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
 
     \b
     Examples:
-      edm2 generate --net runs/demo/phema/phema-0000065-0.100.safetensors --outdir out --seeds 0-63
+      edm2 generate --net runs/demo/phema/phema-0000002-0.100.safetensors --outdir out --seeds 0-15
+      edm2 generate --net runs/demo/phema/phema-0000002-0.050.safetensors --outdir out-class3 \\
+          --seeds 0-7 --class 3 --steps 16
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 generate --preset edm2-img512-s-guid-dino --outdir out
       torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
           --outdir out --subdirs --seeds 0-49999

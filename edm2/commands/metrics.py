@@ -49,13 +49,23 @@ def metrics():
     """Reference statistics and Fréchet distances: FID (Inception-v3), FD_DINOv2, FD_CNN.
 
     \b
-    Examples:
+    Examples (FD_CNN with a detector trained on the digits; needs no download):
+      edm2 metrics train-detector --data data/digits.zip --dest refs/digits-cnn.safetensors --epochs 2
+      edm2 metrics ref  --data data/digits.zip --dest refs/digits.npz --metrics fd_cnn \\
+          --cnn-detector refs/digits-cnn.safetensors
+      edm2 metrics calc --images out --ref refs/digits.npz --num 16 --cnn-detector refs/digits-cnn.safetensors
+      edm2 metrics gen  --net runs/demo/phema/phema-0000002-0.100.safetensors --ref refs/digits.npz \\
+          --num 16 --steps 8 --seeds-ranges 2 --cnn-detector refs/digits-cnn.safetensors \\
+          --json scores/demo/noguid/ema-0.100.json
+      edm2 metrics gen  --net runs/demo/phema/phema-0000002-0.050.safetensors --ref refs/digits.npz \\
+          --num 16 --steps 8 --seeds-ranges 2 --cnn-detector refs/digits-cnn.safetensors \\
+          --json scores/demo/noguid/ema-0.050.json
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 metrics ref  --data data/img512.zip --dest refs/img512.npz
       edm2 metrics calc --images out --ref refs/img512.npz --num 50000
       edm2 metrics gen  --net phema-2147483-0.100.safetensors --ref refs/img512.npz --seeds-ranges 3
-      edm2 metrics train-detector --data data/digits.zip --dest refs/digits-cnn.safetensors
-      edm2 metrics ref  --data data/digits.zip --dest refs/digits.npz --metrics fd_cnn \\
-          --cnn-detector refs/digits-cnn.safetensors
     Under torchrun the images are split across the ranks.
     """
 

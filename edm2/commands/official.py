@@ -23,7 +23,7 @@ def convert_official(src, dest, kimg, ema_std):
     names like edm2-img512-xs-2147483-0.135.pkl unless --kimg/--std are given.
 
     \b
-    Examples:
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 convert-official edm2-img512-xs-2147483-0.135.pkl edm2-img512-xs-2147483-0.135.safetensors
       edm2 convert-official network-snapshot-0524288-0.100.pkl net.safetensors
     """

@@ -43,6 +43,10 @@ def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_
     \b
     Examples:
       edm2 phema --indir runs/demo --outdir runs/demo/phema --outstd 0.050,0.100
+      edm2 phema --indir runs/demo --outdir runs/demo/phema-1k --outstd 0.050,0.075,...,0.150 --outkimg 1
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 phema --indir runs/xs --outdir out --outstd 0.010,0.015,...,0.250 --outkimg 2147483
       edm2 phema --indir official-snapshots --inprefix network-snapshot --outdir out --outstd 0.135
     """

@@ -47,11 +47,12 @@ def report():
     """Plots and paper-style tables from result files.
 
     \b
-    Examples:
-      edm2 report aggregate --out scores.csv --best best.csv results/scores/*/*/ema-*.json
-      edm2 report plots --scores scores.csv --metrics fid --run xs=runs/xs/train-1a2b3c4d --outdir plots
-      edm2 report tables --scores scores.csv --metrics fid,fd_dinov2 --out tables/table2
-      edm2 report model-info --net phema-0002147-0.100.safetensors --run xs --label XS --out xs.json
+    Examples (after those of `edm2 metrics --help`):
+      edm2 report model-info --net runs/demo/phema/phema-0000002-0.100.safetensors --run demo --out runs/demo/model-info.json
+      edm2 report aggregate --out tables/scores.csv --best tables/best.csv --model-info runs/demo/model-info.json \\
+          scores/*/*/ema-*.json
+      edm2 report plots --scores tables/scores.csv --metrics fd_cnn --run demo=runs/demo --outdir plots
+      edm2 report tables --scores tables/scores.csv --metrics fd_cnn --out tables/table2
     """
 
 
@@ -79,8 +80,9 @@ def aggregate(scores, out, best_out, model_infos, statistic):
     .../<run>/<guidance>/ema-<std>.json, as the workflow writes them.
 
     \b
-    Example:
-      edm2 report aggregate --out scores.csv --best best.csv --model-info runs/xs/model-info.json scores/xs/*/ema-*.json
+    Examples:
+      edm2 report aggregate --out tables/scores.csv --best tables/best.csv --model-info runs/demo/model-info.json \\
+          scores/*/*/ema-*.json
     """
     from edm2.report.results import BEST_COLUMNS, SCORE_COLUMNS, aggregate, best_rows, write_csv
 
@@ -112,8 +114,8 @@ def plots(scores, metrics, runs, labels, outdir, statistic):
     Writes ema-sweep-<metric>, gflops-<metric> and training-loss, each as PNG and SVG.
 
     \b
-    Example:
-      edm2 report plots --scores scores.csv --metrics fd_cnn --run mc16=results/runs/mc16/train-1a2b3c4d --outdir plots
+    Examples:
+      edm2 report plots --scores tables/scores.csv --metrics fd_cnn --run demo=runs/demo --outdir plots
     """
     from edm2.report.plots import edge_optima, plot_ema_sweep, plot_gflops, plot_training_loss
     from edm2.report.results import best_rows, read_csv
@@ -152,8 +154,8 @@ def tables(scores, metrics, out):
     without guidance and with guidance (value, EMA length, weight).
 
     \b
-    Example:
-      edm2 report tables --scores scores.csv --metrics fid,fd_dinov2 --out tables/table2
+    Examples:
+      edm2 report tables --scores tables/scores.csv --metrics fd_cnn --out tables/table2
     """
     from edm2.report.results import read_csv
     from edm2.report.tables import write_table2
@@ -178,8 +180,8 @@ def refine(scores, grid, points, statistic, out):
     """Choose finer EMA lengths around the best coarse one of every (run, guidance setting).
 
     \b
-    Example:
-      edm2 report refine --grid 0.050,0.100,0.150 --points 4 --out grid.json scores/*/*/ema-*.json
+    Examples:
+      edm2 report refine --grid 0.050,0.100 --points 2 --out runs/demo/refine.json scores/*/*/ema-*.json
     """
     from edm2.io.atomic import atomic_write_text
     from edm2.report.refine import refine as choose
@@ -212,8 +214,9 @@ def best(best_csv, run, guidance, metric, as_shell):
     """The best EMA length of a run: its row as JSON, or generation options with --shell.
 
     \b
-    Example:
-      edm2 generate $(edm2 report best --best best.csv --run xs --guidance noguid --metric fid --shell) --seeds 0-63 --outdir out
+    Examples:
+      edm2 generate $(edm2 report best --best tables/best.csv --run demo --guidance noguid --metric fd_cnn --shell) \\
+          --seeds 0-15 --outdir out-best
     """
     from edm2.report.results import read_csv
 
@@ -254,8 +257,8 @@ def grid(images, out, columns, min_size):
     """A grid image of generated samples.
 
     \b
-    Example:
-      edm2 report grid --images out/ --out samples.png
+    Examples:
+      edm2 report grid --images out-best --out plots/samples/demo/noguid.png
     """
     from edm2.report.images import save_grid
 
@@ -273,8 +276,8 @@ def model_info(net, run, label, out):
     """Parameter count and Gflops of a network (official counting convention), as JSON.
 
     \b
-    Example:
-      edm2 report model-info --net phema-0002147-0.100.safetensors --run xs --label XS --out xs.json
+    Examples:
+      edm2 report model-info --net runs/demo/phema/phema-0000002-0.100.safetensors --run demo --out runs/demo/model-info.json
     """
     from edm2.io.atomic import atomic_write_text
     from edm2.report.info import model_info as facts
@@ -309,8 +312,9 @@ def summary(plots, best_csv, table_md, samples, md_path, html_path):
     """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
 
     \b
-    Example:
-      edm2 report summary --best best.csv --table table2.md --samples s.png --md summary.md --html summary.html plots/*.png
+    Examples:
+      edm2 report summary --best tables/best.csv --table tables/table2.md --samples plots/samples/demo/noguid.png \\
+          --md summary.md --html summary.html plots/*.png
     """
     from edm2.report.summary import write_summary
 

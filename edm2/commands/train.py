@@ -166,12 +166,15 @@ def train(**kw):
 
     \b
     Examples:
+      edm2 train --outdir runs/demo --data data/digits.zip --preset edm2-img64-xs --duration 2Ki \\
+          --batch 32 --channels 16 --channel-mult 1,2 --num-blocks 1 --attn-resolutions 8 \\
+          --snapshot 1Ki --checkpoint 2Ki --status 1Ki --precision fp32 --workers 0
+
+    \b
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 train --outdir runs/img512-xs --data datasets/img512-sd.zip --preset edm2-img512-xs
       torchrun --standalone --nproc_per_node 8 -m edm2 train --outdir runs/s --data img512-sd.zip \\
           --preset edm2-img512-s --batch-gpu 32 --slice 64Mi
-      edm2 train --outdir runs/demo --data data/digits --preset edm2-img64-xs --duration 64Ki \\
-          --batch 64 --channels 32 --channel-mult 1,2 --num-blocks 2 --attn-resolutions 8 \\
-          --snapshot 8Ki --checkpoint 16Ki --status 4Ki --precision fp32 --workers 0
     """
     from edm2.signals import StopSignal
 
