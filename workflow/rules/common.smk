@@ -389,7 +389,6 @@ def summary_files():
 
 # --- Refinement of the EMA grid (phema.refine) ------------------------------------------------
 
-GRID_LIST = ",".join(GRID)  # the phema rule's --outstd (see its comment)
 REFINE = config["phema"]["refine"]
 
 

@@ -19,15 +19,11 @@ rule phema:
     params:
         indir=lambda wc, input: os.path.dirname(input.done),
         outdir=lambda wc: phema_dir(wc.run),
+        stds=",".join(GRID),
         kimg=lambda wc: int(wc.kimg),
         extra=config["phema"]["extra_args"],
     shell:
-        # The grid comes from a global, not a parameter: a parameter change (an EMA length
-        # removed) would re-run phema and, through a Snakemake quirk (jobs downstream of a re-run
-        # job are not checked themselves when they reach it only through ancient() files), leave
-        # the aggregates naming the removed length until a second run. Removing a length needs no
-        # new reconstruction; adding one re-runs phema for its missing output.
-        "python -m edm2 phema --indir {params.indir} --outdir {params.outdir} --outstd {GRID_LIST}"
+        "python -m edm2 phema --indir {params.indir} --outdir {params.outdir} --outstd {params.stds}"
         " --outkimg {params.kimg} {params.extra} > {log} 2>&1"
 
 

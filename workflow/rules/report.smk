@@ -6,8 +6,10 @@
 rule result_set:
     """The exact set of results the configuration names (score JSONs, model infos), one per line.
     Its parameter changes whenever that set does, so it re-runs and the aggregate that reads it
-    follows in the same run, also when phema re-runs in that run (Snakemake then does not check
-    the jobs downstream of phema themselves, only those it reaches through non-ancient files)."""
+    follows in the same run. Without it, removing an EMA length re-runs phema (its parameters
+    changed), and Snakemake does not check the jobs downstream of a re-run job themselves when
+    it reaches them only through ancient() files (the scores read phema's outputs so): the
+    aggregates would name the removed length until a second run."""
     output:
         f"{RESULTS}/tables/result-set.txt",
     log:
