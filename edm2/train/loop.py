@@ -29,8 +29,8 @@ from edm2.train.data import InfiniteSampler, make_batch_iterator
 from edm2.train.loss import EDM2Loss
 from edm2.train.schedule import learning_rate_schedule
 from edm2.train.speed import ChannelsLast, CompiledForward
-from edm2.train.stats import StatsCollector, format_time
-from edm2.train.status import StatusReporter
+from edm2.train.stats import StatsCollector
+from edm2.train.status import StatusReporter, announce_start, print_summary
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -572,20 +572,7 @@ def training_loop(
         result = TrainingResult(
             cur_nimg=cur_nimg, start_nimg=cur_nimg, stop_at_nimg=stop_at_nimg, total_nimg=total_nimg
         )
-        if cur_nimg >= total_nimg:
-            print0(
-                f"Training already reached {cur_nimg // 1000} kimg (duration {total_nimg // 1000} kimg); nothing to do."
-            )
-        else:
-            print0(f"Training from {cur_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:")
-            snapshot_nimg = intervals[1]
-            if snapshot_nimg and snapshot_nimg > total_nimg:
-                print0(
-                    f"Warning: --snapshot {snapshot_nimg} is longer than --duration {total_nimg}: the only EMA "
-                    "snapshots are those at 0 kimg, so post-hoc EMA has nothing trained to work with; "
-                    f"set --snapshot to at most {total_nimg} (e.g. a quarter of it)."
-                )
-            print0()
+        if announce_start(cur_nimg, stop_at_nimg, total_nimg, intervals[1]):
             snapshot_meta = dict(
                 dataset_kwargs={k: (str(v) if isinstance(v, Path) else v) for k, v in dataset_kwargs.items()},
                 loss_kwargs=run.loss_fn.kwargs(),
@@ -594,28 +581,11 @@ def training_loop(
             )
             step_kwargs = dict(loss_scaling=loss_scaling, lr_kwargs=lr_kwargs, force_finite=force_finite)
             _train(run, result, stop, intervals, snapshot_meta, num_workers, progress, step_kwargs, step_hook)
-            _print_summary(run_dir, result, time.time() - start_time)
+            print_summary(run_dir, result, time.time() - start_time)
     if result.cur_nimg >= total_nimg and env.rank == 0:
         ckpt.write_done(run_dir, result.cur_nimg)
     barrier()
     return result
-
-
-def _print_summary(run_dir, result, seconds: float) -> None:
-    """The closing lines on rank 0: images trained, time and rate, where the results are."""
-    trained = result.cur_nimg - result.start_nimg
-    rate = trained / seconds if seconds > 0 else float("nan")
-    snapshots = ckpt.list_snapshots(run_dir)
-    states = ckpt.list_training_states(run_dir)
-    if result.cur_nimg >= result.total_nimg:
-        state = f"finished the duration of {result.total_nimg // 1000} kimg"
-    else:
-        state = f"stopped at {result.cur_nimg // 1000} of {result.total_nimg // 1000} kimg (re-run to continue)"
-    print0(f"Trained {trained} images in {format_time(seconds)} ({rate:.1f} img/s); {state}.")
-    print0(
-        f"{run_dir}: {len(snapshots)} snapshots (newest {snapshots[-1] if snapshots else '-'}), "
-        f"newest training state {states[0].name if states else '-'}."
-    )
 
 
 def save_training_state(run_dir, cur_nimg, elapsed, net, loss_fn, optimizer, ema, rank, device) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from edm2.distributed import print0
+from edm2.train.checkpoint import list_snapshots, list_training_states
 from edm2.train.stats import cpu_memory_gb, format_time, stats_json_line
 
 
@@ -63,6 +65,39 @@ class StatusReporter:
         self.prev_time = now
         self.prev_nimg = cur_nimg
         self.training_time = 0.0
+
+
+def announce_start(cur_nimg: int, stop_at_nimg: int, total_nimg: int, snapshot_nimg: int | None) -> bool:
+    """The opening lines on rank 0; False when the run has nothing left to train."""
+    if cur_nimg >= total_nimg:
+        print0(f"Training already reached {cur_nimg // 1000} kimg (duration {total_nimg // 1000} kimg); nothing to do.")
+        return False
+    print0(f"Training from {cur_nimg // 1000} kimg to {stop_at_nimg // 1000} kimg:")
+    if snapshot_nimg and snapshot_nimg > total_nimg:
+        print0(
+            f"Warning: --snapshot {snapshot_nimg} is longer than --duration {total_nimg}: the only EMA "
+            "snapshots are those at 0 kimg, so post-hoc EMA has nothing trained to work with; "
+            f"set --snapshot to at most {total_nimg} (e.g. a quarter of it)."
+        )
+    print0()
+    return True
+
+
+def print_summary(run_dir, result, seconds: float) -> None:
+    """The closing lines on rank 0: images trained, time and rate, where the results are."""
+    trained = result.cur_nimg - result.start_nimg
+    rate = trained / seconds if seconds > 0 else float("nan")
+    snapshots = list_snapshots(run_dir)
+    states = list_training_states(run_dir)
+    if result.cur_nimg >= result.total_nimg:
+        state = f"finished the duration of {result.total_nimg // 1000} kimg"
+    else:
+        state = f"stopped at {result.cur_nimg // 1000} of {result.total_nimg // 1000} kimg (re-run to continue)"
+    print0(f"Trained {trained} images in {format_time(seconds)} ({rate:.1f} img/s); {state}.")
+    print0(
+        f"{run_dir}: {len(snapshots)} snapshots (newest {snapshots[-1] if snapshots else '-'}), "
+        f"newest training state {states[0].name if states else '-'}."
+    )
 
 
 class _Tee:
