@@ -456,12 +456,14 @@ def _in_order(conns, procs, permits, num_chunks):
     pending, live = {}, dict(zip(conns, procs))
     for k in range(num_chunks):
         while k not in pending:
-            if not live:
-                codes = ", ".join(str(p.exitcode) for p in procs)
-                raise RuntimeError(f"the converter's worker processes stopped early (exit codes {codes})")
+            # A worker that died is reported as such first, also when the others have finished
+            # meanwhile (then no pipe is live either).
             dead = [p for p in procs if p.exitcode not in (None, 0)]
             if dead:  # killed (e.g. out of memory): its chunk will never come
                 raise RuntimeError(f"a converter worker process died (exit code {dead[0].exitcode})")
+            if not live:
+                codes = ", ".join(str(p.exitcode) for p in procs)
+                raise RuntimeError(f"the converter's worker processes stopped early (exit codes {codes})")
             for conn in wait(list(live), timeout=1.0):
                 try:
                     j, results, error = pickle.loads(conn.recv_bytes())
