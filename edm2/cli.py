@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "edm2.commands.train:train",
     "phema": "edm2.commands.phema:phema",
     "convert-official": "edm2.commands.official:convert_official",
+    "download": "edm2.commands.download:download",
     "generate": "edm2.commands.generate:generate",
     "metrics": "edm2.commands.metrics:metrics",
     "flops": "edm2.commands.flops:flops",

@@ -90,7 +90,7 @@ def load_inception(path_or_url, device="cpu"):
     """The FID Inception-v3 with the weights of `pt_inception-2015-12-05-6726825d.pth` (local path
     or URL), checked strictly: every parameter and buffer present, none extra, shapes equal.
     `num_batches_tracked` counters, if the file has them, are ignored (unused at inference)."""
-    path = resolve_path(path_or_url, what="Inception weights")
+    path = resolve_path(path_or_url, what="Inception weights", check_prefix=True)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -1,7 +1,10 @@
-"""Downloads into the cache: file:// and a local HTTP server succeed, atomically and once;
-unreachable hosts, HTTP errors, truncated bodies and offline mode fail with DownloadError."""
+"""Downloads into the cache: a local HTTP server's files are fetched atomically, once, and
+verified (URL fragment, hash prefix of the name, recorded digest); file:// URLs are read in
+place; unreachable hosts, HTTP errors, truncated bodies and offline mode fail with
+DownloadError."""
 
 import contextlib
+import hashlib
 import http.server
 import socket
 import threading
@@ -9,7 +12,7 @@ import threading
 import pytest
 
 from edm2.errors import DownloadError, FormatError
-from edm2.io.download import cache_dir, cached_path, download, is_url, resolve_path
+from edm2.io.download import MANIFEST, cache_dir, cached_path, download, is_url, read_manifest, resolve_path
 
 PAYLOAD = bytes(range(256)) * 64
 
@@ -27,7 +30,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         Handler.requests.append(self.path)
-        if self.path == "/net.pkl":
+        if self.path in ("/net.pkl", "/other.pkl") or self.path.startswith("/weights-"):
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))
             self.end_headers()
@@ -64,13 +67,20 @@ def closed_port() -> int:
 
 
 def no_temporaries(root):
-    return [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".")] == []
+    """No temporary or partial file (the manifest's lock file is not one)."""
+    names = [p.name for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    return [n for n in names if n.startswith(".") or n.endswith(".part")] == []
 
 
-def test_cache_dir_defaults_to_home_cache(monkeypatch, tmp_path):
+def test_cache_dir_honours_edm2_cache_dir_then_xdg_then_home(monkeypatch, tmp_path):
     monkeypatch.delenv("EDM2_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert cache_dir() == tmp_path / ".cache" / "edm2"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "edm2"
+    monkeypatch.setenv("EDM2_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
 
 
 def test_is_url():
@@ -78,15 +88,44 @@ def test_is_url():
     assert not is_url("/tmp/a.pkl") and not is_url("edm2-img512-xs-fid")
 
 
-def test_file_url_is_copied_into_the_cache_once(tmp_path, cache):
+def test_file_url_is_read_in_place_never_cached(tmp_path, cache):
     src = tmp_path / "net.pkl"
     src.write_bytes(PAYLOAD)
-    path = download(src.as_uri(), progress=False)
-    assert path == cached_path(src.as_uri()) and path.parent == cache / "downloads"
-    assert path.name.endswith("-net.pkl") and path.read_bytes() == PAYLOAD
+    assert download(src.as_uri(), progress=False) == src
+    src.write_bytes(PAYLOAD[::-1])  # replaced: the new content is what the next use reads
+    assert download(src.as_uri(), progress=False).read_bytes() == PAYLOAD[::-1]
+    assert not (cache / "downloads").exists()
     src.unlink()
-    assert download(src.as_uri(), progress=False) == path  # served from the cache
-    assert no_temporaries(cache)
+    with pytest.raises(DownloadError, match="does not exist"):
+        download(src.as_uri(), progress=False)
+
+
+def test_url_fragment_pins_the_digest(tmp_path, cache, server):
+    good = hashlib.sha256(PAYLOAD).hexdigest()
+    path = download(f"{server}/net.pkl#sha256={good}", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    with pytest.raises(DownloadError) as e:
+        download(f"{server}/other.pkl#sha256={'0' * 64}", progress=False)
+    assert "0" * 64 in str(e.value) and good in str(e.value) and "other.pkl" in str(e.value)
+    assert not cached_path(f"{server}/other.pkl").exists() and no_temporaries(cache)
+
+
+def test_hash_prefix_of_the_file_name_is_checked(cache, server):
+    good = hashlib.sha256(PAYLOAD).hexdigest()[:8]
+    assert download(f"{server}/weights-{good}.pth", progress=False, check_prefix=True).read_bytes() == PAYLOAD
+    with pytest.raises(DownloadError, match=f"expected deadbeef, got {good}"):
+        download(f"{server}/weights-deadbeef.pth", progress=False, check_prefix=True)
+    assert not cached_path(f"{server}/weights-deadbeef.pth").exists() and no_temporaries(cache)
+
+
+def test_a_cached_file_is_verified_against_the_recorded_digest(cache, server):
+    url = f"{server}/net.pkl"
+    path = download(url, progress=False)
+    assert read_manifest(path.parent / MANIFEST)[path.name] == hashlib.sha256(PAYLOAD).hexdigest()
+    # Asked for another digest than the cached file has: fetched again, then refused.
+    with pytest.raises(DownloadError, match="SHA-256 mismatch"):
+        download(url + "#sha256=" + "1" * 64, progress=False)
+    assert not path.exists()
 
 
 def test_http_download_from_local_server_is_cached(cache, server):
@@ -103,11 +142,12 @@ def test_http_error_is_a_download_error(cache, server):
     assert not cached_path(f"{server}/missing.pkl").exists()
 
 
-def test_truncated_body_leaves_no_cached_file(cache, server):
+def test_truncated_body_leaves_nothing_under_the_final_name(cache, server):
     url = f"{server}/truncated.pkl"
-    with pytest.raises(DownloadError):
-        download(url, timeout=2, progress=False)
-    assert not cached_path(url).exists() and no_temporaries(cache)
+    with pytest.raises(DownloadError, match=r"IncompleteRead.*\(1 retries\); rerun to resume"):
+        download(url, timeout=2, progress=False, retries=1, backoff=0.01)
+    path = cached_path(url)
+    assert not path.exists() and path.with_name(path.name + ".part").stat().st_size == len(PAYLOAD)
 
 
 def test_unreachable_host_fails_fast_with_a_clear_error(cache):

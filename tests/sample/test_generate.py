@@ -299,10 +299,11 @@ def test_load_network_reads_snapshot_metadata(snapshot):
     assert type(loaded.encoder).__name__ == "StandardRGBEncoder"
 
 
-def test_load_network_from_file_url_uses_the_cache(tmp_path, monkeypatch, snapshot):
+def test_load_network_from_file_url_reads_the_file_in_place(tmp_path, monkeypatch, snapshot):
     monkeypatch.setenv("EDM2_CACHE_DIR", str(tmp_path / "cache"))
     loaded = load_network(snapshot.as_uri(), device="cpu")
-    assert str(tmp_path / "cache") in loaded.path and loaded.nimg == 65536
+    assert loaded.path == str(snapshot) and loaded.nimg == 65536  # never a (possibly stale) cached copy
+    assert not (tmp_path / "cache").exists()
 
 
 def test_official_pickle_name_gives_kimg_and_ema_std(tmp_path, monkeypatch, net):
