@@ -16,6 +16,12 @@ this workload on the 2-core development machine.
     python benchmarks/phema.py                 # the full workload (needs ~8 GB of disk)
     python benchmarks/phema.py --quick         # a small model, seconds
     python benchmarks/phema.py --workdir /scratch/bench --keep
+    python benchmarks/phema.py --official      # also the same inputs as official pickles
+
+With --official the same weights are also written as official-format network pickles (the
+tests' stand-in of NVIDIA's persistence machinery, tests/io/official_pickles.py) and the
+reconstruction runs on both folders in the same run: the goal (issue 12) is official-pickle
+inputs within 1.3x of the safetensors inputs, with peak RSS under 1 GiB.
 """
 
 import argparse
@@ -59,6 +65,62 @@ def build_snapshots(folder: Path, network_kwargs: dict, times: int, stds: list, 
             path = folder / f"network-snapshot-{nimg // 1000:07d}-{std:.3f}.safetensors"
             save_snapshot(path, state, network_kwargs, {"class": "StandardRGBEncoder"}, nimg, std, dtype=None)
     return base
+
+
+PICKLER = """
+import json, pickle, sys, torch
+from safetensors.torch import load_file
+import dnnlib
+from training import encoders, networks_edm2, training_loop
+args = json.loads(sys.argv[1])
+net = networks_edm2.Precond(**args["network_kwargs"]).eval().requires_grad_(False).to(torch.float16)
+for src, dest in args["pairs"]:
+    net.load_state_dict(load_file(src))
+    data = dnnlib.EasyDict(encoder=encoders.StandardRGBEncoder(), loss_fn=training_loop.EDM2Loss(),
+                           dataset_kwargs=dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset"))
+    data.ema = net
+    with open(dest, "wb") as f:
+        pickle.dump(data, f)
+"""
+
+
+def build_official_pickles(indir: Path, outdir: Path, network_kwargs: dict, work: Path):
+    """The snapshots of `indir` as official-format pickles `outdir/*.pkl` (same fp16 weights)."""
+    sys.path[:0] = [str(Path(__file__).parents[1] / "tests"), str(Path(__file__).parents[1] / "tests" / "io")]
+    from official_pickles import write_official_packages
+
+    pkgs = write_official_packages(work)
+    outdir.mkdir(parents=True, exist_ok=True)
+    pairs = [(str(p), str(outdir / p.with_suffix(".pkl").name)) for p in sorted(indir.glob("*.safetensors"))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pkgs), os.environ.get("PYTHONPATH", "")]))
+    payload = json.dumps({"network_kwargs": network_kwargs, "pairs": pairs})
+    subprocess.run([sys.executable, "-c", PICKLER, payload], env=env, check=True)
+
+
+def run_child(indir: Path, outdir: Path, args) -> tuple[dict, float, int]:
+    """Reconstruct in a child process: `(its result, wall time incl. start-up, peak RSS bytes)`."""
+    child_args = dict(
+        indir=str(indir), outdir=str(outdir), outstd=args.outstd, max_memory=args.max_memory, dtype=args.dtype
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(child_args)], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    child_wall = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"reconstruction failed (status {status})")
+    return json.loads(out), child_wall, usage.ru_maxrss * 1024
+
+
+def same_outputs(a: dict, b: dict) -> bool:
+    """Whether two reconstructions wrote identical tensors."""
+    from safetensors.torch import load_file
+
+    for pa, pb in zip(a["outputs"], b["outputs"]):
+        ta, tb = load_file(pa), load_file(pb)
+        if ta.keys() != tb.keys() or not all(torch.equal(ta[k], tb[k]) for k in ta):
+            return False
+    return len(a["outputs"]) == len(b["outputs"])
 
 
 def time_read_once(folder: Path) -> tuple[float, int]:
@@ -146,6 +208,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--workdir", default=None, help="where to put the snapshots [a temporary folder]")
     parser.add_argument("--keep", action="store_true", help="keep the snapshots and outputs")
+    parser.add_argument("--official", action="store_true", help="also time the same inputs as official pickles")
     args = parser.parse_args()
 
     times = args.times or (8 if args.quick else 64)
@@ -179,20 +242,7 @@ def main():
         read_s2, _ = time_read_once(indir)
         read_s = min(read_s, read_s2)
 
-        child_args = dict(
-            indir=str(indir), outdir=str(outdir), outstd=args.outstd, max_memory=args.max_memory, dtype=args.dtype
-        )
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps(child_args)], stdout=subprocess.PIPE, text=True
-        )
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        child_wall = time.perf_counter() - t0
-        if status != 0:
-            raise SystemExit(f"reconstruction failed (status {status})")
-        result = json.loads(out)
-        peak_rss = usage.ru_maxrss * 1024
+        result, child_wall, peak_rss = run_child(indir, outdir, args)
 
         mm_intra, mm_threads = time_matmul(n_in, n_out, numel, result["chunk_elements"], result["workers"])
         mm_s = min(mm_intra, mm_threads)
@@ -221,6 +271,32 @@ def main():
         )
         print(f"ratio wall / max(read, matmul) {result['wall_s'] / bound:8.2f}     (goal: about 2 or less)")
         print(f"max relative error of a spot check against the naive sum: {err:.2e}")
+        if args.official:
+            pkldir = work / "pickles"
+            t0 = time.perf_counter()
+            build_official_pickles(indir, pkldir, network_kwargs, work)
+            os.sync()
+            print(f"\nwrote the same snapshots as official pickles in {time.perf_counter() - t0:.1f} s")
+            # Alternate the two input kinds, best of 2 each, so machine load hits both alike.
+            walls = {"safetensors": [result["wall_s"]], "pickle": []}
+            rss = {"safetensors": peak_rss, "pickle": 0}
+            for kind, folder in [("pickle", pkldir), ("safetensors", indir), ("pickle", pkldir)]:
+                shutil.rmtree(work / f"out-{kind}", ignore_errors=True)
+                r, _, peak = run_child(folder, work / f"out-{kind}", args)
+                walls[kind].append(r["wall_s"])
+                rss[kind] = max(rss[kind], peak)
+                if kind == "pickle":
+                    pickle_result = r
+            ratio = min(walls["pickle"]) / min(walls["safetensors"])
+            print(
+                f"official-pickle inputs         {min(walls['pickle']):8.2f} s   (runs: {', '.join(f'{w:.2f}' for w in walls['pickle'])})"
+            )
+            print(
+                f"safetensors inputs             {min(walls['safetensors']):8.2f} s   (runs: {', '.join(f'{w:.2f}' for w in walls['safetensors'])})"
+            )
+            print(f"ratio pickle / safetensors     {ratio:8.2f}     (goal: 1.3 or less)")
+            print(f"peak RSS, pickle inputs        {rss['pickle'] / 2**30:8.3f} GiB (goal: under 1 GiB)")
+            print(f"identical outputs from both    {same_outputs(pickle_result, result)}")
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
     finally:
         if not args.keep:

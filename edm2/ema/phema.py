@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
-from edm2.io.official import load_official_pickle, snapshot_fields
+from edm2.io.official import load_official_pickle, official_pickle_layout, snapshot_fields
 from edm2.io.safetensors_stream import StreamingWriter, preadv_full, read_safetensors_header
 from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
 from edm2.naming import PHEMA_PREFIX, parse_snapshot_name, snapshot_name
@@ -385,9 +385,13 @@ class _StreamingPass:
 
 
 def _open_source(inp: PhemaInput, scratch: Path) -> tuple[_Source, dict]:
-    """An input as a safetensors file (official pickles are converted once into `scratch`)."""
+    """An input as the streaming pass reads it: a safetensors file, or an official pickle read in
+    place (one written with pickle protocol 2 is converted once into `scratch`)."""
     path = inp.path
     if inp.is_pickle:
+        layout = official_pickle_layout(inp.path, check=False)  # read in place, no network built
+        if layout is not None:
+            return _Source(inp, inp.path, layout[0], None), layout[1]
         data = load_official_pickle(inp.path, dtype=None)
         encoder, extra = snapshot_fields(data, inp.path)
         path = scratch / (inp.path.stem + ".safetensors")

@@ -18,8 +18,12 @@ their storages with `torch.load(weights_only=True)`, NumPy arrays, `OrderedDict`
 rebuilt as `edm2.nn.Precond` from the stored constructor arguments and its state dict.
 """
 
+import collections
+import dataclasses
+import functools
 import inspect
 import io
+import json
 import math
 import pickle
 import re
@@ -398,8 +402,9 @@ def _init_kwargs(obj: PersistentObject, signature_of) -> dict:
     return result
 
 
-def _module_state_dict(obj, prefix="", out=None) -> dict:
-    """Walk the pickled module tree and collect parameters and persistent buffers."""
+def _module_state_dict(obj, prefix="", out=None, tensor_type=torch.Tensor) -> dict:
+    """Walk the pickled module tree and collect parameters and persistent buffers (values of
+    `tensor_type`: tensors, or `TensorLocation`s when read by `official_pickle_layout`)."""
     out = {} if out is None else out
     state = obj.state
     non_persistent = set(state.get("_non_persistent_buffers_set") or ())
@@ -407,7 +412,7 @@ def _module_state_dict(obj, prefix="", out=None) -> dict:
         for name, value in (state.get(kind) or {}).items():
             if value is None or (kind == "_buffers" and name in non_persistent):
                 continue
-            if not (isinstance(value, _Sealed) and isinstance(value.value, torch.Tensor)):
+            if not (isinstance(value, _Sealed) and isinstance(value.value, tensor_type)):
                 raise FormatError(f"{prefix}{name} is a {type(value).__name__}, expected a tensor")
             out[prefix + name] = value.value
     for name, child in (state.get("_modules") or {}).items():
@@ -415,7 +420,7 @@ def _module_state_dict(obj, prefix="", out=None) -> dict:
             continue
         if not isinstance(child, (PersistentObject, TorchModuleObject)):
             raise FormatError(f"submodule {prefix}{name} is a {type(child).__name__}, expected a module")
-        _module_state_dict(child, f"{prefix}{name}.", out)
+        _module_state_dict(child, f"{prefix}{name}.", out, tensor_type)
     return out
 
 
@@ -576,3 +581,275 @@ def convert_official_pickle(src, dest, nimg: int | None = None, ema_std: float |
     encoder, extra = snapshot_fields(data, src)
     save_snapshot(dest, data["ema"].state_dict(), data["network_kwargs"], encoder, nimg, ema_std, extra)
     return {"network_kwargs": data["network_kwargs"], "encoder": encoder, "nimg": nimg, "ema_std": ema_std}
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the tensors of a pickle lie in the file, without reading them (post-hoc EMA input).
+#
+# A tensor of the official pickles is a storage, pickled as `_load_from_bytes(<bytes>)` where the
+# bytes are a legacy `torch.save` of that one storage: four small pickles (magic number, protocol
+# version, system info, the persistent id ('storage', <torch.XStorage>, key, location, numel)),
+# the list of storage keys, then the element count as 8 bytes and the raw little-endian data. The
+# pickle stream carries those bytes verbatim (BINBYTES opcodes, pickle protocol 3 and later), so
+# the data of every tensor is one contiguous run of the file. `official_pickle_layout` finds
+# those runs: it unpickles the file with the safe unpickler through a reader that skips large
+# byte strings with a seek instead of reading them (the C unpickler fills byte strings through
+# `readinto`) and records where they start; small ones, read within a frame, are found in the
+# frame's bytes. No tensor data is read or copied and no network is built.
+
+_STORAGE_DTYPES = {
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+}
+_SKIP_BYTES = 4096  # byte strings at least this long are skipped, not read
+_STORAGE_HEADER_BYTES = 1 << 16  # the pickles before the data of a legacy storage are far shorter
+
+
+@dataclasses.dataclass
+class TensorLocation:
+    """The raw data of one contiguous tensor in a file: dtype, shape, absolute byte offset, bytes."""
+
+    dtype: torch.dtype
+    shape: tuple
+    start: int
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+class _NoLayout(Exception):
+    """The file cannot be read in place (e.g. protocol 2, whose bytes are re-encoded as text)."""
+
+
+class _StorageLocation:
+    __slots__ = ("dtype", "numel", "start")
+
+    def __init__(self, dtype, numel, start):
+        self.dtype, self.numel, self.start = dtype, numel, start
+
+
+class _SkippingReader:
+    """The file as the C unpickler reads it, with large byte strings skipped (see above)."""
+
+    def __init__(self, f, size):
+        self.f, self.size = f, size
+        self.last_bytes = None  # (file offset, length, skipped) of the latest byte string
+        self.recent = collections.deque(maxlen=2)  # (file offset, data) of the latest frame reads
+
+    def read(self, n=-1):
+        pos = self.f.tell()
+        data = self.f.read(n)
+        if len(data) > 64:
+            self.recent.append((pos, data))
+        return data
+
+    def readline(self):
+        return self.f.readline()
+
+    def readinto(self, buf):
+        pos, n = self.f.tell(), len(buf)
+        if n >= _SKIP_BYTES:
+            if pos + n > self.size:
+                raise FormatError("the file ends inside a tensor (truncated?)")
+            self.f.seek(n, io.SEEK_CUR)
+            self.last_bytes = (pos, n, True)
+            return n
+        got = self.f.readinto(buf)
+        self.last_bytes = (pos, got, False)
+        return got
+
+
+class _LayoutUnpickler(SafeUnpickler):
+    """`SafeUnpickler` whose storages and tensors are `_StorageLocation`s / `TensorLocation`s."""
+
+    def __init__(self, reader):
+        super().__init__(reader)
+        self.reader = reader
+
+    def find_class(self, module, name):
+        target = super().find_class(module, name)
+        return {
+            _load_from_bytes: self._storage_location,
+            _rebuild_tensor_v2: _locate_tensor,
+            _rebuild_parameter: _locate_parameter,
+            _rebuild_from_type_v2: _locate_from_type_v2,
+        }.get(target, target)
+
+    def _storage_location(self, data):
+        if not isinstance(data, (bytes, bytearray)):
+            raise _NoLayout()  # protocol 2: the bytes were re-encoded through _codecs.encode
+        n = len(data)
+        last, self.reader.last_bytes = self.reader.last_bytes, None
+        if last is not None and last[1] == n:
+            start, skipped = last[0], last[2]
+        else:  # read from the unpickler's buffer: a small byte string inside a frame
+            start, skipped = None, False
+            for pos, chunk in reversed(self.reader.recent):
+                i = chunk.find(data)
+                if i >= 0:
+                    start = pos + i
+                    break
+            if start is None:
+                raise _NoLayout()
+        if skipped:
+            here = self.reader.f.tell()
+            self.reader.f.seek(start)
+            head = self.reader.f.read(min(n, _STORAGE_HEADER_BYTES))
+            self.reader.f.seek(here)
+        else:
+            head = bytes(data[:_STORAGE_HEADER_BYTES])
+        dtype, numel = _legacy_storage_header(head)
+        nbytes = numel * dtype.itemsize
+        count_at = n - nbytes - 8  # the element count precedes the data
+        if count_at < 0:
+            raise FormatError("a tensor storage is shorter than its data")
+        if count_at + 8 > len(head):
+            raise _NoLayout()  # more than the usual few pickles before the data
+        if int.from_bytes(head[count_at : count_at + 8], "little") != numel:
+            raise FormatError("a tensor storage does not have the legacy torch.save layout")
+        return _Sealed(_StorageLocation(dtype, numel, start + n - nbytes))
+
+
+class _StorageHeaderUnpickler(pickle.Unpickler):
+    """The small pickles at the start of a legacy `torch.save` of one storage (data only)."""
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _Marker(f"torch.{name}")
+        raise FormatError(f"a tensor storage names the global '{module}.{name}'; not an EDM2 pickle")
+
+    def persistent_load(self, pid):
+        self.pid = pid
+        return None
+
+
+def _legacy_storage_header(head: bytes):
+    """`(dtype, numel)` from the start of a legacy `torch.save` of one storage."""
+    f = io.BytesIO(head)
+    try:
+        for _ in range(3):  # magic number, protocol version, system info
+            _StorageHeaderUnpickler(f).load()
+        u = _StorageHeaderUnpickler(f)
+        u.load()
+        pid = getattr(u, "pid", None)
+    except FormatError:
+        raise
+    except Exception:
+        raise _NoLayout() from None
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _Marker)):
+        raise FormatError("a tensor storage has an unexpected persistent id")
+    numel = pid[4]
+    if not isinstance(numel, int) or numel < 0:
+        raise FormatError("a tensor storage has an invalid size")
+    return _STORAGE_DTYPES[pid[1].name.removeprefix("torch.")], numel
+
+
+def _locate_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
+    """`_rebuild_tensor_v2` for a storage left in the file: a `TensorLocation` (contiguous only)."""
+    if not (isinstance(storage, _Sealed) and isinstance(storage.value, _StorageLocation)):
+        raise FormatError(f"tensor storage is a {type(storage).__name__}, expected a torch storage")
+    storage = storage.value
+    size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if not isinstance(storage_offset, int) or storage_offset < 0 or len(size) != len(stride):
+        raise FormatError(f"tensor view (offset {storage_offset!r}, size {size}, stride {stride}) is malformed")
+    numel = math.prod(size)
+    if storage_offset + numel > storage.numel:
+        raise FormatError(f"tensor view of size {size} at offset {storage_offset} overruns its storage")
+    contiguous = [math.prod(size[i + 1 :]) for i in range(len(size))]
+    if numel > 1 and any(s != c for s, c, n in zip(stride, contiguous, size) if n > 1):
+        raise _NoLayout()
+    itemsize = storage.dtype.itemsize
+    return _Sealed(TensorLocation(storage.dtype, size, storage.start + storage_offset * itemsize, numel * itemsize))
+
+
+def _locate_parameter(data, requires_grad=False, backward_hooks=None, *state):
+    if not (isinstance(data, _Sealed) and isinstance(data.value, TensorLocation)):
+        raise FormatError(f"parameter data is a {type(data).__name__}, expected a tensor")
+    return data
+
+
+def _locate_from_type_v2(func, new_type, args, state):
+    if func not in (_locate_tensor, _locate_parameter) or new_type not in (_TENSOR, _PARAMETER):
+        raise FormatError("tensor rebuilt through an unexpected function or type")
+    if not isinstance(args, tuple):
+        raise FormatError("tensor rebuild arguments are malformed")
+    return func(*args)
+
+
+@functools.lru_cache(maxsize=8)
+def _precond_shapes(network_kwargs_json: str) -> dict:
+    """`{name: shape}` of the state dict of `edm2.nn.Precond(**kwargs)` (built once, on meta)."""
+    from edm2.io.snapshot import build_network
+
+    net = build_network(json.loads(network_kwargs_json), device="meta")
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _check_precond_shapes(network_kwargs: dict, found: dict) -> None:
+    try:
+        expected = _precond_shapes(json.dumps(network_kwargs, sort_keys=True))
+    except Exception as e:
+        raise FormatError(f"Precond arguments {network_kwargs} are not supported by edm2.nn.Precond ({e})") from None
+    if found != expected:
+        diff = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+        raise FormatError(f"the pickled Precond weights do not match edm2.nn.Precond (first difference: {diff[0]})")
+
+
+def official_pickle_layout(path, check: bool = True):
+    """Where the tensors of an official EDM2 network pickle lie in the file, read safely without
+    reading the tensor data or building a network (the fast input path of post-hoc EMA).
+
+    Returns `(tensors, info)`: `tensors` maps the state-dict names of `edm2.nn.Precond` to
+    `TensorLocation`s (dtype as stored, usually fp16; absolute byte offsets into `path`), `info`
+    holds 'network_kwargs', 'encoder' (config dict) and 'extra' (source file, dataset and loss
+    arguments) as `snapshot_fields` gives them. Returns None when the file cannot be read in
+    place (pickle protocol 2, non-contiguous tensors): use `load_official_pickle` then. Raises
+    `FormatError` for files that are not EDM2 network pickles. `check` compares the tensor names
+    and shapes with `edm2.nn.Precond(**network_kwargs)` (built once per process on the meta
+    device, about a second of torch start-up; post-hoc EMA skips it, as for its safetensors
+    inputs, and compares the inputs with each other instead).
+    """
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    with f:
+        if f.read(2) == b"PK":
+            raise FormatError(f"{path}: a ZIP archive (torch.save?), not an official EDM2 pickle")
+        f.seek(0)
+        try:
+            data = _LayoutUnpickler(_SkippingReader(f, path.stat().st_size)).load()
+        except _NoLayout:
+            return None
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from None
+        except Exception as e:
+            raise FormatError(f"{path}: not a readable EDM2 pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or "ema" not in data:
+        raise FormatError(f"{path}: not an EDM2 network pickle (expected a dict with key 'ema')")
+    try:
+        from edm2.nn import Precond
+
+        obj = data["ema"]
+        if not isinstance(obj, PersistentObject) or obj.class_name != "Precond":
+            raise FormatError(f"the network is a {getattr(obj, 'class_name', type(obj).__name__)}, expected a Precond")
+        network_kwargs = _init_kwargs(obj, Precond)
+        tensors = _module_state_dict(obj, tensor_type=TensorLocation)
+        if check:
+            _check_precond_shapes(network_kwargs, {k: tuple(t.shape) for k, t in tensors.items()})
+        encoder = encoder_config_from_object(data["encoder"]) if data.get("encoder") is not None else None
+        if encoder is None:
+            if network_kwargs.get("img_channels") != 3:
+                raise FormatError("the pickle has no encoder and the network is not RGB; cannot tell the encoder")
+            encoder = {"class": "StandardRGBEncoder"}
+        loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
+        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from None
+    extra = {"source": path.name, "dataset_kwargs": dataset_kwargs, "loss_kwargs": loss}
+    return tensors, {"network_kwargs": network_kwargs, "encoder": encoder, "extra": extra}

@@ -89,3 +89,16 @@ def test_malicious_pickle_among_inputs_is_refused(official_run, tmp_path):
         reconstruct_phema(folder, tmp_path / "out", "0.070")
     assert not marker.exists()
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_official_pickles_are_read_in_place_without_building_networks(official_run, tmp_path, monkeypatch):
+    import edm2.io.official as official
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network of an input pickle was built")
+
+    monkeypatch.setattr(official, "load_official_pickle", refuse)
+    monkeypatch.setattr(official, "network_from_object", refuse)
+    run, _ = official_run
+    result = reconstruct_phema(run, tmp_path / "out", "0.070")
+    assert len(result["outputs"]) == 1 and result["bytes_read"] > 0

@@ -18,6 +18,7 @@ from edm2.io.official import (
     convert_official_pickle,
     load_official_pickle,
     load_official_stats,
+    official_pickle_layout,
     parse_official_name,
 )
 
@@ -297,3 +298,44 @@ def test_tensor_tricks_are_refused(tmp_path):
         path.write_bytes(pickle.dumps({"ema": payload}))
         with pytest.raises(FormatError, match=message):
             load_official_pickle(path)
+
+
+# ---- reading the tensor layout in place (the post-hoc EMA input path) -------------------------
+
+
+def _located(path, loc):
+    """The tensor at `loc` read from the file bytes."""
+    with open(path, "rb") as f:
+        f.seek(loc.start)
+        raw = bytearray(f.read(loc.nbytes))
+    return torch.frombuffer(raw, dtype=loc.dtype).view(loc.shape) if loc.nbytes else torch.empty(loc.shape)
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_layout_locates_every_tensor_in_the_file(tmp_path, protocol):
+    path = tmp_path / f"network-snapshot-0000524-0.100-p{protocol}.pkl"
+    big = dict(TINY, model_channels=32)  # tensors above and below the skipped size
+    official_pickles.make_official_pickles(tmp_path, [dict(path=path, network_kwargs=big, seed=7, protocol=protocol)])
+    tensors, info = official_pickle_layout(path)
+    ref = load_file(str(path) + ".ref.safetensors")
+    assert tensors.keys() == ref.keys()
+    assert all(torch.equal(_located(path, loc), ref[name]) for name, loc in tensors.items())
+    assert {loc.dtype for loc in tensors.values()} == {torch.float16}
+    assert info["network_kwargs"] == load_official_pickle(path)["network_kwargs"]
+    assert info["encoder"] == {"class": "StandardRGBEncoder"}
+    assert info["extra"]["loss_kwargs"] == {"P_mean": -0.8, "P_std": 1.6, "sigma_data": 0.5}
+    assert not _unrelated_modules_loaded()
+
+
+def test_layout_of_protocol_2_falls_back_and_refusals_still_hold(pickles, tmp_path):
+    assert official_pickle_layout(pickles / "vae-proto2-0000065-0.050.pkl") is None  # bytes re-encoded as text
+    assert official_pickle_layout(pickles / "vae-custom.pkl")[1]["encoder"]["raw_std"] == [2.0, 4.0, 1.25, 0.5]
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"ema": _Payload(os.system, f"touch {marker}")}))
+    with pytest.raises(FormatError, match="refusing to load global"):
+        official_pickle_layout(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    data = (pickles / "vae-custom.pkl").read_bytes()
+    (tmp_path / "cut.pkl").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(FormatError, match="cut.pkl"):
+        official_pickle_layout(tmp_path / "cut.pkl")
