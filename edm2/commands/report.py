@@ -165,6 +165,45 @@ def tables(scores, metrics, out):
 
 
 @report.command()
+@click.option(
+    "--score", "scores", multiple=True, required=True, metavar="NAME=JSON", help="Score JSON of a released net; repeat."
+)
+@click.option("--label", "labels", multiple=True, metavar="NAME=LABEL", help="Display name of a net; repeat.")
+@click.option(
+    "--reported", "reported", multiple=True, metavar="NAME=METRIC:VALUE", help="Value the paper reports; repeat."
+)
+@click.option("--preset", "presets", multiple=True, metavar="NAME=PRESET", help="Generation preset of a net; repeat.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="CSV with every column.")
+@click.option("--md", "md_path", type=click.Path(dir_okay=False), default=None, help="Markdown table.")
+@_statistic_option("Value reported over the seed ranges (the paper: min of 3).")
+def released(scores, labels, reported, presets, out, md_path, statistic):
+    """Released networks: our value next to the value the paper reports.
+
+    \b
+    Example:
+      edm2 report released --score xs-fid=xs-fid.json --reported xs-fid=fid:3.53 --out released.csv --md released.md
+    """
+    from edm2.report.released import released_rows, write_released_table
+
+    parsed = {}
+    for name, text in _pairs(reported, "--reported", "NAME=METRIC:VALUE").items():
+        metric, sep, value = text.partition(":")
+        try:
+            parsed[name] = (metric, float(value))
+        except ValueError:
+            raise click.BadParameter(f"{name}={text} is not NAME=METRIC:VALUE", param_hint="--reported") from None
+    rows = released_rows(
+        _pairs(scores, "--score", "NAME=JSON"),
+        _pairs(labels, "--label", "NAME=LABEL"),
+        parsed,
+        _pairs(presets, "--preset", "NAME=PRESET"),
+        statistic,
+    )
+    paths = write_released_table(rows, out, md_path, statistic)
+    click.echo("released table -> " + ", ".join(str(p) for p in paths))
+
+
+@report.command()
 @click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--grid", required=True, help="The coarse grid of EMA stds, comma-separated.")
 @click.option(

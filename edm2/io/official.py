@@ -668,50 +668,55 @@ class _LayoutUnpickler(SafeUnpickler):
 
     def __init__(self, reader):
         super().__init__(reader)
-        self.reader = reader
-
-    def find_class(self, module, name):
-        target = super().find_class(module, name)
-        return {
-            _load_from_bytes: self._storage_location,
+        # A function of the reader, not a bound method: the unpickler's memo keeps the globals
+        # it returns, and a reference back to the unpickler would keep every object of the file
+        # alive in a cycle until the next garbage collection.
+        self._globals = {
+            _load_from_bytes: functools.partial(_storage_location, reader),
             _rebuild_tensor_v2: _locate_tensor,
             _rebuild_parameter: _locate_parameter,
             _rebuild_from_type_v2: _locate_from_type_v2,
-        }.get(target, target)
+        }
 
-    def _storage_location(self, data):
-        if not isinstance(data, (bytes, bytearray)):
-            raise _NoLayout()  # protocol 2: the bytes were re-encoded through _codecs.encode
-        n = len(data)
-        last, self.reader.last_bytes = self.reader.last_bytes, None
-        if last is not None and last[1] == n:
-            start, skipped = last[0], last[2]
-        else:  # read from the unpickler's buffer: a small byte string inside a frame
-            start, skipped = None, False
-            for pos, chunk in reversed(self.reader.recent):
-                i = chunk.find(data)
-                if i >= 0:
-                    start = pos + i
-                    break
-            if start is None:
-                raise _NoLayout()
-        if skipped:
-            here = self.reader.f.tell()
-            self.reader.f.seek(start)
-            head = self.reader.f.read(min(n, _STORAGE_HEADER_BYTES))
-            self.reader.f.seek(here)
-        else:
-            head = bytes(data[:_STORAGE_HEADER_BYTES])
-        dtype, numel = _legacy_storage_header(head)
-        nbytes = numel * dtype.itemsize
-        count_at = n - nbytes - 8  # the element count precedes the data
-        if count_at < 0:
-            raise FormatError("a tensor storage is shorter than its data")
-        if count_at + 8 > len(head):
-            raise _NoLayout()  # more than the usual few pickles before the data
-        if int.from_bytes(head[count_at : count_at + 8], "little") != numel:
-            raise FormatError("a tensor storage does not have the legacy torch.save layout")
-        return _Sealed(_StorageLocation(dtype, numel, start + n - nbytes))
+    def find_class(self, module, name):
+        target = super().find_class(module, name)
+        return self._globals.get(target, target)
+
+
+def _storage_location(reader, data):
+    """`_load_from_bytes` for a storage left in the file: where its data starts, its dtype, size."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise _NoLayout()  # protocol 2: the bytes were re-encoded through _codecs.encode
+    n = len(data)
+    last, reader.last_bytes = reader.last_bytes, None
+    if last is not None and last[1] == n:
+        start, skipped = last[0], last[2]
+    else:  # read from the unpickler's buffer: a small byte string inside a frame
+        start, skipped = None, False
+        for pos, chunk in reversed(reader.recent):
+            i = chunk.find(data)
+            if i >= 0:
+                start = pos + i
+                break
+        if start is None:
+            raise _NoLayout()
+    if skipped:
+        here = reader.f.tell()
+        reader.f.seek(start)
+        head = reader.f.read(min(n, _STORAGE_HEADER_BYTES))
+        reader.f.seek(here)
+    else:
+        head = bytes(data[:_STORAGE_HEADER_BYTES])
+    dtype, numel = _legacy_storage_header(head)
+    nbytes = numel * dtype.itemsize
+    count_at = n - nbytes - 8  # the element count precedes the data
+    if count_at < 0:
+        raise FormatError("a tensor storage is shorter than its data")
+    if count_at + 8 > len(head):
+        raise _NoLayout()  # more than the usual few pickles before the data
+    if int.from_bytes(head[count_at : count_at + 8], "little") != numel:
+        raise FormatError("a tensor storage does not have the legacy torch.save layout")
+    return _Sealed(_StorageLocation(dtype, numel, start + n - nbytes))
 
 
 class _StorageHeaderUnpickler(pickle.Unpickler):

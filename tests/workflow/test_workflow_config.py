@@ -10,7 +10,14 @@ import pytest
 import yaml
 from workflow_helpers import REPO, SCHEMA, load_config, snakemake, write_config
 
-SHIPPED = ["config.yaml", "smoke.yaml", "paper-img512.yaml", "paper-img64.yaml"]
+SHIPPED = [
+    "config.yaml",
+    "smoke.yaml",
+    "paper-img512.yaml",
+    "paper-img64.yaml",
+    "paper-img512-released.yaml",
+    "paper-img512-ema-sweep.yaml",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +58,10 @@ def test_schema_accepts_every_grid_that_phema_accepts(validator, grid):
         (lambda c: c.pop("models"), [], "'models' is a required property"),
         (lambda c: c["score"].update(steps=1), ["score", "steps"], "less than the minimum of 2"),
         (lambda c: c["samples"].update(steps=1), ["samples", "steps"], "less than the minimum of 2"),
+        (lambda c: c["models"][0].update(source="releasd"), ["models", 0, "source"], "'releasd' is not one of"),
+        (lambda c: c.update(released={"keep_rw": False}), ["released"], "'keep_rw' was unexpected"),
+        (lambda c: c["models"][0].update(url="ftp://x/"), ["models", 0, "url"], "does not match"),
+        (lambda c: c.update(released={"jobs": 0}), ["released", "jobs"], "less than the minimum"),
     ],
 )
 def test_schema_names_the_bad_key_or_value(validator, edit, path, message):
@@ -83,6 +94,17 @@ def test_workflow_refuses_a_bad_key_at_start(tmp_path):
         (lambda c: c["train"].update(duration="3Ki", snapshot="2Ki"), "not a multiple of snapshot=2Ki"),
         (lambda c: c["guidance"][1].update(guide="missing"), "guidance[guided].guide: no model named 'missing'"),
         (lambda c: c["phema"].update(grid="0.050,0.075,...,0.110"), "is not reachable from 0.075 in whole steps"),
+        (lambda c: c["models"][0].update(source="released-raw"), "needs `run` (e.g. edm2-img512-xs) or `url`"),
+        (
+            lambda c: c["models"].append(
+                {"name": "r", "source": "released", "generation_preset": "edm2-img512-xx-fid"}
+            ),
+            "unknown generation_preset 'edm2-img512-xx-fid'",
+        ),
+        (
+            lambda c: c["models"].append({"name": "r", "source": "released", "net": "https://x/a.pkl", "guidance": 2}),
+            "models[r]: a guidance other than 1 needs `gnet`",
+        ),
     ],
 )
 def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):

@@ -36,6 +36,49 @@ def test_paper_img512_lists_every_job(workdir):
     }
 
 
+def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
+    proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-released.yaml")
+    counts = job_counts(proc.stdout + proc.stderr)
+    presets = 30  # the img512 generation presets: 12 plain, 12 guided, 6 autoguided
+    # Distinct nets: 6 sizes x 2 presets, guided mains at 12 more EMA lengths (XS-M / L-XXL
+    # share none), the unconditional XS guide at 11 lengths, 6 autoguidance mains and 6 guides.
+    assert counts == {"download_net": counts["download_net"], "score_released": presets, "released_table": 1, "all": 1}
+    assert 30 <= counts["download_net"] <= 60
+    commands = shell_commands(proc.stdout)
+    (autog,) = [c for c in commands if "--json results/img512-released/released/scores/s-autog-fid.json" in c]
+    assert "--net results/img512-released/released/nets/edm2-img512-s-2147483-0.070.pkl" in autog
+    assert "--gnet results/img512-released/released/nets/edm2-img512-xs-0134217-0.125.pkl --guidance 2.1" in autog
+    assert "--metrics fid --num 50000 --seed 0 --seeds-ranges 3" in autog
+    assert "--ref https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl" in autog
+    (table,) = [c for c in commands if "edm2 report released" in c]
+    assert "--reported s-autog-fid=fid:1.34" in table and "--reported xxl-dino=fd_dinov2:42.84" in table
+
+
+def test_paper_img512_ema_sweep_lists_every_job(workdir):
+    proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-ema-sweep.yaml")
+    counts = job_counts(proc.stdout + proc.stderr)
+    runs = 2
+    assert counts == {
+        "download_raw": runs,
+        "phema": runs,
+        "model_info": runs,
+        "score": runs * GRID_49,
+        "aggregate": 1,
+        "plots": 1,
+        "tables": 1,
+        "samples": runs,
+        "report": 1,
+        "all": 1,
+    }
+    commands = shell_commands(proc.stdout)
+    (download,) = [c for c in commands if "edm2 download" in c and "/xs/" in c.split("--dest")[1].split()[0] + "/"]
+    assert download.startswith(
+        "python -m edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/"
+    )
+    (phema,) = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw" in c]
+    assert "--outkimg 2147483" in phema and "--outstd 0.010,0.015," in phema
+
+
 def test_paper_img64_lists_every_job(workdir):
     counts = dry_run(workdir, "--configfile", CONFIG / "paper-img64.yaml")
     assert counts == {

@@ -12,9 +12,11 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 import sys
+import urllib.parse
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -26,7 +28,7 @@ sys.path.insert(0, REPO)
 
 from edm2.errors import ConfigError
 from edm2.naming import PHEMA_PREFIX, snapshot_name, std_text
-from edm2.presets import TRAINING_PRESETS
+from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
 from edm2.utils import parse_nimg as _parse_nimg
 from edm2.utils import parse_std_list
@@ -154,14 +156,106 @@ def _model_settings(entry):
     return settings
 
 
-MODELS = {}
-for _entry in config["models"]:
-    if _entry["name"] in MODELS:
-        raise WorkflowError(f"models: the name {_entry['name']!r} is used twice; give every model its own name")
-    MODELS[_entry["name"]] = _model_settings(_entry)
-SCORED_RUNS = [name for name, m in MODELS.items() if m["score"]]
+# --- Released artifacts (docs/released.md) -----------------------------------------------------
+# `source: released-raw`: the raw training snapshots NVIDIA published for a run replace training
+# (a download job); post-hoc EMA, scoring, plots and tables then run as for a trained run.
+# `source: released`: a released post-hoc reconstruction (a generation preset, or explicit URLs)
+# is scored directly with its guidance; these models get their own table next to the reported
+# values (they have no EMA grid).
+
+RELEASED_CFG = config["released"]
+
+
+def _as_folder(url):
+    """A folder URL with its trailing separator (so that urljoin appends to it)."""
+    return url if url.endswith(posixpath.sep) else f"{url}{posixpath.sep}"
+
+
+def _released_url(url):
+    """A preset's URL under `released.model_root` (the NVIDIA CDN by default)."""
+    return urllib.parse.urljoin(_as_folder(RELEASED_CFG["model_root"]), _url_file(url)) if url else None
+
+
+def _url_file(url):
+    """The file name a URL ends in."""
+    return posixpath.basename(urllib.parse.urlsplit(url).path.rstrip(posixpath.sep))
+
+
+def _raw_settings(entry):
+    """A `source: released-raw` model: where its raw snapshots are, and the kimg to reconstruct at."""
+    name = entry["name"]
+    settings = dict(TRAIN_DEFAULTS)
+    settings.update(entry)
+    settings.setdefault("label", name)
+    settings.setdefault("score", True)
+    settings["preset"] = None
+    if entry.get("url"):
+        url = _as_folder(entry["url"])
+    elif entry.get("run"):
+        url = urllib.parse.urljoin(_as_folder(RELEASED_CFG["raw_root"]), _as_folder(entry["run"]))
+    else:
+        raise WorkflowError(f"models[{name}]: a released-raw model needs `run` (e.g. edm2-img512-xs) or `url`")
+    settings["url"] = url
+    if entry.get("kimg") is not None:
+        settings["kimg"] = int(entry["kimg"])
+    else:
+        duration = entry.get("duration") or PRESET_DURATION.get(entry.get("run") or "")
+        if duration is None:
+            raise WorkflowError(f"models[{name}]: set `kimg` (the training kimg to reconstruct at) or `duration`")
+        settings["kimg"] = parse_nimg(duration) // 1000
+    settings["include"] = entry.get("include") or RELEASED_CFG["include"]
+    return settings
+
+
+def _released_net_settings(entry):
+    """A `source: released` model: the URLs of its nets, its guidance and the reported value."""
+    name = entry["name"]
+    s = {"name": name, "label": entry.get("label", name)}
+    preset = entry.get("generation_preset")
+    if preset is not None:
+        if preset not in GENERATION_PRESETS:
+            raise WorkflowError(
+                f"models[{name}]: unknown generation_preset {preset!r}; see docs/released.md for the list"
+            )
+        p = GENERATION_PRESETS[preset]
+        s.update(net=_released_url(p.net), gnet=_released_url(p.gnet), guidance=p.guidance)
+        s.update(metric=p.metric, reported=p.value, preset=preset)
+    elif entry.get("net"):
+        s.update(net=entry["net"], gnet=entry.get("gnet"), guidance=float(entry.get("guidance", 1.0)), preset=None)
+        s.update(metric=None, reported=None)
+    else:
+        raise WorkflowError(f"models[{name}]: a released model needs `generation_preset` or `net` (a URL)")
+    for key in ("net", "gnet", "guidance"):
+        if entry.get(key) is not None:
+            s[key] = float(entry[key]) if key == "guidance" else entry[key]
+    if s["guidance"] != 1.0 and not s["gnet"]:
+        raise WorkflowError(f"models[{name}]: a guidance other than 1 needs `gnet`")
+    s["metrics"] = entry.get("metrics") or ([s["metric"]] if s["metric"] else METRICS)
+    unknown = [m for m in s["metrics"] if m not in METRICS]
+    if unknown:
+        raise WorkflowError(f"models[{name}].metrics: {unknown} not in score.metrics {METRICS}; add them there")
+    if isinstance(entry.get("reported"), (int, float)):
+        s["reported"] = float(entry["reported"])
+    for key in ("net", "gnet"):
+        if s[key] and not re.match(r"^(https?|file)://", s[key]):
+            raise WorkflowError(f"models[{name}].{key}: {s[key]!r} is not an http(s):// or file:// URL")
+    return s
+
 
 METRICS = config["score"]["metrics"]
+MODELS = {}
+RELEASED = {}  # `source: released` models
+for _entry in config["models"]:
+    if _entry["name"] in MODELS or _entry["name"] in RELEASED:
+        raise WorkflowError(f"models: the name {_entry['name']!r} is used twice; give every model its own name")
+    _source = _entry.get("source", "train")
+    if _source == "released":
+        RELEASED[_entry["name"]] = _released_net_settings(_entry)
+        continue
+    MODELS[_entry["name"]] = _raw_settings(_entry) if _source == "released-raw" else _model_settings(_entry)
+    MODELS[_entry["name"]]["source"] = _source
+SCORED_RUNS = [name for name, m in MODELS.items() if m["score"]]
+RAW_RUNS = [name for name, m in MODELS.items() if m["source"] == "released-raw"]
 
 
 def _guidance_settings():
@@ -335,7 +429,35 @@ def run_dir(run):
 
 
 def train_done(run):
+    """The file that says a run's snapshots are complete: training-done.json of a trained run, or
+    the record of a released-raw run's download (`ancient`: a download repeated after the raw
+    snapshots were deleted, for a changed EMA grid, re-scores nothing)."""
+    if MODELS[run]["source"] == "released-raw":
+        return ancient(raw_record(run))
     return f"{run_dir(run)}/training-done.json"
+
+
+def raw_dir(run):
+    """The raw snapshots of a released-raw run (temporary with released.keep_raw: false)."""
+    return f"{RESULTS}/runs/{run}/raw"
+
+
+def raw_record(run):
+    """SHA-256 manifest of a released-raw run's downloaded snapshots (kept when they are deleted)."""
+    return f"{RESULTS}/runs/{run}/raw-SHA256SUMS"
+
+
+def snapshot_inputs(run):
+    """Inputs of the phema rules: a trained run's training-done.json, or a released-raw run's
+    downloaded snapshots."""
+    if MODELS[run]["source"] == "released-raw":
+        return {"done": train_done(run), "snapshots": raw_dir(run)}
+    return {"done": train_done(run)}
+
+
+def snapshot_dir(run):
+    """The folder `edm2 phema` reads a run's snapshots from."""
+    return raw_dir(run) if MODELS[run]["source"] == "released-raw" else run_dir(run)
 
 
 def phema_dir(run):
@@ -627,3 +749,80 @@ def log_file(rule, name="all"):
 
 def bench_file(rule, name="all"):
     return f"{BENCH}/{rule}/{name}.tsv"
+
+
+# --- Released nets (`source: released`) --------------------------------------------------------
+
+
+def released_net_file(url):
+    """Where a released net is downloaded to (one file per URL file name, shared by models)."""
+    return f"{RESULTS}/released/nets/{_url_file(url)}"
+
+
+def released_net_urls():
+    """{file name: URL} of every released net the configuration needs."""
+    urls = {}
+    for m in RELEASED.values():
+        for url in (m["net"], m["gnet"]):
+            if url:
+                name = _url_file(url)
+                if urls.get(name, url) != url:
+                    raise WorkflowError(f"models: two released nets share the file name {name}; rename one URL")
+                urls[name] = url
+    return urls
+
+
+RELEASED_NET_URLS = released_net_urls()
+
+
+def released_score_file(name):
+    return f"{RESULTS}/released/scores/{name}.json"
+
+
+def released_files():
+    """Outputs of the released nets: the table of our values next to the reported ones."""
+    if not RELEASED:
+        return []
+    return [f"{RESULTS}/tables/released.{ext}" for ext in ("csv", "md")]
+
+
+def raw_output(path):
+    """The raw snapshots folder, temporary with released.keep_raw: false (deleted once every
+    phema job has read it)."""
+    return path if RELEASED_CFG["keep_raw"] else temp(path)
+
+
+def released_score_inputs(wc):
+    m = RELEASED[wc.name]
+    inputs = {"net": released_net_file(m["net"]), "ref": ref_input()}
+    if m["gnet"] and m["guidance"] != 1.0:
+        inputs["gnet"] = released_net_file(m["gnet"])
+    if "fd_cnn" in m["metrics"]:
+        inputs["detector"] = detector_file()
+    return inputs
+
+
+def released_score_args(wc, input):
+    """Options of `edm2 metrics gen` for a released net (guide, guidance weight, detector)."""
+    m = RELEASED[wc.name]
+    args = []
+    if "gnet" in input.keys():
+        args += [f"--gnet {shlex.quote(input.gnet)}", f"--guidance {m['guidance']:g}"]
+    if "fd_cnn" in m["metrics"]:
+        args.append(f"--cnn-detector {shlex.quote(detector_file())}")
+    return " ".join(args)
+
+
+def released_table_args(wc, input):
+    """Options of `edm2 report released`: every score with its label, preset and reported value."""
+    args = []
+    for name, path in zip(RELEASED, input):
+        m = RELEASED[name]
+        pairs = [("score", path), ("label", m["label"])]
+        if m["reported"] is not None:
+            metric = m["metric"] or m["metrics"][0]
+            pairs.append(("reported", f"{metric}:{m['reported']:g}"))
+        if m["preset"]:
+            pairs.append(("preset", m["preset"]))
+        args += [f"--{option} {shlex.quote(f'{name}={value}')}" for option, value in pairs]
+    return " ".join(args)

@@ -4,7 +4,7 @@
 
 rule phema:
     input:
-        done=lambda wc: train_done(wc.run),
+        unpack(lambda wc: snapshot_inputs(wc.run)),
     output:
         [f"{RESULTS}/runs/{{run}}/phema/{PHEMA_PREFIX}-{{kimg}}-{std}.safetensors" for std in GRID],
     log:
@@ -17,7 +17,7 @@ rule phema:
     resources:
         **rule_resources("phema"),
     params:
-        indir=lambda wc, input: os.path.dirname(input.done),
+        indir=lambda wc: snapshot_dir(wc.run),
         outdir=lambda wc: phema_dir(wc.run),
         stds=",".join(GRID),
         kimg=lambda wc: int(wc.kimg),
@@ -78,7 +78,7 @@ checkpoint refine_grid:
 rule phema_refine:
     """The refined EMA lengths of one run (a folder; empty when the run needs none)."""
     input:
-        done=lambda wc: train_done(wc.run),
+        unpack(lambda wc: snapshot_inputs(wc.run)),
         grid=refine_grid_file(),
     output:
         directory(f"{RESULTS}/runs/{{run}}/phema-refine"),
@@ -92,7 +92,7 @@ rule phema_refine:
     resources:
         **rule_resources("phema"),
     params:
-        indir=lambda wc, input: os.path.dirname(input.done),
+        indir=lambda wc: snapshot_dir(wc.run),
         stds=lambda wc: ",".join(refine_phema_stds(wc.run)),
         kimg=lambda wc: MODELS[wc.run]["kimg"],
         extra=config["phema"]["extra_args"],

@@ -91,7 +91,11 @@ rule plots:
     params:
         outdir=lambda wc, output: os.path.dirname(output[0]),
         metrics=",".join(METRICS),
-        runs=lambda wc, input: " ".join(f"--run {run}={os.path.dirname(d)}" for run, d in zip(MODELS, input.done)),
+        runs=lambda wc, input: " ".join(
+            f"--run {run}={os.path.dirname(d)}"
+            for run, d in zip(MODELS, input.done)
+            if MODELS[run]["source"] == "train"
+        ),
         labels=" ".join(shlex.quote(f"--label={run}={m['label']}") for run, m in MODELS.items()),
     shell:
         "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs} {params.labels}"

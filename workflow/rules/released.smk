@@ -1,0 +1,117 @@
+# Released artifacts instead of training (docs/released.md).
+#
+#   download_raw[run]     raw training snapshots of a released-raw run (edm2 download of the folder)
+#   download_net[file]    one released post-hoc reconstruction (a generation preset's net or guide)
+#   score_released[name]  FID / FD_DINOv2 of a released net with its guidance (edm2 metrics gen)
+#   released_table        our values next to the reported ones
+
+
+rule download_raw:
+    """The raw snapshots of a released-raw run. They are fetched into a staging folder that
+    survives a failed job (so a rerun resumes from the partial files) and moved into place."""
+    output:
+        snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw")),
+        record=f"{RESULTS}/runs/{{run}}/raw-SHA256SUMS",
+    log:
+        f"{LOGS}/download_raw/{{run}}.log",
+    benchmark:
+        f"{BENCH}/download_raw/{{run}}.tsv"
+    wildcard_constraints:
+        run="|".join(re.escape(r) for r in RAW_RUNS) or "(?!)",
+    conda:
+        "../envs/train.yaml"
+    threads: rule_threads("download_raw")
+    resources:
+        **rule_resources("download_raw"),
+    params:
+        url=lambda wc: MODELS[wc.run]["url"],
+        include=lambda wc: " ".join(f"--include {shlex.quote(p)}" for p in MODELS[wc.run]["include"]),
+        stage=lambda wc: f"{RESULTS}/downloads/raw/{wc.run}",
+        jobs=RELEASED_CFG["jobs"],
+    shell:
+        "python -m edm2 download {params.url:q} --dest {params.stage} --jobs {params.jobs} {params.include}"
+        " --no-progress > {log} 2>&1; "
+        "mkdir -p {output.snapshots}; "
+        "find {params.stage} -maxdepth 1 -name '*.pkl' -exec mv -t {output.snapshots} {{}} +; "
+        "cp {params.stage}/SHA256SUMS {output.snapshots}/SHA256SUMS; "
+        "cp {params.stage}/SHA256SUMS {output.record}"
+
+
+rule download_net:
+    """One released network pickle (verified; its SHA-256 recorded in released/nets/SHA256SUMS)."""
+    output:
+        f"{RESULTS}/released/nets/{{file}}",
+    log:
+        f"{LOGS}/download_net/{{file}}.log",
+    benchmark:
+        f"{BENCH}/download_net/{{file}}.tsv"
+    wildcard_constraints:
+        file="|".join(re.escape(f) for f in RELEASED_NET_URLS) or "(?!)",
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("download_net")
+    resources:
+        **rule_resources("download_net"),
+    params:
+        url=lambda wc: RELEASED_NET_URLS[wc.file],
+        dest=lambda wc, output: os.path.dirname(output[0]),
+    shell:
+        "python -m edm2 download {params.url:q} --dest {params.dest} --no-progress > {log} 2>&1"
+
+
+rule score_released:
+    """A released net scored as the paper did: `score.num` images over `score.seeds_ranges` seed
+    ranges (the table reports `score.statistic`, the paper the minimum of 3)."""
+    input:
+        unpack(released_score_inputs),
+    output:
+        f"{RESULTS}/released/scores/{{name}}.json",
+    log:
+        f"{LOGS}/score_released/{{name}}.log",
+    benchmark:
+        f"{BENCH}/score_released/{{name}}.tsv"
+    wildcard_constraints:
+        name="|".join(re.escape(n) for n in RELEASED) or "(?!)",
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    params:
+        ref=ref_stats(),
+        metrics=lambda wc: ",".join(RELEASED[wc.name]["metrics"]),
+        num=config["score"]["num"],
+        seed=config["score"]["seed"],
+        ranges=config["score"]["seeds_ranges"],
+        steps=config["score"]["steps"],
+        batch=config["score"]["batch"],
+        guide=released_score_args,
+        extra=config["score"]["extra_args"],
+    shell:
+        "python -m edm2 metrics gen --net {input.net} {params.guide} --ref {params.ref}"
+        " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
+        " --steps {params.steps} --batch {params.batch} {params.extra} --json {output} > {log} 2>&1"
+
+
+rule released_table:
+    """Our value of every released net next to the value the paper reports."""
+    input:
+        [released_score_file(name) for name in RELEASED],
+    output:
+        csv=report(f"{RESULTS}/tables/released.csv", caption="../report/released.rst", category="Tables"),
+        md=f"{RESULTS}/tables/released.md",
+    log:
+        log_file("released_table"),
+    benchmark:
+        bench_file("released_table")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("released_table")
+    resources:
+        **rule_resources("released_table"),
+    params:
+        args=released_table_args,
+        statistic=config["score"]["statistic"],
+    shell:
+        "python -m edm2 report released {params.args} --statistic {params.statistic}"
+        " --out {output.csv} --md {output.md} > {log} 2>&1"
