@@ -23,6 +23,7 @@ def test_paper_img512_lists_every_job(workdir):
         "encode": 1,  # SD-VAE latents
         "ref_stats": 1,
         "train": runs,
+        "result_set": 1,
         "phema": runs,
         "model_info": runs,
         "score": sizes * GRID_49 * settings,
@@ -60,6 +61,7 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
     runs = 2
     assert counts == {
         "download_raw": runs,
+        "result_set": 1,
         "phema": runs,
         "model_info": runs,
         "score": runs * GRID_49,
@@ -85,6 +87,7 @@ def test_paper_img64_lists_every_job(workdir):
         "convert": 1,
         "ref_stats": 1,
         "train": 4,
+        "result_set": 1,
         "phema": 4,
         "model_info": 4,
         "score": 4 * GRID_49,
