@@ -49,7 +49,8 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
     """Generate images with the EDM sampler, one PNG per seed ({outdir}/{seed:06d}.png).
 
     The network may be an edm2 snapshot, an official EDM2 pickle (read without executing it), an
-    http(s):// URL of either (cached under $EDM2_CACHE_DIR, default ~/.cache/edm2) or the name of
+    http(s):// URL of either (cached under $EDM2_CACHE_DIR, else $XDG_CACHE_HOME/edm2, else
+    ~/.cache/edm2; file:// URLs are read in place) or the name of
     a released preset. Under torchrun the seeds are split across the ranks; an image depends only
     on its seed, not on --batch or the number of ranks.
 

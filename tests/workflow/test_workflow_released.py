@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from workflow_helpers import REPO, dry_run, load_config, snakemake, write_config
+from workflow_helpers import REPO, dry_run, job_counts, load_config, snakemake, write_config
 
 sys.path.insert(0, str(REPO / "tests" / "io"))
 from official_pickles import make_official_pickles  # noqa: E402
@@ -49,11 +49,24 @@ def released_run(tmp_path_factory):
         env = {"EDM2_CACHE_DIR": str(workdir / "cache"), "EDM2_OFFLINE": "0"}
         snakemake(workdir, "--cores", "2", "--configfile", configfile, extra_env=env)
         counts = dry_run(workdir, "--configfile", configfile)
-        yield workdir, served, server, counts
+        yield workdir, served, server, counts, config
+
+
+@pytest.fixture(scope="module")
+def released_net(released_run):
+    """The same workdir with a `source: released` net added (the data jobs are done already)."""
+    workdir, served, server, _, config = released_run
+    config = dict(config)
+    net = {"name": "rel", "label": "released tiny", "source": "released", "net": server.url + NAMES[-1]}
+    config["models"] = config["models"] + [dict(net, reported=12.5)]
+    configfile = write_config(workdir / "released-net.yaml", config)
+    env = {"EDM2_CACHE_DIR": str(workdir / "cache"), "EDM2_OFFLINE": "0"}
+    proc = snakemake(workdir, "--cores", "2", "--configfile", configfile, extra_env=env)
+    return workdir, proc.stdout + proc.stderr
 
 
 def test_download_replaces_training_and_phema_reads_the_pickles(released_run):
-    workdir, served, server, _ = released_run
+    workdir, served, server, _, _ = released_run
     run = workdir / "results" / "runs" / "tiny"
     assert not (run / "raw").exists()  # keep_raw: false deleted the raw snapshots after phema
     record = read_manifest(run / "raw-SHA256SUMS")
@@ -70,7 +83,7 @@ def test_download_replaces_training_and_phema_reads_the_pickles(released_run):
 
 
 def test_scores_plots_tables_and_summary_as_for_a_trained_run(released_run):
-    workdir, _, _, _ = released_run
+    workdir, _, _, _, _ = released_run
     results = workdir / "results"
     for std in STDS:
         score = json.loads((results / "scores" / "tiny" / "noguid" / f"ema-{std}.json").read_text())
@@ -87,5 +100,22 @@ def test_scores_plots_tables_and_summary_as_for_a_trained_run(released_run):
 
 
 def test_a_rerun_has_nothing_to_do_though_the_raw_snapshots_are_gone(released_run):
-    _, _, _, counts = released_run
+    _, _, _, counts, _ = released_run
     assert counts == {}
+
+
+def test_a_released_net_is_downloaded_scored_and_tabled_next_to_its_reported_value(released_net):
+    workdir, log = released_net
+    results = workdir / "results"
+    assert (results / "released" / "nets" / NAMES[-1]).is_file()
+    assert NAMES[-1] in read_manifest(results / "released" / "nets" / "SHA256SUMS")
+    score = json.loads((results / "released" / "scores" / "rel.json").read_text())
+    assert score["guidance"] == 1.0 and len(score["metrics"]["fd_cnn"]["values"]) == 2
+    with open(results / "tables" / "released.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "released tiny" and row["metric"] == "fd_cnn" and float(row["reported"]) == 12.5
+    assert float(row["ours"]) == min(score["metrics"]["fd_cnn"]["values"])
+    assert "| released tiny |" in (results / "tables" / "released.md").read_text()
+    counts = job_counts(log)
+    assert counts["download_net"] == 1 and counts["score_released"] == 1 and counts["released_table"] == 1
+    assert "phema" not in counts and "score" not in counts  # the raw run was complete already
