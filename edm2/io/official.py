@@ -604,7 +604,7 @@ _STORAGE_DTYPES = {
     "DoubleStorage": torch.float64,
 }
 _SKIP_BYTES = 4096  # byte strings at least this long are skipped, not read
-_STORAGE_HEADER_BYTES = 1 << 16  # the pickles before the data of a legacy storage are far shorter
+_STORAGE_HEADER_BYTES = 1 << 16  # at most this much is read for the pickles before a storage's data
 
 
 @dataclasses.dataclass
@@ -700,19 +700,27 @@ def _storage_location(reader, data):
                 break
         if start is None:
             raise _NoLayout()
-    if skipped:
-        here = reader.f.tell()
-        reader.f.seek(start)
-        head = reader.f.read(min(n, _STORAGE_HEADER_BYTES))
-        reader.f.seek(here)
+    for limit in (1024, _STORAGE_HEADER_BYTES):  # the header is a few hundred bytes
+        if skipped:
+            here = reader.f.tell()
+            reader.f.seek(start)
+            head = reader.f.read(min(n, limit))
+            reader.f.seek(here)
+        else:
+            head = bytes(data[:limit])
+        try:
+            dtype, numel = _legacy_storage_header(head)
+        except _NoLayout:
+            if limit < _STORAGE_HEADER_BYTES and len(head) == limit:
+                continue
+            raise
+        nbytes = numel * dtype.itemsize
+        count_at = n - nbytes - 8  # the element count precedes the data
+        if count_at < 0:
+            raise FormatError("a tensor storage is shorter than its data")
+        if count_at + 8 <= len(head):
+            break
     else:
-        head = bytes(data[:_STORAGE_HEADER_BYTES])
-    dtype, numel = _legacy_storage_header(head)
-    nbytes = numel * dtype.itemsize
-    count_at = n - nbytes - 8  # the element count precedes the data
-    if count_at < 0:
-        raise FormatError("a tensor storage is shorter than its data")
-    if count_at + 8 > len(head):
         raise _NoLayout()  # more than the usual few pickles before the data
     if int.from_bytes(head[count_at : count_at + 8], "little") != numel:
         raise FormatError("a tensor storage does not have the legacy torch.save layout")
