@@ -43,7 +43,9 @@ ORDER = [
     ("report", "best"),
     ("report", "grid"),
     ("report", "summary"),
+    ("report", "released"),
     ("convert-official",),
+    ("download",),
 ]
 
 

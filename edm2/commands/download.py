@@ -42,7 +42,7 @@ def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dr
     fail at once.
 
     \b
-    Examples:
+    At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/ --dest raw/xs --include '*-0.050.pkl' --dry-run
       edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/ --dest raw/xs --jobs 8
       edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img512-xs-2147483-0.135.pkl --dest nets

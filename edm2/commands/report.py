@@ -180,8 +180,9 @@ def released(scores, labels, reported, presets, out, md_path, statistic):
     """Released networks: our value next to the value the paper reports.
 
     \b
-    Example:
-      edm2 report released --score xs-fid=xs-fid.json --reported xs-fid=fid:3.53 --out released.csv --md released.md
+    Examples (after those of `edm2 metrics --help`):
+      edm2 report released --score demo=scores/demo/noguid/ema-0.100.json --reported demo=fd_cnn:50 \\
+          --out tables/released.csv --md tables/released.md
     """
     from edm2.report.released import released_rows, write_released_table
 
