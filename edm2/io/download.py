@@ -255,8 +255,19 @@ def fetch(
     """
     dest = Path(dest)
     _check_offline(url, dest)
-    timeout = float(os.environ.get("EDM2_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # One transfer per destination at a time, across processes (parallel jobs may need the same
+    # file): a process that waited finds the file complete and only verifies it.
+    with open(dest.with_name(f".{dest.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if dest.is_file():
+            return _verify_present(dest, sha256 or prefix, url)
+        return _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop)
+
+
+def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop) -> str:
+    """The body of `fetch`, under its lock."""
+    timeout = float(os.environ.get("EDM2_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
     part = dest.with_name(dest.name + ".part")
     hasher, hashed = hashlib.sha256(), 0
     failures, received_any, restarted, furthest = 0, False, False, 0
@@ -411,6 +422,8 @@ def download(
                 tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {url_file_name(url)}", leave=False)
             )
         _forget_digest(folder, dest.name)
+        if force:
+            dest.unlink(missing_ok=True)
         digest = fetch(
             url, dest, sha256=expected, prefix=prefix, timeout=timeout, retries=retries, backoff=backoff, bar=bar
         )

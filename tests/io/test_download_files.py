@@ -201,3 +201,24 @@ def test_a_killed_client_resumes_without_refetching_finished_files(served, serve
         assert len(server.gets(n)) == gets_before[n]  # never fetched again
     assert server.gets(partial[0])[-1] == f"bytes={cut}-"
     assert set(read_manifest(dest / MANIFEST)) == set(NAMES)
+
+
+def test_parallel_downloads_of_one_url_into_the_cache_transfer_it_once(served, server, tmp_path, monkeypatch):
+    """Parallel jobs that need the same file (e.g. every score job's --ref URL): one transfer,
+    the others wait for it and verify the finished file."""
+    import threading
+
+    from edm2.io.download import download
+
+    monkeypatch.setenv("EDM2_CACHE_DIR", str(tmp_path / "cache"))
+    server.httpd.delay = 0.005
+    url = server.url + NAMES[0]
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(download(url, progress=False))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(paths) == 3 and len(set(paths)) == 1
+    assert paths[0].read_bytes() == (served / NAMES[0]).read_bytes()
+    assert server.gets(NAMES[0]) == [""]
