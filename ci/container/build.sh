@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the repository's Dockerfile for real, self-checks included, on a machine that cannot pull
-# from Docker Hub nor run containers (CI; docs/container.md).
+# from Docker Hub nor run containers (CI; README "Container image").
 #
 #   bash ci/container/build.sh        # install podman + debootstrap if missing, make a base, build
 #
@@ -120,12 +120,15 @@ mounts=()
 say "pip settings for the build ($conf):"
 sed 's/^/    /' "$conf"
 # Every local path those settings name (CA bundle, find-links folders, file:// indexes) is mounted
-# at the same path. A file's whole folder is mounted (the CA bundle may link into it).
+# at the same path. A file's whole folder is mounted (the CA bundle may link into it), and a local
+# index's root (its pages under simple/ link to files beside it).
 for value in $(sed -n 's/^[a-z-]* = //p' "$conf"); do
     path="${value#file://}"
+    path="${path%/}"
     case "$path" in /*) ;; *) continue ;; esac
     [ -e "$path" ] || continue
     [ -d "$path" ] || path="$(dirname "$path")"
+    [ "$(basename "$path")" != simple ] || path="$(dirname "$path")"
     mounts+=(--volume "$path:$path:ro")
 done
 mounts+=(--volume "$conf:/etc/pip.conf:ro")
