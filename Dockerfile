@@ -97,7 +97,8 @@ RUN --mount=type=bind,source=tests,target=/tmp/edm2-selftest/tests \
     --mount=type=bind,source=pyproject.toml,target=/tmp/edm2-selftest/pyproject.toml \
     --mount=type=bind,from=build,source=/opt/selftest,target=/opt/selftest \
     set -eu; \
-    cd /tmp; \
+    export TMPDIR="$(mktemp -d /tmp/edm2-selftest-tmp.XXXXXX)"; \
+    cd "$TMPDIR"; \
     test "$(command -v python)" = /opt/edm2/bin/python; \
     installed="$(python -c 'import importlib.metadata as m; print(m.version("edm2"))')"; \
     [ "$installed" = "$VERSION" ] || { echo "error: edm2 $installed installed, image labelled $VERSION" >&2; exit 1; }; \
@@ -111,6 +112,8 @@ RUN --mount=type=bind,source=tests,target=/tmp/edm2-selftest/tests \
       --rootdir /tmp/edm2-selftest -c /tmp/edm2-selftest/pyproject.toml \
       /tmp/edm2-selftest/tests/nn /tmp/edm2-selftest/tests/sample/test_sampler.py \
       /tmp/edm2-selftest/tests/ema/test_phema.py; \
+    cd /; \
+    rm -rf "$TMPDIR"; \
     echo "self-checks passed"
 
 ENTRYPOINT ["edm2"]
