@@ -79,10 +79,11 @@ LABEL org.opencontainers.image.title="edm2" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="BSD-3-Clause"
 COPY --from=build /opt/edm2 /opt/edm2
-# uid 1000: the usual first user of a workstation, so files written to a mounted folder keep a
-# sensible owner; `docker run --user "$(id -u):$(id -g)"` overrides it (Apptainer always runs as
-# the calling user).
-RUN useradd --uid 1000 --create-home --shell /bin/bash edm2 && \
+# uid 1000 (the next free one if the base already has a user there): the usual first user of a
+# workstation, so files written to a mounted folder keep a sensible owner; `docker run --user
+# "$(id -u):$(id -g)"` overrides it (Apptainer always runs as the calling user).
+RUN if getent passwd 1000 >/dev/null; then uid=""; else uid="--uid 1000"; fi && \
+    useradd $uid --create-home --shell /bin/bash edm2 && \
     mkdir -p /work && chown edm2:edm2 /work
 ENV PATH=/opt/edm2/bin:$PATH \
     PYTHONUNBUFFERED=1 \

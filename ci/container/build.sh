@@ -11,17 +11,19 @@
 #    the Debian mirror apt uses here, imported as localhost/edm2-ci-base:bookworm. It stands in for
 #    the default CUDA PyTorch base, which cannot be pulled here; the Dockerfile then installs the
 #    CPU torch wheel that constraints.txt pins. Reused when it exists (EDM2_REBUILD_BASE=1: remake).
-# 3. Builds the Dockerfile with BASE=that image (podman, vfs storage, chroot isolation). Its last
-#    stage runs the self-checks (`edm2 --help`, `edm2 flops edm2-img512-xs`, the network, sampler and
-#    post-hoc EMA tests); any failure fails the build and this script. pip inside the build reaches
-#    the package index with this machine's pip settings (`pip config list`: CA bundle, find-links,
-#    index URLs): they are written to a pip.conf mounted at /etc/pip.conf, and every local file or
-#    folder they name is mounted read-only at the same path, for the build only.
+# 3. Builds the Dockerfile with BASE=that image (podman, chroot isolation, overlay or vfs
+#    storage). Its last stage runs the self-checks (`edm2 --help`, `edm2 flops edm2-img512-xs`,
+#    the network, sampler and post-hoc EMA tests); any failure fails the build and this script.
+#    pip inside the build reaches the package index with this machine's pip settings (`pip config
+#    list`: CA bundle, find-links, index URLs): they are written to a pip.conf mounted at
+#    /etc/pip.conf, and every local file or folder they name is mounted read-only at the same
+#    path, for the build only.
 # 4. Checks the result from outside: labels, entry point, user, and that the image holds no
 #    pytest, tests, sources, setuptools or compiler.
 #
 # Storage lives in $EDM2_CONTAINER_WORK (default /var/tmp/edm2-container), not in podman's global
-# store; the built image is removed at the end unless EDM2_CONTAINER_KEEP=1. Needs root.
+# store; the built image is removed at the end unless EDM2_CONTAINER_KEEP=1 (the base is kept).
+# Needs root.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -58,8 +60,20 @@ fi
 say "$(podman --version), debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?')"
 lap "tools"
 
+# Storage driver: overlay where the kernel offers it (each build step then stores only its changes),
+# else vfs (a full copy of the tree per step: slower, works everywhere). EDM2_CONTAINER_DRIVER=vfs
+# or overlay forces one.
 mkdir -p "$WORK"
-PODMAN=(podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
+driver="${EDM2_CONTAINER_DRIVER:-auto}"
+if [ "$driver" = auto ]; then
+    driver=vfs
+    if podman --root "$WORK/storage-overlay" --runroot "$WORK/run-overlay" --storage-driver overlay \
+        info --format '{{.Store.GraphDriverName}}' 2>/dev/null | grep -qx overlay; then
+        driver=overlay
+    fi
+fi
+PODMAN=(podman --root "$WORK/storage-$driver" --runroot "$WORK/run-$driver" --storage-driver "$driver")
+say "podman storage: $driver in $WORK/storage-$driver"
 
 # --- 2. base image -------------------------------------------------------------------------------
 
@@ -137,7 +151,7 @@ version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -n
 source_url="$(git -C "$REPO" remote get-url origin 2>/dev/null || true)"
 revision="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)"
 say "building $IMAGE from $REPO/Dockerfile (BASE=$BASE_IMAGE, VERSION=$version, REVISION=${revision:-unknown})"
-# --layers=false: one commit per stage (vfs copies the whole tree at every commit).
+# --layers=false: one commit per stage, not one per instruction (fewer copies, above all with vfs).
 "${PODMAN[@]}" build --isolation chroot --layers=false --pull=never \
     --build-arg BASE="$BASE_IMAGE" --build-arg VERSION="$version" \
     --build-arg SOURCE="$source_url" --build-arg REVISION="$revision" \
@@ -154,7 +168,7 @@ inspect() { "${PODMAN[@]}" image inspect --format "$1" "$IMAGE"; }
 root="$("${PODMAN[@]}" image mount "$IMAGE")"
 trap '"${PODMAN[@]}" image unmount "$IMAGE" >/dev/null 2>&1 || true' EXIT
 # (Empty folders and files may remain where the build mounted things: mount points.)
-leftover="$(find "$root/opt/selftest" "$root/src" "$root/tmp" "$root/home/edm2/.cache" -type f -size +0 2>/dev/null | head -n 5)"
+leftover="$(find "$root/opt/selftest" "$root/src" "$root/tmp" "$root/home/edm2/.cache" -type f -size +0 2>/dev/null | head -n 5 || true)"
 [ -z "$leftover" ] || die "the image holds self-check or build files: ${leftover//$root/}"
 if compgen -G "$root/opt/edm2/lib/python3*/site-packages/setuptools" >/dev/null ||
     compgen -G "$root/opt/edm2/lib/python3*/site-packages/_pytest" >/dev/null; then
