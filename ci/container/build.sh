@@ -44,6 +44,15 @@ skip() {
 }
 T0=$SECONDS
 lap() { say "$1 done after $((SECONDS - T0)) s"; }
+# The build's output with the seconds since the start in front; without pip's notes about the
+# packages a local index (find-links, file:// index) does not hold, which are expected here.
+stamp() {
+    local line
+    while IFS= read -r line; do
+        case "$line" in "WARNING: Location 'file://"*"' is ignored: it is neither a file nor a directory.") continue ;; esac
+        printf '[%4d s] %s\n' "$((SECONDS - T0))" "$line"
+    done
+}
 
 # --- 1. tools ------------------------------------------------------------------------------------
 
@@ -155,7 +164,7 @@ say "building $IMAGE from $REPO/Dockerfile (BASE=$BASE_IMAGE, VERSION=$version, 
 "${PODMAN[@]}" build --isolation chroot --layers=false --pull=never \
     --build-arg BASE="$BASE_IMAGE" --build-arg VERSION="$version" \
     --build-arg SOURCE="$source_url" --build-arg REVISION="$revision" \
-    "${mounts[@]}" -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO"
+    "${mounts[@]}" -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" 2>&1 | stamp
 lap "build with self-checks"
 
 # --- 4. what the image holds ---------------------------------------------------------------------
