@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: setup test test-fast test-slow demo lint format profile-link clean
+.PHONY: setup test test-fast test-slow demo lint format profile-link container clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ profile-link:
 	mkdir -p $(HOME)/.config/snakemake
 	ln -sfn $(CURDIR)/workflow/profiles/slurm $(HOME)/.config/snakemake/slurm
 	@echo "linked $(HOME)/.config/snakemake/slurm -> workflow/profiles/slurm"
+
+# Builds the Dockerfile with its self-checks on a locally made Debian base (podman; needs root).
+container:
+	bash ci/container/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache
