@@ -27,6 +27,16 @@ def _run(fn, *args, **kwargs):
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+# The destination of convert and encode (checked before any work, see edm2.commands.paths).
+dataset_dest = click.option(
+    "--dest",
+    required=True,
+    type=OutputFileOrDir("dataset"),
+    metavar="ZIP|DIR",
+    help="Output .zip, or a folder that is absent or empty.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def dataset():
     """Make datasets in the official EDM2 format (ZIP or folder of PNG/NPY plus dataset.json).
@@ -46,13 +56,7 @@ def dataset():
 
 @dataset.command()
 @click.option("--source", required=True, metavar="DIR|ZIP", help="Input folder (searched recursively) or ZIP.")
-@click.option(
-    "--dest",
-    required=True,
-    type=OutputFileOrDir("dataset"),
-    metavar="ZIP|DIR",
-    help="Output .zip, or a folder that is absent or empty.",
-)
+@dataset_dest
 @click.option("--resolution", metavar="WxH", help="Output size, WxH or W,H (e.g. 64x64); default: keep the size.")
 @click.option(
     "--transform", type=click.Choice(TRANSFORM_CHOICES), default="none", show_default=True, help="Crop/resize recipe."
@@ -111,13 +115,7 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
 
 @dataset.command()
 @click.option("--source", required=True, metavar="ZIP|DIR", help="Pixel dataset, e.g. the output of convert.")
-@click.option(
-    "--dest",
-    required=True,
-    type=OutputFileOrDir("dataset"),
-    metavar="ZIP|DIR",
-    help="Output .zip, or a folder that is absent or empty.",
-)
+@dataset_dest
 @click.option(
     "--vae",
     default="stabilityai/sd-vae-ft-mse",
