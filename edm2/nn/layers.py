@@ -50,17 +50,36 @@ def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
     """2x box downsampling or nearest upsampling with a separable filter (docs/method.md#mp-layers)."""
     if mode == "keep":
         return x
-    f = np.float32(f)
-    assert f.ndim == 1 and len(f) % 2 == 0
+    assert mode in ("down", "up"), f"unknown resample mode {mode!r}"
     pad = (len(f) - 1) // 2
-    f = f / f.sum()
-    f = np.outer(f, f)[np.newaxis, np.newaxis, :, :]
-    f = torch.as_tensor(f, dtype=x.dtype, device=x.device)
-    c = x.shape[1]
+    weight = _resample_filter(tuple(f), mode, x.shape[1], x.dtype, x.device)
     if mode == "down":
-        return torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
-    assert mode == "up", f"unknown resample mode {mode!r}"
-    return torch.nn.functional.conv_transpose2d(x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
+        return torch.nn.functional.conv2d(x, weight, groups=x.shape[1], stride=2, padding=(pad,))
+    return torch.nn.functional.conv_transpose2d(x, weight, groups=x.shape[1], stride=2, padding=(pad,))
+
+
+_FILTERS: dict = {}
+
+
+def _resample_filter(f: tuple, mode: str, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The depthwise filter of `resample` [channels, 1, len(f), len(f)], made once per (filter,
+    mode, channels, dtype, device) and then reused, as the official `misc.const_like` caches its
+    constants (torch_utils/misc.py): building it on the host for every call would copy it to the
+    device each time, and a copy from pageable host memory waits for the device's queue to drain.
+    The values are those of the official `resample` (float32 NumPy arithmetic, then cast)."""
+    compiling = torch.compiler.is_compiling()
+    key = (f, mode, channels, dtype, device)
+    weight = None if compiling else _FILTERS.get(key)
+    if weight is None:
+        g = np.float32(f)
+        assert g.ndim == 1 and len(g) % 2 == 0
+        g = g / g.sum()
+        g = np.outer(g, g)[np.newaxis, np.newaxis, :, :]
+        weight = torch.as_tensor(g, dtype=dtype, device=device)
+        weight = (weight if mode == "down" else weight * 4).tile([channels, 1, 1, 1])
+        if not compiling:
+            _FILTERS[key] = weight
+    return weight
 
 
 class MPFourier(torch.nn.Module):
