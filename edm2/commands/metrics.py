@@ -4,7 +4,7 @@
 import click
 
 from edm2.commands.paths import OutputFile
-from edm2.commands.sampling import sampler_options
+from edm2.commands.sampling import fast_option, sampler_options
 
 CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -155,6 +155,7 @@ def calc(
     "--batch", "max_batch", type=click.IntRange(min=1), default=32, show_default=True, help="Images per batch per rank."
 )
 @sampler_options
+@fast_option
 @detector_options
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
 @click.option(

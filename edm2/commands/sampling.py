@@ -1,5 +1,5 @@
 """The sampler options shared by `edm2 generate` and `edm2 metrics gen`: one click decorator
-built from `edm2.sample.options` (defaults, bounds and help in one place)."""
+built from `edm2.sample.options` (defaults, bounds and help in one place), and --fast/--eager."""
 
 import click
 
@@ -28,3 +28,15 @@ def sampler_options(command):
             help=field.help,
         )(command)
     return command
+
+
+def fast_option(command):
+    """Add --fast/--eager (keyword `fast`: True, False, or None when neither is given, which means
+    the fast path on CUDA and eager elsewhere; edm2.sample.fast)."""
+    return click.option(
+        "--fast/--eager",
+        "fast",
+        default=None,
+        help="Run the networks as compiled CUDA graphs (equal to eager up to float rounding) or eagerly "
+        "[default: --fast on CUDA, --eager on CPU].",
+    )(command)

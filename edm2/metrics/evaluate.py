@@ -149,13 +149,14 @@ def generator_stats(
     device=None,
     progress: bool = True,
     detectors: dict | None = None,
+    fast: bool | None = None,  # Compiled denoisers (edm2.sample.fast); None: on CUDA only.
     **sampler,  # edm_sampler options (num_steps, guidance, ...).
 ) -> dict:
     """Statistics of freshly generated images, fed to the detectors without saving them."""
     init_distributed()
     if detectors is None:
         detectors = load_detectors(parse_metrics(metrics), locations, device)
-    gen = generate_batches(net, seeds=seeds, gnet=gnet, max_batch=max_batch, progress=progress, **sampler)
+    gen = generate_batches(net, seeds=seeds, gnet=gnet, max_batch=max_batch, progress=progress, fast=fast, **sampler)
     return finalize(accumulate((b.images for b in gen), detectors))
 
 
@@ -254,6 +255,7 @@ def gen_metrics(
     device=None,
     json_path=None,
     progress: bool = True,
+    fast: bool | None = None,  # Compiled denoisers (edm2.sample.fast); None: on CUDA only.
     **sampler,  # num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.
 ) -> dict:
     """`gen`: FDs of images generated with consecutive seeds, for one or more seed ranges."""
@@ -283,6 +285,7 @@ def gen_metrics(
             device=device,
             progress=progress,
             detectors=detectors,
+            fast=fast,
             **opts,
         )
         check_same_resolution(ref_stats, stats, ref)

@@ -27,6 +27,7 @@ from edm2.io.official import load_official_pickle
 from edm2.io.snapshot import load_snapshot
 from edm2.naming import parse_snapshot_name
 from edm2.presets import GENERATION_PRESETS, get_generation_preset
+from edm2.sample.fast import FastDenoiser, fast_by_default
 from edm2.sample.options import SamplerOptions
 from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
 from edm2.utils import kimg_to_nimg
@@ -174,6 +175,7 @@ def generate_batches(
     rank: int | None = None,  # Default: this process's rank.
     world_size: int | None = None,  # Default: the process group's size.
     progress: bool = False,  # tqdm bar on rank 0.
+    fast: bool | None = None,  # Compiled/captured denoisers (edm2.sample.fast); None: on CUDA only.
     **kwargs,  # edm_sampler options: num_steps, sigma_min, sigma_max, rho, guidance, S_churn, ...
 ):
     """Yield `GeneratedBatch`es for this rank's share of `seeds` (docs/method.md#sampling).
@@ -182,6 +184,9 @@ def generate_batches(
     nets) one class; churn noise comes later from the same generator. So an image depends only
     on its seed, not on the batch it lands in or the number of ranks. All ranks run the same
     number of batches and meet at a barrier after each.
+
+    fast: run the networks through `FastDenoiser` (one graph for all of this rank's batches,
+    smaller ones padded); equal to the eager networks up to float rounding, not bit for bit.
     """
     if isinstance(net, LoadedNetwork):
         encoder = encoder if encoder is not None else net.encoder
@@ -206,6 +211,14 @@ def generate_batches(
     seeds = np.asarray(list(seeds), dtype=np.int64)
     batches = rank_batches(len(seeds), max_batch, rank, world_size)
     encoder.init(device)
+    fast = fast_by_default(device) if fast is None else bool(fast)
+    denoiser, guide = net, gnet
+    if fast:
+        graph_batch = max((len(c) for c in batches), default=0)
+        log = print if progress and rank == 0 else None
+        denoiser = FastDenoiser(net, batch=graph_batch, log=log)
+        if gnet is not None and opts["guidance"] != 1:
+            guide = FastDenoiser(gnet, batch=graph_batch, log=log)
 
     bar = None
     if progress and rank == 0:
@@ -229,7 +242,7 @@ def generate_batches(
                     if class_idx is not None:
                         labels[:, :] = 0
                         labels[:, class_idx] = 1
-                latents = edm_sampler(net, noise, labels, gnet=gnet, randn_like=rnd.randn_like, **opts)
+                latents = edm_sampler(denoiser, noise, labels, gnet=guide, randn_like=rnd.randn_like, **opts)
                 images = encoder.decode(latents)
         yield GeneratedBatch(seeds=batch_seeds, images=images, labels=labels, index=index, num_batches=len(batches))
         barrier()
@@ -269,6 +282,7 @@ def generate_images(
     guidance: float | None = None,  # Guidance strength; None = the preset's, else 1.
     device=None,  # Default: CUDA if available, else CPU.
     progress: bool = True,  # Progress bar and messages on rank 0.
+    fast: bool | None = None,  # Compiled/captured denoisers; None: on CUDA only (edm2.sample.fast).
     **kwargs,  # Sampler options (num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise).
 ) -> list[Path]:
     """Generate one PNG per seed; returns the paths written by this rank."""
@@ -297,6 +311,7 @@ def generate_images(
         max_batch=max_batch,
         progress=progress,
         guidance=guidance,
+        fast=fast,
         **kwargs,
     ):
         if batch.images is None:

@@ -1,0 +1,119 @@
+"""The sampling fast path (edm2.sample.fast): compiled denoisers, one graph per network for all
+batch sizes (smaller batches padded), equal to the eager sampler up to float rounding."""
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from click.testing import CliRunner
+from test_generate import generate_all, tiny_net
+
+import edm2.sample.fast as fast_module
+from edm2.cli import main
+from edm2.io.snapshot import save_snapshot
+from edm2.sample import StackedRandomGenerator, edm_sampler
+from edm2.sample.fast import FastDenoiser, fast_by_default
+from edm2.sample.generate import generate_batches
+
+
+class Latents:
+    """An 'encoder' whose decode returns the latents themselves, to compare them in float."""
+
+    def init(self, device):
+        pass
+
+    def decode(self, x):
+        return x.clone()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def trace_only(monkeypatch):
+    """torch.compile with the 'eager' backend: Dynamo traces the network into a graph and runs it
+    without generating kernels (seconds instead of minutes on CPU), enough to test the plumbing."""
+    monkeypatch.setattr(fast_module, "DEFAULT_BACKEND", "eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def latents_by_seed(net, seeds, **kwargs):
+    out = {}
+    for batch in generate_batches(net, encoder=Latents(), seeds=seeds, device="cpu", **kwargs):
+        out.update(zip(batch.seeds, batch.images))
+    return out
+
+
+def test_fast_path_is_on_by_default_on_cuda_only():
+    assert fast_by_default("cuda") and fast_by_default(torch.device("cuda", 0))
+    assert not fast_by_default("cpu")
+
+
+def test_fast_generation_pads_smaller_batches_into_one_graph_and_matches_eager(trace_only, capsys):
+    net, guide = tiny_net(0), tiny_net(1)
+    opts = dict(seeds=range(5), max_batch=3, num_steps=3, gnet=guide, guidance=2.0, S_churn=5)  # batches 3 + 2
+    eager = latents_by_seed(net, fast=False, **opts)
+    assert "Fast path" not in capsys.readouterr().out
+    fast = latents_by_seed(net, fast=True, progress=True, **opts)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Fast path")]
+    assert len(lines) == 2 and all("input 3x3x8x8" in line for line in lines), lines  # main + guide, batch 3 only
+    assert sorted(fast) == list(range(5))
+    for seed in range(5):  # the order of float sums only: eager differs as much between batch sizes
+        scale = eager[seed].abs().max().item()  # up to ~160: guidance 2 on a random tiny net
+        torch.testing.assert_close(fast[seed], eager[seed], rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_denoiser_wrapper_keeps_the_net_interface(trace_only):
+    net = tiny_net()
+    denoiser = FastDenoiser(net, batch=4, log=None)
+    assert (denoiser.img_channels, denoiser.img_resolution, denoiser.label_dim) == (3, 8, 4)
+    x = torch.randn(2, 3, 8, 8)
+    sigma = torch.tensor([0.5, 3.0])  # per-sample sigmas are padded too
+    labels = torch.eye(4)[:2]
+    with torch.no_grad():
+        out = denoiser(x, sigma, labels)
+        torch.testing.assert_close(out, net(x, sigma, labels), rtol=1e-5, atol=1e-6)
+    assert out.shape == x.shape and list(denoiser.warmup_seconds) == [(4, 3, 8, 8)]
+
+
+@pytest.mark.slow
+def test_cli_fast_and_eager_flags(tmp_path, trace_only):
+    net = tiny_net()
+    snapshot = tmp_path / "net.safetensors"
+    save_snapshot(snapshot, net.state_dict(), net.init_kwargs, {"class": "StandardRGBEncoder"}, 65536, 0.1, dtype=None)
+    expected = generate_all(net, [0, 1, 2], num_steps=3, max_batch=2)
+    for flag in ("--eager", "--fast"):
+        out = tmp_path / flag.strip("-")
+        args = ["generate", "--net", str(snapshot), "--outdir", str(out), "--seeds", "0-2", "--batch", "2"]
+        r = CliRunner().invoke(main, [*args, "--steps", "3", flag])
+        assert r.exit_code == 0, r.output
+        assert ("Fast path: compiled the denoiser for input 2x3x8x8" in r.output) == (flag == "--fast"), r.output
+        for s in range(3):
+            img = np.array(PIL.Image.open(out / f"{s:06d}.png")).transpose(2, 0, 1).astype(int)
+            diff = np.abs(img - expected[s])
+            assert diff.max() <= (0 if flag == "--eager" else 1), (flag, s)  # fast: float rounding at most
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("EDM2_TEST_COMPILE"), reason="compiling takes minutes on CPU; set EDM2_TEST_COMPILE=1"
+)
+def test_inductor_sampler_matches_eager_within_float32_rounding():
+    torch._dynamo.reset()
+    net = tiny_net()
+    rnd = StackedRandomGenerator("cpu", [0, 1, 2])
+    noise = rnd.randn([3, 3, 8, 8], device="cpu")
+    labels = torch.eye(4)[rnd.randint(4, size=[3], device="cpu")]
+    with torch.no_grad():
+        eager = edm_sampler(net, noise, labels, num_steps=4)
+        fast = edm_sampler(FastDenoiser(net, batch=4, backend="inductor", log=None), noise, labels, num_steps=4)
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=1e-4)
