@@ -151,6 +151,12 @@ def _std_list(ctx, param, value):
     is_flag=True,
 )
 @click.option(
+    "--fast",
+    help="Fast path: --compile, --channels-last, fused attention, fused Adam on CUDA (equal to the default up "
+    "to float rounding; compiling takes minutes)",
+    is_flag=True,
+)
+@click.option(
     "--device", help="Compute device (default: CUDA when available)", type=click.Choice(["cuda", "cpu"]), default=None
 )
 @click.option("-n", "--dry-run", help="Print training options and exit", is_flag=True)

@@ -46,6 +46,9 @@ class Block(torch.nn.Module):
         self.res_balance = res_balance
         self.attn_balance = attn_balance
         self.clip_act = clip_act
+        # Attention through scaled_dot_product_attention instead of the official einsums: a speed
+        # option (edm2 train --fast, edm2.train.speed.use_fused_attention), equal up to rounding.
+        self.fused_attention = False
         self.emb_gain = torch.nn.Parameter(torch.zeros([]))
         self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, kernel=[3, 3])
         self.emb_linear = MPConv(emb_channels, out_channels, kernel=[])
@@ -84,8 +87,12 @@ class Block(torch.nn.Module):
             y = self.attn_qkv(x).contiguous()
             y = y.reshape(y.shape[0], self.num_heads, -1, 3, y.shape[2] * y.shape[3])
             q, k, v = normalize(y, dim=2).unbind(3)
-            w = torch.einsum("nhcq,nhck->nhqk", q, k / np.sqrt(q.shape[2])).softmax(dim=3)
-            y = torch.einsum("nhqk,nhck->nhcq", w, v)
+            if self.fused_attention:  # [n, h, tokens, c] in and out; scale 1/sqrt(c) as below
+                q, k, v = (t.transpose(2, 3) for t in (q, k, v))
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(2, 3)
+            else:
+                w = torch.einsum("nhcq,nhck->nhqk", q, k / np.sqrt(q.shape[2])).softmax(dim=3)
+                y = torch.einsum("nhqk,nhck->nhcq", w, v)
             y = self.attn_proj(y.reshape(*x.shape).contiguous(memory_format=_layout(x)))
             x = mp_sum(x, y, t=self.attn_balance)
 

@@ -28,7 +28,7 @@ from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator
 from edm2.train.loss import EDM2Loss
 from edm2.train.schedule import learning_rate_schedule
-from edm2.train.speed import ChannelsLast, CompiledForward
+from edm2.train.speed import ChannelsLast, CompiledForward, match_optimizer_implementation, use_fused_attention
 from edm2.train.stats import StatsCollector
 from edm2.train.status import StatusReporter, announce_start, print_summary
 
@@ -164,12 +164,16 @@ def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> Non
     optimizer.step()
 
 
-def make_optimizer(net):
+def make_optimizer(net, fused: bool = False):
     """Adam, betas (0.9, 0.99), eps 1e-8, no weight decay (docs/method.md#training).
 
     The multi-tensor ('foreach') implementation is what CUDA uses by default; on CPU it gives
-    bit-identical results to the per-tensor loop, with less Python overhead per step.
+    bit-identical results to the per-tensor loop, with less Python overhead per step. `fused`
+    (`edm2 train --fast` on CUDA): the single-kernel implementation, the same update up to float
+    rounding.
     """
+    if fused:
+        return torch.optim.Adam(net.parameters(), lr=0.0, betas=(0.9, 0.99), eps=1e-8, fused=True)
     return torch.optim.Adam(net.parameters(), lr=0.0, betas=(0.9, 0.99), eps=1e-8, foreach=True)
 
 
@@ -354,9 +358,13 @@ def _build_network(dataset, encoder_kwargs, network_kwargs, precision, batch_gpu
     return encoder, net
 
 
-def _wrap_model(net, world_size, device, channels_last, compile):
+def _wrap_model(net, world_size, device, channels_last, compile, fast=False):
     """(ddp, model): DDP with several processes (it broadcasts rank 0's parameters and buffers),
-    then the speed options (edm2.train.speed)."""
+    then the speed options (edm2.train.speed); `fast` implies channels-last, compile and fused
+    attention."""
+    if fast:
+        channels_last = compile = True
+        use_fused_attention(net)
     ddp = net
     if world_size > 1:
         ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
@@ -368,7 +376,7 @@ def _wrap_model(net, world_size, device, channels_last, compile):
 
 def _make_run(
     run_dir, env, device, seed, batch_size, plan, start_time, encoder_kwargs, network_kwargs, precision,
-    channels_last, compile, loss_kwargs, ema_stds,
+    channels_last, compile, loss_kwargs, ema_stds, fast=False,
 ) -> tuple[_Run, int]:  # fmt: skip
     """Network, loss, optimizer and EMAs, restored from the newest training state if there is one;
     returns the run and its image count (0 for a new run)."""
@@ -376,11 +384,13 @@ def _make_run(
         plan.dataset, encoder_kwargs, network_kwargs, precision, plan.batch_gpu, device, env.rank
     )
     print0("Setting up training state...")
-    ddp, model = _wrap_model(net, env.world_size, device, channels_last, compile)
+    ddp, model = _wrap_model(net, env.world_size, device, channels_last, compile, fast)
     loss_fn = EDM2Loss(**(loss_kwargs or {}))
-    optimizer = make_optimizer(net)
+    fused = fast and device.type == "cuda"
+    optimizer = make_optimizer(net, fused=fused)
     ema = PowerFunctionEMA(net, stds=[float(s) for s in ema_stds])
     cur_nimg, elapsed_before = restore_latest(run_dir, net, optimizer, ema, loss_fn)
+    match_optimizer_implementation(optimizer, fused)  # a state saved by the other implementation
     run = _Run(
         run_dir=run_dir,
         rank=env.rank,
@@ -533,6 +543,7 @@ def training_loop(
     num_workers: int = 2,  # DataLoader worker processes; 0 reads (and caches small datasets) in-process.
     channels_last: bool = False,  # Feed the network channels-last images (faster convolutions on CPU, not bit-identical).
     compile: bool = False,  # torch.compile the network (minutes to compile; equal up to float rounding).
+    fast: bool = False,  # compile + channels-last + fused attention (+ fused Adam on CUDA); equal up to float rounding.
     device: str | None = None,  # 'cuda' or 'cpu'; None picks CUDA when available.
     snapshot_extra: dict | None = None,  # More JSON for the snapshot metadata 'extra' (the training options).
     step_hook=None,  # Called on every rank after each step: step_hook(cur_nimg=, net=, optimizer=, ema=, lr=).
@@ -566,7 +577,7 @@ def training_loop(
         _disable_tf32()
         run, cur_nimg = _make_run(
             run_dir, env, device, seed, batch_size, plan, start_time, encoder_kwargs, network_kwargs, precision,
-            channels_last, compile, loss_kwargs, ema_stds,
+            channels_last, compile, loss_kwargs, ema_stds, fast,
         )  # fmt: skip
         stop_at_nimg = slice_end(cur_nimg, total_nimg, slice_nimg, batch_size, intervals[1], intervals[2])
         result = TrainingResult(

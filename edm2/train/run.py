@@ -37,6 +37,7 @@ OPERATIONAL = (
     "workers",
     "channels_last",
     "compile",
+    "fast",
     "dry_run",
 )
 
@@ -69,6 +70,7 @@ class TrainOptions:
     workers: int = 2  # DataLoader worker processes (0 = read in the training process).
     channels_last: bool = False  # Channels-last convolutions: faster on CPU, equal up to float rounding.
     compile: bool = False  # torch.compile the network: faster after minutes of compiling, equal up to float rounding.
+    fast: bool = False  # compile + channels-last + fused attention (+ fused Adam on CUDA): equal up to float rounding.
     channel_mult: list[int] | None = None  # Per-resolution channel multipliers (UNet default 1,2,3,4).
     num_blocks: int | None = None  # Residual blocks per resolution (UNet default 3).
     attn_resolutions: list[int] | None = None  # Resolutions with self-attention (UNet default 16,8).
@@ -119,6 +121,7 @@ def loop_arguments(opts: TrainOptions) -> dict:
         num_workers=int(opts.workers),
         channels_last=bool(opts.channels_last),
         compile=bool(opts.compile),
+        fast=bool(opts.fast),
     )
 
 

@@ -3,11 +3,21 @@ runs, not what it computes (up to the order of floating-point reductions).
 
     ChannelsLast(model)          image input in channels-last memory layout (faster convolutions on CPU)
     CompiledForward(model, net)  torch.compile with MPConv's forced weight normalisation done eagerly
+    use_fused_attention(net)     the blocks' attention through scaled_dot_product_attention
+    match_optimizer_implementation(optimizer, fused)   fused or foreach Adam, after loading a state
+
+`edm2 train --fast` uses all of them (the fused Adam on CUDA only).
 """
+
+import time
 
 import torch
 
+from edm2.distributed import print0
 from edm2.nn.layers import MPConv, normalize
+from edm2.nn.unet import Block
+
+COMPILE_BACKEND = "inductor"  # torch.compile backend of CompiledForward (tests of the plumbing use "aot_eager")
 
 
 class ChannelsLast(torch.nn.Module):
@@ -44,11 +54,42 @@ class CompiledForward:
             conv.train(False)
         # dynamic=False: one graph per input shape (training has one); automatic dynamic shapes
         # would otherwise kick in when another model reuses the same forward code in this process.
-        self.model = torch.compile(model, dynamic=False)
+        self.model = torch.compile(model, dynamic=False, backend=COMPILE_BACKEND)
+        self.compile_seconds = None  # wall time of the first call (compiling it), once made
 
     def __call__(self, *args, **kwargs):
         with torch.no_grad():
             for conv in self.convs:
                 w = conv.weight.to(torch.float64 if conv.weight.dtype == torch.float64 else torch.float32)
                 conv.weight.copy_(normalize(w))
-        return self.model(*args, **kwargs)
+        if self.compile_seconds is not None:
+            return self.model(*args, **kwargs)
+        start = time.perf_counter()
+        out = self.model(*args, **kwargs)  # the forward graph; the backward compiles at its first use
+        self.compile_seconds = time.perf_counter() - start
+        print0(f"Compiled the network's forward in {self.compile_seconds:.1f} s")
+        return out
+
+
+def use_fused_attention(net, enabled: bool = True) -> None:
+    """Route every attention block of `net` through `torch.nn.functional.scaled_dot_product_attention`
+    (fused kernels on CUDA) instead of the official pair of einsums; the same softmax(q k^T /
+    sqrt(c)) v (EDM2 paper, arXiv 2312.02696, Fig. 21), equal up to float rounding."""
+    for module in net.modules():
+        if isinstance(module, Block):
+            module.fused_attention = bool(enabled)
+
+
+def match_optimizer_implementation(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """Make every param group of an Adam use the fused (True) or multi-tensor (False) update, with
+    its step counters where that implementation keeps them (fused: a float32 tensor on the
+    parameter's device; multi-tensor: on the CPU). Loading a state dict restores the saver's
+    choice, so a run resumed with or without `--fast` calls this after loading."""
+    for group in optimizer.param_groups:
+        group["fused"] = bool(fused) or None
+        group["foreach"] = not fused
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                device = p.device if fused else torch.device("cpu")
+                state["step"] = torch.as_tensor(state["step"]).to(device=device, dtype=torch.float32)

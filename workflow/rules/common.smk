@@ -84,6 +84,7 @@ TRAIN_DEFAULTS = {
     "procs_per_node": None,
     "launch": "torchrun",
     "retries": 0,
+    "fast": False,
     "extra_args": "",
 }
 
@@ -400,13 +401,22 @@ def _train_cli(run):
             args.append(f"{flag} {','.join(str(v) for v in m[key]) or 'none'}")
     if m["num_blocks"] is not None:
         args.append(f"--num-blocks {m['num_blocks']}")
+    if m["fast"]:
+        args.append("--fast")
     if m["extra_args"]:
         args.append(m["extra_args"])
     return " ".join(args)
 
 
-# Options that only decide how a run is launched; changing them resumes the same run.
-_LAUNCH_KEYS = {"batch_gpu", "workers", "slice", "nodes", "gpus_per_node", "procs_per_node", "launch", "retries"}
+def sampling_mode_arg():
+    """`--eager` when score.eager is set (score and samples rules), else nothing: the sampling fast
+    path (compiled CUDA graphs) is on by default on CUDA and off on CPU (edm2.sample.fast)."""
+    return "--eager" if config["score"]["eager"] else ""
+
+
+# Options that only decide how a run is launched (or, fast, how fast its steps run: equal up to
+# float rounding); changing them resumes the same run.
+_LAUNCH_KEYS = {"batch_gpu", "workers", "slice", "nodes", "gpus_per_node", "procs_per_node", "launch", "retries", "fast"}
 
 
 def train_opts_hash(run):

@@ -27,8 +27,9 @@ rule score:
         steps=config["score"]["steps"],
         batch=config["score"]["batch"],
         guide=score_args,
+        eager=sampling_mode_arg(),
         extra=config["score"]["extra_args"],
     shell:
         "python -m edm2 metrics gen --net {params.net} {params.guide} --ref {params.ref}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
-        " --steps {params.steps} --batch {params.batch} {params.extra} --json {output} > {log} 2>&1"
+        " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output} > {log} 2>&1"

@@ -153,13 +153,14 @@ rule samples:
         seeds=config["samples"]["seeds"],
         batch=config["samples"]["batch"],
         steps=config["samples"]["steps"] or config["score"]["steps"],
+        eager=sampling_mode_arg(),
         tmp=lambda wc: f"{RESULTS}/plots/samples/{wc.run}/.{wc.guidance}-images",
     shell:
         "rm -rf {params.tmp}; "
         "best=$(python -m edm2 report best --best {input.best} --run {wildcards.run}"
         " --guidance {wildcards.guidance} --metric {params.metric} --shell 2>> {log}); "
         'eval "python -m edm2 generate $best --seeds {params.seeds} --batch {params.batch}'
-        ' --steps {params.steps} --outdir {params.tmp}" > {log} 2>&1; '
+        ' --steps {params.steps} {params.eager} --outdir {params.tmp}" > {log} 2>&1; '
         "python -m edm2 report grid --images {params.tmp} --out {output} >> {log} 2>&1; "
         "rm -rf {params.tmp}"
 
