@@ -416,7 +416,17 @@ def sampling_mode_arg():
 
 # Options that only decide how a run is launched (or, fast, how fast its steps run: equal up to
 # float rounding); changing them resumes the same run.
-_LAUNCH_KEYS = {"batch_gpu", "workers", "slice", "nodes", "gpus_per_node", "procs_per_node", "launch", "retries", "fast"}
+_LAUNCH_KEYS = {
+    "batch_gpu",
+    "workers",
+    "slice",
+    "nodes",
+    "gpus_per_node",
+    "procs_per_node",
+    "launch",
+    "retries",
+    "fast",
+}
 
 
 def train_opts_hash(run):
