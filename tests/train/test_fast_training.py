@@ -3,15 +3,20 @@ resumes in slices exactly as it runs in one go (docs/training.md#fast-path)."""
 
 import copy
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from train_helpers import assert_same_tensors, load_state, make_dataset, tiny_options
+from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options
 
 import edm2.train.speed as speed
 from edm2.nn.unet import Block
+from edm2.train.checkpoint import list_training_states
 from edm2.train.loop import make_optimizer
-from edm2.train.run import run_training
+from edm2.train.run import EX_TEMPFAIL, run_training
 from edm2.train.speed import match_optimizer_implementation, use_fused_attention
 
 
@@ -116,3 +121,31 @@ def test_fast_run_with_inductor_stays_close_to_eager(tmp_path):
     fast, eager = (load_state(tmp_path / f"{d}/training-state-0000001.pt") for d in ("fast", "eager"))
     for name, value in eager["net"].items():
         torch.testing.assert_close(fast["net"][name], value, rtol=1e-3, atol=1e-3, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("EDM2_TEST_COMPILE"), reason="compiling takes minutes on CPU; set EDM2_TEST_COMPILE=1"
+)
+def test_fast_cli_run_stops_on_sigterm_with_75_and_resumes(tmp_path):
+    data = make_dataset(tmp_path / "ds", num_images=48)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edm2", "train", *cli_args(tiny_options(run_dir, data, fast=True))]
+    assert "--fast" in cmd
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "SLURM_"))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stats = run_dir / "stats.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:
+        if stats.exists() and len(stats.read_text().splitlines()) >= 4:  # nimg 0 and three steps done
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == EX_TEMPFAIL, out
+    assert "Compiled the network's forward in" in out and "Received SIGTERM" in out
+    states = list_training_states(run_dir)
+    assert 0 < load_state(states[0])["state"]["cur_nimg"] < 2048
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Resuming from {states[0]}" in done.stdout and (run_dir / "training-done.json").exists()

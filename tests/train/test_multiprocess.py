@@ -4,6 +4,7 @@ and a 2-rank training run keeps both ranks' weights identical after every step."
 import copy
 import socket
 
+import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
@@ -44,7 +45,7 @@ def check_gradient_is_the_rank_mean(rank, data):
     assert differ > len(list(net.parameters())) // 2  # the ranks really saw different data and noise
 
 
-def check_training_keeps_ranks_identical(rank, data, outdir):
+def check_training_keeps_ranks_identical(rank, data, outdir, fast=False):
     steps = []
 
     def hook(cur_nimg, net, optimizer, ema, lr):
@@ -71,6 +72,7 @@ def check_training_keeps_ranks_identical(rank, data, outdir):
         device="cpu",
         step_hook=hook,
         progress=False,
+        fast=fast,
     )
     assert result.finished and steps == list(range(32, 257, 32))
 
@@ -81,6 +83,19 @@ def worker(rank, port, data, outdir):
     try:
         check_gradient_is_the_rank_mean(rank, data)
         check_training_keeps_ranks_identical(rank, data, outdir)
+    finally:
+        tdist.destroy_process_group()
+
+
+def fast_worker(rank, port, data, outdir):
+    """`--fast` under DDP, compiled with the 'aot_eager' backend (traced graphs, no kernel generation)."""
+    import edm2.train.speed
+
+    edm2.train.speed.COMPILE_BACKEND = "aot_eager"
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        check_training_keeps_ranks_identical(rank, data, outdir, fast=True)
     finally:
         tdist.destroy_process_group()
 
@@ -96,3 +111,10 @@ def test_two_gloo_processes(tmp_path):
     mp.spawn(worker, args=(free_port(), str(data), str(tmp_path / "run")), nprocs=WORLD, join=True)
     stats = (tmp_path / "run" / "stats.jsonl").read_text().splitlines()
     assert len(stats) == 5  # nimg 0, 64, 128, 192, 256 (rank 0 only)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_with_the_fast_path(tmp_path):
+    data = make_dataset(tmp_path / "ds", num_images=40)
+    mp.spawn(fast_worker, args=(free_port(), str(data), str(tmp_path / "run")), nprocs=WORLD, join=True)
+    assert len((tmp_path / "run" / "stats.jsonl").read_text().splitlines()) == 5

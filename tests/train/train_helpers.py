@@ -113,4 +113,5 @@ def cli_args(opts: TrainOptions) -> list[str]:
         ]
         + ([f"--slice={opts.slice}"] if opts.slice else [])
         + ([] if opts.cond else ["--uncond"])
+        + (["--fast"] if opts.fast else [])
     )
