@@ -169,3 +169,24 @@ def test_slurm_profile_gives_training_its_cluster_geometry(workdir):
         assert resource in train, resource
     encode = next(line for line in out.splitlines() if "runtime=1440" in line)
     assert "gpu=1" in encode and "slurm_partition=gpuq" in encode
+
+
+def test_fast_and_eager_keys_reach_the_commands_without_changing_the_run(workdir):
+    """train.fast adds `edm2 train --fast` and score.eager adds `--eager` to `metrics gen`; the
+    run folder (hash of what defines the result) stays the same, so a run may switch."""
+    target = "results/img512/scores/s/guid-dino/ema-0.085.json"
+    commands = {}
+    for fast in (False, True):
+        config = load_config("paper-img512.yaml")
+        config.setdefault("train", {})["fast"] = fast
+        config.setdefault("score", {})["eager"] = fast
+        path = write_config(workdir / f"config-{fast}.yaml", config)
+        proc = snakemake(workdir, target, "-n", "-p", "--configfile", path)
+        commands[fast] = shell_commands(proc.stdout)
+    for fast, lines in commands.items():
+        (score,) = [c for c in lines if "edm2 metrics gen" in c]
+        trains = [c for c in lines if "edm2 train" in c]
+        assert ("--eager" in score) == fast
+        assert len(trains) == 2 and all(("--fast" in c) == fast for c in trains)
+    run_dirs = {fast: sorted(re.findall(r"runs/[\w-]+/train-\w+", " ".join(lines))) for fast, lines in commands.items()}
+    assert run_dirs[True] == run_dirs[False] and run_dirs[True]
