@@ -75,8 +75,11 @@ def _resample_filter(f: tuple, mode: str, channels: int, dtype: torch.dtype, dev
         assert g.ndim == 1 and len(g) % 2 == 0
         g = g / g.sum()
         g = np.outer(g, g)[np.newaxis, np.newaxis, :, :]
-        weight = torch.as_tensor(g, dtype=dtype, device=device)
-        weight = (weight if mode == "down" else weight * 4).tile([channels, 1, 1, 1])
+        # A normal tensor even when first made under torch.inference_mode, so that the cached
+        # filter can serve a later forward that autograd records.
+        with torch.inference_mode(False):
+            weight = torch.as_tensor(g, dtype=dtype, device=device)
+            weight = (weight if mode == "down" else weight * 4).tile([channels, 1, 1, 1])
         if not compiling:
             _FILTERS[key] = weight
     return weight

@@ -245,3 +245,15 @@ def test_resample_down_is_2x2_average_and_up_is_nearest():
     up = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     torch.testing.assert_close(resample(x, mode="up"), up, rtol=1e-15, atol=0)
     assert resample(x.float(), mode="down").dtype == torch.float32
+
+
+def test_resample_filters_made_under_inference_mode_serve_autograd_later():
+    from edm2.nn.layers import _FILTERS, resample
+
+    _FILTERS.clear()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        resample(x, (1, 1), "down")  # the filter is made and cached here
+    y = x.clone().requires_grad_(True)
+    resample(y, (1, 1), "down").sum().backward()  # and used by a forward that autograd records
+    assert torch.allclose(y.grad, torch.full_like(y, 0.25))
