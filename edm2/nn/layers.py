@@ -52,23 +52,25 @@ def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
         return x
     assert mode in ("down", "up"), f"unknown resample mode {mode!r}"
     pad = (len(f) - 1) // 2
-    weight = _resample_filter(tuple(f), mode, x.shape[1], x.dtype, x.device)
+    f = _resample_filter(tuple(f), x.dtype, x.device)
+    c = x.shape[1]
     if mode == "down":
-        return torch.nn.functional.conv2d(x, weight, groups=x.shape[1], stride=2, padding=(pad,))
-    return torch.nn.functional.conv_transpose2d(x, weight, groups=x.shape[1], stride=2, padding=(pad,))
+        return torch.nn.functional.conv2d(x, f.tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
+    return torch.nn.functional.conv_transpose2d(x, (f * 4).tile([c, 1, 1, 1]), groups=c, stride=2, padding=(pad,))
 
 
 _FILTERS: dict = {}
 
 
-def _resample_filter(f: tuple, mode: str, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The depthwise filter of `resample` [channels, 1, len(f), len(f)], made once per (filter,
-    mode, channels, dtype, device) and then reused, as the official `misc.const_like` caches its
-    constants (torch_utils/misc.py): building it on the host for every call would copy it to the
-    device each time, and a copy from pageable host memory waits for the device's queue to drain.
-    The values are those of the official `resample` (float32 NumPy arithmetic, then cast)."""
+def _resample_filter(f: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 2D filter of `resample` [1, 1, len(f), len(f)] on `device`, made once per (filter,
+    dtype, device) and then reused, as the official `misc.const_like` caches it
+    (torch_utils/misc.py): building it on the host for every call would copy it to the device
+    each time, and a copy from pageable host memory waits for the device's queue to drain. As in
+    the official `resample`, the scaling and tiling stay per call (the FLOP counts of the paper
+    include the scaling). Values: float32 NumPy arithmetic, then the cast."""
     compiling = torch.compiler.is_compiling()
-    key = (f, mode, channels, dtype, device)
+    key = (f, dtype, device)
     weight = None if compiling else _FILTERS.get(key)
     if weight is None:
         g = np.float32(f)
@@ -79,7 +81,6 @@ def _resample_filter(f: tuple, mode: str, channels: int, dtype: torch.dtype, dev
         # filter can serve a later forward that autograd records.
         with torch.inference_mode(False):
             weight = torch.as_tensor(g, dtype=dtype, device=device)
-            weight = (weight if mode == "down" else weight * 4).tile([channels, 1, 1, 1])
         if not compiling:
             _FILTERS[key] = weight
     return weight

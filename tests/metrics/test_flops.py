@@ -127,6 +127,17 @@ def test_img512_presets_match_the_official_figures(preset):
     assert result.ops[0].name == "_convolution"
 
 
+def test_counts_do_not_depend_on_what_ran_before():
+    from edm2.nn.layers import _FILTERS
+
+    with torch.device("meta"):
+        net = Precond(16, 4, 10, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])
+    _FILTERS.clear()
+    cold = count_flops(net).total_flops  # resample's filters are made during this count
+    warm = count_flops(net).total_flops  # and taken from the cache here
+    assert cold == warm
+
+
 def test_counting_works_on_meta_and_leaves_the_network_alone():
     with torch.device("meta"):
         net = Precond(64, 4, 1000, model_channels=128)
