@@ -46,9 +46,10 @@ def load_detectors(metrics, locations: dict | None = None, device=None) -> dict:
     return detectors
 
 
-def accumulate(batches, detectors: dict) -> dict:
+def accumulate(batches, detectors: dict, check_resolution=None) -> dict:
     """Feed uint8 image batches (None = empty batch) to every detector; return summed,
-    all-reduced `FeatureStats` by metric."""
+    all-reduced `FeatureStats` by metric. `check_resolution([H, W])`, if given, is called with
+    the first batch's image size before any feature is computed (it raises to stop)."""
     acc = {name: FeatureStats() for name in detectors}
     resolution = None
     for images in batches:
@@ -56,6 +57,8 @@ def accumulate(batches, detectors: dict) -> dict:
             continue
         if resolution is None:
             resolution = [int(images.shape[-2]), int(images.shape[-1])]
+            if check_resolution is not None:
+                check_resolution(resolution)
         for name, detector in detectors.items():
             acc[name].append(detector(images))
     for s in acc.values():
@@ -91,6 +94,16 @@ def check_same_detectors(ref: dict, detectors: dict, ref_path) -> None:
             )
 
 
+def same_resolution_check(ref: dict, ref_path):
+    """A `check_resolution` for `accumulate`: raise `ConfigError` at the first batch if the
+    reference records another image resolution (references that record none accept any)."""
+
+    def check(resolution):
+        check_same_resolution(ref, {"resolution": resolution}, ref_path)
+
+    return check
+
+
 def check_same_resolution(ref: dict, stats: dict, ref_path) -> None:
     """Raise `ConfigError` if the reference records another image resolution than `stats`."""
     a, b = ref.get("resolution"), stats.get("resolution")
@@ -111,6 +124,7 @@ def dataset_stats(
     workers: int = 2,  # DataLoader worker processes.
     device=None,
     progress: bool = True,
+    check_resolution=None,  # Called with the first batch's [H, W] (see accumulate).
 ) -> dict:
     """Statistics of a dataset's images (all of them, or a random subset of `num`)."""
     init_distributed()
@@ -136,7 +150,7 @@ def dataset_stats(
         for images, _labels in tqdm(loader, desc="features", unit="batch", disable=not (progress and rank == 0)):
             yield images
 
-    return finalize(accumulate(batches(), detectors))
+    return finalize(accumulate(batches(), detectors, check_resolution))
 
 
 def generator_stats(
@@ -150,6 +164,7 @@ def generator_stats(
     progress: bool = True,
     detectors: dict | None = None,
     fast: bool | None = None,  # Compiled denoisers (edm2.sample.fast); None: on CUDA only.
+    check_resolution=None,  # Called with the first batch's [H, W] (see accumulate).
     **sampler,  # edm_sampler options (num_steps, guidance, ...).
 ) -> dict:
     """Statistics of freshly generated images, fed to the detectors without saving them."""
@@ -157,7 +172,7 @@ def generator_stats(
     if detectors is None:
         detectors = load_detectors(parse_metrics(metrics), locations, device)
     gen = generate_batches(net, seeds=seeds, gnet=gnet, max_batch=max_batch, progress=progress, fast=fast, **sampler)
-    return finalize(accumulate((b.images for b in gen), detectors))
+    return finalize(accumulate((b.images for b in gen), detectors, check_resolution))
 
 
 def choose_metrics(requested, ref: dict, ref_path) -> list[str]:
@@ -224,8 +239,9 @@ def calc_metrics(
     init_distributed()
     detectors = load_detectors(metrics, locations, device)
     check_same_detectors(ref_stats, detectors, ref)  # before any image is read
-    stats = dataset_stats(images, metrics, locations, num, seed, batch, workers, device, progress)
-    check_same_resolution(ref_stats, stats, ref)
+    stats = dataset_stats(
+        images, metrics, locations, num, seed, batch, workers, device, progress, same_resolution_check(ref_stats, ref)
+    )
     if dest is not None and get_rank() == 0:
         save_stats(dest, stats)
     fds = frechet_distances(stats, ref_stats, metrics)
@@ -286,9 +302,9 @@ def gen_metrics(
             progress=progress,
             detectors=detectors,
             fast=fast,
+            check_resolution=same_resolution_check(ref_stats, ref),  # at the first batch
             **opts,
         )
-        check_same_resolution(ref_stats, stats, ref)
         for m, v in frechet_distances(stats, ref_stats, metrics).items():
             values[m].append(v)
         if progress and get_rank() == 0:
