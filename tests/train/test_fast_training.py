@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options
+from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options, wait_for_steps
 
 import edm2.train.speed as speed
 from edm2.nn.unet import Block
@@ -134,12 +133,7 @@ def test_fast_cli_run_stops_on_sigterm_with_75_and_resumes(tmp_path):
     assert "--fast" in cmd
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "SLURM_"))}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stats = run_dir / "stats.jsonl"
-    deadline = time.time() + 900
-    while time.time() < deadline and proc.poll() is None:
-        if stats.exists() and len(stats.read_text().splitlines()) >= 4:  # nimg 0 and three steps done
-            break
-        time.sleep(0.05)
+    wait_for_steps(proc, run_dir, timeout=900, poll=0.05)  # nimg 0 and three steps done (compiling first)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == EX_TEMPFAIL, out

@@ -7,10 +7,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options
+from train_helpers import assert_same_tensors, cli_args, load_state, make_dataset, tiny_options, wait_for_steps
 
 from edm2.io.snapshot import load_state_dict
 from edm2.train.checkpoint import list_training_states
@@ -124,12 +123,7 @@ def test_a_signal_writes_a_checkpoint_exits_75_and_resumes_exactly(reference, tm
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
-    stats = run_dir / "stats.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if stats.exists() and len(stats.read_text().splitlines()) >= 4:  # nimg 0 and three steps done
-            break
-        time.sleep(0.02)
+    wait_for_steps(proc, run_dir)  # nimg 0 and three steps done
     if signum == signal.SIGINT:
         os.killpg(proc.pid, signum)  # what a terminal does on Ctrl-C
     else:

@@ -1,6 +1,7 @@
 """Helpers of the training tests: tiny datasets on disk and tiny training options."""
 
 import json
+import time
 
 import numpy as np
 import PIL.Image
@@ -115,3 +116,14 @@ def cli_args(opts: TrainOptions) -> list[str]:
         + ([] if opts.cond else ["--uncond"])
         + (["--fast"] if opts.fast else [])
     )
+
+
+def wait_for_steps(proc, run_dir, statuses=4, timeout=120, poll=0.02) -> None:
+    """Wait until a training subprocess has written `statuses` lines of stats.jsonl (nimg 0 and
+    then one per status interval), or has exited, or `timeout` seconds have passed."""
+    stats = run_dir / "stats.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if stats.exists() and len(stats.read_text().splitlines()) >= statuses:
+            return
+        time.sleep(poll)
