@@ -360,7 +360,7 @@ def test_sigterm_leaves_no_output(tmp_path):
     cmd = [sys.executable, "-m", "edm2", "dataset", "convert", "--source", str(src), "--dest", str(dest)]
     proc = subprocess.Popen([*cmd, "--workers", "2", "--resolution", "32x32", "--transform", "center-crop"])
     deadline = time.monotonic() + 60
-    while not any(os.path.getsize(tmp_path / p) > 100_000 for p in left_over(tmp_path)):  # mid-way
+    while not any(p.stat().st_size > 100_000 for p in tmp_path.glob(".out.zip.*.tmp")):  # mid-way
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
@@ -393,7 +393,7 @@ def test_sigkill_of_the_parent_ends_its_workers_and_the_next_run_removes_the_sta
            "--workers", "2", "--resolution", "256x256", "--transform", "center-crop", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 60
-    while not any(os.path.getsize(tmp_path / p) > 1_000_000 for p in left_over(tmp_path)):  # mid-way
+    while not any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".out.zip.*.tmp")):  # mid-way
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     workers = _children(proc.pid)

@@ -215,11 +215,12 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(smoke_r
 TIME_LIMITED = {
     "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 6}],
     "guidance": [{"name": "noguid"}],
-    # 24Ki is 53-67 s of training plus ~9 s of start-up on the 2-core CI machine (2.2-2.8 s/kimg),
-    # so the first 1-minute job always outlives SIGTERM at 55 s. (16Ki, 35-45 s, raced the signal
-    # on a quiet machine. A larger signal_seconds stops jobs earlier but SLURM then sends it at
-    # irregular times, sometimes ~15 s into a job, and the extra resubmissions cost minutes.)
-    "train": {"duration": "24Ki", "snapshot": "4Ki", "checkpoint": "8Ki"},
+    # The first 1-minute job must still be training when SLURM's SIGTERM comes (55 s): 64Ki is
+    # 83 s of training at the 786 img/s seen on a quiet 2-core machine (2 jobs), 160 s at the
+    # 410 img/s of a busy one (3-4 jobs). 24Ki (31 s when quiet) finished before the signal once,
+    # and the job then failed without a training state to resume from the signal. (A larger
+    # signal_seconds makes SLURM send it at irregular times, sometimes ~15 s into a job.)
+    "train": {"duration": "64Ki", "snapshot": "8Ki", "checkpoint": "8Ki"},
     "slurm": {"signal_seconds": 5},
     "resources": {"train": {"runtime": 1}},
 }
