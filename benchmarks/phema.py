@@ -78,6 +78,8 @@ for src, dest in args["pairs"]:
     net.load_state_dict(load_file(src))
     data = dnnlib.EasyDict(encoder=encoders.StandardRGBEncoder(), loss_fn=training_loop.EDM2Loss(),
                            dataset_kwargs=dnnlib.EasyDict(class_name="training.dataset.ImageFolderDataset"))
+    for t in [*net.parameters(), *net.buffers()]:  # new storages per file (their keys are addresses), as
+        t.data = t.data.clone()  # the official training loop's copy.deepcopy(ema) gives
     data.ema = net
     with open(dest, "wb") as f:
         pickle.dump(data, f)
@@ -95,6 +97,25 @@ def build_official_pickles(indir: Path, outdir: Path, network_kwargs: dict, work
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pkgs), os.environ.get("PYTHONPATH", "")]))
     payload = json.dumps({"network_kwargs": network_kwargs, "pairs": pairs})
     subprocess.run([sys.executable, "-c", PICKLER, payload], env=env, check=True)
+
+
+def time_layouts(pkldir: Path) -> str:
+    """How long locating the tensors of the pickles takes: one full parse, then the others
+    checked against it (edm2.io.official.OfficialLayouts, as `edm2 phema` reads them)."""
+    from edm2.io.official import OfficialLayouts, official_pickle_layout
+
+    paths = sorted(pkldir.glob("*.pkl"))
+    t0 = time.perf_counter()
+    official_pickle_layout(paths[0], check=False)
+    t1 = time.perf_counter()
+    layouts = OfficialLayouts(check=False)
+    for path in paths:
+        layouts(path)
+    t2 = time.perf_counter()
+    return (
+        f"tensor layouts of the pickles   {t2 - t1:8.3f} s   (one full parse {(t1 - t0) * 1e3:.1f} ms; "
+        f"{len(paths)} files, {len(layouts.templates)} distinct structure(s))"
+    )
 
 
 def run_child(indir: Path, outdir: Path, args) -> tuple[dict, float, int]:
@@ -282,6 +303,7 @@ def main():
             rss = {"safetensors": peak_rss, "pickle": 0}
             for kind, folder in [("pickle", pkldir), ("safetensors", indir), ("pickle", pkldir)]:
                 shutil.rmtree(work / f"out-{kind}", ignore_errors=True)
+                os.sync()  # the previous run's outputs written back first, not during this run
                 r, _, peak = run_child(folder, work / f"out-{kind}", args)
                 walls[kind].append(r["wall_s"])
                 rss[kind] = max(rss[kind], peak)
@@ -297,6 +319,7 @@ def main():
             print(f"ratio pickle / safetensors     {ratio:8.2f}     (goal: 1.3 or less)")
             print(f"peak RSS, pickle inputs        {rss['pickle'] / 2**30:8.3f} GiB (goal: under 1 GiB)")
             print(f"identical outputs from both    {same_outputs(pickle_result, result)}")
+            print(time_layouts(pkldir))
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
     finally:
         if not args.keep:

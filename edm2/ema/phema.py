@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
-from edm2.io.official import load_official_pickle, official_pickle_layout, snapshot_fields
+from edm2.io.official import OfficialLayouts, load_official_pickle, snapshot_fields
 from edm2.io.safetensors_stream import StreamingWriter, preadv_full, read_safetensors_header
 from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
 from edm2.naming import PHEMA_PREFIX, parse_snapshot_name, snapshot_name
@@ -384,12 +384,13 @@ class _StreamingPass:
             raise pipe.error
 
 
-def _open_source(inp: PhemaInput, scratch: Path) -> tuple[_Source, dict]:
+def _open_source(inp: PhemaInput, scratch: Path, layouts: OfficialLayouts) -> tuple[_Source, dict]:
     """An input as the streaming pass reads it: a safetensors file, or an official pickle read in
-    place (one written with pickle protocol 2 is converted once into `scratch`)."""
+    place (one written with pickle protocol 2 is converted once into `scratch`). `layouts` parses
+    the pickles, once per distinct structure (the snapshots of one run share one)."""
     path = inp.path
     if inp.is_pickle:
-        layout = official_pickle_layout(inp.path, check=False)  # read in place, no network built
+        layout = layouts(inp.path)  # read in place, no network built
         if layout is not None:
             return _Source(inp, inp.path, layout[0], None), layout[1]
         data = load_official_pickle(inp.path, dtype=None)
@@ -562,7 +563,8 @@ def reconstruct_phema(
     outdir.mkdir(parents=True, exist_ok=True)
     stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
     with tempfile.TemporaryDirectory(prefix=".phema-scratch-", dir=scratch_dir or outdir) as scratch:
-        sources, infos = zip(*(_open_source(inp, Path(scratch)) for inp in used))  # pickles converted first
+        layouts = OfficialLayouts(check=False)  # inputs are compared with each other instead
+        sources, infos = zip(*(_open_source(inp, Path(scratch), layouts) for inp in used))  # pickles converted first
         params, buffer_names, shapes = _check_layout(sources, infos)
         # Outputs: parameters in streaming order, then buffers.
         entries = [(name, torch.float16, shape) for name, _, shape in params]

@@ -19,12 +19,13 @@ rebuilt as `edm2.nn.Precond` from the stored constructor arguments and its state
 """
 
 import collections
-import dataclasses
+import copy
 import functools
 import inspect
 import io
 import json
 import math
+import os
 import pickle
 import re
 import warnings
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from edm2.errors import FormatError
+from edm2.io.safetensors_stream import TensorLocation
 from edm2.io.snapshot import build_network, save_snapshot
 from edm2.naming import parse_snapshot_name
 from edm2.nn import Precond
@@ -607,20 +609,6 @@ _SKIP_BYTES = 4096  # byte strings at least this long are skipped, not read
 _STORAGE_HEADER_BYTES = 1 << 16  # at most this much is read for the pickles before a storage's data
 
 
-@dataclasses.dataclass
-class TensorLocation:
-    """The raw data of one contiguous tensor in a file: dtype, shape, absolute byte offset, bytes."""
-
-    dtype: torch.dtype
-    shape: tuple
-    start: int
-    nbytes: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-
 class _NoLayout(Exception):
     """The file cannot be read in place (e.g. protocol 2, whose bytes are re-encoded as text)."""
 
@@ -639,6 +627,9 @@ class _SkippingReader:
         self.f, self.size = f, size
         self.last_bytes = None  # (file offset, length, skipped) of the latest byte string
         self.recent = collections.deque(maxlen=2)  # (file offset, data) of the latest frame reads
+        self.cursor = 0  # file offset just after the latest storage located
+        self.storages = []  # (file offset, bytes) of the data of every storage located
+        self.keys = []  # (file offset, bytes) of the storage keys in the storages' headers
 
     def read(self, n=-1):
         pos = self.f.tell()
@@ -692,14 +683,7 @@ def _storage_location(reader, data):
     if last is not None and last[1] == n:
         start, skipped = last[0], last[2]
     else:  # read from the unpickler's buffer: a small byte string inside a frame
-        start, skipped = None, False
-        for pos, chunk in reversed(reader.recent):
-            i = chunk.find(data)
-            if i >= 0:
-                start = pos + i
-                break
-        if start is None:
-            raise _NoLayout()
+        start, skipped = _find_in_frames(reader, data), False
     for limit in (1024, _STORAGE_HEADER_BYTES):  # the header is a few hundred bytes
         if skipped:
             here = reader.f.tell()
@@ -709,7 +693,7 @@ def _storage_location(reader, data):
         else:
             head = bytes(data[:limit])
         try:
-            dtype, numel = _legacy_storage_header(head)
+            dtype, numel, key = _legacy_storage_header(head)
         except _NoLayout:
             if limit < _STORAGE_HEADER_BYTES and len(head) == limit:
                 continue
@@ -724,7 +708,30 @@ def _storage_location(reader, data):
         raise _NoLayout()  # more than the usual few pickles before the data
     if int.from_bytes(head[count_at : count_at + 8], "little") != numel:
         raise FormatError("a tensor storage does not have the legacy torch.save layout")
+    reader.cursor = start + n
+    reader.storages.append((start + n - nbytes, nbytes))
+    reader.keys += [(start + i, length) for i, length in _key_spans(head, key, count_at)]
     return _Sealed(_StorageLocation(dtype, numel, start + n - nbytes))
+
+
+def _find_in_frames(reader, data) -> int:
+    """File offset of the byte string `data` that the unpickler just took from a frame it read.
+
+    The first occurrence after the previous storage that the opcode before it declares as a byte
+    string of exactly this length: the position follows from the pickle's structure, not from
+    the contents, so storages with identical bytes (e.g. zero gains) each map to their own copy.
+    """
+    n = len(data)
+    prefixes = [pickle.BINBYTES + n.to_bytes(4, "little"), pickle.BINBYTES8 + n.to_bytes(8, "little")]
+    if n < 256:
+        prefixes.append(pickle.SHORT_BINBYTES + bytes([n]))
+    for pos, chunk in reversed(reader.recent):
+        i = chunk.find(data, max(0, reader.cursor - pos))
+        while i >= 0:
+            if any(i >= len(p) and chunk[i - len(p) : i] == p for p in prefixes):
+                return pos + i
+            i = chunk.find(data, i + 1)
+    raise _NoLayout()
 
 
 class _StorageHeaderUnpickler(pickle.Unpickler):
@@ -740,8 +747,23 @@ class _StorageHeaderUnpickler(pickle.Unpickler):
         return None
 
 
+def _key_spans(head: bytes, key, end: int) -> list:
+    """`[(offset, length)]` of the storage key's characters in `head[:end]`, where the storage's
+    persistent id and the list of keys that follows it name the key (as a pickled string)."""
+    if not isinstance(key, str):
+        return []
+    k = key.encode()
+    spans = []
+    for opcode in (pickle.BINUNICODE + len(k).to_bytes(4, "little"), pickle.SHORT_BINUNICODE + bytes([len(k) % 256])):
+        i = head.find(opcode + k, 0, end)
+        while i >= 0:
+            spans.append((i + len(opcode), len(k)))
+            i = head.find(opcode + k, i + 1, end)
+    return spans
+
+
 def _legacy_storage_header(head: bytes):
-    """`(dtype, numel)` from the start of a legacy `torch.save` of one storage."""
+    """`(dtype, numel, key)` from the start of a legacy `torch.save` of one storage."""
     f = io.BytesIO(head)
     try:
         for _ in range(3):  # magic number, protocol version, system info
@@ -758,7 +780,7 @@ def _legacy_storage_header(head: bytes):
     numel = pid[4]
     if not isinstance(numel, int) or numel < 0:
         raise FormatError("a tensor storage has an invalid size")
-    return _STORAGE_DTYPES[pid[1].name.removeprefix("torch.")], numel
+    return _STORAGE_DTYPES[pid[1].name.removeprefix("torch.")], numel, pid[2]
 
 
 def _locate_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, *metadata):
@@ -826,7 +848,13 @@ def official_pickle_layout(path, check: bool = True):
     device, about a second of torch start-up; post-hoc EMA skips it, as for its safetensors
     inputs, and compares the inputs with each other instead).
     """
-    path = Path(path)
+    tensors, info, _ = _parse_layout(Path(path), check)
+    return None if tensors is None else (tensors, info)
+
+
+def _parse_layout(path: Path, check: bool):
+    """`official_pickle_layout`, plus the reader that located the storages (None, None, None when
+    the file cannot be read in place)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -835,10 +863,11 @@ def official_pickle_layout(path, check: bool = True):
         if f.read(2) == b"PK":
             raise FormatError(f"{path}: a ZIP archive (torch.save?), not an official EDM2 pickle")
         f.seek(0)
+        reader = _SkippingReader(f, os.fstat(f.fileno()).st_size)
         try:
-            data = _LayoutUnpickler(_SkippingReader(f, path.stat().st_size)).load()
+            data = _LayoutUnpickler(reader).load()
         except _NoLayout:
-            return None
+            return None, None, None
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from None
         except Exception as e:
@@ -865,4 +894,71 @@ def official_pickle_layout(path, check: bool = True):
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
     extra = {"source": path.name, "dataset_kwargs": dataset_kwargs, "loss_kwargs": loss}
-    return tensors, {"network_kwargs": network_kwargs, "encoder": encoder, "extra": extra}
+    return tensors, {"network_kwargs": network_kwargs, "encoder": encoder, "extra": extra}, reader
+
+
+class OfficialLayouts:
+    """`official_pickle_layout` for many pickles, parsing each distinct structure once.
+
+    The snapshots of one training run are the same pickle apart from the tensor data and the
+    storage keys (`torch.save` names each storage by its memory address, so the keys differ from
+    file to file while their lengths, and everything else, stay the same). A file is compared
+    byte for byte with an earlier parsed one everywhere outside its tensor data and keys (one
+    read per storage header, about 0.1 MB for a 238 MB snapshot); when everything matches, the
+    unpickler would read the same structure (the keys play no part in it), so the earlier file's
+    tensor locations hold for this one. Any other difference (another run, network or pickler,
+    keys of another length) and the file is parsed on its own. Instances are callable like
+    `official_pickle_layout(path)`, with the same results.
+    """
+
+    def __init__(self, check: bool = True, keep: int = 4):
+        self.check, self.keep = check, keep
+        self.templates = []  # (file size, [(offset, expected bytes, key spans)], tensors, info), newest first
+
+    def __call__(self, path):
+        path = Path(path)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise FormatError(f"{path}: no such file") from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            for k, (t_size, gaps, tensors, info) in enumerate(self.templates):
+                if t_size == size and all(_masked_read(f.fileno(), at, len(b), keys) == b for at, b, keys in gaps):
+                    self.templates.insert(0, self.templates.pop(k))
+                    info = copy.deepcopy(info)
+                    info["extra"]["source"] = path.name
+                    return dict(tensors), info
+        tensors, info, reader = _parse_layout(path, self.check)
+        if tensors is None:
+            return None
+        gaps = []
+        with open(path, "rb") as f:
+            for at, end in _gaps(reader.storages, reader.size):
+                keys = [(i - at, n) for i, n in reader.keys if at <= i < end]
+                gaps.append((at, _masked_read(f.fileno(), at, end - at, keys), keys))
+        self.templates = [(reader.size, gaps, tensors, copy.deepcopy(info))] + self.templates[: self.keep - 1]
+        return dict(tensors), info
+
+
+def _masked_read(fd: int, at: int, n: int, spans: list) -> bytes:
+    """`n` bytes of the file at offset `at`, the `(offset, length)` spans (relative) zeroed."""
+    data = os.pread(fd, n, at)
+    if not spans:
+        return data
+    data = bytearray(data)
+    for i, length in spans:
+        data[i : i + length] = bytes(length)
+    return bytes(data)
+
+
+def _gaps(regions, size: int) -> list:
+    """`[(start, end)]` of the bytes of `[0, size)` outside the `(offset, length)` regions."""
+    gaps, at = [], 0
+    for start, length in sorted(regions):
+        if start > at:
+            gaps.append((at, start))
+        at = max(at, start + length)
+    if at < size:
+        gaps.append((at, size))
+    return gaps

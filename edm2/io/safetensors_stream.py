@@ -25,9 +25,10 @@ DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TensorLocation:
-    """Where one tensor's data lies in a safetensors file."""
+    """Where one contiguous tensor's raw data lies in a file (a safetensors file or an official
+    pickle): dtype as stored, shape, absolute byte offset and length."""
 
     dtype: torch.dtype
     shape: tuple

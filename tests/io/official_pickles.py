@@ -10,8 +10,9 @@ that folder on its path to produce the pickles, so the test process never import
 
 Usage (from any test): `make_official_pickles(workdir, [spec, ...])` where a spec is a dict
 with keys `path`, `network_kwargs`, `seed`, `encoder` ('rgb' or 'vae'), optional `scale`
-(weight perturbation), `protocol`. Next to each pickle, `<path>.ref.safetensors` holds the
-same weights (fp16) written by safetensors for comparison.
+(weight perturbation), `fill` (every parameter this constant instead of random), `protocol`.
+Next to each pickle, `<path>.ref.safetensors` holds the same weights (fp16) written by
+safetensors for comparison.
 """
 
 import json
@@ -177,7 +178,7 @@ for spec in json.loads(sys.argv[1]):
     net = networks_edm2.Precond(**spec["network_kwargs"])
     with torch.no_grad():
         for p in net.parameters():  # non-trivial weights (gains included), as after training
-            p.copy_(torch.randn_like(p) * spec.get("scale", 1.0))
+            p.copy_(torch.randn_like(p) * spec.get("scale", 1.0) if "fill" not in spec else spec["fill"])
     net = net.eval().requires_grad_(False).to(torch.float16)
     if spec.get("probe"):  # reference outputs of the pickled network (fp16 weights, fp32 compute)
         net.to(torch.float32)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from edm2.errors import FormatError
 from edm2.io.official import (
+    OfficialLayouts,
     convert_official_pickle,
     load_official_pickle,
     load_official_stats,
@@ -325,6 +326,30 @@ def test_layout_locates_every_tensor_in_the_file(tmp_path, protocol):
     assert info["encoder"] == {"class": "StandardRGBEncoder"}
     assert info["extra"]["loss_kwargs"] == {"P_mean": -0.8, "P_std": 1.6, "sigma_data": 0.5}
     assert not _unrelated_modules_loaded()
+
+
+def test_layouts_of_one_run_are_parsed_once_and_hold_for_every_file(tmp_path):
+    # The first file has many identical small storages (every gain 0.25): each must map to its
+    # own copy, or the later files, whose gains differ, would read another tensor's data.
+    big = dict(TINY, model_channels=32)
+    specs = [dict(path=tmp_path / "network-snapshot-0000000-0.050.pkl", network_kwargs=big, fill=0.25)]
+    specs += [dict(path=tmp_path / f"network-snapshot-000{k}000-0.050.pkl", network_kwargs=big, seed=k) for k in (1, 2)]
+    specs += [dict(path=tmp_path / "other-network.pkl", network_kwargs=TINY, seed=3)]
+    paths = official_pickles.make_official_pickles(tmp_path, specs)
+    # Same size, one byte different outside the tensor data: parsed on its own, not reused.
+    moved = tmp_path / "moved-dataset.pkl"
+    moved.write_bytes(paths[2].read_bytes().replace(b"datasets/demo.zip", b"datasets/demx.zip"))
+    (tmp_path / "moved-dataset.pkl.ref.safetensors").write_bytes(Path(str(paths[2]) + ".ref.safetensors").read_bytes())
+    layouts = OfficialLayouts()
+    for path in paths + [moved]:
+        tensors, info = layouts(path)
+        assert (tensors, info) == official_pickle_layout(path)
+        ref = load_file(str(path) + ".ref.safetensors")
+        assert tensors.keys() == ref.keys()
+        assert all(torch.equal(_located(path, loc), ref[name]) for name, loc in tensors.items()), path.name
+        assert info["extra"]["source"] == path.name
+    assert info["extra"]["dataset_kwargs"]["path"] == "datasets/demx.zip"
+    assert len(layouts.templates) == 3  # the run, the other network, the changed file
 
 
 def test_layout_of_protocol_2_falls_back_and_refusals_still_hold(pickles, tmp_path):
