@@ -62,6 +62,8 @@ def test_schema_accepts_every_grid_that_phema_accepts(validator, grid):
         (lambda c: c.update(released={"keep_rw": False}), ["released"], "'keep_rw' was unexpected"),
         (lambda c: c["models"][0].update(url="ftp://x/"), ["models", 0, "url"], "does not match"),
         (lambda c: c.update(released={"jobs": 0}), ["released", "jobs"], "less than the minimum"),
+        (lambda c: c.update(released={"include": []}), ["released", "include"], "should be non-empty"),
+        (lambda c: c["models"][0].update(include=[]), ["models", 0, "include"], "should be non-empty"),
     ],
 )
 def test_schema_names_the_bad_key_or_value(validator, edit, path, message):
@@ -95,6 +97,14 @@ def test_workflow_refuses_a_bad_key_at_start(tmp_path):
         (lambda c: c["guidance"][1].update(guide="missing"), "guidance[guided].guide: no model named 'missing'"),
         (lambda c: c["phema"].update(grid="0.050,0.075,...,0.110"), "is not reachable from 0.075 in whole steps"),
         (lambda c: c["models"][0].update(source="released-raw"), "needs `run` (e.g. edm2-img512-xs) or `url`"),
+        (
+            lambda c: c["models"][0].update(source="released-raw", run="edm2-img512-xss", kimg=100),
+            "models[tiny].run: unknown run 'edm2-img512-xss'; the released runs are named after the training presets",
+        ),
+        (
+            lambda c: c["models"][0].update(source="released-raw", run="edm2-img512-xs", url="https://x/raw/"),
+            "models[tiny]: give `run` or `url`, not both",
+        ),
         (
             lambda c: c["models"].append(
                 {"name": "r", "source": "released", "generation_preset": "edm2-img512-xx-fid"}

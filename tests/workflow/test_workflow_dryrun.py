@@ -2,6 +2,7 @@
 paper's jobs would run. No job is executed."""
 
 import re
+import shlex
 
 import pytest
 from workflow_helpers import CONFIG, REPO, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
@@ -50,6 +51,41 @@ def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     assert "--ref https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl" in autog
     (table,) = [c for c in commands if "edm2 report released" in c]
     assert "--reported s-autog-fid=fid:1.34" in table and "--reported xxl-dino=fd_dinov2:42.84" in table
+
+
+def test_a_file_url_net_is_read_in_place_without_a_download_job(workdir, tmp_path):
+    net = tmp_path / "my nets" / "net.pkl"
+    net.parent.mkdir()
+    net.write_bytes(b"not read by a dry run")
+    config = load_config("smoke.yaml")
+    config["models"] = [{"name": "mine", "source": "released", "net": net.as_uri(), "metrics": ["fd_cnn"]}]
+    config["guidance"] = [{"name": "noguid"}]
+    proc = snakemake(workdir, "-n", "-p", "--configfile", write_config(workdir / "file-net.yaml", config))
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert "download_net" not in counts and counts["score_released"] == 1, counts
+    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    assert f"--net '{net}'" in score
+
+
+def test_paths_with_spaces_reach_every_command_as_one_argument(workdir, tmp_path):
+    net = tmp_path / "with space" / "net.pkl"
+    net.parent.mkdir()
+    net.write_bytes(b"not read by a dry run")
+    config = load_config("smoke.yaml")
+    config["results"] = "results/with space"
+    config["models"] += [
+        {"name": "raw", "source": "released-raw", "url": "http://127.0.0.1:9/raw/", "kimg": 2},
+        {"name": "mine", "source": "released", "net": net.as_uri(), "metrics": ["fd_cnn"]},
+    ]
+    proc = snakemake(workdir, "-n", "-p", "--configfile", write_config(workdir / "spaces.yaml", config))
+    commands = shell_commands(proc.stdout)
+    rules = set(job_counts(proc.stdout + proc.stderr)) - {"all", "result_set"}
+    assert len(commands) >= len(rules) > 10, proc.stdout[-3000:]
+    for command in commands:
+        assert "with space" in command
+        tokens = shlex.split(command.replace("$(", " ").replace("{", " ").replace("}", " "))
+        split = [t for t in tokens if t.endswith("/with") or t.startswith("space/")]
+        assert not split, f"a path was split in: {command}"
 
 
 def test_paper_img512_ema_sweep_lists_every_job(workdir):

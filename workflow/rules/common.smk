@@ -165,6 +165,7 @@ def _model_settings(entry):
 # values (they have no EMA grid).
 
 RELEASED_CFG = config["released"]
+NVIDIA_RAW_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/"
 
 
 def _as_folder(url):
@@ -190,9 +191,16 @@ def _raw_settings(entry):
     settings.setdefault("label", name)
     settings.setdefault("score", True)
     settings["preset"] = None
+    if entry.get("url") and entry.get("run"):
+        raise WorkflowError(f"models[{name}]: give `run` or `url`, not both (`url` names the folder itself)")
     if entry.get("url"):
         url = _as_folder(entry["url"])
     elif entry.get("run"):
+        if _as_folder(RELEASED_CFG["raw_root"]) == NVIDIA_RAW_ROOT and entry["run"] not in PRESET_DURATION:
+            raise WorkflowError(
+                f"models[{name}].run: unknown run {entry['run']!r}; the released runs are named after the training "
+                f"presets ({', '.join(PRESET_DURATION)}); or give `url`"
+            )
         url = urllib.parse.urljoin(_as_folder(RELEASED_CFG["raw_root"]), _as_folder(entry["run"]))
     else:
         raise WorkflowError(f"models[{name}]: a released-raw model needs `run` (e.g. edm2-img512-xs) or `url`")
@@ -775,16 +783,19 @@ def bench_file(rule, name="all"):
 
 
 def released_net_file(url):
-    """Where a released net is downloaded to (one file per URL file name, shared by models)."""
+    """Where a released net is read from: a `file://` URL in place, else the file it is
+    downloaded to (one per URL file name, shared by models)."""
+    if url.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
     return f"{RESULTS}/released/nets/{_url_file(url)}"
 
 
 def released_net_urls():
-    """{file name: URL} of every released net the configuration needs."""
+    """{file name: URL} of every released net the configuration downloads (not `file://` ones)."""
     urls = {}
     for m in RELEASED.values():
         for url in (m["net"], m["gnet"]):
-            if url:
+            if url and not url.startswith("file://"):
                 name = _url_file(url)
                 if urls.get(name, url) != url:
                     raise WorkflowError(f"models: two released nets share the file name {name}; rename one URL")

@@ -18,7 +18,7 @@ rule digits:
     params:
         resolution=config["data"]["digits_resolution"],
     shell:
-        "python -m edm2 dataset digits --dest {output} --resolution {params.resolution} > {log} 2>&1"
+        "python -m edm2 dataset digits --dest {output:q} --resolution {params.resolution} > {log:q} 2>&1"
 
 
 rule convert:
@@ -42,8 +42,8 @@ rule convert:
         transform=config["data"]["transform"],
         max_images=lambda wc: f"--max-images {config['data']['max_images']}" if config["data"]["max_images"] else "",
     shell:
-        "python -m edm2 dataset convert --source {params.source:q} --dest {output} --transform {params.transform}"
-        " {params.resolution} {params.max_images} --workers {threads} > {log} 2>&1"
+        "python -m edm2 dataset convert --source {params.source:q} --dest {output:q} --transform {params.transform}"
+        " {params.resolution} {params.max_images} --workers {threads} > {log:q} 2>&1"
 
 
 rule encode:
@@ -65,8 +65,8 @@ rule encode:
         vae=config["data"]["vae"],
         batch=config["data"]["encode_batch"],
     shell:
-        "python -m edm2 dataset encode --source {input} --dest {output} --vae {params.vae}"
-        " --batch {params.batch} > {log} 2>&1"
+        "python -m edm2 dataset encode --source {input:q} --dest {output:q} --vae {params.vae:q}"
+        " --batch {params.batch} > {log:q} 2>&1"
 
 
 rule train_detector:
@@ -90,8 +90,8 @@ rule train_detector:
         seed=config["detector"]["seed"],
         extra=config["detector"]["extra_args"],
     shell:
-        "python -m edm2 metrics train-detector --data {input} --dest {output} --epochs {params.epochs}"
-        " --batch {params.batch} --seed {params.seed} {params.extra} > {log} 2>&1"
+        "python -m edm2 metrics train-detector --data {input:q} --dest {output:q} --epochs {params.epochs}"
+        " --batch {params.batch} --seed {params.seed} {params.extra} > {log:q} 2>&1"
 
 
 rule ref_stats:
@@ -112,8 +112,8 @@ rule ref_stats:
         **rule_resources("ref_stats"),
     params:
         metrics=",".join(METRICS),
-        detector=lambda wc, input: f"--cnn-detector {input.detector}" if input.detector else "",
+        detector=lambda wc, input: f"--cnn-detector {shlex.quote(input.detector)}" if input.detector else "",
         workers=config["data"]["workers"],
     shell:
-        "python -m edm2 metrics ref --data {input.data} --dest {output} --metrics {params.metrics}"
-        " {params.detector} --workers {params.workers} > {log} 2>&1"
+        "python -m edm2 metrics ref --data {input.data:q} --dest {output:q} --metrics {params.metrics}"
+        " {params.detector} --workers {params.workers} > {log:q} 2>&1"

@@ -30,6 +30,6 @@ rule score:
         eager=sampling_mode_arg(),
         extra=config["score"]["extra_args"],
     shell:
-        "python -m edm2 metrics gen --net {params.net} {params.guide} --ref {params.ref}"
+        "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
-        " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output} > {log} 2>&1"
+        " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"

@@ -23,8 +23,8 @@ rule phema:
         kimg=lambda wc: int(wc.kimg),
         extra=config["phema"]["extra_args"],
     shell:
-        "python -m edm2 phema --indir {params.indir} --outdir {params.outdir} --outstd {params.stds}"
-        " --outkimg {params.kimg} {params.extra} > {log} 2>&1"
+        "python -m edm2 phema --indir {params.indir:q} --outdir {params.outdir:q} --outstd {params.stds}"
+        " --outkimg {params.kimg} {params.extra} > {log:q} 2>&1"
 
 
 rule model_info:
@@ -46,8 +46,8 @@ rule model_info:
     params:
         label=lambda wc: MODELS[wc.run]["label"],
     shell:
-        "python -m edm2 report model-info --net {input.net} --run {wildcards.run} --label {params.label:q}"
-        " --out {output} > {log} 2>&1"
+        "python -m edm2 report model-info --net {input.net:q} --run {wildcards.run} --label {params.label:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 checkpoint refine_grid:
@@ -72,7 +72,7 @@ checkpoint refine_grid:
         statistic=config["score"]["statistic"],
     shell:
         "python -m edm2 report refine --grid {params.grid} --points {params.points}"
-        " --statistic {params.statistic} --out {output} {input} > {log} 2>&1"
+        " --statistic {params.statistic} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule phema_refine:
@@ -97,8 +97,8 @@ rule phema_refine:
         kimg=lambda wc: MODELS[wc.run]["kimg"],
         extra=config["phema"]["extra_args"],
     shell:
-        "mkdir -p {output}; "
+        "mkdir -p {output:q}; "
         "if [ -n '{params.stds}' ]; then "
-        "python -m edm2 phema --indir {params.indir} --outdir {output} --outstd {params.stds}"
-        " --outkimg {params.kimg} {params.extra} > {log} 2>&1; "
-        "else echo 'no refined EMA lengths needed' > {log}; fi"
+        "python -m edm2 phema --indir {params.indir:q} --outdir {output:q} --outstd {params.stds}"
+        " --outkimg {params.kimg} {params.extra} > {log:q} 2>&1; "
+        "else echo 'no refined EMA lengths needed' > {log:q}; fi"

@@ -29,12 +29,12 @@ rule download_raw:
         stage=lambda wc: f"{RESULTS}/downloads/raw/{wc.run}",
         jobs=RELEASED_CFG["jobs"],
     shell:
-        "python -m edm2 download {params.url:q} --dest {params.stage} --jobs {params.jobs} {params.include}"
-        " --no-progress > {log} 2>&1; "
-        "mkdir -p {output.snapshots}; "
-        "find {params.stage} -maxdepth 1 -name '*.pkl' -exec mv -t {output.snapshots} {{}} +; "
-        "cp {params.stage}/SHA256SUMS {output.snapshots}/SHA256SUMS; "
-        "cp {params.stage}/SHA256SUMS {output.record}"
+        "python -m edm2 download {params.url:q} --dest {params.stage:q} --jobs {params.jobs} {params.include}"
+        " --no-progress > {log:q} 2>&1; "
+        "mkdir -p {output.snapshots:q}; "
+        "find {params.stage:q} -maxdepth 1 -name '*.pkl' -exec mv -t {output.snapshots:q} {{}} +; "
+        "cp {params.stage:q}/SHA256SUMS {output.snapshots:q}/SHA256SUMS; "
+        "cp {params.stage:q}/SHA256SUMS {output.record:q}"
 
 
 rule download_net:
@@ -56,7 +56,7 @@ rule download_net:
         url=lambda wc: RELEASED_NET_URLS[wc.file],
         dest=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "python -m edm2 download {params.url:q} --dest {params.dest} --no-progress > {log} 2>&1"
+        "python -m edm2 download {params.url:q} --dest {params.dest:q} --no-progress > {log:q} 2>&1"
 
 
 rule score_released:
@@ -88,9 +88,9 @@ rule score_released:
         guide=released_score_args,
         extra=config["score"]["extra_args"],
     shell:
-        "python -m edm2 metrics gen --net {input.net} {params.guide} --ref {params.ref}"
+        "python -m edm2 metrics gen --net {input.net:q} {params.guide} --ref {params.ref:q}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
-        " --steps {params.steps} --batch {params.batch} {params.extra} --json {output} > {log} 2>&1"
+        " --steps {params.steps} --batch {params.batch} {params.extra} --json {output:q} > {log:q} 2>&1"
 
 
 rule released_table:
@@ -114,4 +114,4 @@ rule released_table:
         statistic=config["score"]["statistic"],
     shell:
         "python -m edm2 report released {params.args} --statistic {params.statistic}"
-        " --out {output.csv} --md {output.md} > {log} 2>&1"
+        " --out {output.csv:q} --md {output.md:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule result_set:
     params:
         members=sorted(coarse_scores() + [model_info(run) for run in MODELS]),
     shell:
-        "printf '%s\\n' {params.members:q} > {output} 2> {log}"
+        "printf '%s\\n' {params.members:q} > {output:q} 2> {log:q}"
 
 
 rule aggregate:
@@ -49,10 +49,10 @@ rule aggregate:
         **rule_resources("aggregate"),
     params:
         statistic=config["score"]["statistic"],
-        info=lambda wc, input: " ".join(f"--model-info {f}" for f in input.info),
+        info=lambda wc, input: " ".join(f"--model-info {shlex.quote(f)}" for f in input.info),
     shell:
-        "python -m edm2 report aggregate --out {output.scores} --best {output.best}"
-        " --statistic {params.statistic} {params.info} {input.scores} > {log} 2>&1"
+        "python -m edm2 report aggregate --out {output.scores:q} --best {output.best:q}"
+        " --statistic {params.statistic} {params.info} {input.scores:q} > {log:q} 2>&1"
 
 
 rule plots:
@@ -92,14 +92,14 @@ rule plots:
         outdir=lambda wc, output: os.path.dirname(output[0]),
         metrics=",".join(METRICS),
         runs=lambda wc, input: " ".join(
-            f"--run {run}={os.path.dirname(d)}"
+            shlex.quote(f"--run={run}={os.path.dirname(d)}")
             for run, d in zip(MODELS, input.done)
             if MODELS[run]["source"] == "train"
         ),
         labels=" ".join(shlex.quote(f"--label={run}={m['label']}") for run, m in MODELS.items()),
     shell:
-        "python -m edm2 report plots --scores {input.scores} --metrics {params.metrics} {params.runs} {params.labels}"
-        " --outdir {params.outdir} > {log} 2>&1"
+        "python -m edm2 report plots --scores {input.scores:q} --metrics {params.metrics} {params.runs} {params.labels}"
+        " --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -124,7 +124,7 @@ rule tables:
         metrics=",".join(METRICS),
         stem=lambda wc, output: os.path.splitext(output[0])[0],
     shell:
-        "python -m edm2 report tables --scores {input} --metrics {params.metrics} --out {params.stem} > {log} 2>&1"
+        "python -m edm2 report tables --scores {input:q} --metrics {params.metrics} --out {params.stem:q} > {log:q} 2>&1"
 
 
 rule samples:
@@ -156,13 +156,13 @@ rule samples:
         eager=sampling_mode_arg(),
         tmp=lambda wc: f"{RESULTS}/plots/samples/{wc.run}/.{wc.guidance}-images",
     shell:
-        "rm -rf {params.tmp}; "
-        "best=$(python -m edm2 report best --best {input.best} --run {wildcards.run}"
-        " --guidance {wildcards.guidance} --metric {params.metric} --shell 2>> {log}); "
+        "rm -rf {params.tmp:q}; "
+        "best=$(python -m edm2 report best --best {input.best:q} --run {wildcards.run}"
+        " --guidance {wildcards.guidance} --metric {params.metric} --shell 2>> {log:q}); "
         'eval "python -m edm2 generate $best --seeds {params.seeds} --batch {params.batch}'
-        ' --steps {params.steps} {params.eager} --outdir {params.tmp}" > {log} 2>&1; '
-        "python -m edm2 report grid --images {params.tmp} --out {output} >> {log} 2>&1; "
-        "rm -rf {params.tmp}"
+        ' --steps {params.steps} {params.eager} --outdir {params.tmp:q}" > {log:q} 2>&1; '
+        "python -m edm2 report grid --images {params.tmp:q} --out {output:q} >> {log:q} 2>&1; "
+        "rm -rf {params.tmp:q}"
 
 
 rule report:
@@ -185,7 +185,7 @@ rule report:
     resources:
         **rule_resources("report"),
     params:
-        samples=lambda wc, input: " ".join(f"--samples {f}" for f in input.samples),
+        samples=lambda wc, input: " ".join(f"--samples {shlex.quote(f)}" for f in input.samples),
     shell:
-        "python -m edm2 report summary --best {input.best} --table {input.tables[1]} {params.samples}"
-        " --md {output.md} --html {output.html} {input.plots} > {log} 2>&1"
+        "python -m edm2 report summary --best {input.best:q} --table {input.tables[1]:q} {params.samples}"
+        " --md {output.md:q} --html {output.html:q} {input.plots:q} > {log:q} 2>&1"

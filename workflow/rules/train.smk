@@ -30,5 +30,5 @@ rule train:
         # The no-op trap keeps this shell alive on SIGTERM until training has written its
         # checkpoint; SLURM signals the training processes themselves.
         "trap : TERM USR1; "
-        "{params.launch} --outdir {params.outdir} {params.options} >> {log} 2>&1; "
-        "test -f {output} || {{ echo 'slice done, resubmit to continue' >> {log}; exit 75; }}"
+        "{params.launch} --outdir {params.outdir:q} {params.options} >> {log:q} 2>&1; "
+        "test -f {output:q} || {{ echo 'slice done, resubmit to continue' >> {log:q}; exit 75; }}"
