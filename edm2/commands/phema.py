@@ -71,7 +71,8 @@ def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_
         click.echo("Nothing to do: every output exists (--skip).")
         return
     click.echo(
-        f"Wrote {len(result['outputs'])} reconstructions at kimg {result['out_nimg'] // 1000} "
+        f"Wrote {len(result['outputs'])} reconstruction{'s' if len(result['outputs']) != 1 else ''} "
+        f"at kimg {result['out_nimg'] // 1000} "
         f"from {len(result['inputs'])} inputs to {outdir} ({result['bytes_read'] / 2**30:.2f} GiB read, "
         f"{result['wall_s']:.1f} s)"
     )

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
+from edm2.io.atomic import made_folder
 from edm2.io.official import OfficialLayouts, load_official_pickle, snapshot_fields
 from edm2.io.safetensors_stream import StreamingWriter, preadv_full, read_safetensors_header
 from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
@@ -560,35 +561,37 @@ def reconstruct_phema(
         raise ConfigError("two output stds give the same file name (std:.3f); use stds at least 0.001 apart")
     used, out_nimg, X = plan_coefficients(used, out_std, out_nimg)
     result["coefficients"] = X
-    outdir.mkdir(parents=True, exist_ok=True)
-    stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
-    with tempfile.TemporaryDirectory(prefix=".phema-scratch-", dir=scratch_dir or outdir) as scratch:
-        layouts = OfficialLayouts(check=False)  # inputs are compared with each other instead
-        sources, infos = zip(*(_open_source(inp, Path(scratch), layouts) for inp in used))  # pickles converted first
-        params, buffer_names, shapes = _check_layout(sources, infos)
-        # Outputs: parameters in streaming order, then buffers.
-        entries = [(name, torch.float16, shape) for name, _, shape in params]
-        entries += [(name, torch.float16, shapes[name]) for name in buffer_names]
-        metadatas = [
-            _output_metadata(infos[0], sources, X[:, j], std, out_nimg, dtype) for j, std in enumerate(out_std)
-        ]
-        with StreamingWriter([out_path(std) for std in out_std], entries, metadatas) as out:
-            workers = max(1, int(workers or torch.get_num_threads()))
-            total = sum(numel for _, numel, _ in params)
-            chunk, per_element = _chunk_size(sources, X, dtype, total, workers, max_memory, chunk_elements)
-            result.update(chunk_elements=chunk, working_bytes=chunk * per_element, workers=workers)
-            bar = None
-            if progress:
-                bar = tqdm(
-                    total=total, unit="param", unit_scale=True, desc=f"phema {X.shape[0]} in -> {X.shape[1]} out"
-                )
-            try:
-                _StreamingPass(sources, params, X, out, dtype, chunk, workers, bar, stats).run()
-            finally:
-                if bar is not None:
-                    bar.close()
-            _copy_buffers(sources[-1], buffer_names, out, total * 2, stats)
-            result["outputs"] = out.commit()
+    with made_folder(outdir):  # removed again if the inputs turn out unusable
+        stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
+        with tempfile.TemporaryDirectory(prefix=".phema-scratch-", dir=scratch_dir or outdir) as scratch:
+            layouts = OfficialLayouts(check=False)  # inputs are compared with each other instead
+            sources, infos = zip(
+                *(_open_source(inp, Path(scratch), layouts) for inp in used)
+            )  # pickles converted first
+            params, buffer_names, shapes = _check_layout(sources, infos)
+            # Outputs: parameters in streaming order, then buffers.
+            entries = [(name, torch.float16, shape) for name, _, shape in params]
+            entries += [(name, torch.float16, shapes[name]) for name in buffer_names]
+            metadatas = [
+                _output_metadata(infos[0], sources, X[:, j], std, out_nimg, dtype) for j, std in enumerate(out_std)
+            ]
+            with StreamingWriter([out_path(std) for std in out_std], entries, metadatas) as out:
+                workers = max(1, int(workers or torch.get_num_threads()))
+                total = sum(numel for _, numel, _ in params)
+                chunk, per_element = _chunk_size(sources, X, dtype, total, workers, max_memory, chunk_elements)
+                result.update(chunk_elements=chunk, working_bytes=chunk * per_element, workers=workers)
+                bar = None
+                if progress:
+                    bar = tqdm(
+                        total=total, unit="param", unit_scale=True, desc=f"phema {X.shape[0]} in -> {X.shape[1]} out"
+                    )
+                try:
+                    _StreamingPass(sources, params, X, out, dtype, chunk, workers, bar, stats).run()
+                finally:
+                    if bar is not None:
+                        bar.close()
+                _copy_buffers(sources[-1], buffer_names, out, total * 2, stats)
+                result["outputs"] = out.commit()
     result.update(stats)
     result["out_std"] = out_std
     result["wall_s"] = time.perf_counter() - t_start

@@ -85,6 +85,25 @@ def atomic_path(path, suffix: str = ""):
         raise
 
 
+@contextlib.contextmanager
+def made_folder(path):
+    """Create the folder `path` (and missing parents) for the block; if the block raises, remove
+    again the folders it created that are still empty (a failed command leaves no empty output
+    folder behind)."""
+    path = Path(path)
+    created = [p for p in [path, *path.parents] if not p.exists()]  # deepest first
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` under a temporary name, then rename (no partial file on failure)."""
     with atomic_path(path) as tmp:

@@ -228,7 +228,12 @@ def test_failures_leave_no_partial_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr(phema_module, "preadv_full", failing_read)
     with pytest.raises(FormatError, match="unexpected end of file"):
         reconstruct_phema(folder, out, "0.06,0.07,0.08", chunk_elements=500)
-    assert list(out.iterdir()) == []  # no outputs, no temporary files, no scratch folder
+    assert not out.exists()  # no outputs, no temporary files, no scratch folder, no folder it made
+    out.mkdir()  # a folder that was there before is left
+    with pytest.raises(FormatError, match="unexpected end of file"):
+        calls.clear()
+        reconstruct_phema(folder, out, "0.06,0.07,0.08", chunk_elements=500)
+    assert list(out.iterdir()) == []
     monkeypatch.undo()
     # A file cut short before the run is refused up front.
     victim = folder / "network-snapshot-0000008-0.100.safetensors"
@@ -244,7 +249,8 @@ def test_inconsistent_inputs_are_refused(tmp_path):
     write_snapshots(folder, [4], [0.05, 0.10])
     write_snapshots(folder, [8], [0.05], kw=dict(TINY, model_channels=16))
     with pytest.raises(FormatError, match="different network config"):
-        reconstruct_phema(folder, tmp_path / "out", "0.07")
+        reconstruct_phema(folder, tmp_path / "out" / "phema", "0.07")
+    assert not (tmp_path / "out").exists()  # the folders it made are removed again
     save_snapshot(
         folder / "copy-0000004-0.050.safetensors", build_network(TINY, "cpu").state_dict(), TINY, ENCODER, 4096, 0.05
     )
