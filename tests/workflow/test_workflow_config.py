@@ -36,6 +36,12 @@ def test_shipped_configs_are_valid(validator, name):
     assert errors(validator, load_config(name)) == []
 
 
+def test_shipped_overlay_is_valid_over_the_smoke_config(validator):
+    config = load_config("smoke.yaml")
+    config.update(load_config("smoke-released-raw.yaml"))  # its keys replace the smoke config's
+    assert errors(validator, config) == []
+
+
 @pytest.mark.parametrize("grid", ["0.050,0.100", "0.050,0.075,...,0.150", [0.05, 0.1], 0.1])
 def test_schema_accepts_every_grid_that_phema_accepts(validator, grid):
     config = copy.deepcopy(load_config("smoke.yaml"))

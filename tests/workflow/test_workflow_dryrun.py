@@ -141,6 +141,12 @@ def test_embedded_default_and_smoke_configs(workdir):
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
 
 
+def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):
+    counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml", CONFIG / "smoke-released-raw.yaml")
+    assert counts["download_raw"] == 1 and counts["phema"] == 1 and counts["score"] == 3, counts
+    assert "train" not in counts
+
+
 def test_paper_guided_score_command(workdir):
     target = "results/img512/scores/s/guid-dino/ema-0.085.json"
     proc = snakemake(workdir, target, "-n", "-p", "--configfile", CONFIG / "paper-img512.yaml")
