@@ -142,7 +142,7 @@ class RangeServer:
         self.httpd.faults = {}
         self.httpd.delay = delay
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def faults(self) -> dict:
