@@ -1,7 +1,15 @@
 """`edm2 download`: fetch released files or whole folders, verified and resumable (thin wrapper
 over edm2.io.download)."""
 
+import math
+
 import click
+
+
+def _finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
 
 
 @click.command("download")
@@ -27,19 +35,33 @@ import click
     help="sha256sum-format file of known digests to verify against",
 )
 @click.option(
-    "--retries", type=click.IntRange(0), default=8, show_default=True, help="Failed attempts in a row per file"
+    "--retries",
+    type=click.IntRange(0),
+    default=8,
+    show_default=True,
+    help="Retries per file after a failed attempt; gives up after N+1 attempts in a row that bring the file no further",
 )
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=None, help="Seconds without progress  [default: 20]")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1, max=86400),
+    callback=_finite,
+    default=None,
+    help="Seconds without progress (or $EDM2_DOWNLOAD_TIMEOUT)  [default: 20]",
+)
 @click.option("--dry-run", is_flag=True, help="Only list the files that match")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar")
 def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dry_run, progress):
     """Download files, or folders (a URL ending in '/'), into DEST, verified and resumable.
 
-    A folder URL is read from the HTML index page the server returns. Interrupted transfers
-    continue from DEST/<name>.part when run again; files already complete are verified (SHA-256
-    against DEST/SHA256SUMS, where the digest of every file is recorded after its first
-    complete download) and not fetched again. Offline (EDM2_OFFLINE=1) or unreachable hosts
-    fail at once.
+    A folder URL is read from the HTML index page the server returns (a SHA256SUMS it lists
+    gives the digests of its files). Interrupted transfers continue from DEST/<name>.part when
+    run again (from byte 0 if the server's file changed meanwhile); files already complete are
+    verified (SHA-256 against DEST/SHA256SUMS, where the digest of every file is recorded after
+    its first complete download) and not fetched again. A digest given with URL#sha256=<hex> or
+    --manifest that differs from a file already in DEST is an error: nothing is deleted. Every
+    URL is checked, and free space for the files' sizes, before the first transfer. Offline
+    (EDM2_OFFLINE=1) or unreachable hosts fail at once; a folder already downloaded is then
+    verified against DEST/SHA256SUMS without its listing.
 
     \b
     At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
@@ -69,6 +91,8 @@ def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dr
         retries=retries,
         progress=progress,
     )
+    for note in result["notes"]:
+        click.echo(f"{dest}: {note}")
     click.echo(
         f"{dest}: {len(result['downloaded'])} downloaded ({result['bytes'] / 2**20:.1f} MiB), "
         f"{len(result['verified'])} already there and verified"

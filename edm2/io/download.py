@@ -13,16 +13,22 @@ Two entry points share one transfer routine (`fetch`):
   HTML index page the server returns, as the NVIDIA CDN serves
   https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/<run>/) into a folder, `jobs` at a time.
 
-Every transfer goes into `<name>.part` next to its final place; an interrupted transfer (a cut
-connection, a killed process) continues from the end of the `.part` file with an HTTP Range
-request, connection resets and 5xx answers are retried with exponential back-off, the size is
+Every transfer goes into `<name>.part` next to its final place, with the server's validator of
+that version of the file (ETag, else Last-Modified, and the total size) kept in
+`.<name>.part.json`; an interrupted transfer (a cut connection, a killed process) continues from
+the end of the `.part` file with an HTTP Range request carrying `If-Range`, and starts again from
+byte 0 when the server's file changed in between (a 200 answer, another total size or
+validator). A `.part` that is already complete is verified and renamed without fetching it
+again. Connection resets and 5xx answers are retried with exponential back-off, the size is
 checked against Content-Length, and the file is renamed to its final name only when complete
 and verified. Verification: the SHA-256 of every file is computed while it is written and
-compared with the digest known for it (a `#sha256=<hex>` URL fragment, the manifest of the
-destination, or, when asked for, the hash prefix in the file name such as `...-6726825d.pth`);
-otherwise it is recorded in the manifest `SHA256SUMS` of the destination (sha256sum format) so
-that later uses verify against it. A mismatch removes the file and raises `DownloadError`
-naming the file and both digests.
+compared with the digest known for it (a `#sha256=<hex>` URL fragment, `--manifest`, the
+`SHA256SUMS` a folder's listing serves, the manifest of the destination, or, when asked for, the
+hash prefix in the file name such as `...-6726825d.pth`); otherwise it is recorded in the
+manifest `SHA256SUMS` of the destination (sha256sum format) so that later uses verify against it.
+A transfer that fails its digest is removed; a file already in place is never deleted because a
+digest given from outside disagrees with it (that is an error naming both digests), only when
+it no longer matches its own recorded digest (it was damaged since).
 
 `EDM2_OFFLINE=1` refuses every download that is not already present, without touching the
 network; a host that cannot be reached fails at once (no retries) with one line naming the URL.
@@ -34,8 +40,12 @@ import fcntl
 import fnmatch
 import hashlib
 import html.parser
+import json
+import math
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -46,15 +56,20 @@ import urllib3
 from tqdm import tqdm
 
 from edm2 import __version__
-from edm2.errors import DownloadError, FormatError
-from edm2.io.atomic import atomic_write_text
+from edm2.errors import DownloadError, FormatError, one_line
+from edm2.io.atomic import WRITE_ERRNOS, atomic_write_text
 
 URL_SCHEMES = ("http://", "https://", "file://")
 DEFAULT_TIMEOUT = 20.0  # seconds without progress before a connection is abandoned
-DEFAULT_RETRIES = 8  # failed attempts in a row (no byte received in between) before giving up
+MAX_TIMEOUT = 86400.0
+DEFAULT_RETRIES = 8  # retries after a failed attempt (no byte received in between) before giving up
+MAX_RESTARTS = 3  # the server's file changed under a transfer this many times: give up
 MANIFEST = "SHA256SUMS"
 CHUNK = 1 << 20
-_HINT = "check the network connection, or download the file by hand and pass its local path instead"
+# What to do when a host cannot be reached: the cache serves commands that also take a local
+# path; `edm2 download` does not.
+HINT_CACHE = "check the network connection, or download the file by hand and pass its local path instead"
+HINT_DOWNLOAD = "check the network connection and the URL"
 
 
 def is_url(text) -> bool:
@@ -78,6 +93,57 @@ def offline() -> bool:
     return os.environ.get("EDM2_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def check_timeout(timeout) -> float:
+    """`timeout` (seconds), or $EDM2_DOWNLOAD_TIMEOUT, or the default; finite, 0.1 .. 86400."""
+    where = f"timeout {timeout!r}"
+    if timeout is None:
+        env = os.environ.get("EDM2_DOWNLOAD_TIMEOUT")
+        if env is None or not env.strip():
+            return DEFAULT_TIMEOUT
+        where, timeout = f"EDM2_DOWNLOAD_TIMEOUT={env}", env
+    try:
+        value = float(timeout)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0.1 <= value <= MAX_TIMEOUT):
+        raise DownloadError(f"{where}: not a number of seconds from 0.1 to {MAX_TIMEOUT:.0f}")
+    return value
+
+
+def check_url(url: str) -> str:
+    """Return `url` (http or https, fragment removed by the caller) if it is well formed; else
+    raise `DownloadError` "'<url>': not a valid URL (<reason>)" before any transfer."""
+
+    def bad(reason):
+        return DownloadError(f"'{url}': not a valid URL ({reason})")
+
+    if any(c.isspace() for c in url):
+        raise bad("it contains a space; write it as %20")
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise bad("it contains a control character")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise bad(str(e)[:1].lower() + str(e)[1:]) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise bad("not http:// or https://")
+    if not parts.hostname:
+        raise bad("no host")
+    if port == 0:
+        raise bad("port 0")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise bad(f"the host name {parts.hostname!r} is malformed") from None
+    try:
+        urllib3.util.parse_url(url)
+        requests.Request("GET", url).prepare()
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ValueError, UnicodeError) as e:
+        raise bad(one_line(str(e), 200)) from None
+    return url
+
+
 def split_digest(url: str) -> tuple[str, str | None]:
     """`(url without fragment, sha256 hex or None)` for a URL that may end in `#sha256=<hex>`."""
     base, _, fragment = url.partition("#")
@@ -92,8 +158,28 @@ def url_file_name(url: str) -> str:
     return urllib.parse.unquote(urllib.parse.urlparse(url).path).rsplit("/", 1)[-1]
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why a decoded file name from a URL cannot be a file of a download folder, or None: empty,
+    `.` or `..`, a path separator or NUL, a hidden name (our lock and state files are hidden), a
+    `.part` name (our partial transfers) or the folder's own manifest."""
+    if not name:
+        return "no file name"
+    if name in (".", ".."):
+        return f"the name {name!r} is a folder"
+    if "/" in name or "\\" in name or "\0" in name:
+        return f"the name {name!r} holds a path separator or NUL"
+    if name.startswith("."):
+        return f"the name {name!r} is hidden (lock and state files are)"
+    if name.endswith(".part"):
+        return f"the name {name!r} ends in .part (partial transfers do)"
+    if name == MANIFEST:
+        return f"{MANIFEST} is the manifest the download folder keeps"
+    return None
+
+
 def cached_path(url: str, root=None) -> Path:
-    """Where `url` is (or would be) cached."""
+    """Where `url` is (or would be) cached (the name is the URL's digest and a sanitized file
+    name, so no URL can name a path outside the cache)."""
     url = split_digest(url)[0]
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url_file_name(url) or "download")
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
@@ -118,55 +204,101 @@ def sha256_file(path, bar=None) -> str:
     return h.hexdigest()
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
 # ----------------------------------------------------------------------------------------------
-# The manifest of a destination folder (`SHA256SUMS`, the format of `sha256sum`).
+# Lock files and the manifest of a destination folder (`SHA256SUMS`, the format of `sha256sum`).
 
 
-def read_manifest(path) -> dict:
-    """`{file name: sha256 hex}` from a sha256sum-format file (missing file -> {})."""
-    entries = {}
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive lock on `path` across processes and threads, removed when released.
+
+    The lock file is unlinked while still locked, so none is left behind: a process that waited
+    on a file that was unlinked meanwhile (its inode no longer under `path`) opens it anew.
+    """
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+                same = (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev)
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return entries
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def read_manifest(path, text: str | None = None) -> dict:
+    """`{file name: sha256 hex}` from a sha256sum-format file (missing file -> {}); `text`, when
+    given, is parsed instead (`path` then only names it in errors)."""
+    entries = {}
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            return entries
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.rstrip("\n"))
         if not m:
             raise FormatError(f"{path}:{number}: not a sha256sum line ('<64 hex digits>  <file name>')")
-        entries[Path(m.group(2)).name] = m.group(1).lower()
+        entries[m.group(2).replace("\\", "/").rsplit("/", 1)[-1]] = m.group(1).lower()
     return entries
 
 
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """An exclusive lock on the manifest of `folder` (several processes may record at once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{MANIFEST}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _write_manifest(folder: Path, entries: dict) -> None:
+    try:
+        atomic_write_text(folder / MANIFEST, "".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+    except OSError as e:
+        raise _write_error(e, folder / MANIFEST, None) from None
 
 
 def record_digest(folder, name: str, digest: str) -> None:
     """Add or replace the entry of `name` in `folder/SHA256SUMS` (atomic, under a lock)."""
     folder = Path(folder)
-    with _locked(folder):
+    with file_lock(folder / f".{MANIFEST}.lock"):
         entries = read_manifest(folder / MANIFEST)
         if entries.get(name) == digest:
             return
         entries[name] = digest
-        atomic_write_text(folder / MANIFEST, "".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+        _write_manifest(folder, entries)
 
 
 def _forget_digest(folder: Path, name: str) -> None:
-    with _locked(folder):
+    with file_lock(folder / f".{MANIFEST}.lock"):
         entries = read_manifest(folder / MANIFEST)
         if entries.pop(name, None) is not None:
-            atomic_write_text(folder / MANIFEST, "".join(f"{d}  {n}\n" for n, d in sorted(entries.items())))
+            _write_manifest(folder, entries)
+
+
+def _write_error(e: OSError, path, fix: str | None) -> Exception:
+    """A one-line DownloadError for a failed write of `path` (disk full, quota, read-only...),
+    or `e` itself for other errors."""
+    if e.errno not in WRITE_ERRNOS:
+        return e
+    fix = fix or "free space or write elsewhere"
+    return DownloadError(f"cannot write {path}: {e.strerror or e}; {fix}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +307,10 @@ def _forget_digest(folder: Path, name: str) -> None:
 
 class _Retry(Exception):
     """A failure worth another attempt (connection reset, 5xx, truncated body)."""
+
+
+class _Restart(Exception):
+    """The `.part` belongs to another version of the file: start again from byte 0."""
 
 
 _local = threading.local()
@@ -205,24 +341,36 @@ def _describe(e) -> str:
     """A short description of a requests/urllib3 failure (no object reprs)."""
     if isinstance(e, _Retry):
         return str(e)
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return "no answer to the connection in time"
     if isinstance(e, requests.exceptions.Timeout):
         return "no answer in time"
     inner = e.args[0] if e.args else e
     reason = getattr(inner, "reason", inner)
     if isinstance(reason, str):  # urllib3's ProtocolError('Connection broken: ...', cause)
-        return reason
+        return one_line(reason, 300)
     text = str(reason)
-    text = re.sub(r"<[^>]*>: ", "", text)  # urllib3 prefixes messages with the connection repr
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        m = re.search(r"Failed to resolve '([^']*)'(?: \(\[Errno [-\d]+\] ([^)]*)\))?", text)
+        host, why = (m.group(1), m.group(2)) if m else ("", None)
+        return f"name {host} not resolved" + (f" ({why})" if why else "") if host else "name not resolved"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        m = re.search(r"\[Errno -?\d+\] (.*)$", text)
+        return (m.group(1) if m else "cannot connect").strip().rstrip(")").lower()
+    text = re.sub(r"<[^>]*>:? ?", "", text)  # urllib3 prefixes messages with the connection repr
+    text = re.sub(r"\w+\(host='[^']*', port=\d+\): ", "", text)
     text = re.sub(r"\s*\(Caused by .*", "", text)
+    text = one_line(text, 300)
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
 def _content_range(value: str | None):
-    """`(first byte, total or None)` of a Content-Range header 'bytes a-b/total'."""
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (value or "").strip())
+    """`(first byte or None, total or None)` of a Content-Range header 'bytes a-b/total' or
+    'bytes */total' (the latter in 416 answers)."""
+    m = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
     if not m:
         return None, None
-    return int(m.group(1)), (None if m.group(3) == "*" else int(m.group(3)))
+    return (int(m.group(1)) if m.group(1) else None), (None if m.group(2) == "*" else int(m.group(2)))
 
 
 def _check_offline(url: str, dest: Path) -> None:
@@ -231,6 +379,56 @@ def _check_offline(url: str, dest: Path) -> None:
             f"cannot download {url}: EDM2_OFFLINE is set and {dest} is not there yet; "
             "unset EDM2_OFFLINE on a machine with internet, or pass a local copy of the file"
         )
+
+
+def _validator(headers) -> dict:
+    """The validators of a response: its strong ETag and its Last-Modified (None when absent)."""
+    etag = headers.get("ETag")
+    return {
+        "etag": etag if etag and not etag.startswith("W/") else None,
+        "last_modified": headers.get("Last-Modified") or None,
+    }
+
+
+def head_info(url: str, timeout: float) -> dict | None:
+    """`{'size', 'etag', 'last_modified'}` from a HEAD request, or None when it fails or the
+    server does not say the size."""
+    try:
+        r = _session().head(url, timeout=(timeout, timeout), allow_redirects=True)
+    except Exception:
+        return None
+    length = r.headers.get("Content-Length")
+    if r.status_code != 200 or not (length and length.isdigit()):
+        return None
+    return {"size": int(length), **_validator(r.headers)}
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _state_path(dest: Path) -> Path:
+    """The record of which version of the server's file the `.part` holds."""
+    return dest.with_name(f".{dest.name}.part.json")
+
+
+def _read_state(dest: Path) -> dict | None:
+    try:
+        state = json.loads(_state_path(dest).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _same_version(state: dict | None, url: str, size, validator: dict) -> bool:
+    """True when a response (total `size`, `validator`) is of the version of the file that the
+    `.part` was started from (`state`); without any validator the total size must agree."""
+    if not state or state.get("url") != url or state.get("size") is None or state.get("size") != size:
+        return False
+    for key in ("etag", "last_modified"):
+        if state.get(key) and validator.get(key) and state[key] != validator[key]:
+            return False
+    return True
 
 
 def fetch(
@@ -243,37 +441,78 @@ def fetch(
     backoff: float = 1.0,
     bar=None,
     stop: threading.Event | None = None,
+    hint: str = HINT_CACHE,
+    fix: str | None = None,
+    head: dict | None = None,
 ) -> str:
     """Download `url` to `dest` through `dest.part`, resuming and retrying; returns the SHA-256.
 
     `sha256` (full hex digest) or `prefix` (its first hex digits) is checked when given; a
-    mismatch removes the file and raises `DownloadError` naming the file and both digests. The
-    size is checked against Content-Length (or Content-Range). Failed attempts are retried with
-    back-off `backoff * 2**k` seconds (at most 30 s) until `retries` attempts in a row bring the
-    file no further; a host that cannot be reached before the first byte fails at once. `bar` (a tqdm
-    bar) is advanced by the bytes received. Raises `DownloadError`.
+    transfer that does not match is removed and `DownloadError` names the file and both digests.
+    The size is checked against Content-Length (or Content-Range). Failed attempts are retried with
+    back-off `backoff * 2**k` seconds (at most 30 s) until `retries` retries in a row bring the
+    file no further; a host that cannot be reached before the first byte fails at once (`hint`
+    says what to do). `bar` (a tqdm bar) is advanced by the bytes received; `fix` says what to do
+    when the disk is full; `head` (from `head_info`) tells whether a `.part` is complete already.
+    Raises `DownloadError`.
     """
+    return _fetch(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head)[0]
+
+
+def _fetch(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head) -> tuple[str, bool]:
+    """`fetch`, returning `(digest, transferred)`: False when another process brought the file
+    while this one waited for the lock (it was only verified)."""
     dest = Path(dest)
     _check_offline(url, dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # One transfer per destination at a time, across processes (parallel jobs may need the same
-    # file): a process that waited finds the file complete and only verifies it.
-    with open(dest.with_name(f".{dest.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
+        # One transfer per destination at a time, across processes (parallel jobs may need the
+        # same file): a process that waited finds the file complete and only verifies it.
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(dest.with_name(f".{dest.name}.lock")))
+        except OSError as e:
+            raise _write_error(e, dest.parent, fix) from None
         if dest.is_file():
-            return _verify_present(dest, sha256 or prefix, url)
-        return _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop)
+            return _verify_present(dest, sha256 or prefix, url), False
+        timeout = check_timeout(timeout)
+        return _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head), True
 
 
-def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop) -> str:
+def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head) -> str:
     """The body of `fetch`, under its lock."""
-    timeout = float(os.environ.get("EDM2_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
-    part = dest.with_name(dest.name + ".part")
+    part, state_path = _part(dest), _state_path(dest)
+    fix = fix or "free space or write elsewhere"
     hasher, hashed = hashlib.sha256(), 0
-    failures, received_any, restarted, furthest = 0, False, False, 0
-    while True:
+    failures, received_any, restarts, furthest, shown = 0, False, 0, 0, 0
+    complete = False
+
+    def show(n):  # keep the bar at the bytes of this file that are in place
+        nonlocal shown
+        if bar is not None and n != shown:
+            bar.update(n - shown)
+        shown = n
+
+    def restart(why, count=True):
+        nonlocal restarts, hasher, hashed
+        restarts += count
+        if restarts > MAX_RESTARTS:
+            raise DownloadError(f"cannot download {url}: {why} {restarts} times in a row; rerun later")
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        hasher, hashed = hashlib.sha256(), 0
+        show(0)
+
+    def resume_advice():
+        return f"rerun to resume from {part}" if part.exists() and part.stat().st_size else "rerun to retry"
+
+    # A .part that is complete already (the size the server gives, the same version): no request.
+    state = _read_state(dest)
+    if part.exists() and head and head.get("size") == part.stat().st_size:
+        if state is None or _same_version(state, url, head["size"], head):
+            complete = True
+    while not complete:
         if stop is not None and stop.is_set():
-            raise DownloadError(f"download of {url} interrupted; rerun to resume from {part}")
+            raise DownloadError(f"download of {url} interrupted; {resume_advice()}")
         offset = part.stat().st_size if part.exists() else 0
         if offset != hashed:  # a .part from an earlier run: hash what it holds first
             hasher, hashed = hashlib.sha256(), 0
@@ -282,45 +521,73 @@ def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop) -
                     while block := f.read(CHUNK):
                         hasher.update(block)
                         hashed += len(block)
-                if bar is not None:
-                    bar.update(offset)
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+            show(offset)
+        state = _read_state(dest) if offset else None
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if state and state.get("url") == url and (state.get("etag") or state.get("last_modified")):
+                headers["If-Range"] = state.get("etag") or state["last_modified"]
         try:
             with _session().get(url, headers=headers, stream=True, timeout=(timeout, timeout)) as r:
-                if r.status_code == 416 and offset and not restarted:
-                    part.unlink()  # longer than the file (it changed on the server): start again
-                    restarted = True
-                    if bar is not None:
-                        bar.update(-offset)
+                validator = _validator(r.headers)
+                if r.status_code == 416 and offset:
+                    _, total = _content_range(r.headers.get("Content-Range"))
+                    if total == offset and (state is None or _same_version(state, url, total, validator)):
+                        complete = True  # the .part holds the whole file already
+                        break
+                    restart("the file on the server changed")  # e.g. shorter than the .part
                     continue
                 if r.status_code >= 500 or r.status_code in (408, 429):
                     raise _Retry(f"HTTP {r.status_code} {r.reason}")
                 if r.status_code >= 400:
                     raise DownloadError(f"cannot download {url}: HTTP {r.status_code} {r.reason}; check the URL")
                 total = None
-                if r.status_code == 206:
+                if r.status_code == 206 and offset:
                     first, total = _content_range(r.headers.get("Content-Range"))
                     if first != offset:
                         raise _Retry(f"the server answered a range from byte {first}, asked for {offset}")
-                else:  # 200: the whole file (a server without Range support): start from zero
-                    if offset and bar is not None:
-                        bar.update(-offset)
-                    offset, hasher, hashed = 0, hashlib.sha256(), 0
+                    if not _same_version(state, url, total, validator):
+                        # Another version of the file than the .part was started from, or no
+                        # record of which: start again rather than stitch two versions.
+                        restart("the file on the server changed")
+                        continue
+                else:  # 200: the whole file (changed since, or a server without Range support)
+                    if offset:  # (not counted: a server without Range support does this every time)
+                        restart("the file on the server changed", count=False)
+                    offset = 0
                     length = r.headers.get("Content-Length")
                     total = int(length) if length and length.isdigit() else None
-                with open(part, "ab" if offset else "wb") as f:
+                    if r.status_code == 206:  # a range from 0 we did not ask for
+                        total = _content_range(r.headers.get("Content-Range"))[1]
+                    try:
+                        atomic_write_text(state_path, json.dumps({"url": url, "size": total, **validator}))
+                    except OSError as e:
+                        raise _write_error(e, state_path, fix) from None
+                try:
+                    f = open(part, "ab" if offset else "wb")
+                except OSError as e:
+                    raise _write_error(e, part, fix) from None
+                try:
                     # read1: whatever has arrived, so a cut connection loses no received byte
                     while block := r.raw.read1(CHUNK, decode_content=False):
                         if stop is not None and stop.is_set():
                             raise DownloadError(f"download of {url} interrupted; rerun to resume from {part}")
-                        f.write(block)
+                        try:
+                            f.write(block)
+                        except OSError as e:
+                            raise _write_error(e, part, f"{fix}; then rerun to resume") from None
                         hasher.update(block)
                         hashed += len(block)
                         received_any = True
                         if hashed > furthest:  # real progress (not bytes received again)
                             furthest, failures = hashed, 0
-                        if bar is not None:
-                            bar.update(len(block))
+                        show(hashed)
+                finally:
+                    try:
+                        f.close()
+                    except OSError as e:
+                        raise _write_error(e, part, f"{fix}; then rerun to resume") from None
                 if total is not None and hashed != total:
                     raise _Retry(f"the transfer stopped after {hashed} of {total} bytes")
         except (
@@ -332,39 +599,57 @@ def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop) -
         ) as e:
             if not received_any and _is_connect_failure(e):
                 raise DownloadError(
-                    f"cannot download {url}: the host cannot be reached ({_describe(e)}); {_HINT}"
+                    f"cannot download {url}: the host cannot be reached ({_describe(e)}); {hint}"
                 ) from None
             failures += 1
             if failures > retries:
                 raise DownloadError(
-                    f"cannot download {url}: {_describe(e)} ({retries} retries); rerun to resume from {part}"
+                    f"cannot download {url}: {_describe(e)} ({failures} attempts in a row failed); {resume_advice()}"
                 ) from None
             time.sleep(min(30.0, backoff * 2 ** (failures - 1)))
             continue
         except requests.exceptions.RequestException as e:
-            raise DownloadError(f"cannot download {url}: {_describe(e)}; {_HINT}") from None
+            raise DownloadError(f"cannot download {url}: {_describe(e)}; {hint}") from None
         break
+    if hashed != part.stat().st_size:  # complete without a transfer: hash the .part
+        hasher, hashed = hashlib.sha256(), 0
+        with open(part, "rb") as f:
+            while block := f.read(CHUNK):
+                hasher.update(block)
+                hashed += len(block)
+        show(hashed)
     digest = hasher.hexdigest()
     expected = sha256 or prefix
     if expected and not digest.startswith(expected.lower()):
         part.unlink()
+        state_path.unlink(missing_ok=True)
         raise DownloadError(
             f"{dest.name}: SHA-256 mismatch for {url}: expected {expected.lower()}, got {digest}; "
-            "the file was removed (a corrupted transfer or a changed file on the server); rerun to fetch it again"
+            "the transfer was removed (nothing is kept under the final name): a corrupted transfer or a "
+            "changed file on the server (rerun to fetch it again), or a wrong digest (fix it)"
         )
     os.replace(part, dest)
+    state_path.unlink(missing_ok=True)
     return digest
 
 
 def _verify_present(path: Path, expected: str | None, what: str, bar=None) -> str:
-    """Hash a file that is already in place and compare with `expected` (full or prefix)."""
+    """Hash a file that is already in place and compare with `expected` (full or prefix); a
+    mismatch is an error that deletes nothing."""
     digest = sha256_file(path, bar)
     if expected and not digest.startswith(expected.lower()):
         raise DownloadError(
             f"{path}: SHA-256 mismatch ({what}): expected {expected.lower()}, got {digest}; "
-            "delete the file and download it again"
+            f"fix the digest, or delete {path} to download it again"
         )
     return digest
+
+
+def _conflict(path: Path, given: str, source: str, digest: str) -> DownloadError:
+    return DownloadError(
+        f"{path}: the given SHA-256 {given} ({source}) differs from the present file's {digest}; "
+        f"fix the digest, or delete {path} to download it again"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +672,8 @@ def download(
     `file://` URLs are returned in place (never cached). An http(s) file is verified against
     `sha256`, a `#sha256=<hex>` fragment of the URL, or (with `check_prefix`) the hash prefix of
     its file name; without any, its digest is recorded in the cache manifest on the first
-    download. A cached file is used only while its recorded digest agrees with the known one.
+    download. A cached file that still matches its recorded digest but not the given one is an
+    error (nothing is deleted); one damaged since it was cached is fetched again.
     `timeout` (seconds; default $EDM2_DOWNLOAD_TIMEOUT or 20) bounds connecting and every read.
     Raises `DownloadError`.
     """
@@ -398,22 +684,38 @@ def download(
     prefix = hash_prefix(url_file_name(url)) if check_prefix else None
     if url.lower().startswith("file://"):
         path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+        if path.is_dir():
+            raise DownloadError(f"cannot read {url}: {path} is a folder; give the URL of a file")
         if not path.is_file():
             raise DownloadError(f"cannot read {url}: {path} does not exist")
         if expected or prefix:
-            _verify_present(path, expected or prefix, url)
+            digest = sha256_file(path)
+            if not digest.startswith(expected or prefix):
+                raise DownloadError(
+                    f"{path}: SHA-256 mismatch ({url}): expected {expected or prefix}, got {digest}; "
+                    "check the digest, or that this is the file you meant"
+                )
         return path
+    check_url(url)
+    timeout = check_timeout(timeout)
     dest = cached_path(url, root)
     folder = dest.parent
-    if dest.is_file() and not force:
+    known = expected or prefix
+    source = "the sha256 given" if sha256 else "the URL fragment" if fragment else "the hash prefix of the name"
+    fix = "free space or set EDM2_CACHE_DIR to another folder"
+    if force:
+        dest.unlink(missing_ok=True)
+    if dest.is_file():
         recorded = read_manifest(folder / MANIFEST).get(dest.name)
-        known = expected or prefix
-        if recorded is None:  # cached by an older version: verify once and record
-            recorded = _verify_present(dest, known, url)
-            record_digest(folder, dest.name, recorded)
-        if not known or recorded.startswith(known):
+        if recorded is not None and (not known or recorded.startswith(known)):
             return dest
-        dest.unlink()  # cached under another digest: fetch the wanted file again
+        digest = sha256_file(dest)  # no record (an older version), or another digest is given
+        if (known and digest.startswith(known)) or (not known and recorded is None):
+            record_digest(folder, dest.name, digest)
+            return dest
+        if recorded is None or digest == recorded:  # a good file, a digest given that differs
+            raise _conflict(dest, known, source, digest)
+        dest.unlink()  # damaged since it was cached: fetch it again
     _check_offline(url, dest)
     bar = None
     with contextlib.ExitStack() as stack:
@@ -421,11 +723,22 @@ def download(
             bar = stack.enter_context(
                 tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {url_file_name(url)}", leave=False)
             )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _write_error(e, folder, fix) from None
         _forget_digest(folder, dest.name)
-        if force:
-            dest.unlink(missing_ok=True)
         digest = fetch(
-            url, dest, sha256=expected, prefix=prefix, timeout=timeout, retries=retries, backoff=backoff, bar=bar
+            url,
+            dest,
+            sha256=expected,
+            prefix=prefix,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            bar=bar,
+            hint=HINT_CACHE,
+            fix=fix,
         )
     record_digest(folder, dest.name, digest)
     return dest
@@ -458,80 +771,172 @@ class _Links(html.parser.HTMLParser):
 
 
 def parse_index(page: str, base_url: str) -> list[str]:
-    """File URLs listed by an HTML directory index page (the `<a href>` links that name a file
-    directly inside `base_url`; parent, sort and sub-folder links are skipped). Sorted, unique."""
+    """File URLs listed by an HTML directory index page: the `<a href>` links that name a file
+    directly inside `base_url` (a query string is kept, the name is its path part). Parent, sort
+    and sub-folder links, other hosts, and names that are not safe file names (empty, `.`, `..`,
+    path separators or NUL once decoded, hidden names such as lock files, `*.part`) are skipped.
+    A listed `SHA256SUMS` is kept (it is read as the folder's digests, not downloaded). Sorted,
+    unique."""
     base = base_url if base_url.endswith("/") else base_url + "/"
+    base_path = urllib.parse.urlsplit(base)
     parser = _Links()
     parser.feed(page)
-    urls = set()
+    urls = {}  # name -> URL (a link without a query string preferred)
     for href in parser.hrefs:
-        url = urllib.parse.urljoin(base, href).split("#", 1)[0]
-        if "?" in url or not url.startswith(base):
+        try:
+            url = urllib.parse.urljoin(base, href).split("#", 1)[0]
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:
             continue
-        rest = url[len(base) :]
-        if rest and "/" not in rest:
-            urls.add(url)
-    return sorted(urls)
+        if (parts.scheme, parts.netloc) != (base_path.scheme, base_path.netloc):
+            continue
+        if not parts.path.startswith(base_path.path):
+            continue
+        rest = parts.path[len(base_path.path) :]
+        if not rest or "/" in rest:
+            continue
+        name = urllib.parse.unquote(rest)
+        if name != MANIFEST and unsafe_name(name):
+            continue
+        if name not in urls or ("?" in urls[name] and not parts.query):
+            urls[name] = url
+    return sorted(urls.values())
 
 
-def list_directory(url: str, timeout: float | None = None, retries: int = DEFAULT_RETRIES, backoff: float = 1.0):
-    """File URLs of a directory URL (ending in '/'), read from its HTML index page."""
-    _check_offline(url, Path("the index page"))
-    timeout = float(os.environ.get("EDM2_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
+def _get_text(url: str, timeout: float, retries: int, backoff: float, what: str) -> str:
+    """The body of a small page (an index, a served manifest), retried like a transfer."""
     for attempt in range(retries + 1):
         try:
             r = _session().get(url, timeout=(timeout, timeout))
             if r.status_code >= 500 or r.status_code in (408, 429):
                 raise _Retry(f"HTTP {r.status_code} {r.reason}")
             if r.status_code >= 400:
-                raise DownloadError(f"cannot list {url}: HTTP {r.status_code} {r.reason}; check the URL")
-            page = r.text
-            break
+                raise DownloadError(f"cannot {what} {url}: HTTP {r.status_code} {r.reason}; check the URL")
+            return r.text
         except (_Retry, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             if _is_connect_failure(e):
-                raise DownloadError(
-                    f"cannot list {url}: the host cannot be reached ({_describe(e)}); {_HINT}"
-                ) from None
+                why = f"the host cannot be reached ({_describe(e)})"
+                raise _Unreachable(f"cannot {what} {url}: {why}; {HINT_DOWNLOAD}", why) from None
             if attempt == retries:
-                raise DownloadError(f"cannot list {url}: {_describe(e)} ({retries} retries); {_HINT}") from None
+                raise DownloadError(
+                    f"cannot {what} {url}: {_describe(e)} ({attempt + 1} attempts failed); {HINT_DOWNLOAD}"
+                ) from None
             time.sleep(min(30.0, backoff * 2**attempt))
+        except requests.exceptions.RequestException as e:
+            raise DownloadError(f"cannot {what} {url}: {_describe(e)}; {HINT_DOWNLOAD}") from None
+    raise AssertionError("unreachable")
+
+
+class _Unreachable(DownloadError):
+    """The host of a folder could not be reached at all (`why`: in a few words)."""
+
+    def __init__(self, message, why):
+        super().__init__(message)
+        self.why = why
+
+
+def list_directory(url: str, timeout: float | None = None, retries: int = DEFAULT_RETRIES, backoff: float = 1.0):
+    """`(file URLs, served digests)` of a directory URL (ending in '/'), read from its HTML index
+    page; a listed `SHA256SUMS` is read as `{name: sha256}` of the folder's files."""
+    if offline():
+        raise _Unreachable(f"cannot list {url}: EDM2_OFFLINE is set", "EDM2_OFFLINE is set")
+    timeout = check_timeout(timeout)
+    page = _get_text(url, timeout, retries, backoff, "list")
     urls = parse_index(page, url)
+    served = {}
+    for u in [u for u in urls if url_file_name(u) == MANIFEST]:
+        urls.remove(u)
+        text = _get_text(u, timeout, retries, backoff, "read")
+        try:
+            served = read_manifest(u, text)
+        except FormatError as e:
+            raise DownloadError(f"the folder's {MANIFEST}: {e}") from None
     if not urls:
         raise DownloadError(f"{url}: the index page lists no files; check the URL (it must name a folder)")
-    return urls
+    return urls, served
 
 
-def _head_size(url: str, timeout: float) -> int | None:
-    """Content-Length from a HEAD request, or None when the server does not say."""
-    try:
-        r = _session().head(url, timeout=(timeout, timeout), allow_redirects=True)
-    except Exception:
-        return None
-    length = r.headers.get("Content-Length")
-    return int(length) if r.status_code == 200 and length and length.isdigit() else None
-
-
-def expand_urls(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0) -> list[str]:
-    """Directory URLs (ending in '/') -> their files; file URLs kept; `include` globs (matched
-    against the file name) filter the result. Raises `DownloadError` when nothing is left."""
-    urls = []
-    for source in sources:
-        if not is_url(source) or source.lower().startswith("file://"):
-            raise DownloadError(f"{source!r} is not an http(s):// URL")
-        if split_digest(source)[0].endswith("/"):
-            urls.extend(list_directory(source, timeout, retries, backoff))
-        else:
-            urls.append(source)
+def _recorded_urls(url: str, dest, include, why: str):
+    """The URLs of the files recorded in `dest/SHA256SUMS` for a folder `url` whose listing cannot
+    be read (offline, or the host cannot be reached); raises when none is recorded."""
+    recorded = read_manifest(Path(dest) / MANIFEST) if dest is not None else {}
+    names = [n for n in sorted(recorded) if not unsafe_name(n)]
     if include:
-        urls = [u for u in urls if any(fnmatch.fnmatchcase(url_file_name(split_digest(u)[0]), p) for p in include)]
-    urls = list(dict.fromkeys(urls))
-    if not urls:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+    if not names:
+        where = f" and {Path(dest) / MANIFEST} records no file" + (" matching --include" if include else "")
+        raise DownloadError(
+            f"cannot list {url}: {why}; the folder listing needs the network{where if dest is not None else ''}"
+        )
+    return [url + urllib.parse.quote(n) for n in names]
+
+
+def _check_source(source: str) -> tuple[str, str | None]:
+    """`(url, fragment digest)` of one URL given to `edm2 download`, checked (well formed, http(s),
+    a file name that is safe, no digest on a folder) before anything is created or fetched."""
+    if not is_url(source) or source.lower().startswith("file://"):
+        raise DownloadError(f"{source!r} is not an http(s):// URL")
+    base, fragment = split_digest(source)
+    check_url(base)
+    if base.endswith("/"):
+        if fragment:
+            raise DownloadError(
+                f"'{source}': a #sha256= fragment gives the digest of one file, not of a folder; "
+                "give the folder's digests with --manifest FILE (sha256sum format)"
+            )
+    else:
+        why = unsafe_name(url_file_name(base))
+        if why:
+            raise DownloadError(f"'{source}': cannot be saved as a file ({why}); give the URL of a file")
+    return base, fragment
+
+
+def _expand(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0, dest=None):
+    """Check and expand `sources`: `(entries, served digests, notes)` with entries
+    `(url without fragment, file name, fragment digest or None)`. Every URL is checked before any
+    transfer; folder URLs are listed (or, offline or unreachable, replaced by the files
+    `dest/SHA256SUMS` records, with a note); `include` filters the file names."""
+    timeout = check_timeout(timeout)
+    entries, served, notes = [], {}, []
+    for source in sources:
+        base, fragment = _check_source(source)
+        if base.endswith("/"):
+            try:
+                urls, digests = list_directory(base, timeout, retries, backoff)
+            except _Unreachable as e:
+                urls, digests = _recorded_urls(base, dest, include, e.why), {}
+                notes.append(
+                    f"{e.why}: the listing of {base} was not read; "
+                    f"only the {len(urls)} files recorded in {Path(dest) / MANIFEST} were verified"
+                )
+            served.update(digests)
+            entries.extend((u, url_file_name(u), None) for u in urls)
+        else:
+            entries.append((base, url_file_name(base), fragment))
+    if include:
+        entries = [e for e in entries if any(fnmatch.fnmatchcase(e[1], p) for p in include)]
+    if not entries:
         raise DownloadError(f"no file matches --include {' '.join(include)}; check the patterns against the listing")
-    names = [url_file_name(split_digest(u)[0]) for u in urls]
+    merged = {}
+    for url, name, digest in entries:  # the same URL with and without a digest counts once
+        old = merged.get(url)
+        if old and old[2] and digest and old[2] != digest:
+            raise DownloadError(f"'{url}': given with two digests, #sha256={old[2]} and #sha256={digest}; keep one")
+        merged[url] = (url, name, (old[2] if old else None) or digest)
+    entries = list(merged.values())
+    names = [e[1] for e in entries]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DownloadError(f"several URLs have the file name {dupes[0]}; download them into different folders")
-    return urls
+    return entries, served, notes
+
+
+def expand_urls(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0) -> list[str]:
+    """Directory URLs (ending in '/') -> their files; file URLs kept (with their `#sha256=`);
+    `include` globs (matched against the file name) filter the result. Every URL is checked
+    first. Raises `DownloadError` when nothing is left."""
+    entries, _, _ = _expand(sources, include, timeout, retries, backoff)
+    return [url + (f"#sha256={digest}" if digest else "") for url, _, digest in entries]
 
 
 def download_files(
@@ -549,42 +954,55 @@ def download_files(
     whose HTML index lists its files) into `dest`, `jobs` transfers at a time.
 
     Files already in `dest` are not fetched again; they are verified against the manifest
-    `dest/SHA256SUMS` (and `manifest`, a sha256sum-format file of known digests, when given).
-    Returns `{'downloaded': [names], 'verified': [names], 'bytes': n}`. Raises `DownloadError`
-    naming the first failed file once every other transfer has finished.
+    `dest/SHA256SUMS`, and against the digests given (`#sha256=` fragments, `manifest`: a
+    sha256sum-format file, the `SHA256SUMS` a folder's listing serves). A present file that
+    matches its recorded digest (or has none) but not a given one is an error, and nothing is
+    deleted or fetched; a file that no longer matches its recorded digest is fetched again.
+    Free space is checked first when the sizes are known. Returns `{'downloaded': [names],
+    'verified': [names], 'bytes': n, 'notes': [lines]}`. Raises `DownloadError` naming the first
+    failed file once every other transfer has finished.
     """
     dest = Path(dest)
+    sources = list(sources)
+    for source in sources:  # every URL checked before anything is created
+        _check_source(source)
+    timeout = check_timeout(timeout)
     if dest.exists() and not dest.is_dir():
         raise DownloadError(f"--dest {dest} is a file; pass a folder")
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        probe = dest / f".{MANIFEST}.lock"
-        probe.touch()
+        fd, probe = tempfile.mkstemp(prefix=".edm2-write-check-", dir=dest)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise DownloadError(f"--dest {dest} is not writable ({e.strerror}); pass a writable folder") from None
-    timeout = float(os.environ.get("EDM2_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT)) if timeout is None else timeout
-    urls = expand_urls(sources, include, timeout, retries, backoff)
+        raise DownloadError(f"--dest {dest} is not writable ({e.strerror or e}); pass a writable folder") from None
+    fix = "free space or pass another --dest"
+    entries, served, notes = _expand(sources, include, timeout, retries, backoff, dest=dest)
     known = read_manifest(dest / MANIFEST)
     given = read_manifest(manifest) if manifest else {}
-    for name, digest in given.items():
-        if name in known and known[name] != digest:
-            raise DownloadError(
-                f"{name}: {manifest} gives SHA-256 {digest} but {dest / MANIFEST} recorded {known[name]}; "
-                "remove the file and its line in the recorded manifest to fetch it again"
-            )
-    plan = []  # (url, name, expected digest)
-    for url in urls:
-        base, fragment = split_digest(url)
-        name = url_file_name(base)
-        plan.append((base, name, fragment or given.get(name) or known.get(name)))
-    present = [(u, n, d) for u, n, d in plan if (dest / n).is_file()]
-    missing = [(u, n, d) for u, n, d in plan if not (dest / n).is_file()]
-    if missing:
-        _check_offline(missing[0][0], dest / missing[0][1])
+
+    # The digest each file must have, from outside (fragment, --manifest, served SHA256SUMS):
+    # these must agree with each other.
+    plan = []  # (url, name, expected digest or None, where the expected digest comes from)
+    for url, name, fragment in entries:
+        outside = [
+            (d, s)
+            for d, s in ((fragment, "the URL fragment"), (given.get(name), f"--manifest {manifest}"))
+            + ((served.get(name), f"the {MANIFEST} the folder serves"),)
+            if d
+        ]
+        for d, s in outside[1:]:
+            if d != outside[0][0]:
+                raise DownloadError(
+                    f"{name}: {outside[0][1]} gives SHA-256 {outside[0][0]} but {s} gives {d}; fix one of them"
+                )
+        if outside:
+            plan.append((url, name, outside[0][0], outside[0][1]))
+        else:
+            plan.append((url, name, known.get(name), f"{dest / MANIFEST}"))
 
     stop = threading.Event()
-    result = {"downloaded": [], "verified": [], "bytes": 0}
-    errors = []
+    result = {"downloaded": [], "verified": [], "bytes": 0, "notes": notes}
     lock = threading.Lock()
     with contextlib.ExitStack() as stack:
         bar = None
@@ -594,14 +1012,79 @@ def download_files(
             )
         pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max(1, int(jobs))))
 
-        def sized(url):
-            size = _head_size(url, timeout)
-            if bar is not None and size:
-                with lock:
-                    bar.total += size
-                    bar.refresh()
+        def run_all(function, items):
+            """Run `function(*item)` for every item; return the failures as (name, error)."""
+            failed = []
+            futures = {pool.submit(function, *item): item for item in items}
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    error = future.exception()
+                    if error is not None:
+                        if not isinstance(error, Exception):
+                            raise error
+                        failed.append((futures[future][1], error))
+            except BaseException:
+                stop.set()
+                raise
+            return failed
 
-        def verify(url, name, expected):
+        def fail(failed, total):
+            name, error = sorted(failed, key=lambda e: e[0])[0]
+            message = str(error) if isinstance(error, DownloadError) else f"{name}: {type(error).__name__}: {error}"
+            if len(failed) > 1:
+                message += f" ({len(failed)} of {total} files failed)"
+            raise DownloadError(message)
+
+        # 1. Present files whose given digest is not the recorded one: decide before any transfer.
+        checked, refetch = set(), set()
+
+        def precheck(url, name, expected, source):
+            path = dest / name
+            digest = sha256_file(path)
+            recorded = known.get(name)
+            if digest == expected:
+                record_digest(dest, name, digest)
+                with lock:
+                    checked.add(name)
+            elif recorded is not None and digest != recorded:
+                with lock:  # damaged since it was recorded: fetch it again
+                    refetch.add(name)
+            else:
+                raise _conflict(path, expected, source, digest)
+
+        doubtful = [p for p in plan if (dest / p[1]).is_file() and p[2] and p[2] != known.get(p[1])]
+        failed = run_all(precheck, doubtful)
+        if failed:
+            fail(failed, len(plan))
+        for name in refetch:
+            (dest / name).unlink(missing_ok=True)
+            _forget_digest(dest, name)
+        present = [p for p in plan if (dest / p[1]).is_file()]
+        missing = [p for p in plan if not (dest / p[1]).is_file()]
+        if missing:
+            _check_offline(missing[0][0], dest / missing[0][1])
+
+        # 2. Sizes (HEAD) of what is missing: free space for what remains to fetch.
+        heads = dict(zip([p[1] for p in missing], pool.map(lambda p: head_info(p[0], timeout), missing)))
+        needed = 0
+        for name, info in heads.items():
+            if info is not None:
+                part = _part(dest / name)
+                have = part.stat().st_size if part.is_file() else 0
+                needed += max(0, info["size"] - have)
+                if bar is not None:
+                    with lock:
+                        bar.total += info["size"]
+        free = shutil.disk_usage(dest).free
+        if needed > free:
+            raise DownloadError(f"--dest {dest}: {_size(needed)} needed, {_size(free)} free; {fix}")
+
+        # 3. Verify what is there, transfer what is not.
+        def verify(url, name, expected, source):
+            if name in checked:
+                with lock:
+                    result["verified"].append(name)
+                return
             size = (dest / name).stat().st_size
             if bar is not None:
                 with lock:
@@ -612,37 +1095,35 @@ def download_files(
                 _forget_digest(dest, name)
                 if bar is not None:
                     bar.update(-size)
-                return transfer(url, name, expected)
+                return transfer(url, name, expected, source)
             record_digest(dest, name, digest)
             with lock:
                 result["verified"].append(name)
 
-        def transfer(url, name, expected):
-            digest = fetch(
-                url, dest / name, sha256=expected, timeout=timeout, retries=retries, backoff=backoff, bar=bar, stop=stop
+        def transfer(url, name, expected, source):
+            digest, transferred = _fetch(
+                url,
+                dest / name,
+                expected,
+                None,
+                timeout,
+                retries,
+                backoff,
+                bar,
+                stop,
+                HINT_DOWNLOAD,
+                fix,
+                heads.get(name),
             )
             record_digest(dest, name, digest)
             with lock:
-                result["downloaded"].append(name)
-                result["bytes"] += (dest / name).stat().st_size
+                if transferred:
+                    result["downloaded"].append(name)
+                    result["bytes"] += (dest / name).stat().st_size
+                else:  # another process brought it while this one waited: only verified
+                    result["verified"].append(name)
 
-        try:
-            if bar is not None:
-                list(pool.map(sized, [u for u, _, _ in missing]))
-            futures = {pool.submit(verify, *item): item for item in present}
-            futures.update({pool.submit(transfer, *item): item for item in missing})
-            for future in concurrent.futures.as_completed(futures):
-                error = future.exception()
-                if error is not None:
-                    if not isinstance(error, Exception):
-                        raise error
-                    errors.append((futures[future][1], error))
-        except BaseException:
-            stop.set()
-            raise
-    if errors:
-        name, error = sorted(errors, key=lambda e: e[0])[0]
-        message = str(error) if isinstance(error, DownloadError) else f"{name}: {type(error).__name__}: {error}"
-        more = f" ({len(errors)} of {len(plan)} files failed; rerun to resume)" if len(errors) > 1 else ""
-        raise DownloadError(message + more)
+        failed = run_all(lambda *p: verify(*p) if (dest / p[1]).is_file() else transfer(*p), present + missing)
+    if failed:
+        fail(failed, len(plan))
     return result

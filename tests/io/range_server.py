@@ -1,14 +1,24 @@
 """A real HTTP server on 127.0.0.1 for download tests: serves a folder with an HTML index page
 (links like the NVIDIA CDN's listing), answers `Range: bytes=a-` requests with 206, counts the
 requests per path, and injects faults on request: drop the connection after N bytes, answer 500
-a number of times, serve corrupted bytes, or send slowly.
+a number of times, serve corrupted bytes, or send slowly. Each file is served with an ETag (of
+its bytes) and a Last-Modified header (its mtime), and `If-Range` is honoured as real servers do
+(a validator that no longer matches: the whole file with 200).
 
     with RangeServer(folder) as server:
         server.url            -> 'http://127.0.0.1:PORT/'
         server.faults['a.pkl'] = {'drop_after': 1000}   # cut the next transfer of a.pkl
         server.gets('a.pkl')  -> list of Range headers ('' for none) of every GET of a.pkl
+        server.httpd.index_links = ['%2e%2e', 'a.pkl']    # the index page's links, as given
+
+Faults (per file name): drop_after (bytes, once), status_times + status (GETs only), corrupt,
+ignore_range (answer 200 to every Range), no_validators (no ETag / Last-Modified, If-Range
+ignored), etag (a fixed ETag instead of the bytes' one), head_size (the Content-Length a HEAD
+claims).
 """
 
+import email.utils
+import hashlib
 import html
 import http.server
 import re
@@ -26,6 +36,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _index(self):
         names = sorted(p.name for p in self.server.root.iterdir() if p.is_file() and not p.name.startswith("."))
+        if self.server.index_links is not None:  # links as given (any href), e.g. unsafe names
+            names = self.server.index_links
         rows = "".join(f'<tr><td><a href="{html.escape(n)}">{html.escape(n)}</a></td></tr>\n' for n in names)
         body = (
             "<html><head><title>Index</title></head><body><table>\n"
@@ -44,6 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         name = self.path.split("?", 1)[0].lstrip("/")
         with srv.lock:
             srv.log.append((self.command, name, self.headers.get("Range", "")))
+            srv.if_ranges.append((self.command, name, self.headers.get("If-Range", "")))
             fault = srv.faults.get(name, {})
         if name == "":
             return self._index()
@@ -51,7 +64,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if "/" in name or not path.is_file():
             self.send_error(404)
             return
-        if fault.get("status_times", 0) > 0:
+        if self.command == "GET" and fault.get("status_times", 0) > 0:
             with srv.lock:
                 fault["status_times"] -= 1
             self.send_error(fault.get("status", 500))
@@ -59,13 +72,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = path.read_bytes()
         if fault.get("corrupt"):
             data = bytes([data[0] ^ 0xFF]) + data[1:]
+        validators = {}
+        if not fault.get("no_validators"):
+            validators["ETag"] = fault.get("etag") or '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+            validators["Last-Modified"] = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
+        if self.command == "HEAD" and "head_size" in fault:
+            self.send_response(200)
+            self.send_header("Content-Length", str(fault["head_size"]))
+            self.end_headers()
+            return
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if_range = self.headers.get("If-Range")
+        if if_range and validators and if_range not in validators.values():
+            m = None  # the file changed since the client's copy began: send all of it
         if m and not fault.get("ignore_range"):
             start = int(m.group(1))
             if start >= len(data):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(data)}")
+                for key, value in validators.items():
+                    self.send_header(key, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -75,6 +102,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.send_header("Accept-Ranges", "bytes")
+        for key, value in validators.items():
+            self.send_header(key, value)
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -108,10 +137,12 @@ class RangeServer:
         self.httpd.root = Path(root)
         self.httpd.lock = threading.Lock()
         self.httpd.log = []
+        self.httpd.if_ranges = []
+        self.httpd.index_links = None  # hrefs of the index page instead of the folder's files
         self.httpd.faults = {}
         self.httpd.delay = delay
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def faults(self) -> dict:
@@ -124,6 +155,10 @@ class RangeServer:
     def gets(self, name: str) -> list[str]:
         """The Range header ('' when none) of every GET of `name`, in order."""
         return [rng for method, n, rng in self.httpd.log if method == "GET" and n == name]
+
+    def if_ranges(self, name: str) -> list[str]:
+        """The If-Range header ('' when none) of every GET of `name`, in order."""
+        return [v for method, n, v in self.httpd.if_ranges if method == "GET" and n == name]
 
     def __enter__(self):
         self.thread.start()

@@ -105,7 +105,7 @@ def test_retried_500_answers(served, server, tmp_path):
 
 def test_persistent_500_gives_up_after_the_retries(server, tmp_path):
     server.faults[NAMES[0]] = {"status_times": 100, "status": 503}
-    with pytest.raises(DownloadError, match=r"HTTP 503 .*\(2 retries\)"):
+    with pytest.raises(DownloadError, match=r"HTTP 503 .*\(3 attempts in a row failed\); rerun to retry$"):
         download_files([server.url + NAMES[0]], tmp_path / "d", retries=2, **fast())
     assert len(server.gets(NAMES[0])) == 3
 
