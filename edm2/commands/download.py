@@ -48,9 +48,21 @@ def _finite(ctx, param, value):
     default=None,
     help="Seconds without progress (or $EDM2_DOWNLOAD_TIMEOUT)  [default: 20]",
 )
+@click.option(
+    "--link-into",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Then hard-link the selected files (copies across file systems) into this folder, with their SHA256SUMS",
+)
+@click.option(
+    "--move-into",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Then move the selected files into this folder instead (DEST keeps only their digests)",
+)
 @click.option("--dry-run", is_flag=True, help="Only list the files that match")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar")
-def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dry_run, progress):
+def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, link_into, move_into, dry_run, progress):
     """Download files, or folders (a URL ending in '/'), into DEST, verified and resumable.
 
     A folder URL is read from the HTML index page the server returns (a SHA256SUMS it lists
@@ -63,6 +75,11 @@ def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dr
     (EDM2_OFFLINE=1) or unreachable hosts fail at once; a folder already downloaded is then
     verified against DEST/SHA256SUMS without its listing.
 
+    --link-into DIR puts the selected files (and their digests) in a folder of their own that
+    can be deleted and made again without downloading anything (what the workflow's
+    download_raw job does: a changed --include links another selection); --move-into DIR moves
+    them there instead, so DEST holds no second copy.
+
     \b
     At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/ --dest raw/xs --include '*-0.050.pkl' --dry-run
@@ -70,7 +87,10 @@ def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dr
       edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/edm2-img512-xs-2147483-0.135.pkl --dest nets
     """
     from edm2.errors import ConfigError
-    from edm2.io.download import download_files, expand_urls
+    from edm2.io.download import download_files, expand_urls, place_files
+
+    if link_into and move_into:
+        raise ConfigError("give --link-into or --move-into, not both")
 
     sources = list(urls)
     if url_list is not None:
@@ -97,3 +117,7 @@ def download(urls, dest, url_list, include, jobs, manifest, retries, timeout, dr
         f"{dest}: {len(result['downloaded'])} downloaded ({result['bytes'] / 2**20:.1f} MiB), "
         f"{len(result['verified'])} already there and verified"
     )
+    if link_into or move_into:
+        names = sorted(result["downloaded"] + result["verified"])
+        place_files(dest, names, link_into or move_into, move=bool(move_into))
+        click.echo(f"{link_into or move_into}: {len(names)} files {'linked' if link_into else 'moved'} from {dest}")

@@ -36,6 +36,7 @@ network; a host that cannot be reached fails at once (no retries) with one line 
 
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import fnmatch
 import hashlib
@@ -57,7 +58,7 @@ from tqdm import tqdm
 
 from edm2 import __version__
 from edm2.errors import DownloadError, FormatError, one_line
-from edm2.io.atomic import WRITE_ERRNOS, atomic_write_text
+from edm2.io.atomic import WRITE_ERRNOS, atomic_path, atomic_write_text
 
 URL_SCHEMES = ("http://", "https://", "file://")
 DEFAULT_TIMEOUT = 20.0  # seconds without progress before a connection is abandoned
@@ -1127,3 +1128,40 @@ def download_files(
     if failed:
         fail(failed, len(plan))
     return result
+
+
+def place_files(folder, names, into, move: bool = False) -> None:
+    """Hard-link (or with `move`, move) the files `names` of the download folder `folder` into
+    the folder `into`, and write their lines of `folder/SHA256SUMS` to `into/SHA256SUMS`.
+
+    Linking gives a view of the download that can be deleted and made again (a workflow output
+    that its rerun removes first) without losing the downloads; a file system that cannot link
+    gets copies. Moving frees the download folder (its SHA256SUMS keeps the digests, so a later
+    download of the same files is verified against them). Raises `DownloadError` for write
+    errors (disk full, read-only...).
+    """
+    folder, into = Path(folder), Path(into)
+    digests = read_manifest(folder / MANIFEST)
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source, target = folder / name, into / name
+            if target.exists() and os.path.samefile(source, target):
+                if move:
+                    source.unlink()
+                continue
+            if move:
+                shutil.move(source, target)  # a rename on the same file system
+                continue
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(source, tmp)
+        lines = "".join(f"{digests[n]}  {n}\n" for n in sorted(names) if n in digests)
+        atomic_write_text(into / MANIFEST, lines)
+    except OSError as e:
+        raise _write_error(e, into, "free space or pass another folder") from None

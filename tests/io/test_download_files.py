@@ -222,3 +222,34 @@ def test_parallel_downloads_of_one_url_into_the_cache_transfer_it_once(served, s
     assert len(paths) == 3 and len(set(paths)) == 1
     assert paths[0].read_bytes() == (served / NAMES[0]).read_bytes()
     assert server.gets(NAMES[0]) == [""]
+
+
+def test_link_into_gives_a_view_that_can_be_remade_without_fetching(server, served, tmp_path):
+    dest, view = tmp_path / "stage", tmp_path / "view"
+    run = ["download", server.url, "--dest", str(dest), "--no-progress", "--link-into", str(view)]
+    result = CliRunner().invoke(main, run)
+    assert result.exit_code == 0, result.output
+    assert same_files(served, view) and all((view / n).stat().st_ino == (dest / n).stat().st_ino for n in NAMES)
+    assert read_manifest(view / MANIFEST) == read_manifest(dest / MANIFEST)
+    # The view deleted (as a workflow rerun does) and made again for a narrower selection:
+    # only those files, nothing fetched.
+    for p in view.iterdir():
+        p.unlink()
+    view.rmdir()
+    result = CliRunner().invoke(main, run + ["--include", "*-0.050.pkl"])
+    assert result.exit_code == 0, result.output
+    chosen = [n for n in NAMES if n.endswith("-0.050.pkl")]
+    assert sorted(p.name for p in view.iterdir()) == sorted(chosen + [MANIFEST])
+    assert sorted(read_manifest(view / MANIFEST)) == sorted(chosen)
+    assert all(server.gets(n) == [""] for n in NAMES)  # each fetched once, in the first run
+
+
+def test_move_into_leaves_only_the_digests_behind(server, served, tmp_path):
+    dest, into = tmp_path / "stage", tmp_path / "raw"
+    args = ["download", server.url, "--dest", str(dest), "--no-progress", "--move-into", str(into)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert same_files(served, into) and sorted(p.name for p in dest.iterdir()) == [MANIFEST]
+    assert read_manifest(into / MANIFEST) == read_manifest(dest / MANIFEST)
+    result = CliRunner().invoke(main, args + ["--link-into", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "give --link-into or --move-into, not both" in result.output

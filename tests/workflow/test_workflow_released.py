@@ -104,6 +104,12 @@ def test_a_rerun_has_nothing_to_do_though_the_raw_snapshots_are_gone(released_ru
     assert counts == {}
 
 
+def test_more_parallel_transfers_schedule_nothing(released_run):
+    workdir, _, _, _, config = released_run
+    config = dict(config, released=dict(config["released"], jobs=3))
+    assert dry_run(workdir, "--configfile", write_config(workdir / "more-jobs.yaml", config)) == {}
+
+
 def test_a_released_net_is_downloaded_scored_and_tabled_next_to_its_reported_value(released_net):
     workdir, log = released_net
     results = workdir / "results"

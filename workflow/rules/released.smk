@@ -7,8 +7,11 @@
 
 
 rule download_raw:
-    """The raw snapshots of a released-raw run. They are fetched into a staging folder that
-    survives a failed job (so a rerun resumes from the partial files) and moved into place."""
+    """The raw snapshots of a released-raw run. They are fetched into a download folder that
+    survives a failed job (so a rerun resumes from the partial files) and then hard-linked into
+    place (moved with released.keep_raw: false, so that deleting them frees the disk): a rerun
+    for another `include` fetches only what it lacks. The number of parallel transfers is a
+    resource, not a parameter: changing it schedules nothing."""
     output:
         snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw")),
         record=f"{RESULTS}/runs/{{run}}/raw-SHA256SUMS",
@@ -23,18 +26,16 @@ rule download_raw:
     threads: rule_threads("download_raw")
     resources:
         **rule_resources("download_raw"),
+        transfers=RELEASED_CFG["jobs"],
     params:
         url=lambda wc: MODELS[wc.run]["url"],
         include=lambda wc: " ".join(f"--include {shlex.quote(p)}" for p in MODELS[wc.run]["include"]),
         stage=lambda wc: f"{RESULTS}/downloads/raw/{wc.run}",
-        jobs=RELEASED_CFG["jobs"],
+        place="--link-into" if RELEASED_CFG["keep_raw"] else "--move-into",
     shell:
-        "python -m edm2 download {params.url:q} --dest {params.stage:q} --jobs {params.jobs} {params.include}"
-        " --no-progress > {log:q} 2>&1; "
-        "mkdir -p {output.snapshots:q}; "
-        "find {params.stage:q} -maxdepth 1 -name '*.pkl' -exec mv -t {output.snapshots:q} {{}} +; "
-        "cp {params.stage:q}/SHA256SUMS {output.snapshots:q}/SHA256SUMS; "
-        "cp {params.stage:q}/SHA256SUMS {output.record:q}"
+        "python -m edm2 download {params.url:q} --dest {params.stage:q} --jobs {resources.transfers}"
+        " {params.include} --no-progress {params.place} {output.snapshots:q} > {log:q} 2>&1; "
+        "cp {output.snapshots:q}/SHA256SUMS {output.record:q}"
 
 
 rule download_net:
