@@ -110,7 +110,7 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
     assert download.startswith(
         "python -m edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/"
     )
-    (phema,) = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw" in c]
+    (phema,) = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw-" in c]
     assert "--outkimg 2147483" in phema and "--outstd 0.010,0.015," in phema
 
 

@@ -68,8 +68,9 @@ def released_net(released_run):
 def test_download_replaces_training_and_phema_reads_the_pickles(released_run):
     workdir, served, server, _, _ = released_run
     run = workdir / "results" / "runs" / "tiny"
-    assert not (run / "raw").exists()  # keep_raw: false deleted the raw snapshots after phema
-    record = read_manifest(run / "raw-SHA256SUMS")
+    (record_file,) = run.glob("raw-*.SHA256SUMS")
+    assert not record_file.with_suffix("").exists()  # keep_raw: false deleted the raw snapshots after phema
+    record = read_manifest(record_file)
     assert record == {n: hashlib.sha256((served / n).read_bytes()).hexdigest() for n in NAMES}
     assert all(server.gets(n) == [""] for n in NAMES)  # each fetched once, whole
     assert not list(run.glob("train-*"))  # nothing was trained
@@ -102,6 +103,14 @@ def test_scores_plots_tables_and_summary_as_for_a_trained_run(released_run):
 def test_a_rerun_has_nothing_to_do_though_the_raw_snapshots_are_gone(released_run):
     _, _, _, counts, _ = released_run
     assert counts == {}
+
+
+def test_another_selection_of_snapshots_is_reconstructed_and_scored_anew(released_run):
+    workdir, _, _, _, config = released_run
+    model = dict(config["models"][0], include=["*-0.050.pkl"])
+    config = dict(config, models=[model])
+    counts = dry_run(workdir, "--configfile", write_config(workdir / "narrower.yaml", config))
+    assert counts["download_raw"] == 1 and counts["phema"] == 1 and counts["score"] == len(STDS), counts
 
 
 def test_more_parallel_transfers_schedule_nothing(released_run):

@@ -465,14 +465,23 @@ def train_done(run):
     return f"{run_dir(run)}/training-done.json"
 
 
+def raw_selection_hash(run):
+    """Short hash of what defines a released-raw run's result (where its snapshots come from,
+    which files, the kimg reconstructed at): as a trained run's options hash, another selection
+    gets folders of its own, so its reconstructions are scored anew."""
+    m = MODELS[run]
+    key = {"url": m["url"], "include": sorted(m["include"]), "kimg": m["kimg"]}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def raw_dir(run):
     """The raw snapshots of a released-raw run (temporary with released.keep_raw: false)."""
-    return f"{RESULTS}/runs/{run}/raw"
+    return f"{RESULTS}/runs/{run}/raw-{raw_selection_hash(run)}"
 
 
 def raw_record(run):
     """SHA-256 manifest of a released-raw run's downloaded snapshots (kept when they are deleted)."""
-    return f"{RESULTS}/runs/{run}/raw-SHA256SUMS"
+    return f"{raw_dir(run)}.SHA256SUMS"
 
 
 def snapshot_inputs(run):

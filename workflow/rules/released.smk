@@ -9,18 +9,20 @@
 rule download_raw:
     """The raw snapshots of a released-raw run. They are fetched into a download folder that
     survives a failed job (so a rerun resumes from the partial files) and then hard-linked into
-    place (moved with released.keep_raw: false, so that deleting them frees the disk): a rerun
-    for another `include` fetches only what it lacks. The number of parallel transfers is a
+    place (moved with released.keep_raw: false, so that deleting them frees the disk). Another
+    selection (url, include, kimg) gets a folder of its own (raw-<hash>, as a trained run's
+    train-<hash>), whose reconstructions are scored anew; it fetches only what it lacks. The number of parallel transfers is a
     resource, not a parameter: changing it schedules nothing."""
     output:
-        snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw")),
-        record=f"{RESULTS}/runs/{{run}}/raw-SHA256SUMS",
+        snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw-{{selection}}")),
+        record=f"{RESULTS}/runs/{{run}}/raw-{{selection}}.SHA256SUMS",
     log:
-        f"{LOGS}/download_raw/{{run}}.log",
+        f"{LOGS}/download_raw/{{run}}-{{selection}}.log",
     benchmark:
-        f"{BENCH}/download_raw/{{run}}.tsv"
+        f"{BENCH}/download_raw/{{run}}-{{selection}}.tsv"
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RAW_RUNS) or "(?!)",
+        selection="[0-9a-f]{8}",
     conda:
         "../envs/train.yaml"
     threads: rule_threads("download_raw")
