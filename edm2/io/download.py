@@ -36,6 +36,7 @@ network; a host that cannot be reached fails at once (no retries) with one line 
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import fnmatch
@@ -432,6 +433,29 @@ def _same_version(state: dict | None, url: str, size, validator: dict) -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """One transfer as `fetch` takes it: `url` into `dest`, the digest to check and the retry policy
+    (the parameters of `fetch`, which documents them)."""
+
+    url: str
+    dest: Path
+    sha256: str | None = None
+    prefix: str | None = None
+    timeout: float | None = None
+    retries: int = DEFAULT_RETRIES
+    backoff: float = 1.0
+    bar: object = None
+    stop: threading.Event | None = None
+    hint: str = HINT_CACHE
+    fix: str | None = None
+    head: dict | None = None
+
+    def stopped(self) -> bool:
+        """True when the caller asked every transfer to stop."""
+        return self.stop is not None and self.stop.is_set()
+
+
 def fetch(
     url: str,
     dest,
@@ -457,14 +481,15 @@ def fetch(
     when the disk is full; `head` (from `head_info`) tells whether a `.part` is complete already.
     Raises `DownloadError`.
     """
-    return _fetch(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head)[0]
+    request = _Request(url, Path(dest), sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head)
+    return _fetch(request)[0]
 
 
-def _fetch(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head) -> tuple[str, bool]:
+def _fetch(request: _Request) -> tuple[str, bool]:
     """`fetch`, returning `(digest, transferred)`: False when another process brought the file
     while this one waited for the lock (it was only verified)."""
-    dest = Path(dest)
-    _check_offline(url, dest)
+    dest = Path(request.dest)
+    _check_offline(request.url, dest)
     with contextlib.ExitStack() as stack:
         # One transfer per destination at a time, across processes (parallel jobs may need the
         # same file): a process that waited finds the file complete and only verifies it.
@@ -472,166 +497,219 @@ def _fetch(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint
             dest.parent.mkdir(parents=True, exist_ok=True)
             stack.enter_context(file_lock(dest.with_name(f".{dest.name}.lock")))
         except OSError as e:
-            raise _write_error(e, dest.parent, fix) from None
+            raise _write_error(e, dest.parent, request.fix) from None
         if dest.is_file():
-            return _verify_present(dest, sha256 or prefix, url), False
-        timeout = check_timeout(timeout)
-        return _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head), True
+            return _verify_present(dest, request.sha256 or request.prefix, request.url), False
+        request = dataclasses.replace(request, dest=dest, timeout=check_timeout(request.timeout))
+        return _Transfer(request).run(), True
 
 
-def _transfer(url, dest, sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head) -> str:
-    """The body of `fetch`, under its lock."""
-    part, state_path = _part(dest), _state_path(dest)
-    fix = fix or "free space or write elsewhere"
-    hasher, hashed = hashlib.sha256(), 0
-    failures, received_any, restarts, furthest, shown = 0, False, 0, 0, 0
-    complete = False
+class _Transfer:
+    """The body of `fetch`, under its lock: the `.part` of `request.dest`, the bytes of it that
+    are hashed and shown on the bar, and the counts of failures and restarts."""
 
-    def show(n):  # keep the bar at the bytes of this file that are in place
-        nonlocal shown
-        if bar is not None and n != shown:
-            bar.update(n - shown)
-        shown = n
+    def __init__(self, request: _Request):
+        self.request = request
+        self.url = request.url
+        self.part, self.state_path = _part(request.dest), _state_path(request.dest)
+        self.fix = request.fix or "free space or write elsewhere"
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        self.failures, self.received_any, self.restarts, self.furthest, self.shown = 0, False, 0, 0, 0
 
-    def restart(why, count=True):
-        nonlocal restarts, hasher, hashed
-        restarts += count
-        if restarts > MAX_RESTARTS:
-            raise DownloadError(f"cannot download {url}: {why} {restarts} times in a row; rerun later")
+    def run(self) -> str:
+        """Bring the whole file into the `.part` (unless it is complete already), then verify and
+        rename it; returns its SHA-256."""
+        if not self._part_complete():
+            self._attempts()
+        return self._finish()
+
+    def _show(self, n: int) -> None:
+        """Keep the bar at the `n` bytes of this file that are in place."""
+        if self.request.bar is not None and n != self.shown:
+            self.request.bar.update(n - self.shown)
+        self.shown = n
+
+    def _rehash(self, size: int) -> None:
+        """Hash the `.part` anew from byte 0 (`size`: its size; 0 reads nothing)."""
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        if size:
+            with open(self.part, "rb") as f:
+                while block := f.read(CHUNK):
+                    self.hasher.update(block)
+                    self.hashed += len(block)
+
+    def _restart(self, why: str, count: bool = True) -> None:
+        """Remove the `.part` to start again from byte 0; too many counted restarts are an error."""
+        self.restarts += count
+        if self.restarts > MAX_RESTARTS:
+            raise DownloadError(f"cannot download {self.url}: {why} {self.restarts} times in a row; rerun later")
         with contextlib.suppress(FileNotFoundError):
-            part.unlink()
-        hasher, hashed = hashlib.sha256(), 0
-        show(0)
+            self.part.unlink()
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        self._show(0)
 
-    def resume_advice():
+    def _resume_advice(self) -> str:
+        part = self.part
         return f"rerun to resume from {part}" if part.exists() and part.stat().st_size else "rerun to retry"
 
-    # A .part that is complete already (the size the server gives, the same version): no request.
-    state = _read_state(dest)
-    if part.exists() and head and head.get("size") == part.stat().st_size:
-        if state is None or _same_version(state, url, head["size"], head):
-            complete = True
-    while not complete:
-        if stop is not None and stop.is_set():
-            raise DownloadError(f"download of {url} interrupted; {resume_advice()}")
-        offset = part.stat().st_size if part.exists() else 0
-        if offset != hashed:  # a .part from an earlier run: hash what it holds first
-            hasher, hashed = hashlib.sha256(), 0
-            if offset:
-                with open(part, "rb") as f:
-                    while block := f.read(CHUNK):
-                        hasher.update(block)
-                        hashed += len(block)
-            show(offset)
-        state = _read_state(dest) if offset else None
+    def _part_complete(self) -> bool:
+        """True when the `.part` is complete already (the size `head` gives, the same version):
+        no request is needed."""
+        head, state = self.request.head, _read_state(self.request.dest)
+        if self.part.exists() and head and head.get("size") == self.part.stat().st_size:
+            return state is None or _same_version(state, self.url, head["size"], head)
+        return False
+
+    def _attempts(self) -> None:
+        """Attempt after attempt until the `.part` holds the whole file: retries with back-off;
+        raises `DownloadError` when stopped, unreachable or out of retries."""
+        while True:
+            if self.request.stopped():
+                raise DownloadError(f"download of {self.url} interrupted; {self._resume_advice()}")
+            try:
+                if self._attempt():
+                    return
+            except (
+                _Retry,
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+            ) as e:
+                self._failed(e)
+            except requests.exceptions.RequestException as e:
+                raise DownloadError(f"cannot download {self.url}: {_describe(e)}; {self.request.hint}") from None
+
+    def _failed(self, e: Exception) -> None:
+        """After a failed attempt `e`: raise `DownloadError` (unreachable, or out of retries), else
+        wait the back-off."""
+        request = self.request
+        if not self.received_any and _is_connect_failure(e):
+            raise DownloadError(
+                f"cannot download {self.url}: the host cannot be reached ({_describe(e)}); {request.hint}"
+            ) from None
+        self.failures += 1
+        if self.failures > request.retries:
+            raise DownloadError(
+                f"cannot download {self.url}: {_describe(e)} ({self.failures} attempts in a row failed); "
+                f"{self._resume_advice()}"
+            ) from None
+        time.sleep(min(30.0, request.backoff * 2 ** (self.failures - 1)))
+
+    def _attempt(self) -> bool:
+        """One GET from the end of the `.part`: True when the `.part` then holds the whole file,
+        False when it was started again from byte 0 (try again at once). Raises `_Retry`."""
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        if offset != self.hashed:  # a .part from an earlier run: hash what it holds first
+            self._rehash(offset)
+            self._show(offset)
+        state = _read_state(self.request.dest) if offset else None
+        timeout = (self.request.timeout, self.request.timeout)
+        with _session().get(self.url, headers=self._headers(offset, state), stream=True, timeout=timeout) as r:
+            validator = _validator(r.headers)
+            if r.status_code == 416 and offset:
+                _, total = _content_range(r.headers.get("Content-Range"))
+                if total == offset and (state is None or _same_version(state, self.url, total, validator)):
+                    return True  # the .part holds the whole file already
+                self._restart("the file on the server changed")  # e.g. shorter than the .part
+                return False
+            if r.status_code >= 500 or r.status_code in (408, 429):
+                raise _Retry(f"HTTP {r.status_code} {r.reason}")
+            if r.status_code >= 400:
+                raise DownloadError(f"cannot download {self.url}: HTTP {r.status_code} {r.reason}; check the URL")
+            started = self._start_body(r, offset, state, validator)
+            if started is None:
+                return False
+            offset, total = started
+            self._write_body(r, offset)
+            if total is not None and self.hashed != total:
+                raise _Retry(f"the transfer stopped after {self.hashed} of {total} bytes")
+        return True
+
+    def _headers(self, offset: int, state: dict | None) -> dict:
+        """The request headers: a Range from `offset` (with If-Range from `state`) when resuming."""
         headers = {}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            if state and state.get("url") == url and (state.get("etag") or state.get("last_modified")):
+            if state and state.get("url") == self.url and (state.get("etag") or state.get("last_modified")):
                 headers["If-Range"] = state.get("etag") or state["last_modified"]
+        return headers
+
+    def _start_body(self, r, offset: int, state: dict | None, validator: dict):
+        """`(offset, total or None)` at which the body of the answer `r` goes into the `.part`, or
+        None when the `.part` was started again (try again at once); a whole file's version is recorded."""
+        if r.status_code == 206 and offset:
+            first, total = _content_range(r.headers.get("Content-Range"))
+            if first != offset:
+                raise _Retry(f"the server answered a range from byte {first}, asked for {offset}")
+            if not _same_version(state, self.url, total, validator):
+                # Another version of the file than the .part was started from, or no
+                # record of which: start again rather than stitch two versions.
+                self._restart("the file on the server changed")
+                return None
+            return offset, total
+        # 200: the whole file (changed since, or a server without Range support)
+        if offset:  # (not counted: a server without Range support does this every time)
+            self._restart("the file on the server changed", count=False)
+        length = r.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        if r.status_code == 206:  # a range from 0 we did not ask for
+            total = _content_range(r.headers.get("Content-Range"))[1]
         try:
-            with _session().get(url, headers=headers, stream=True, timeout=(timeout, timeout)) as r:
-                validator = _validator(r.headers)
-                if r.status_code == 416 and offset:
-                    _, total = _content_range(r.headers.get("Content-Range"))
-                    if total == offset and (state is None or _same_version(state, url, total, validator)):
-                        complete = True  # the .part holds the whole file already
-                        break
-                    restart("the file on the server changed")  # e.g. shorter than the .part
-                    continue
-                if r.status_code >= 500 or r.status_code in (408, 429):
-                    raise _Retry(f"HTTP {r.status_code} {r.reason}")
-                if r.status_code >= 400:
-                    raise DownloadError(f"cannot download {url}: HTTP {r.status_code} {r.reason}; check the URL")
-                total = None
-                if r.status_code == 206 and offset:
-                    first, total = _content_range(r.headers.get("Content-Range"))
-                    if first != offset:
-                        raise _Retry(f"the server answered a range from byte {first}, asked for {offset}")
-                    if not _same_version(state, url, total, validator):
-                        # Another version of the file than the .part was started from, or no
-                        # record of which: start again rather than stitch two versions.
-                        restart("the file on the server changed")
-                        continue
-                else:  # 200: the whole file (changed since, or a server without Range support)
-                    if offset:  # (not counted: a server without Range support does this every time)
-                        restart("the file on the server changed", count=False)
-                    offset = 0
-                    length = r.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    if r.status_code == 206:  # a range from 0 we did not ask for
-                        total = _content_range(r.headers.get("Content-Range"))[1]
-                    try:
-                        atomic_write_text(state_path, json.dumps({"url": url, "size": total, **validator}))
-                    except OSError as e:
-                        raise _write_error(e, state_path, fix) from None
+            atomic_write_text(self.state_path, json.dumps({"url": self.url, "size": total, **validator}))
+        except OSError as e:
+            raise _write_error(e, self.state_path, self.fix) from None
+        return 0, total
+
+    def _write_body(self, r, offset: int) -> None:
+        """Append the body of `r` to the `.part` (from `offset`; 0 truncates it), hashing it and
+        advancing the bar; a write error is a `DownloadError` naming the `.part`."""
+        part, fix = self.part, f"{self.fix}; then rerun to resume"
+        try:
+            f = open(part, "ab" if offset else "wb")
+        except OSError as e:
+            raise _write_error(e, part, self.fix) from None
+        try:
+            # read1: whatever has arrived, so a cut connection loses no received byte
+            while block := r.raw.read1(CHUNK, decode_content=False):
+                if self.request.stopped():
+                    raise DownloadError(f"download of {self.url} interrupted; rerun to resume from {part}")
                 try:
-                    f = open(part, "ab" if offset else "wb")
+                    f.write(block)
                 except OSError as e:
                     raise _write_error(e, part, fix) from None
-                try:
-                    # read1: whatever has arrived, so a cut connection loses no received byte
-                    while block := r.raw.read1(CHUNK, decode_content=False):
-                        if stop is not None and stop.is_set():
-                            raise DownloadError(f"download of {url} interrupted; rerun to resume from {part}")
-                        try:
-                            f.write(block)
-                        except OSError as e:
-                            raise _write_error(e, part, f"{fix}; then rerun to resume") from None
-                        hasher.update(block)
-                        hashed += len(block)
-                        received_any = True
-                        if hashed > furthest:  # real progress (not bytes received again)
-                            furthest, failures = hashed, 0
-                        show(hashed)
-                finally:
-                    try:
-                        f.close()
-                    except OSError as e:
-                        raise _write_error(e, part, f"{fix}; then rerun to resume") from None
-                if total is not None and hashed != total:
-                    raise _Retry(f"the transfer stopped after {hashed} of {total} bytes")
-        except (
-            _Retry,
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError,
-        ) as e:
-            if not received_any and _is_connect_failure(e):
-                raise DownloadError(
-                    f"cannot download {url}: the host cannot be reached ({_describe(e)}); {hint}"
-                ) from None
-            failures += 1
-            if failures > retries:
-                raise DownloadError(
-                    f"cannot download {url}: {_describe(e)} ({failures} attempts in a row failed); {resume_advice()}"
-                ) from None
-            time.sleep(min(30.0, backoff * 2 ** (failures - 1)))
-            continue
-        except requests.exceptions.RequestException as e:
-            raise DownloadError(f"cannot download {url}: {_describe(e)}; {hint}") from None
-        break
-    if hashed != part.stat().st_size:  # complete without a transfer: hash the .part
-        hasher, hashed = hashlib.sha256(), 0
-        with open(part, "rb") as f:
-            while block := f.read(CHUNK):
-                hasher.update(block)
-                hashed += len(block)
-        show(hashed)
-    digest = hasher.hexdigest()
-    expected = sha256 or prefix
-    if expected and not digest.startswith(expected.lower()):
-        part.unlink()
-        state_path.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{dest.name}: SHA-256 mismatch for {url}: expected {expected.lower()}, got {digest}; "
-            "the transfer was removed (nothing is kept under the final name): a corrupted transfer or a "
-            "changed file on the server (rerun to fetch it again), or a wrong digest (fix it)"
-        )
-    os.replace(part, dest)
-    state_path.unlink(missing_ok=True)
-    return digest
+                self.hasher.update(block)
+                self.hashed += len(block)
+                self.received_any = True
+                if self.hashed > self.furthest:  # real progress (not bytes received again)
+                    self.furthest, self.failures = self.hashed, 0
+                self._show(self.hashed)
+        finally:
+            try:
+                f.close()
+            except OSError as e:
+                raise _write_error(e, part, fix) from None
+
+    def _finish(self) -> str:
+        """Check the SHA-256 of the complete `.part` and rename it to its final name; returns the
+        digest. A mismatch removes the `.part` and raises `DownloadError`."""
+        size = self.part.stat().st_size
+        if self.hashed != size:  # complete without a transfer: hash the .part
+            self._rehash(size)
+            self._show(self.hashed)
+        digest = self.hasher.hexdigest()
+        expected = self.request.sha256 or self.request.prefix
+        if expected and not digest.startswith(expected.lower()):
+            self.part.unlink()
+            self.state_path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{self.request.dest.name}: SHA-256 mismatch for {self.url}: expected {expected.lower()}, "
+                f"got {digest}; the transfer was removed (nothing is kept under the final name): a corrupted "
+                "transfer or a changed file on the server (rerun to fetch it again), or a wrong digest (fix it)"
+            )
+        os.replace(self.part, self.request.dest)
+        self.state_path.unlink(missing_ok=True)
+        return digest
 
 
 def _verify_present(path: Path, expected: str | None, what: str, bar=None) -> str:
@@ -1102,7 +1180,7 @@ def download_files(
                 result["verified"].append(name)
 
         def transfer(url, name, expected, source):
-            digest, transferred = _fetch(
+            request = _Request(
                 url,
                 dest / name,
                 expected,
@@ -1116,6 +1194,7 @@ def download_files(
                 fix,
                 heads.get(name),
             )
+            digest, transferred = _fetch(request)
             record_digest(dest, name, digest)
             with lock:
                 if transferred:
