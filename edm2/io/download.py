@@ -52,6 +52,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import NamedTuple
 
 import requests
 import urllib3
@@ -1018,6 +1019,191 @@ def expand_urls(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, back
     return [url + (f"#sha256={digest}" if digest else "") for url, _, digest in entries]
 
 
+class _Planned(NamedTuple):
+    """One file of `download_files`: its URL, its name in the folder, the SHA-256 it must have
+    (None when unknown) and where that digest comes from (for messages)."""
+
+    url: str
+    name: str
+    expected: str | None
+    source: str
+
+
+def _check_dest(dest: Path) -> None:
+    """Create the folder `dest` and check that it can be written; else raise `DownloadError`."""
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"--dest {dest} is a file; pass a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edm2-write-check-", dir=dest)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DownloadError(f"--dest {dest} is not writable ({e.strerror or e}); pass a writable folder") from None
+
+
+def _plan(entries, served: dict, given: dict, manifest, known: dict, dest: Path) -> list[_Planned]:
+    """The digest each file of `entries` (from `_expand`) must have: the one given from outside
+    (URL fragment, `given` by `manifest`, `served` by the folder), which must agree with each
+    other, else the one `known` to `dest/SHA256SUMS`."""
+    plan = []
+    for url, name, fragment in entries:
+        outside = [
+            (d, s)
+            for d, s in ((fragment, "the URL fragment"), (given.get(name), f"--manifest {manifest}"))
+            + ((served.get(name), f"the {MANIFEST} the folder serves"),)
+            if d
+        ]
+        for d, s in outside[1:]:
+            if d != outside[0][0]:
+                raise DownloadError(
+                    f"{name}: {outside[0][1]} gives SHA-256 {outside[0][0]} but {s} gives {d}; fix one of them"
+                )
+        if outside:
+            plan.append(_Planned(url, name, outside[0][0], outside[0][1]))
+        else:
+            plan.append(_Planned(url, name, known.get(name), f"{dest / MANIFEST}"))
+    return plan
+
+
+def _check_free_space(dest: Path, heads: dict, fix: str) -> None:
+    """Raise `DownloadError` when `dest` has less free space than the files of `heads`
+    (`{name: head_info or None}`) still need beyond their `.part`."""
+    needed = 0
+    for name, info in heads.items():
+        if info is not None:
+            part = _part(dest / name)
+            have = part.stat().st_size if part.is_file() else 0
+            needed += max(0, info["size"] - have)
+    free = shutil.disk_usage(dest).free
+    if needed > free:
+        raise DownloadError(f"--dest {dest}: {_size(needed)} needed, {_size(free)} free; {fix}")
+
+
+def _raise_failures(failed: list, total: int) -> None:
+    """Raise the one-line `DownloadError` for `failed` (`(name, error)` pairs, of `total` files):
+    the first failure by name, with the count when several failed."""
+    name, error = sorted(failed, key=lambda e: e[0])[0]
+    message = str(error) if isinstance(error, DownloadError) else f"{name}: {type(error).__name__}: {error}"
+    if len(failed) > 1:
+        message += f" ({len(failed)} of {total} files failed)"
+    raise DownloadError(message)
+
+
+class _Batch:
+    """The files of one `download_files` call into `dest`: the folder's manifest `known`, the
+    thread `pool`, the `_Request` every transfer shares (`shared`: its bar, stop event, retry
+    policy), and the `result` that the threads fill in."""
+
+    def __init__(self, dest: Path, known: dict, pool, shared: _Request, result: dict):
+        self.dest, self.known, self.pool, self.shared, self.result = dest, known, pool, shared, result
+        self.bar = shared.bar
+        self.lock = threading.Lock()
+        self.checked = set()  # present files that matched a given digest in `settle_doubtful`
+        self.heads = {}  # name -> head_info of the files that are missing
+
+    def run_all(self, function, items: list) -> list:
+        """Run `function(item)` for every item in the pool; return the failures as (name, error).
+        An interrupt (not an `Exception`) sets the stop event and is raised again."""
+        failed = []
+        futures = {self.pool.submit(function, item): item for item in items}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                error = future.exception()
+                if error is not None:
+                    if not isinstance(error, Exception):
+                        raise error
+                    failed.append((futures[future].name, error))
+        except BaseException:
+            self.shared.stop.set()
+            raise
+        return failed
+
+    def settle_doubtful(self, plan: list) -> None:
+        """Check the present files whose given digest is not the recorded one, before any transfer:
+        a match is recorded, a file damaged since it was recorded is removed (to be fetched again),
+        and a good file that a given digest contradicts is an error."""
+        refetch = set()
+
+        def precheck(p: _Planned):
+            path = self.dest / p.name
+            digest = sha256_file(path)
+            recorded = self.known.get(p.name)
+            if digest == p.expected:
+                record_digest(self.dest, p.name, digest)
+                with self.lock:
+                    self.checked.add(p.name)
+            elif recorded is not None and digest != recorded:
+                with self.lock:  # damaged since it was recorded: fetch it again
+                    refetch.add(p.name)
+            else:
+                raise _conflict(path, p.expected, p.source, digest)
+
+        doubtful = [
+            p for p in plan if (self.dest / p.name).is_file() and p.expected and p.expected != self.known.get(p.name)
+        ]
+        failed = self.run_all(precheck, doubtful)
+        if failed:
+            _raise_failures(failed, len(plan))
+        for name in refetch:
+            (self.dest / name).unlink(missing_ok=True)
+            _forget_digest(self.dest, name)
+
+    def head_missing(self, missing: list) -> dict:
+        """`{name: head_info or None}` of the `missing` files (HEAD requests in the pool); their
+        sizes are added to the bar's total."""
+        infos = self.pool.map(lambda p: head_info(p.url, self.shared.timeout), missing)
+        self.heads = dict(zip([p.name for p in missing], infos))
+        for info in self.heads.values():
+            if info is not None:
+                self._add_total(info["size"])
+        return self.heads
+
+    def _add_total(self, size: int) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.total += size
+
+    def bring(self, p: _Planned) -> None:
+        """Verify the file `p` when it is present, else transfer it."""
+        return self.verify(p) if (self.dest / p.name).is_file() else self.transfer(p)
+
+    def verify(self, p: _Planned) -> None:
+        """Hash a present file and record it as verified; one that no longer matches its expected
+        digest (damaged since it was downloaded) is removed and fetched again."""
+        path = self.dest / p.name
+        if p.name in self.checked:
+            with self.lock:
+                self.result["verified"].append(p.name)
+            return
+        size = path.stat().st_size
+        self._add_total(size)
+        digest = sha256_file(path, self.bar)
+        if p.expected and digest != p.expected:  # damaged since it was downloaded: fetch it again
+            path.unlink()
+            _forget_digest(self.dest, p.name)
+            if self.bar is not None:
+                self.bar.update(-size)
+            return self.transfer(p)
+        record_digest(self.dest, p.name, digest)
+        with self.lock:
+            self.result["verified"].append(p.name)
+
+    def transfer(self, p: _Planned) -> None:
+        """Fetch the file `p`, record its digest and count it as downloaded (or as verified, when
+        another process brought it meanwhile)."""
+        path = self.dest / p.name
+        request = dataclasses.replace(self.shared, url=p.url, dest=path, sha256=p.expected, head=self.heads.get(p.name))
+        digest, transferred = _fetch(request)
+        record_digest(self.dest, p.name, digest)
+        with self.lock:
+            if transferred:
+                self.result["downloaded"].append(p.name)
+                self.result["bytes"] += path.stat().st_size
+            else:  # another process brought it while this one waited: only verified
+                self.result["verified"].append(p.name)
+
+
 def download_files(
     sources,
     dest,
@@ -1046,166 +1232,33 @@ def download_files(
     for source in sources:  # every URL checked before anything is created
         _check_source(source)
     timeout = check_timeout(timeout)
-    if dest.exists() and not dest.is_dir():
-        raise DownloadError(f"--dest {dest} is a file; pass a folder")
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edm2-write-check-", dir=dest)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise DownloadError(f"--dest {dest} is not writable ({e.strerror or e}); pass a writable folder") from None
+    _check_dest(dest)
     fix = "free space or pass another --dest"
     entries, served, notes = _expand(sources, include, timeout, retries, backoff, dest=dest)
     known = read_manifest(dest / MANIFEST)
     given = read_manifest(manifest) if manifest else {}
+    plan = _plan(entries, served, given, manifest, known, dest)
 
-    # The digest each file must have, from outside (fragment, --manifest, served SHA256SUMS):
-    # these must agree with each other.
-    plan = []  # (url, name, expected digest or None, where the expected digest comes from)
-    for url, name, fragment in entries:
-        outside = [
-            (d, s)
-            for d, s in ((fragment, "the URL fragment"), (given.get(name), f"--manifest {manifest}"))
-            + ((served.get(name), f"the {MANIFEST} the folder serves"),)
-            if d
-        ]
-        for d, s in outside[1:]:
-            if d != outside[0][0]:
-                raise DownloadError(
-                    f"{name}: {outside[0][1]} gives SHA-256 {outside[0][0]} but {s} gives {d}; fix one of them"
-                )
-        if outside:
-            plan.append((url, name, outside[0][0], outside[0][1]))
-        else:
-            plan.append((url, name, known.get(name), f"{dest / MANIFEST}"))
-
-    stop = threading.Event()
     result = {"downloaded": [], "verified": [], "bytes": 0, "notes": notes}
-    lock = threading.Lock()
+    shared = _Request("", dest, None, None, timeout, retries, backoff, None, threading.Event(), HINT_DOWNLOAD, fix)
     with contextlib.ExitStack() as stack:
-        bar = None
         if progress:
-            bar = stack.enter_context(
-                tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {len(plan)} files")
-            )
+            bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {len(plan)} files")
+            shared = dataclasses.replace(shared, bar=stack.enter_context(bar))
         pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max(1, int(jobs))))
-
-        def run_all(function, items):
-            """Run `function(*item)` for every item; return the failures as (name, error)."""
-            failed = []
-            futures = {pool.submit(function, *item): item for item in items}
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    error = future.exception()
-                    if error is not None:
-                        if not isinstance(error, Exception):
-                            raise error
-                        failed.append((futures[future][1], error))
-            except BaseException:
-                stop.set()
-                raise
-            return failed
-
-        def fail(failed, total):
-            name, error = sorted(failed, key=lambda e: e[0])[0]
-            message = str(error) if isinstance(error, DownloadError) else f"{name}: {type(error).__name__}: {error}"
-            if len(failed) > 1:
-                message += f" ({len(failed)} of {total} files failed)"
-            raise DownloadError(message)
-
+        batch = _Batch(dest, known, pool, shared, result)
         # 1. Present files whose given digest is not the recorded one: decide before any transfer.
-        checked, refetch = set(), set()
-
-        def precheck(url, name, expected, source):
-            path = dest / name
-            digest = sha256_file(path)
-            recorded = known.get(name)
-            if digest == expected:
-                record_digest(dest, name, digest)
-                with lock:
-                    checked.add(name)
-            elif recorded is not None and digest != recorded:
-                with lock:  # damaged since it was recorded: fetch it again
-                    refetch.add(name)
-            else:
-                raise _conflict(path, expected, source, digest)
-
-        doubtful = [p for p in plan if (dest / p[1]).is_file() and p[2] and p[2] != known.get(p[1])]
-        failed = run_all(precheck, doubtful)
-        if failed:
-            fail(failed, len(plan))
-        for name in refetch:
-            (dest / name).unlink(missing_ok=True)
-            _forget_digest(dest, name)
-        present = [p for p in plan if (dest / p[1]).is_file()]
-        missing = [p for p in plan if not (dest / p[1]).is_file()]
+        batch.settle_doubtful(plan)
+        present = [p for p in plan if (dest / p.name).is_file()]
+        missing = [p for p in plan if not (dest / p.name).is_file()]
         if missing:
-            _check_offline(missing[0][0], dest / missing[0][1])
-
+            _check_offline(missing[0].url, dest / missing[0].name)
         # 2. Sizes (HEAD) of what is missing: free space for what remains to fetch.
-        heads = dict(zip([p[1] for p in missing], pool.map(lambda p: head_info(p[0], timeout), missing)))
-        needed = 0
-        for name, info in heads.items():
-            if info is not None:
-                part = _part(dest / name)
-                have = part.stat().st_size if part.is_file() else 0
-                needed += max(0, info["size"] - have)
-                if bar is not None:
-                    with lock:
-                        bar.total += info["size"]
-        free = shutil.disk_usage(dest).free
-        if needed > free:
-            raise DownloadError(f"--dest {dest}: {_size(needed)} needed, {_size(free)} free; {fix}")
-
+        _check_free_space(dest, batch.head_missing(missing), fix)
         # 3. Verify what is there, transfer what is not.
-        def verify(url, name, expected, source):
-            if name in checked:
-                with lock:
-                    result["verified"].append(name)
-                return
-            size = (dest / name).stat().st_size
-            if bar is not None:
-                with lock:
-                    bar.total += size
-            digest = sha256_file(dest / name, bar)
-            if expected and digest != expected:  # damaged since it was downloaded: fetch it again
-                (dest / name).unlink()
-                _forget_digest(dest, name)
-                if bar is not None:
-                    bar.update(-size)
-                return transfer(url, name, expected, source)
-            record_digest(dest, name, digest)
-            with lock:
-                result["verified"].append(name)
-
-        def transfer(url, name, expected, source):
-            request = _Request(
-                url,
-                dest / name,
-                expected,
-                None,
-                timeout,
-                retries,
-                backoff,
-                bar,
-                stop,
-                HINT_DOWNLOAD,
-                fix,
-                heads.get(name),
-            )
-            digest, transferred = _fetch(request)
-            record_digest(dest, name, digest)
-            with lock:
-                if transferred:
-                    result["downloaded"].append(name)
-                    result["bytes"] += (dest / name).stat().st_size
-                else:  # another process brought it while this one waited: only verified
-                    result["verified"].append(name)
-
-        failed = run_all(lambda *p: verify(*p) if (dest / p[1]).is_file() else transfer(*p), present + missing)
+        failed = batch.run_all(batch.bring, present + missing)
     if failed:
-        fail(failed, len(plan))
+        _raise_failures(failed, len(plan))
     return result
 
 
