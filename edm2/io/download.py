@@ -763,65 +763,75 @@ def download(
     expected = (sha256 or fragment or "").lower() or None
     prefix = hash_prefix(url_file_name(url)) if check_prefix else None
     if url.lower().startswith("file://"):
-        path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
-        if path.is_dir():
-            raise DownloadError(f"cannot read {url}: {path} is a folder; give the URL of a file")
-        if not path.is_file():
-            raise DownloadError(f"cannot read {url}: {path} does not exist")
-        if expected or prefix:
-            digest = sha256_file(path)
-            if not digest.startswith(expected or prefix):
-                raise DownloadError(
-                    f"{path}: SHA-256 mismatch ({url}): expected {expected or prefix}, got {digest}; "
-                    "check the digest, or that this is the file you meant"
-                )
-        return path
+        return _local_file(url, expected or prefix)
     check_url(url)
     timeout = check_timeout(timeout)
     dest = cached_path(url, root)
-    folder = dest.parent
-    known = expected or prefix
     source = "the sha256 given" if sha256 else "the URL fragment" if fragment else "the hash prefix of the name"
     fix = "free space or set EDM2_CACHE_DIR to another folder"
     if force:
         dest.unlink(missing_ok=True)
-    if dest.is_file():
-        recorded = read_manifest(folder / MANIFEST).get(dest.name)
-        if recorded is not None and (not known or recorded.startswith(known)):
-            return dest
-        digest = sha256_file(dest)  # no record (an older version), or another digest is given
-        if (known and digest.startswith(known)) or (not known and recorded is None):
-            record_digest(folder, dest.name, digest)
-            return dest
-        if recorded is None or digest == recorded:  # a good file, a digest given that differs
-            raise _conflict(dest, known, source, digest)
-        dest.unlink()  # damaged since it was cached: fetch it again
-    _check_offline(url, dest)
-    bar = None
+    if dest.is_file() and _cached_is_good(dest, expected or prefix, source):
+        return dest
+    request = _Request(url, dest, expected, prefix, timeout, retries, backoff, hint=HINT_CACHE, fix=fix)
+    digest = _fetch_into_cache(request, progress)
+    record_digest(dest.parent, dest.name, digest)
+    return dest
+
+
+def _local_file(url: str, expected: str | None) -> Path:
+    """The path of a `file://` URL, checked to be a file whose SHA-256 starts with `expected`
+    (when given); else raise `DownloadError`."""
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+    if path.is_dir():
+        raise DownloadError(f"cannot read {url}: {path} is a folder; give the URL of a file")
+    if not path.is_file():
+        raise DownloadError(f"cannot read {url}: {path} does not exist")
+    if expected:
+        digest = sha256_file(path)
+        if not digest.startswith(expected):
+            raise DownloadError(
+                f"{path}: SHA-256 mismatch ({url}): expected {expected}, got {digest}; "
+                "check the digest, or that this is the file you meant"
+            )
+    return path
+
+
+def _cached_is_good(dest: Path, known: str | None, source: str) -> bool:
+    """True when the cached file `dest` may be served for the digest (or prefix) `known`, recording
+    its digest when it had none; False when it was damaged since it was cached (it is removed).
+    A good file that `known` (from `source`) contradicts raises `DownloadError`."""
+    folder = dest.parent
+    recorded = read_manifest(folder / MANIFEST).get(dest.name)
+    if recorded is not None and (not known or recorded.startswith(known)):
+        return True
+    digest = sha256_file(dest)  # no record (an older version), or another digest is given
+    if (known and digest.startswith(known)) or (not known and recorded is None):
+        record_digest(folder, dest.name, digest)
+        return True
+    if recorded is None or digest == recorded:  # a good file, a digest given that differs
+        raise _conflict(dest, known, source, digest)
+    dest.unlink()  # damaged since it was cached: fetch it again
+    return False
+
+
+def _fetch_into_cache(request: _Request, progress: bool) -> str:
+    """Fetch `request` into the cache (with a progress bar when `progress`) once its old digest is
+    forgotten; returns the SHA-256."""
+    dest, folder = request.dest, request.dest.parent
+    _check_offline(request.url, dest)
     with contextlib.ExitStack() as stack:
         if progress:
-            bar = stack.enter_context(
-                tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {url_file_name(url)}", leave=False)
+            bar = tqdm(
+                unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {url_file_name(request.url)}", leave=False
             )
+            request = dataclasses.replace(request, bar=stack.enter_context(bar))
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise _write_error(e, folder, fix) from None
+            raise _write_error(e, folder, request.fix) from None
         _forget_digest(folder, dest.name)
-        digest = fetch(
-            url,
-            dest,
-            sha256=expected,
-            prefix=prefix,
-            timeout=timeout,
-            retries=retries,
-            backoff=backoff,
-            bar=bar,
-            hint=HINT_CACHE,
-            fix=fix,
-        )
-    record_digest(folder, dest.name, digest)
-    return dest
+        return _fetch(request)[0]
 
 
 def resolve_path(path_or_url, what: str = "file", **download_kwargs) -> Path:
