@@ -312,10 +312,6 @@ class _Retry(Exception):
     """A failure worth another attempt (connection reset, 5xx, truncated body)."""
 
 
-class _Restart(Exception):
-    """The `.part` belongs to another version of the file: start again from byte 0."""
-
-
 _local = threading.local()
 
 
