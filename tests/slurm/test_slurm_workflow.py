@@ -1,4 +1,4 @@
-"""The smoke configuration through the workflow's SLURM profile, against the local SLURM.
+"""The smoke configuration (one model) through the workflow's SLURM profile, against the local SLURM.
 
     snakemake --profile workflow/profiles/slurm --workflow-profile ci/slurm/profile \
         --configfile config/smoke.yaml
@@ -159,15 +159,24 @@ def run_both(procs_and_dirs):
         stop_all(procs_and_dirs)
 
 
+# One model and no guidance: every rule of the smoke DAG but the guided scores, which differ from
+# the others only in their options (tests/workflow covers them), in fewer SLURM job waves.
+ONE_MODEL = {"models": [{"name": "tiny", "label": "tiny (8 ch)"}], "guidance": [{"name": "noguid"}]}
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(slurm, tmp_path_factory):
-    """The smoke config through the SLURM profile, and locally: (slurm workdir, its output,
-    local workdir, its output). The local reference runs meanwhile: the cluster run spends much
-    of its time waiting for job starts and status checks."""
+    """The smoke config (one model) through the SLURM profile, and locally: (slurm workdir, its
+    output, local workdir, its output). The local reference runs meanwhile: the cluster run
+    spends much of its time waiting for job starts and status checks."""
     root = tmp_path_factory.mktemp("smoke")
     slurm_work, local_work = root / "slurm", root / "local"
-    cluster = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE)
-    local = start_snakemake(local_work, "--cores", "2")
+    overlay = root / "one-model.yaml"
+    overlay.write_text(json.dumps(ONE_MODEL))  # JSON is YAML
+    cluster = start_snakemake(
+        slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE, extra_configfile=overlay
+    )
+    local = start_snakemake(local_work, "--cores", "2", extra_configfile=overlay)
     local_output, output = run_both([(local, local_work), (cluster, slurm_work)])
     return slurm_work, output, local_work, local_output
 

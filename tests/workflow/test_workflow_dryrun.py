@@ -53,21 +53,8 @@ def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     assert "--reported s-autog-fid=fid:1.34" in table and "--reported xxl-dino=fd_dinov2:42.84" in table
 
 
-def test_a_file_url_net_is_read_in_place_without_a_download_job(workdir, tmp_path):
-    net = tmp_path / "my nets" / "net.pkl"
-    net.parent.mkdir()
-    net.write_bytes(b"not read by a dry run")
-    config = load_config("smoke.yaml")
-    config["models"] = [{"name": "mine", "source": "released", "net": net.as_uri(), "metrics": ["fd_cnn"]}]
-    config["guidance"] = [{"name": "noguid"}]
-    proc = snakemake(workdir, "-n", "-p", "--configfile", write_config(workdir / "file-net.yaml", config))
-    counts = job_counts(proc.stdout + proc.stderr)
-    assert "download_net" not in counts and counts["score_released"] == 1, counts
-    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
-    assert f"--net '{net}'" in score
-
-
 def test_paths_with_spaces_reach_every_command_as_one_argument(workdir, tmp_path):
+    # A released net given as a file:// URL (read in place), in a folder with a space.
     net = tmp_path / "with space" / "net.pkl"
     net.parent.mkdir()
     net.write_bytes(b"not read by a dry run")
@@ -86,6 +73,10 @@ def test_paths_with_spaces_reach_every_command_as_one_argument(workdir, tmp_path
         tokens = shlex.split(command.replace("$(", " ").replace("{", " ").replace("}", " "))
         split = [t for t in tokens if t.endswith("/with") or t.startswith("space/")]
         assert not split, f"a path was split in: {command}"
+    # The file:// net is read in place: no download job, its path as the --net argument.
+    assert "download_net" not in rules and "score_released" in rules
+    (score,) = [c for c in commands if "edm2 metrics gen" in c and "released/scores/mine.json" in c]
+    assert f"--net '{net}'" in score
 
 
 def test_paper_img512_ema_sweep_lists_every_job(workdir):
