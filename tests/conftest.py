@@ -1,1 +1,16 @@
-"""Puts this folder on sys.path (pytest prepend import mode), so tests import tiny_networks."""
+"""Puts this folder on sys.path (pytest prepend import mode), so tests import tiny_networks.
+
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): the SLURM
+tests spend most of their time waiting for job starts, status checks and time limits, and the
+other worker runs the rest meanwhile. Each test module runs whole on one worker (its
+module-scoped fixtures, such as a workflow run, are made once), and every SLURM test on the same
+worker (they share the one local SLURM and restart its daemons).
+"""
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
