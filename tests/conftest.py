@@ -10,8 +10,9 @@ worker (they share the one local SLURM and restart its daemons).
 import pytest
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
+@pytest.hookimpl(wrapper=True)  # around every other implementation: pytest-xdist's reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
+    return (yield)
