@@ -3,8 +3,9 @@
 `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): the SLURM
 tests spend most of their time waiting for job starts, status checks and time limits, and the
 other worker runs the rest meanwhile. Each test module runs whole on one worker (its
-module-scoped fixtures, such as a workflow run, are made once), and every SLURM test on the same
-worker (they share the one local SLURM and restart its daemons).
+module-scoped fixtures, such as a workflow run, are made once). The SLURM tests share a group,
+and in any case take turns on the one local SLURM through the session lock of
+tests/slurm/conftest.py (in fresh-clone runs one SLURM module still waited there for the others).
 """
 
 import pytest
