@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not slurm"

@@ -1,19 +1,49 @@
 """Puts this folder on sys.path (pytest prepend import mode), so tests import tiny_networks.
 
-`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): the SLURM
-tests spend most of their time waiting for job starts, status checks and time limits, and the
-other worker runs the rest meanwhile. Each test module runs whole on one worker (its
-module-scoped fixtures, such as a workflow run, are made once). The SLURM tests share a group,
-and in any case take turns on the one local SLURM through the session lock of
-tests/slurm/conftest.py (in fresh-clone runs one SLURM module still waited there for the others).
+`make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadscope
+--no-loadscope-reorder`), scheduled by `ModulesAndSlurm` below: each test module runs whole on
+one worker (its module-scoped fixtures, such as a workflow run, are made once), and every SLURM
+test (tests/slurm, marker `slurm`) runs on one worker, first, while the other worker runs the
+rest: the SLURM tests mostly wait on job starts, status checks and time limits, and they stop and
+restart the one local SLURM (tests/slurm/conftest.py also keeps other test sessions out with a
+lock).
+
+Why our own scheduler: `--dist loadgroup` groups by appending "@group" to each test's node id,
+which pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386): with it, every test was
+scheduled on its own and the SLURM modules spread over both workers, one waiting up to 1800 s
+for the other's lock. A scope function of a LoadScopeScheduling subclass does not depend on node
+id internals. tests/test_hygiene.py runs a small session of this scheduler and fails if the
+SLURM tests spread.
 """
 
 import pytest
 
+SLURM_DIR = "tests/slurm/"
+SLURM_SCOPE = "slurm"
 
-@pytest.hookimpl(wrapper=True)  # around every other implementation: pytest-xdist's reads the groups
+
+def scope_of(nodeid: str) -> str:
+    """The work unit of a test: "slurm" for the SLURM tests, else its module's path."""
+    path = nodeid.split("::", 1)[0]
+    return SLURM_SCOPE if path.startswith(SLURM_DIR) else path
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    return (yield)
+    """SLURM tests first (so their group starts at once), and only in tests/slurm (the scheduler
+    knows them by their path)."""
+    misplaced = [i.nodeid for i in items if bool(i.get_closest_marker("slurm")) != i.nodeid.startswith(SLURM_DIR)]
+    if misplaced:
+        raise pytest.UsageError(f"tests marked slurm must be in {SLURM_DIR} and only those: {misplaced[:5]}")
+    items.sort(key=lambda item: not item.nodeid.startswith(SLURM_DIR))  # stable: otherwise collection order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndSlurm(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return scope_of(nodeid)
+
+    return ModulesAndSlurm(config, log)
