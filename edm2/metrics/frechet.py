@@ -14,9 +14,14 @@ because sigma1 sigma2 = A (A sigma2) has the same eigenvalues as (A sigma2) A, a
 matrix (this holds for singular sigma1 too). Both steps are symmetric eigendecompositions,
 which are stable. Eigenvalues that come out slightly negative through rounding would give an
 imaginary part in the official computation; the real part of their square root is 0, so we
-clip them to 0, and warn when they are not negligible (inputs that are not covariances).
-Eigenvalues within rounding noise of 0 are set to 0 as well: they are the exact zeros of a
-singular covariance, and the square root would amplify their noise (sqrt(1e-16) = 1e-8).
+clip them to 0. Eigenvalues within rounding noise of 0 are set to 0 as well: they are the exact
+zeros of a singular covariance, and the square root would amplify their noise
+(sqrt(1e-16) = 1e-8).
+
+Inputs that are not covariances (asymmetric, or with an eigenvalue below -1e-6 x the largest)
+are refused with `FormatError` (`check_covariance`, also used when statistics files are read):
+the official computation returns a number for them, down to negative "distances", that means
+nothing.
 """
 
 import warnings
@@ -25,8 +30,26 @@ import numpy as np
 
 from edm2.errors import FormatError
 
-# Negative eigenvalues smaller than this fraction of the largest one are rounding noise.
+# Negative eigenvalues smaller than this fraction of the largest one are rounding noise; so are
+# asymmetries smaller than this fraction of the largest entry.
 NEGLIGIBLE = 1e-6
+
+
+def check_covariance(sigma: np.ndarray, which: str) -> None:
+    """Raises `FormatError` unless `sigma` [D, D] (finite, float64) is a covariance matrix:
+    symmetric to `NEGLIGIBLE` x its largest entry, and positive semi-definite (no eigenvalue
+    below -`NEGLIGIBLE` x the largest). `which` names it in the message (a file and metric, or
+    "statistics 1"). A covariance estimated from samples always passes, singular ones included."""
+    scale = float(np.abs(sigma).max(initial=0.0))
+    if float(np.abs(sigma - sigma.T).max(initial=0.0)) > NEGLIGIBLE * scale:
+        raise FormatError(f"{which} covariance is not symmetric; recompute the statistics")
+    eigenvalues = np.linalg.eigvalsh(sigma)
+    largest = max(float(eigenvalues.max(initial=0.0)), 0.0)
+    if float(eigenvalues.min(initial=0.0)) < -NEGLIGIBLE * max(largest, np.finfo(np.float64).tiny):
+        raise FormatError(
+            f"{which} covariance is not positive semi-definite (smallest eigenvalue "
+            f"{eigenvalues.min():.4g}, largest {largest:.4g}); recompute the statistics"
+        )
 
 
 def _as_stats(mu, sigma, which: str):
@@ -39,6 +62,7 @@ def _as_stats(mu, sigma, which: str):
         )
     if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
         raise FormatError(f"statistics {which} contain NaN or Inf; recompute them from valid images")
+    check_covariance(sigma, f"statistics {which}")
     return mu, sigma
 
 
@@ -61,20 +85,31 @@ def _eigh_psd(matrix: np.ndarray, what: str):
 
 
 def sqrtm_psd(matrix) -> np.ndarray:
-    """Symmetric PSD square root of a symmetric PSD matrix (negative rounding noise clipped)."""
-    values, vectors = _eigh_psd(np.asarray(matrix, dtype=np.float64), "matrix")
+    """Symmetric PSD square root [D, D] (float64) of a symmetric PSD matrix [D, D] (negative
+    rounding noise clipped). Raises `FormatError` for a matrix that is not (`check_covariance`)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    check_covariance(matrix, "matrix")
+    values, vectors = _eigh_psd(matrix, "matrix")
     return (vectors * np.sqrt(values)) @ vectors.T
 
 
 def trace_sqrtm_product(sigma1, sigma2) -> float:
-    """Real part of tr(sqrtm(sigma1 @ sigma2)) for covariance matrices (see the module docstring)."""
+    """Real part of tr(sqrtm(sigma1 @ sigma2)) for covariance matrices [D, D] (see the module
+    docstring). Raises `FormatError` when either is not a covariance (`check_covariance`)."""
     root1 = sqrtm_psd(sigma1)
-    values, _ = _eigh_psd(root1 @ np.asarray(sigma2, dtype=np.float64) @ root1, "sqrt(sigma1) sigma2 sqrt(sigma1)")
+    sigma2 = np.asarray(sigma2, dtype=np.float64)
+    check_covariance(sigma2, "matrix 2")
+    values, _ = _eigh_psd(root1 @ sigma2 @ root1, "sqrt(sigma1) sigma2 sqrt(sigma1)")
     return float(np.sqrt(values).sum())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), docs/method.md#metrics (float64)."""
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64): mu [D], sigma [D, D].
+
+    The FID of Heusel et al. (2017) as the official `calculate_fid_from_inception_stats` /
+    `calculate_metrics` compute it (EDM2 arXiv 2312.02696, Section 5; docs/method.md#metrics).
+    Raises `FormatError` for shapes that differ, NaN/Inf, or a sigma that is not a covariance
+    (asymmetric or not positive semi-definite: `check_covariance`)."""
     mu1, sigma1 = _as_stats(mu1, sigma1, "1")
     mu2, sigma2 = _as_stats(mu2, sigma2, "2")
     if mu1.shape != mu2.shape:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from edm2.errors import FormatError
 from edm2.io.atomic import atomic_path
 from edm2.io.download import resolve_path
+from edm2.metrics.frechet import check_covariance
 
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -166,11 +167,6 @@ def _stats_from_arrays(arrays: dict, path) -> dict:
     return stats
 
 
-# Negative eigenvalues of a covariance down to this fraction of its largest are rounding noise
-# (the same threshold as edm2.metrics.frechet).
-NEGATIVE_EIGENVALUE_TOLERANCE = 1e-6
-
-
 def validate_stats(stats: dict, path) -> dict:
     """Check every metric of a stats dict; return it unchanged or raise `FormatError` naming `path`.
 
@@ -192,14 +188,5 @@ def validate_stats(stats: dict, path) -> dict:
             )
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
             raise FormatError(f"{path}: {name} statistics contain NaN or Inf; recompute them from valid images")
-        scale = float(np.abs(sigma).max(initial=0.0))
-        if float(np.abs(sigma - sigma.T).max(initial=0.0)) > 1e-6 * scale:
-            raise FormatError(f"{path}: {name} covariance is not symmetric; recompute the statistics")
-        eigenvalues = np.linalg.eigvalsh(sigma)
-        largest = max(float(eigenvalues.max(initial=0.0)), 0.0)
-        if float(eigenvalues.min(initial=0.0)) < -NEGATIVE_EIGENVALUE_TOLERANCE * max(largest, np.finfo(float).tiny):
-            raise FormatError(
-                f"{path}: {name} covariance is not positive semi-definite (smallest eigenvalue "
-                f"{eigenvalues.min():.4g}, largest {largest:.4g}); recompute the statistics"
-            )
+        check_covariance(sigma.astype(np.float64), f"{path}: {name}")
     return stats

@@ -93,9 +93,31 @@ def test_symmetric_in_its_arguments():
     assert frechet_distance(m1, s1, m2, s2) == pytest.approx(frechet_distance(m2, s2, m1, s1), rel=1e-10)
 
 
-def test_non_covariance_input_warns_about_the_imaginary_part():
-    with pytest.warns(RuntimeWarning, match="imaginary"):
-        frechet_distance([0.0, 0.0], np.diag([1.0, -1.0]), [0.0, 0.0], np.eye(2))
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.diag([1.0, -1.0]),  # indefinite: the official computation gives a "distance" of -4
+        -np.eye(2),  # negative definite
+        np.array([[1.0, 2.0], [2.0, 1.0]]),  # symmetric, eigenvalues 3 and -1
+        np.array([[1.0, 0.5], [0.0, 1.0]]),  # not symmetric
+    ],
+)
+def test_a_sigma_that_is_not_a_covariance_is_refused(bad):
+    for args in (([0.0, 0.0], bad, [0.0, 0.0], np.eye(2)), ([0.0, 0.0], np.eye(2), [0.0, 0.0], bad)):
+        with pytest.raises(FormatError, match="statistics [12] covariance is not (positive semi-definite|symmetric)"):
+            frechet_distance(*args)
+    with pytest.raises(FormatError, match="covariance is not"):
+        sqrtm_psd(bad)
+
+
+def test_rounding_noise_below_the_tolerance_is_accepted():
+    """A covariance of 3 samples in 5 dimensions (rank 2) with asymmetry and negative eigenvalues
+    at rounding level is a covariance; its distance to itself is 0."""
+    x = np.random.default_rng(3).standard_normal([3, 5])
+    sigma = np.cov(x, rowvar=False)
+    noisy = sigma + 1e-12 * np.random.default_rng(4).standard_normal(sigma.shape)
+    assert np.linalg.eigvalsh((noisy + noisy.T) / 2).min() < 0
+    assert frechet_distance(x.mean(0), noisy, x.mean(0), noisy) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_mismatched_shapes_are_rejected():
