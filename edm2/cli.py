@@ -48,9 +48,10 @@ class LazyGroup(click.Group):
         except EDM2Error as e:
             raise click.ClickException(one_line(str(e), limit=2000)) from None
         except OSError as e:  # a disk that fills up or turns read-only during the run
+            from edm2.commands.paths import OUTPUTS_KEY
             from edm2.io.atomic import describe_write_error
 
-            message = describe_write_error(e)
+            message = describe_write_error(e, ctx.meta.get(OUTPUTS_KEY, []))
             if message is None:
                 raise
             raise click.ClickException(message) from None

@@ -4,6 +4,9 @@ hours of work (edm2.io.atomic.check_output_file / check_output_dir)."""
 
 import click
 
+# Key in click's Context.meta under which the output paths of the command line are kept.
+OUTPUTS_KEY = "edm2.outputs"
+
 
 class _Output(click.ParamType):
     def __init__(self, what: str):
@@ -16,6 +19,8 @@ class _Output(click.ParamType):
             self.check(value)
         except OutputError as e:  # one line ("Error: cannot write ..."), not a usage message
             raise click.ClickException(str(e)) from None
+        if ctx is not None:  # meta is shared by the whole command line: the CLI names these in write errors
+            ctx.meta.setdefault(OUTPUTS_KEY, []).append(str(value))
         return value
 
 

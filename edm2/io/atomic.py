@@ -115,6 +115,41 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+class _WriteErrorRecorder:
+    """A binary file for `torch.save` that keeps the first OSError of a write: torch reports a
+    failed write only as RuntimeError("[enforce fail at inline_container.cc] unexpected pos"),
+    which says neither the file nor that the disk is full."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.file.flush()
+
+
+def torch_save(obj, path) -> None:
+    """`torch.save(obj, path)`, raising the OSError of a failed write (ENOSPC, EDQUOT, EIO, ...)
+    with `path` as its filename instead of torch's RuntimeError."""
+    import torch  # here: the other writers of this module need no torch
+
+    with open(path, "wb") as f:
+        recorder = _WriteErrorRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is None:
+                raise
+            e = recorder.error
+            raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def _nearest_existing(path: Path) -> Path:
     for candidate in [path, *path.parents]:
         if candidate.exists():
@@ -171,9 +206,17 @@ WRITE_ERRNOS = {
 }
 
 
-def describe_write_error(e: OSError) -> str | None:
-    """One line for an OSError of writing an output (disk full, read-only, ...), else None."""
+def describe_write_error(e: OSError, outputs=()) -> str | None:
+    """One line for an OSError of writing an output (disk full, read-only, ...), else None.
+
+    It names the file of the error; where the writer did not say (a stream such as a log, a
+    library that drops the name), the command's output paths `outputs` instead."""
     if e.errno not in WRITE_ERRNOS:
         return None
-    where = f" {e.filename}" if e.filename else ""
+    if e.filename:
+        where = f" {e.filename}"
+    elif outputs:
+        where = f" under {', '.join(outputs)}"
+    else:
+        where = " an output"
     return f"cannot write{where}: {e.strerror or e}; free space or choose another location (nothing partial was kept)"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from edm2.errors import OutputError, one_line
-from edm2.io.atomic import atomic_path, atomic_write_text
+from edm2.io.atomic import atomic_path, atomic_write_text, torch_save
 from edm2.io.snapshot import save_snapshot
 from edm2.naming import (
     DONE_FILE,
@@ -120,14 +120,13 @@ def load_latest_training_state(run_dir, log=print) -> tuple[dict | None, Path | 
 
 def write_training_state(path, data: dict) -> None:
     """torch.save (with a "checksum" of the contents) under a temporary name, then rename."""
-    with atomic_path(path, suffix=".pt") as tmp:
-        try:
-            torch.save({**data, "checksum": content_checksum(data)}, tmp)
-        except RuntimeError as e:  # torch reports a failed write (disk full, ...) this way, not as OSError
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OutputError(
-                f"cannot write training state {path}: {first}; free space or choose another --outdir"
-            ) from None
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch_save({**data, "checksum": content_checksum(data)}, tmp)
+    except OSError as e:  # a full disk, a quota, an I/O error: named, in words
+        raise OutputError(
+            f"cannot write training state {path}: {e.strerror or e}; free space or choose another --outdir"
+        ) from None
 
 
 def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extra) -> list[Path]:

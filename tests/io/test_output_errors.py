@@ -138,3 +138,19 @@ def test_full_disk_while_writing_a_training_state_or_a_snapshot(mounts):
     with pytest.raises(OutputError, match="cannot write .*net.safetensors: .*No space left on device"):
         write_safetensors(full / "net.safetensors", {"w": big}, {"format": "x"})
     assert list(full.iterdir()) == []
+
+
+# convert-official's input in `commands` is no pickle (it only checks the output before reading).
+@pytest.mark.parametrize(
+    "name", [n for n in commands({k: "x" for k in ("images", "net", "run", "cnn")}, "o") if n != "convert-official"]
+)
+def test_every_command_on_a_disk_that_fills_names_the_file_and_says_so(inputs, mounts, name):
+    """One page of room: the write check passes (an empty file), the outputs do not fit. The
+    error is one sentence naming the output being written under the full disk and the cause."""
+    full = mounts("full", "size=4k")
+    r = invoke(commands(inputs, full)[name])
+    assert r.exit_code != 0, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in r.output and "enforce fail" not in r.output, r.output
+    assert f"{full}/" in errors[0] and "No space left on device" in errors[0], r.output
+    assert not [p for p in full.rglob("*") if p.name.endswith(".tmp") or ".part" in p.name], list(full.rglob("*"))
