@@ -8,6 +8,10 @@ people generate with is bound by kernel launches, not arithmetic. Capturing the 
 as one CUDA graph (and fusing the memory-bound magnitude-preserving ops) removes that overhead.
 The method is unchanged: the graph computes the same network on the same inputs; results equal
 the eager ones up to floating-point rounding (fused kernels reorder sums), not bit for bit.
+
+The fast path can never be what stops a run: when compiling or capturing fails (no C compiler
+for Triton's launcher or Inductor's C++ code, pytorch/pytorch#116696; an unsupported GPU; a
+capture error), `FastDenoiser` says why in one line and runs the network eagerly from then on.
 """
 
 import time
@@ -56,6 +60,7 @@ class FastDenoiser:
         self._warmup_calls = 2 if mode == "reduce-overhead" else 1
         self.warmup_seconds: dict[tuple, float] = {}  # input shape -> seconds of its first calls
         self._calls: dict[tuple, int] = {}
+        self.fallback_reason: str | None = None  # why the fast path was given up, if it was
 
     def __getattr__(self, name):  # img_channels, img_resolution, label_dim, ... of the wrapped net
         if name == "net":
@@ -63,23 +68,33 @@ class FastDenoiser:
         return getattr(self.net, name)
 
     def __call__(self, x, sigma, class_labels=None):
+        if self.fallback_reason is not None:  # the eager network, on the caller's own batch
+            return self.net(x, sigma, class_labels)
         n = x.shape[0]
+        args = (x, sigma, class_labels)
         if self.batch is not None and n < self.batch:
-            x = _pad_rows(x, self.batch)
-            if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 and sigma.numel() == n:
-                sigma = _pad_rows(sigma.reshape(n), self.batch, value=1)
-            if class_labels is not None and class_labels.ndim == 2 and class_labels.shape[0] == n:
-                class_labels = _pad_rows(class_labels, self.batch)
-        key = tuple(x.shape)
+            args = _padded(self.batch, *args)
+        key = tuple(args[0].shape)
         count = self._calls.get(key, 0)
         if count >= self._warmup_calls:
-            out = self.model(x, sigma, class_labels)
+            out = self.model(*args)
         else:
             self._calls[key] = count + 1
-            out = self._timed_call(key, x, sigma, class_labels)
+            try:  # compiling and capturing happen in these first calls
+                out = self._timed_call(key, *args)
+            except Exception as e:  # the eager network below raises again if the inputs are at fault
+                self._fall_back(e)
+                return self.net(x, sigma, class_labels)
         if self._clone:
             out = out.clone()
         return out[:n] if out.shape[0] != n else out
+
+    def _fall_back(self, error: Exception) -> None:
+        self.fallback_reason = fallback_message(error)
+        self.model, self._clone = self.net, False
+        if self.log is not None:
+            self.log(self.fallback_reason)
+        _synchronize_safely(next(self.net.parameters()).device)
 
     def _timed_call(self, key, x, sigma, class_labels):
         _synchronize(x.device)
@@ -94,10 +109,41 @@ class FastDenoiser:
         return out
 
 
+def fallback_message(error: BaseException) -> str:
+    """One line: why the fast path failed (the error's first line) and how to get it back."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+    hint = "see docs/evaluation.md#fast-path"
+    if "compiler" in reason.lower():
+        hint = "install a C and C++ compiler (gcc, g++) where Triton and Inductor find them (PATH, CC, CXX)"
+    return (
+        f"Fast path unavailable ({reason}); running the network eagerly (same results up to float rounding, "
+        f"slower). To use the fast path: {hint}; --eager skips the attempt."
+    )
+
+
+def _padded(rows: int, x, sigma, class_labels):
+    """The inputs with zero rows (sigma 1) appended up to `rows` (per-sample sigmas and labels too)."""
+    n = x.shape[0]
+    if isinstance(sigma, torch.Tensor) and sigma.ndim > 0 and sigma.numel() == n:
+        sigma = _pad_rows(sigma.reshape(n), rows, value=1)
+    if class_labels is not None and class_labels.ndim == 2 and class_labels.shape[0] == n:
+        class_labels = _pad_rows(class_labels, rows)
+    return _pad_rows(x, rows), sigma, class_labels
+
+
 def _pad_rows(t: torch.Tensor, rows: int, value: float = 0) -> torch.Tensor:
     """`t` with rows of `value` appended along dim 0 up to `rows`."""
     pad = t.new_full([rows - t.shape[0], *t.shape[1:]], value)
     return torch.cat([t, pad])
+
+
+def _synchronize_safely(device) -> None:
+    """Wait for the device after a failed capture; an error there belongs to the capture."""
+    try:
+        _synchronize(device)
+    except RuntimeError:
+        pass
 
 
 def _synchronize(device) -> None:

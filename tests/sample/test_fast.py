@@ -129,3 +129,63 @@ def test_cuda_graph_sampler_with_a_guide_matches_eager_within_fp16_rounding():
     for seed in range(5):
         scale = eager[seed].abs().max().item()
         torch.testing.assert_close(fast[seed], eager[seed], rtol=1e-2, atol=1e-2 * scale)
+
+
+def _failing_backend(graph_module, example_inputs):
+    """A torch.compile backend that fails the way a missing compiler does, at the first call."""
+    raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found (a backend made to fail)")
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_a_compile_failure_falls_back_to_the_eager_network_with_one_line(mode):
+    torch._dynamo.reset()
+    net = tiny_net()
+    lines = []
+    denoiser = FastDenoiser(net, batch=4, mode=mode, backend=_failing_backend, log=lines.append)
+    x, labels = torch.randn(3, 3, 8, 8), torch.eye(4)[:3]
+    with torch.no_grad():
+        for sigma in (0.5, 2.0, 7.0):  # later calls stay eager, and say nothing more
+            out = denoiser(x, torch.tensor(sigma), labels)
+            assert torch.equal(out, net(x, torch.tensor(sigma), labels))  # the eager network itself
+    assert len(lines) == 1 and lines[0].startswith("Fast path unavailable (") and "\n" not in lines[0], lines
+    assert "install a C and C++ compiler" in lines[0] and "--eager" in lines[0]
+    assert denoiser.fallback_reason == lines[0]
+    torch._dynamo.reset()
+
+
+def test_an_error_of_the_inputs_is_not_hidden_by_the_fallback():
+    """The fallback runs the eager network on the same inputs: an error there is the caller's."""
+    torch._dynamo.reset()
+    denoiser = FastDenoiser(tiny_net(), batch=None, backend=_failing_backend, log=None)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        denoiser(torch.randn(2, 5, 8, 8), torch.tensor(1.0), torch.eye(4)[:2])  # 5 channels, not 3
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_generate_without_a_cxx_compiler_falls_back_and_writes_the_eager_images(tmp_path):
+    """`edm2 generate --fast` where Inductor finds no C++ compiler (CXX pointing nowhere): exit 0,
+    one line saying why, and the images of `--eager`, byte for byte."""
+    import subprocess
+    import sys
+
+    net = tiny_net()
+    snapshot = tmp_path / "net.safetensors"
+    save_snapshot(snapshot, net.state_dict(), net.init_kwargs, {"class": "StandardRGBEncoder"}, 65536, 0.1, dtype=None)
+    env = {**os.environ, "CXX": "/nonexistent/g++", "CC": "/nonexistent/gcc", "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for flag in ("--fast", "--eager"):
+        outs[flag] = tmp_path / flag.strip("-")
+        cmd = [sys.executable, "-m", "edm2", "generate", "--net", str(snapshot), "--outdir", str(outs[flag]),
+               "--seeds", "0-2", "--batch", "2", "--steps", "3", "--device", "cpu", flag]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        said = [line for line in r.stdout.splitlines() if line.startswith("Fast path")]
+        if flag == "--fast":
+            assert len(said) == 1 and said[0].startswith("Fast path unavailable (") and "compiler" in said[0], r.stdout
+            assert "Traceback" not in r.stdout + r.stderr
+        else:
+            assert said == []
+    for s in range(3):
+        name = f"{s:06d}.png"
+        assert (outs["--fast"] / name).read_bytes() == (outs["--eager"] / name).read_bytes()
