@@ -24,6 +24,8 @@ import socket
 import torch
 import torch.distributed as tdist
 
+from edm2.utils import die_with_parent
+
 
 @dataclasses.dataclass(frozen=True)
 class DistEnv:
@@ -125,6 +127,10 @@ def init_distributed(device_type: str | None = None, timeout_min: float = 30) ->
         device = torch.device("cuda", env.local_rank)
     else:
         device = torch.device(device_type)
+    if env.launcher == "torchrun" and "TORCHELASTIC_RUN_ID" in os.environ:
+        # torchrun starts each rank in a session of its own: a SIGKILL of the agent (the launcher)
+        # would leave the ranks running to the end of their work. They die with it instead.
+        die_with_parent(os.getppid())
     if not tdist.is_initialized() and env.world_size > 1:
         # torch imports torch._dynamo lazily (first meta-device op, torch.compile), and that import
         # keeps references to the process group existing at that moment. destroy_process_group
