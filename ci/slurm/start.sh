@@ -6,9 +6,10 @@
 #
 # Installs Debian's munge and SLURM (slurm-wlm 22.05) when missing, writes /etc/slurm/slurm.conf
 # and gres.conf from the templates next to this script (one node named after `hostname -s`, one
-# partition `debug`, a fake GPU `gpu:a100:1`), starts munged, slurmctld and slurmd directly (no
+# partition `debug`, two fake GPUs `gpu:a100:2`), starts munged, slurmctld and slurmd directly (no
 # systemd) and records their PIDs in $EDM2_SLURM_STATE (default /run/edm2-ci-slurm) for stop.sh.
-# Idempotent: a second run finds the daemons it started alive and only waits for the node.
+# Idempotent: a second run finds the daemons it started alive and only waits for the node; if the
+# templates changed since they were started, it stops them (stop.sh) and starts them anew.
 # Needs root. Never touches a slurm.conf that it did not write itself.
 set -euo pipefail
 
@@ -82,10 +83,16 @@ wait_for_idle_node() {
 
 # --- already running? ----------------------------------------------------------------------------
 
+templates_digest() { cat "$HERE/slurm.conf.in" "$HERE/gres.conf.in" | sha256sum | cut -d' ' -f1; }
+
 if ctld="$(alive_pid slurmctld)" && slurmd_pid="$(alive_pid slurmd)"; then
-    say "already running (slurmctld pid $ctld, slurmd pid $slurmd_pid)"
-    wait_for_idle_node
-    exit 0
+    if [ "$(cat "$STATE/templates.sha256" 2>/dev/null)" = "$(templates_digest)" ]; then
+        say "already running (slurmctld pid $ctld, slurmd pid $slurmd_pid)"
+        wait_for_idle_node
+        exit 0
+    fi
+    say "running with an older configuration (the templates changed); restarting"
+    bash "$HERE/stop.sh"
 fi
 # Someone else's configuration: use their SLURM if it answers, never replace their files.
 if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -q "$MARKER" "$CONF_DIR/slurm.conf"; then
@@ -126,7 +133,7 @@ for f in slurm.conf gres.conf; do
         "$HERE/$f.in" >"$CONF_DIR/$f.tmp"
     mv "$CONF_DIR/$f.tmp" "$CONF_DIR/$f"
 done
-say "wrote $CONF_DIR/slurm.conf and gres.conf (node $HOST, CPUs=$cpus, RealMemory=$mem MB, gpu:a100:1)"
+say "wrote $CONF_DIR/slurm.conf and gres.conf (node $HOST, CPUs=$cpus, RealMemory=$mem MB, gpu:a100:2)"
 
 install -d -o slurm -g slurm /var/lib/slurm /var/lib/slurm/slurmctld /var/log/slurm
 install -d /var/lib/slurm/slurmd
@@ -168,4 +175,5 @@ for daemon in slurmctld slurmd; do
     record_pid "$daemon" "/run/$daemon.pid"
 done
 
+templates_digest >"$STATE/templates.sha256"
 wait_for_idle_node

@@ -67,4 +67,5 @@ for name in slurmd slurmctld munged; do
     fi
     rm -f "$STATE/$name.pid"
 done
+rm -f "$STATE/templates.sha256"
 rmdir "$STATE" 2>/dev/null || true

@@ -11,6 +11,7 @@ local run (`snakemake --cores 2`) of the same configuration.
 import json
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from slurm_helpers import REPO, job_env, job_record
+from slurm_helpers import FINAL_STATES, REPO, job_env, job_record
 
 pytestmark = pytest.mark.slurm
 
@@ -49,7 +50,7 @@ def start_snakemake(workdir, *args, extra_configfile=None):
         return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def finish(proc, workdir, timeout=900):
+def finish(proc, workdir, timeout=3600):  # a hang guard only: slow machines take long
     code = proc.wait(timeout=timeout)
     output = (workdir / "snakemake.out").read_text()
     assert code == 0, f"snakemake in {workdir} failed ({code}):\n{output[-8000:]}"
@@ -217,22 +218,28 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(smoke_r
         assert_same_output(rel, slurm_root, slurm_work, local_root, local_work)
 
 
-# The smoke config's model, trained longer, as 2 srun tasks (`launch: tasks`) in 1-minute jobs
-# with --signal=TERM@5. slurmctld checks time limits every 30 s and sends such a signal at the
-# first check less than 5 + 30 s before the limit: 25-55 s after the job starts, after start-up
-# and before the limit. The run lasts longer than that while the reference run shares the cores.
+# The smoke config's model, trained longer, as 2 srun tasks (`launch: tasks`) with --signal=TERM@5.
+# The first job has a 1-minute limit: slurmctld checks time limits every 30 s and sends the signal
+# at the first check less than 5 + 30 s before the limit, 25-55 s after the job starts. Every later
+# attempt gets 20 minutes (Snakemake's `attempt` in a --set-resources expression), so the run
+# finishes in the second job however fast the machine trains: the outcome depends on speed only
+# through two wide margins. (Before, every job had 1 minute and a machine at 340 img/s, most of
+# each minute spent starting up, ran out of retries before 64Ki.)
+# - The first job must still be training at the signal: 96Ki is 2.7x what a quiet 2-core machine
+#   (786 img/s with the reference beside it) trains in 55 s; a SIGTERM during start-up is caught
+#   too and still leaves a training state to resume from.
+# - The second job must finish in 20 minutes: 96Ki at 80 img/s, a quarter of the slowest machine
+#   seen (340 img/s).
 TIME_LIMITED = {
-    "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 6}],
+    "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 3}],
     "guidance": [{"name": "noguid"}],
-    # The first 1-minute job must still be training when SLURM's SIGTERM comes (55 s): 64Ki is
-    # 83 s of training at the 786 img/s seen on a quiet 2-core machine (2 jobs), 160 s at the
-    # 410 img/s of a busy one (3-4 jobs). 24Ki (31 s when quiet) finished before the signal once,
-    # and the job then failed without a training state to resume from the signal. (A larger
-    # signal_seconds makes SLURM send it at irregular times, sometimes ~15 s into a job.)
-    "train": {"duration": "64Ki", "snapshot": "8Ki", "checkpoint": "8Ki"},
+    # seed 1: a run folder of its own, never the smoke run's (whose options differ only in
+    # operational ones, with which a run resumes).
+    "train": {"duration": "96Ki", "snapshot": "8Ki", "checkpoint": "8Ki", "seed": 1},
     "slurm": {"signal_seconds": 5},
-    "resources": {"train": {"runtime": 1}},
 }
+FIRST_LIMIT_MIN, LATER_LIMIT_MIN = 1, 20
+RUNTIME_BY_ATTEMPT = f"train:runtime={FIRST_LIMIT_MIN} if attempt == 1 else {LATER_LIMIT_MIN}"
 # The uninterrupted reference: the same run as 2 local processes (torchrun --standalone).
 UNINTERRUPTED = {**TIME_LIMITED, "models": [{"name": "tiny", "procs_per_node": 2, "launch": "torchrun"}]}
 
@@ -255,6 +262,37 @@ def wait_for_running(workdir, rule, proc, timeout=300):
     raise AssertionError(f"no {rule} job started:\n{(workdir / 'snakemake.out').read_text()[-4000:]}")
 
 
+class JobRecords(threading.Thread):
+    """Keeps the newest `scontrol` record of every job of `rule` that Snakemake in `workdir` submits,
+    while it runs: SLURM forgets a finished job after MinJobAge (600 s), sooner than a slow
+    machine's later attempts end. `stop()` ends the polling; `records` maps SLURM job id -> record."""
+
+    def __init__(self, workdir, rule):
+        super().__init__(daemon=True)
+        self.out, self.rule = workdir / "snakemake.out", rule
+        self.records: dict[str, dict] = {}
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            self.poll()
+            self._done.wait(2)
+
+    def poll(self):
+        text = self.out.read_text() if self.out.exists() else ""
+        for slurm_id, name in _submissions(text):
+            if name != self.rule or self.records.get(slurm_id, {}).get("JobState") in FINAL_STATES:
+                continue
+            out = subprocess.run(["scontrol", "-o", "show", "job", slurm_id], capture_output=True, text=True)
+            if out.returncode == 0:
+                self.records[slurm_id] = job_record(slurm_id)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+        self.poll()  # the last job's final state (on record for MinJobAge after the run)
+
+
 def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smoke_runs):
     # In the smoke runs' folders: their dataset is there, only the training runs.
     slurm_work, _, local_work, _ = smoke_runs
@@ -262,8 +300,10 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
         (work / "overlay.yaml").write_text(json.dumps(overlay))  # JSON is YAML
     until = ["--until", "train"]
     cluster = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE, *until,
-                              extra_configfile=slurm_work / "overlay.yaml")  # fmt: skip
+                              "--set-resources", RUNTIME_BY_ATTEMPT, extra_configfile=slurm_work / "overlay.yaml")  # fmt: skip
     procs = [(cluster, slurm_work)]
+    keeper = JobRecords(slurm_work, "train")
+    keeper.start()
     try:
         # The reference trains meanwhile, on the core that the cluster's training leaves it.
         wait_for_running(slurm_work, "train", cluster)
@@ -271,16 +311,23 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
         procs.insert(0, (local, local_work))
     except BaseException:
         stop_all(procs)
+        keeper.stop()
         raise
-    _, output = run_both(procs)
+    try:
+        _, output = run_both(procs)
+    finally:
+        keeper.stop()
 
-    # Every training job but the last: 2 tasks, a 1-minute limit, stopped by SLURM's signal and
-    # failed by itself (FAILED, not TIMEOUT; the job's exit status is Snakemake's); Snakemake
-    # resubmitted it until a job completed. Each stop wrote a training state that the next resumed.
+    # The first training job: 2 tasks, a 1-minute limit, stopped by SLURM's signal and failed by
+    # itself (FAILED, not TIMEOUT; the job's exit status is Snakemake's); Snakemake resubmitted it
+    # with the longer limit until a job completed. Each stop wrote a training state that the next
+    # resumed.
     train_jobs = [slurm_id for slurm_id, rule in _submissions(output) if rule == "train"]
     assert len(train_jobs) >= 2, f"the training was not resubmitted:\n{output[-4000:]}"
-    records = [job_record(j) for j in train_jobs]
-    assert all(r["NumTasks"] == "2" and r["TimeLimit"] == "00:01:00" for r in records), records
+    assert set(keeper.records) == set(train_jobs), (keeper.records.keys(), train_jobs)
+    records = [keeper.records[j] for j in train_jobs]
+    limits = [f"00:{FIRST_LIMIT_MIN:02d}:00"] + [f"00:{LATER_LIMIT_MIN:02d}:00"] * (len(records) - 1)
+    assert [(r["NumTasks"], r["TimeLimit"]) for r in records] == [("2", t) for t in limits], records
     for r in records[:-1]:  # FAILED: it ended by itself; SLURM enforces the limit itself at 60-90 s
         assert r["JobState"] == "FAILED", r
     assert (records[-1]["JobState"], records[-1]["ExitCode"]) == ("COMPLETED", "0:0"), records[-1]
@@ -297,3 +344,64 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
     last_state = max(p.name for p in reference.glob("training-state-*.pt"))
     for rel in [*names, last_state]:
         assert_same_output(Path(rel), run, slurm_work, reference, local_work)
+
+
+# A 2-GPU training of the workflow on one node (`gpus_per_node: 2`, torchrun): the local SLURM has
+# two fake GPUs (ci/slurm/gres.conf.in: GRES files /dev/null and /dev/zero, no cgroup constraint),
+# so the job is scheduled as on a GPU cluster; the ranks then run on the CPU (no CUDA here).
+TWO_GPUS = {
+    "models": [{"name": "tiny", "gpus_per_node": 2, "launch": "torchrun"}],
+    "guidance": [{"name": "noguid"}],
+    "train": {"duration": "1024Ki", "seed": 2},  # runs until the test has seen its ranks
+}
+
+
+def _processes_of_job(job_id):
+    """[(pid, argv, environment)] of the processes of a SLURM job on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = dict(v.split("=", 1) for v in (proc / "environ").read_text(errors="replace").split("\0") if "=" in v)
+            argv = (proc / "cmdline").read_text(errors="replace").split("\0")
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == str(job_id):
+            found.append((int(proc.name), argv, env))
+    return found
+
+
+def test_a_two_gpu_training_job_runs_its_script_once_with_one_rank_per_gpu(smoke_runs):
+    slurm_work = smoke_runs[0]
+    overlay = slurm_work / "two-gpus.yaml"
+    overlay.write_text(json.dumps(TWO_GPUS))  # JSON is YAML
+    proc = start_snakemake(slurm_work, "--profile", SLURM_PROFILE, "--workflow-profile", CI_PROFILE,
+                           "--until", "train", extra_configfile=overlay)  # fmt: skip
+    try:
+        job = wait_for_running(slurm_work, "train", proc)
+        deadline = time.monotonic() + 300
+        while True:
+            procs = _processes_of_job(job)
+            ranks = [p for p in procs if "edm2" in p[1] and "train" in p[1] and "LOCAL_RANK" in p[2]]
+            agents = [p for p in procs if any(a.endswith("torchrun") for a in p[1][:2]) and "LOCAL_RANK" not in p[2]]
+            if len(ranks) >= 2 or time.monotonic() > deadline or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        record = job_record(job)
+    finally:
+        stop_all([(proc, slurm_work)])  # snakemake cancels the job
+    output = (slurm_work / "snakemake.out").read_text()
+    assert len(ranks) == 2, f"ranks of job {job}: {[(p[0], p[1]) for p in procs]}\n{output[-3000:]}"
+    # One script: one torchrun agent (the executor did not start the rule once per task).
+    assert len(agents) == 1, [(p[0], p[1]) for p in procs]
+    # The job asked SLURM for 2 GPUs on one node, as one task.
+    assert "gpu:2" in record["TresPerJob"] and record["NumNodes"] == "1" and record["NumTasks"] == "1", record
+    # Each rank its own GPU: both see the job's two, and each takes cuda:LOCAL_RANK of them.
+    local_ranks = sorted(int(env["LOCAL_RANK"]) for _, _, env in ranks)
+    assert local_ranks == [0, 1]
+    visible = {env["CUDA_VISIBLE_DEVICES"] for _, _, env in ranks}
+    assert len(visible) == 1, visible
+    devices = visible.pop().split(",")
+    assert len(devices) == 2
+    assert {devices[int(env["LOCAL_RANK"])] for _, _, env in ranks} == set(devices)
