@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from edm2.errors import ConfigError
-from edm2.nn.layers import MPConv, MPFourier, normalize, resample
+from edm2.nn.layers import MPConv, MPFourier, _compute_dtype, normalize, resample
 
 CONFIGS = ("A", "B", "C", "D", "E", "F", "G")  # Table 1's rows; G is edm2.nn.unet.UNet.
 
@@ -114,7 +114,7 @@ class Conv(torch.nn.Module):
         """The weight used in the forward, cast to `dtype` (forced normalisation first, in training mode)."""
         w = self.weight
         if self.weight_norm is not WeightNorm.RAW:
-            w = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
+            w = w.to(_compute_dtype(w.dtype))
             if self.weight_norm is WeightNorm.FORCED and self.training:
                 with torch.no_grad():
                     self.weight.copy_(normalize(w))  # forced weight normalisation (Eq. 66)
@@ -189,7 +189,8 @@ class PositionalEmbedding(torch.nn.Module):
         self.max_positions = max_positions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        freqs = torch.arange(self.num_channels // 2, dtype=torch.float32, device=x.device)
+        # float32 as EDM's (float64 for float64 input, so float64 references compare exactly).
+        freqs = torch.arange(self.num_channels // 2, dtype=_compute_dtype(x.dtype), device=x.device)
         freqs = (1 / self.max_positions) ** (freqs / (self.num_channels // 2))
         x = x.ger(freqs.to(x.dtype))
         return torch.cat([x.cos(), x.sin()], dim=1)
@@ -201,7 +202,7 @@ class FourierFeatures(MPFourier):
     the factor sqrt(2), Eq. 75). a [N] -> [N, C] in a's dtype (computed in float32 or float64)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = _compute_dtype(x.dtype)
         y = x.to(dtype).ger(self.freqs.to(dtype)) + self.phases.to(dtype)
         return y.cos().to(x.dtype)
 
@@ -230,8 +231,8 @@ def _learned(config: str, cin: int, cout: int, kernel, resample="keep", zero_ini
 def _attention(qkv: torch.Tensor, num_heads: int, cosine: bool) -> torch.Tensor:
     """Multi-head self-attention on qkv [N, 3C, H, W] (channels [head][channel][q, k, v]) -> [N, C, H, W].
 
-    cosine=False (A-B): softmax(q^T k / sqrt(c)) with logits and softmax in float32, the result
-    cast back (EDM's `AttentionOp`). cosine=True (C-G, Eqs. 30-34): q, k and v pixel-normalised
+    cosine=False (A-B): softmax(q^T k / sqrt(c)) with logits and softmax in float32 (float64 for
+    float64 input), the result cast back (EDM's `AttentionOp`). cosine=True (C-G, Eqs. 30-34): q, k and v pixel-normalised
     per head over its c channels first; everything in qkv's dtype.
     """
     n, _, h, w = qkv.shape
@@ -243,7 +244,8 @@ def _attention(qkv: torch.Tensor, num_heads: int, cosine: bool) -> torch.Tensor:
     else:
         q, k, v = y.unbind(3)
         k = k / np.sqrt(k.shape[2])
-        weights = torch.einsum("nhcq,nhck->nhqk", q.to(torch.float32), k.to(torch.float32)).softmax(dim=3).to(q.dtype)
+        dtype = _compute_dtype(q.dtype)  # float32 (float64 stays float64)
+        weights = torch.einsum("nhcq,nhck->nhqk", q.to(dtype), k.to(dtype)).softmax(dim=3).to(q.dtype)
     return torch.einsum("nhqk,nhck->nhcq", weights, v).reshape(n, -1, h, w)
 
 

@@ -429,3 +429,81 @@ def test_every_config_trains_a_step_and_reloads_exactly(config):
     clone.eval()
     with torch.no_grad():
         assert torch.equal(net(x, 1.0), clone(x, 1.0))
+
+
+# --- Config A against an independent functional forward (EDM's DhariwalUNet semantics, B.1) -------------------
+
+
+def _adm_reference(sd, x, c_noise, onehot, heads_of):
+    """ADM as implemented in EDM, written from the equations on a plain state dict (float64):
+    positional embedding -> Lin+b -> SiLU -> Lin+b -> + label -> SiLU; blocks GN -> SiLU -> (resample)
+    -> conv -> GN(h)(1 + scale) + shift -> SiLU -> conv, + skip, then GN -> qkv -> softmax(q^T k/8) attention."""
+    F = torch.nn.functional
+
+    def gn(t, p):
+        return F.group_norm(t, min(32, t.shape[1] // 4), sd[f"{p}.weight"], sd[f"{p}.bias"], eps=1e-5)
+
+    def conv(t, p, mode="keep"):
+        if mode == "down":
+            t = F.avg_pool2d(t, 2)
+        elif mode == "up":
+            t = t.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        if f"{p}.weight" not in sd:
+            return t
+        w = sd[f"{p}.weight"]
+        return F.conv2d(t, w, sd[f"{p}.bias"], padding=w.shape[-1] // 2)
+
+    def block(t, p, mode, emb):
+        h = conv(F.silu(gn(t, f"{p}.norm0")), f"{p}.conv0", mode)
+        scale, shift = (emb @ sd[f"{p}.affine.weight"].t() + sd[f"{p}.affine.bias"]).chunk(2, dim=1)
+        h = F.silu(gn(h, f"{p}.norm1") * (1 + scale[:, :, None, None]) + shift[:, :, None, None])
+        h = conv(h, f"{p}.conv1")
+        skip = conv(t, f"{p}.skip", mode)  # 1x1 conv, or only the resampling, or the identity
+        t = h + skip
+        heads = heads_of[p]
+        if heads:
+            n, c, hh, ww = t.shape
+            qkv = conv(gn(t, f"{p}.norm2"), f"{p}.qkv").reshape(n, heads, c // heads, 3, hh * ww)
+            q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+            w = torch.softmax(torch.einsum("nhcq,nhck->nhqk", q, k) / np.sqrt(c // heads), dim=-1)
+            a = torch.einsum("nhqk,nhck->nhcq", w, v).reshape(n, c, hh, ww)
+            t = t + conv(a, f"{p}.proj")
+        return t
+
+    half = sd["map_layer0.weight"].shape[1] // 2
+    freqs = 10000 ** (-torch.arange(half, dtype=torch.float64) / half)
+    pe = torch.cat([torch.cos(c_noise[:, None] * freqs), torch.sin(c_noise[:, None] * freqs)], dim=1)
+    emb = F.silu(pe @ sd["map_layer0.weight"].t() + sd["map_layer0.bias"])
+    emb = emb @ sd["map_layer1.weight"].t() + sd["map_layer1.bias"]
+    emb = F.silu(emb + onehot @ sd["map_label.weight"].t())
+    skips = []
+    # Encoder and decoder modules in the state dict's (registration) order.
+    blocks = list(dict.fromkeys(".".join(k.split(".")[:2]) for k in sd if k.startswith(("enc.", "dec."))))
+    for p in blocks:
+        if p.startswith("enc."):
+            x = conv(x, p) if p.endswith("_conv") else block(x, p, "down" if p.endswith("_down") else "keep", emb)
+            skips.append(x)
+        else:
+            if "_block" in p:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, p, "up" if p.endswith("_up") else "keep", emb)
+    return conv(F.silu(gn(x, "out_norm")), "out_conv")
+
+
+def test_config_a_equals_an_independent_adm_forward():
+    net = _small("A", seed=4).double().eval()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in net.parameters():  # random values everywhere, zero-initialised layers included
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / np.sqrt(max(p[0].numel(), 1)))
+    unet = net.unet
+    sd = {k: v for k, v in unet.state_dict().items() if not k.endswith("resample_filter")}
+    heads_of = {
+        f"{p}.{k}": b.num_heads for p in ("enc", "dec") for k, b in getattr(unet, p).items() if hasattr(b, "num_heads")
+    }
+    x = torch.randn(2, 4, 16, 16, generator=g, dtype=torch.float64)
+    c_noise = torch.tensor([-1.0, 0.7], dtype=torch.float64)
+    onehot = torch.eye(10, dtype=torch.float64)[[3, 7]]
+    with torch.no_grad():
+        got = unet(x, c_noise, onehot)
+    torch.testing.assert_close(got, _adm_reference(sd, x, c_noise, onehot, heads_of), rtol=1e-10, atol=1e-10)
