@@ -507,3 +507,106 @@ def test_config_a_equals_an_independent_adm_forward():
     with torch.no_grad():
         got = unet(x, c_noise, onehot)
     torch.testing.assert_close(got, _adm_reference(sd, x, c_noise, onehot, heads_of), rtol=1e-10, atol=1e-10)
+
+
+# --- Configs C-F against an independent functional forward written from Appendix B.3-B.6 ------------------------
+
+
+def _streamlined_reference(config, sd, x, c_noise, onehot, heads_of):
+    """C-F on a plain state dict (float64), from the paper's equations: RMS group norm (Eq. 29),
+    pixel norm of q, k, v and logits q.k / sqrt(c) (Eqs. 30-34), Fourier features cos(f a + phi)
+    (Eqs. 35-36), w_i / ||w_i|| per output unit in D-F (Eq. 47); F per B.6 with EDM2's names.
+    eps = 1e-4 is added to each RMS (docs/method.md#ablation-ladder, "eps placement"): the paper's
+    placement inside the square root differs by up to 0.5% on the small activations of a random C."""
+    Fn = torch.nn.functional
+
+    def weight(p):
+        w = sd[f"{p}.weight"]
+        if config == "C":
+            return w
+        rows = w.flatten(1)
+        return (rows / (rows.norm(dim=1, keepdim=True) + 1e-4 * np.sqrt(rows.shape[1]))).reshape(w.shape)
+
+    def conv(t, p):
+        w = weight(p)
+        return t @ w.t() if w.ndim == 2 else Fn.conv2d(t, w, padding=w.shape[-1] // 2)
+
+    def resample(t, mode):
+        if mode == "down":
+            return Fn.avg_pool2d(t, 2)
+        return t.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) if mode == "up" else t
+
+    def rmsgn(t):
+        n, c, h, w = t.shape
+        g = t.reshape(n, min(32, c // 4), -1)
+        return (g / (g.square().mean(dim=2, keepdim=True).sqrt() + 1e-4)).reshape(t.shape)
+
+    def pixnorm(t, dim):
+        return t / (t.square().mean(dim=dim, keepdim=True).sqrt() + 1e-4)
+
+    def attention(t, p, qkv_name, proj_name):
+        n, c, hh, ww = t.shape
+        heads = heads_of[p]
+        qkv = conv(t, f"{p}.{qkv_name}").reshape(n, heads, c // heads, 3, hh * ww)
+        q, k, v = (pixnorm(qkv[:, :, :, i], dim=2) for i in range(3))
+        w = torch.softmax(torch.einsum("nhcq,nhck->nhqk", q, k) / np.sqrt(c // heads), dim=-1)
+        return conv(torch.einsum("nhqk,nhck->nhcq", w, v).reshape(n, c, hh, ww), f"{p}.{proj_name}")
+
+    def block_c(t, p, mode, emb):  # C-E (B.3)
+        h = conv(resample(Fn.silu(rmsgn(t)), mode), f"{p}.conv0")
+        h = Fn.silu(rmsgn(h) * (1 + (emb @ weight(f"{p}.affine").t())[:, :, None, None]))
+        h = conv(h, f"{p}.conv1")
+        m = resample(t, mode)
+        t = h + (conv(m, f"{p}.skip") if f"{p}.skip.weight" in sd else m)
+        return t + attention(t, p, "qkv", "proj") if heads_of[p] else t
+
+    def block_f(t, p, mode, emb):  # F (B.6)
+        t = resample(t, mode)
+        has_skip = f"{p}.conv_skip.weight" in sd
+        if p.startswith("enc."):
+            t = pixnorm(conv(t, f"{p}.conv_skip") if has_skip else t, dim=1)
+        h = conv(Fn.silu(t), f"{p}.conv_res0")
+        h = Fn.silu(h * (1 + (emb @ weight(f"{p}.emb_linear").t())[:, :, None, None]))
+        h = conv(h, f"{p}.conv_res1")
+        if p.startswith("dec.") and has_skip:
+            t = conv(t, f"{p}.conv_skip")
+        t = t + h
+        return t + attention(t, p, "attn_qkv", "attn_proj") if heads_of[p] else t
+
+    label = onehot * np.sqrt(onehot.shape[1])
+    if config == "F":
+        fourier = torch.cos(c_noise[:, None] * sd["emb_fourier.freqs"] + sd["emb_fourier.phases"])
+        emb = Fn.silu(conv(fourier, "emb_noise") + conv(label, "emb_label"))
+    else:
+        fourier = torch.cos(c_noise[:, None] * sd["map_noise.freqs"] + sd["map_noise.phases"])
+        emb = conv(Fn.silu(conv(fourier, "map_layer0")), "map_layer1")
+        emb = Fn.silu(emb + conv(label, "map_label"))
+    block = block_f if config == "F" else block_c
+    x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    skips = []
+    for p in dict.fromkeys(".".join(k.split(".")[:2]) for k in sd if k.startswith(("enc.", "dec."))):
+        mode = "down" if p.endswith("_down") else "up" if p.endswith("_up") else "keep"
+        if p.startswith("enc."):
+            x = conv(x, p) if p.endswith("_conv") else block(x, p, mode, emb)
+            skips.append(x)
+        else:
+            x = block(torch.cat([x, skips.pop()], dim=1) if "_block" in p else x, p, mode, emb)
+    return conv(x, "out_conv") if config == "F" else conv(Fn.silu(rmsgn(x)), "out_conv")
+
+
+@pytest.mark.parametrize("config", list("CDEF"))
+def test_configs_c_to_f_equal_an_independent_forward_from_the_equations(config):
+    net = _small(config, seed=4).double().eval()
+    unet = net.unet
+    sd = dict(unet.state_dict())
+    heads_of = {
+        f"{p}.{k}": b.num_heads for p in ("enc", "dec") for k, b in getattr(unet, p).items() if hasattr(b, "num_heads")
+    }
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 16, 16, generator=g, dtype=torch.float64)
+    c_noise = torch.tensor([-1.0, 0.7], dtype=torch.float64)
+    onehot = torch.eye(10, dtype=torch.float64)[[3, 7]]
+    with torch.no_grad():
+        got = unet(x, c_noise, onehot)
+    expected = _streamlined_reference(config, sd, x, c_noise, onehot, heads_of)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
