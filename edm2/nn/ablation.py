@@ -100,9 +100,9 @@ class Conv(torch.nn.Module):
             if init == "he":
                 self.weight = torch.nn.Parameter(_he_uniform(shape, fan_in))
                 self.bias = torch.nn.Parameter(_he_uniform([out_channels], fan_in)) if bias else None
-            elif init == "zero":
-                self.weight = torch.nn.Parameter(torch.zeros(shape))
-                self.bias = torch.nn.Parameter(torch.zeros(out_channels)) if bias else None
+            elif init == "zero":  # drawn, then zeroed, so that later layers see EDM's random-number order
+                self.weight = torch.nn.Parameter(_he_uniform(shape, fan_in) * 0)
+                self.bias = torch.nn.Parameter(_he_uniform([out_channels], fan_in) * 0) if bias else None
             elif init == "normal":
                 self.weight = torch.nn.Parameter(torch.randn(shape))
                 self.bias = torch.nn.Parameter(torch.zeros(out_channels)) if bias else None

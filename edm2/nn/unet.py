@@ -205,6 +205,13 @@ class Precond(torch.nn.Module):
     Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
     the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
     Set `amp_dtype = torch.bfloat16` to use bf16 instead of fp16 for the mixed-precision path.
+
+    `config` selects the network of one of the configs A-G of the paper's Table 1 (arXiv
+    2312.02696, Section 2, Appendix B; docs/method.md#ablation-ladder): G (default) is `UNet`
+    with the MP uncertainty head; A-F come from `edm2.nn.ablation` and take the same size
+    arguments, with their own defaults for attention resolutions, dropout and clamping. A has
+    no uncertainty head (`return_logvar` raises ConfigError); an unknown config raises
+    ConfigError.
     """
 
     def __init__(

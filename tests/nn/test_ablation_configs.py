@@ -610,3 +610,28 @@ def test_configs_c_to_f_equal_an_independent_forward_from_the_equations(config):
         got = unet(x, c_noise, onehot)
     expected = _streamlined_reference(config, sd, x, c_noise, onehot, heads_of)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+class _SoftmaxDtypes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_softmax":
+            self.dtypes.add(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("config", list("ABCDEFG"))
+def test_fp16_main_path_with_float32_attention_logits_in_a_and_b_only(config):
+    # B.1 / D.2: "partial" mixed precision (A-B) keeps attention logits and softmax in float32;
+    # "full" (C-G) runs the whole attention in fp16. The embedding stays float32 in every config.
+    net = _small(config).train()
+    x = torch.randn(2, 4, 16, 16).half()
+    with _SoftmaxDtypes() as seen:
+        y = net.unet(x, torch.tensor([-0.5, 0.3]), torch.eye(10)[:2])
+    assert y.dtype == torch.float16
+    assert seen.dtypes == ({torch.float32} if config in "AB" else {torch.float16})
+    y.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.unet.parameters())
