@@ -635,3 +635,23 @@ def test_fp16_main_path_with_float32_attention_logits_in_a_and_b_only(config):
     assert seen.dtypes == ({torch.float32} if config in "AB" else {torch.float16})
     y.float().square().mean().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.unet.parameters())
+
+
+@pytest.mark.parametrize("config", list("ABCDEFG"))
+def test_unconditional_rgb_networks_of_every_config(config):
+    torch.manual_seed(0)
+    net = Precond(
+        8,
+        3,
+        0,
+        config=config,
+        model_channels=16,
+        channel_mult=[1, 2],
+        num_blocks=1,
+        attn_resolutions=[4],
+        channels_per_head=8,
+    )
+    assert all("label" not in name for name, _ in net.named_parameters())
+    x = torch.randn(2, 3, 8, 8)
+    d = net.eval()(x, torch.tensor([0.5, 2.0]), torch.eye(4)[:2])  # labels ignored when label_dim = 0
+    assert d.shape == x.shape and torch.isfinite(d).all()
