@@ -655,3 +655,19 @@ def test_unconditional_rgb_networks_of_every_config(config):
     x = torch.randn(2, 3, 8, 8)
     d = net.eval()(x, torch.tensor([0.5, 2.0]), torch.eye(4)[:2])  # labels ignored when label_dim = 0
     assert d.shape == x.shape and torch.isfinite(d).all()
+
+
+@pytest.mark.parametrize("config", list("ABCDEFG"))
+def test_snapshots_record_the_config_and_reload_exactly(config, tmp_path):
+    from edm2.io.snapshot import load_snapshot, read_snapshot_info, save_snapshot
+
+    net = _small(config).eval()
+    path = tmp_path / "network-snapshot-0000000-0.100.safetensors"
+    save_snapshot(path, net.state_dict(), net.init_kwargs, {"class": "StandardRGBEncoder"}, 0, 0.1, dtype=None)
+    assert read_snapshot_info(path).network_kwargs.get("config", "G") == config
+    loaded, _ = load_snapshot(path)
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(x, torch.tensor([0.3, 3.0]), torch.eye(10)[:2]), net(x, torch.tensor([0.3, 3.0]), torch.eye(10)[:2])
+        )
