@@ -118,7 +118,9 @@ class Conv(torch.nn.Module):
             if self.weight_norm is WeightNorm.FORCED and self.training:
                 with torch.no_grad():
                     self.weight.copy_(normalize(w))  # forced weight normalisation (Eq. 66)
-            w = normalize(w) / np.sqrt(w[0].numel())  # weight normalisation and MP scaling (Eqs. 46-47)
+            w = normalize(w) * (
+                1 / np.sqrt(w[0].numel())
+            )  # weight normalisation and MP scaling (Eqs. 46-47), as MPConv
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

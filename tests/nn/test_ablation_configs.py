@@ -671,3 +671,21 @@ def test_snapshots_record_the_config_and_reload_exactly(config, tmp_path):
         assert torch.equal(
             loaded(x, torch.tensor([0.3, 3.0]), torch.eye(10)[:2]), net(x, torch.tensor([0.3, 3.0]), torch.eye(10)[:2])
         )
+
+
+def test_forced_weight_norm_layers_of_e_compute_exactly_as_g_mpconv():
+    # E's layers (Conv with WeightNorm.FORCED) and F-G's MPConv (gain 1) are the same operation, Eq. 66.
+    from edm2.nn.ablation import WeightNorm
+
+    torch.manual_seed(0)
+    ours = Conv(6, 5, 3, init="normal", weight_norm=WeightNorm.FORCED)
+    mp = MPConv(6, 5, kernel=[3, 3])
+    with torch.no_grad():
+        mp.weight.copy_(ours.weight * 3)
+        ours.weight.mul_(3)
+    x = torch.randn(2, 6, 4, 4)
+    for mode in (True, False):
+        ours.train(mode)
+        mp.train(mode)
+        assert torch.equal(ours(x), mp(x))
+        assert torch.equal(ours.weight, mp.weight)
