@@ -11,8 +11,14 @@ import click
     show_default=True,
     help="Charge the forced weight normalisation of a training-mode forward, as the official figures do.",
 )
+@click.option(
+    "--config",
+    type=click.Choice(["A", "B", "C", "D", "E", "F", "G"]),
+    default=None,
+    help="Count the network of the paper's Table 1 config at this size instead (default: the target's own).",
+)
 @click.option("--table/--no-table", default=True, show_default=True, help="Print the per-op table.")
-def flops(target, forced_norm, table):
+def flops(target, forced_norm, config, table):
     """Count parameters and FLOPs of one denoiser evaluation (batch 1, sigma 0, no logvar head).
 
     FILE is an edm2 snapshot (.safetensors); PRESET is a training preset name (img512 presets
@@ -24,11 +30,12 @@ def flops(target, forced_norm, table):
     Examples:
       edm2 flops edm2-img512-xs            # 124.71 M params, 45.75 Gflops
       edm2 flops edm2-img512-xxl --no-table
+      edm2 flops edm2-img512-s --config A --no-table   # Table 1's config A at S: 295.90 M, 110.75 Gflops
       edm2 flops runs/demo/network-snapshot-0000002-0.100.safetensors
     """
     from edm2.metrics.flops import count_flops_of
 
-    result, kwargs = count_flops_of(target, forced_weight_norm=forced_norm)
+    result, kwargs = count_flops_of(target, forced_weight_norm=forced_norm, config=config)
     click.echo(f"Network:    {', '.join(f'{k}={v}' for k, v in kwargs.items())}")
     click.echo(f"Parameters: {result.mparams:.2f} M ({result.total_params:,})")
     click.echo(f"Gflops:     {result.gflops:.2f} per evaluation ({result.total_flops:,} flops)")

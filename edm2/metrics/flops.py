@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from edm2.errors import ConfigError
 from edm2.io.snapshot import read_snapshot_info
 from edm2.nn import Precond
+from edm2.nn.ablation import CONFIGS, Conv
 from edm2.nn.layers import MPConv, normalize
 from edm2.presets import TRAINING_PRESETS, network_kwargs
 
@@ -211,6 +212,13 @@ def count_flops(
     XXL 555.12 Gflops) include it and are not reproduced without it. It is computed on the side
     (the weights are not modified) while the network runs in eval mode, so dropout stays free as
     in the official table. `False` counts a plain eval-mode forward.
+
+    The ablation configs A-F (`Precond(config=...)`) are charged the same way on every learned
+    conv/linear weight (not on biases or group-norm parameters), whether or not the config
+    normalises its stored weights: Table 1 of the paper prints D and E alike although only E
+    does, so its figures charge every config alike, and only then do the configs' differences
+    from G match Table 1's (docs/method.md#flops-of-the-ablation-configs). For A-D this is a
+    bookkeeping charge of 2 flops per weight, not an operation those networks perform.
     """
     param = next(iter(net.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -225,7 +233,8 @@ def count_flops(
 
     hooks = []
     if forced_weight_norm:
-        hooks = [m.register_forward_pre_hook(forced_norm_hook) for m in net.modules() if isinstance(m, MPConv)]
+        learned = [m for m in net.modules() if isinstance(m, (MPConv, Conv)) and m.weight is not None]
+        hooks = [m.register_forward_pre_hook(forced_norm_hook) for m in learned]
     modes = {m: m.training for m in net.modules()}
     net.eval()
     try:
@@ -254,10 +263,17 @@ def network_kwargs_of(target) -> dict:
     )
 
 
-def count_flops_of(target, forced_weight_norm: bool = True) -> tuple[FlopCount, dict]:
+def count_flops_of(target, forced_weight_norm: bool = True, config: str | None = None) -> tuple[FlopCount, dict]:
     """Count a training preset or snapshot (see `network_kwargs_of`) on the meta device;
-    returns `(FlopCount, network_kwargs)`. Takes about a second even for XXL."""
+    returns `(FlopCount, network_kwargs)`. Takes about a second even for XXL. `config` 'A'..'G'
+    counts the network of that Table 1 config at the target's size instead (None: the target's
+    own; docs/method.md#ablation-ladder); raises ConfigError for an unknown config."""
     kwargs = network_kwargs_of(target)
+    if config is not None:
+        if config not in CONFIGS:
+            raise ConfigError(f"unknown network config {config!r}; use one of {', '.join(CONFIGS)}")
+        kwargs = {k: v for k, v in kwargs.items() if k != "config"}
+        kwargs.update({} if config == "G" else {"config": config})
     with torch.device("meta"):
         net = Precond(**kwargs)
     return count_flops(net, forced_weight_norm=forced_weight_norm), kwargs

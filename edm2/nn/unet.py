@@ -8,6 +8,8 @@ match the released networks and the construction draws random numbers in the off
 import numpy as np
 import torch
 
+from edm2.errors import ConfigError
+from edm2.nn.ablation import CONFIGS, build_logvar_head, build_unet
 from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 
@@ -203,6 +205,13 @@ class Precond(torch.nn.Module):
     Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
     the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
     Set `amp_dtype = torch.bfloat16` to use bf16 instead of fp16 for the mixed-precision path.
+
+    `config` selects the network of one of the configs A-G of the paper's Table 1 (arXiv
+    2312.02696, Section 2, Appendix B; docs/method.md#ablation-ladder): G (default) is `UNet`
+    with the MP uncertainty head; A-F come from `edm2.nn.ablation` and take the same size
+    arguments, with their own defaults for attention resolutions, dropout and clamping. A has
+    no uncertainty head (`return_logvar` raises ConfigError); an unknown config raises
+    ConfigError.
     """
 
     def __init__(
@@ -213,10 +222,14 @@ class Precond(torch.nn.Module):
         use_fp16: bool = True,  # Run the model at FP16 precision (on CUDA only)?
         sigma_data: float = 0.5,  # Expected standard deviation of the training data.
         logvar_channels: int = 128,  # Intermediate dimensionality for uncertainty estimation.
-        **unet_kwargs,  # Keyword arguments for UNet.
+        config: str = "G",  # Network of the paper's Table 1 config 'A'..'G' (docs/method.md#ablation-ladder).
+        **unet_kwargs,  # Keyword arguments for UNet (G) or the config's network (edm2.nn.ablation).
     ):
         super().__init__()
-        # The constructor arguments, as stored in snapshot metadata to rebuild the network.
+        if config not in CONFIGS:
+            raise ConfigError(f"unknown network config {config!r}; use one of {', '.join(CONFIGS)}")
+        # The constructor arguments, as stored in snapshot metadata to rebuild the network. The
+        # config is recorded unless it is the default G, so G's metadata is what it always was.
         self.init_kwargs = dict(
             img_resolution=img_resolution,
             img_channels=img_channels,
@@ -224,17 +237,24 @@ class Precond(torch.nn.Module):
             use_fp16=use_fp16,
             sigma_data=sigma_data,
             logvar_channels=logvar_channels,
+            **({} if config == "G" else {"config": config}),
             **unet_kwargs,
         )
+        self.config = config
         self.img_resolution = img_resolution
         self.img_channels = img_channels
         self.label_dim = label_dim
         self.use_fp16 = use_fp16
         self.sigma_data = sigma_data
         self.amp_dtype = torch.float16
-        self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
-        self.logvar_fourier = MPFourier(logvar_channels)
-        self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
+        net_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
+        if config == "G":
+            self.unet = UNet(**net_kwargs)
+            self.logvar_fourier = MPFourier(logvar_channels)
+            self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
+        else:
+            self.unet = build_unet(config, **net_kwargs)
+            self.logvar_fourier, self.logvar_linear = build_logvar_head(config, logvar_channels)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
         """The denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM, arXiv 2206.00364, Table 1).
@@ -272,6 +292,10 @@ class Precond(torch.nn.Module):
         D_x = c_skip * x + c_out * F_x.to(base)
 
         if return_logvar:
+            if self.logvar_linear is None:
+                raise ConfigError(
+                    f"config {self.config} has no uncertainty head u(sigma); train it without return_logvar"
+                )
             logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
             return D_x, logvar
         return D_x
