@@ -1,4 +1,6 @@
-"""Power-function EMA profile maths and the post-hoc coefficient solve (docs/method.md#ema).
+"""Power-function EMA profile maths and the post-hoc coefficient solve (EDM2, arXiv 2312.02696,
+Sec. 3 and Appendix C; docs/method.md#ema). Each function names the equation or algorithm of the
+paper it implements, as the official phema.py does.
 
 Everything here is float64: the Gram matrix of a real run has cond(A) ~ 1e6, so the solve must
 never be done in float32.
@@ -10,14 +12,15 @@ from edm2.utils import MAX_STD, parse_std_list  # noqa: F401 (exported here too)
 
 
 def exp_to_std(exp):
-    """Relative std of a power-function profile with exponent gamma (docs/method.md#ema)."""
+    """Relative std of a power-function profile with exponent gamma (EDM2 Eq. 123; docs/method.md#ema)."""
     exp = np.float64(exp)
     std = np.sqrt((exp + 1) / (exp + 2) ** 2 / (exp + 3))
     return std
 
 
 def std_to_exp(std):
-    """Exponent gamma for a relative std: the largest real root of the cubic of docs/method.md#ema
+    """Exponent gamma for a relative std (EDM2 Eq. 126, Algorithm 2): the largest real root of the
+    cubic of docs/method.md#ema.
 
     Accepts a scalar or an array (element-wise).
     """
@@ -31,7 +34,8 @@ def std_to_exp(std):
 def power_function_response(ofs, std, len, axis=0):
     """Discrete impulse response of a power-function EMA over integer times [0, len).
 
-    `r(t) = (t/T)^gamma (gamma+1)/T` for t <= T, else 0, normalised to sum 1 (docs/method.md#ema).
+    `r(t) = (t/T)^gamma (gamma+1)/T` for t <= T, else 0, normalised to sum 1 (EDM2 Eqs. 121 and
+    108; docs/method.md#ema).
     `ofs` (T) and `std` broadcast against each other; the time axis is inserted at `axis`.
     """
     ofs, std = np.broadcast_arrays(ofs, std)
@@ -46,7 +50,8 @@ def power_function_response(ofs, std, len, axis=0):
 
 
 def power_function_correlation(a_ofs, a_std, b_ofs, b_std):
-    """Inner product <a, b> of two power-function profiles (docs/method.md#ema).
+    """Inner product <a, b> of two power-function profiles (EDM2 Eq. 151, `p_dot_p` of Algorithm 3;
+    docs/method.md#ema).
 
     Arguments broadcast; `*_ofs` are the profile end times T, `*_std` the relative stds.
     """
@@ -63,7 +68,8 @@ def power_function_correlation(a_ofs, a_std, b_ofs, b_std):
 
 
 def power_function_beta(std, t_next, t_delta, exp=None):
-    """Per-step EMA decay `beta = (1 - t_delta / t_next)^(gamma + 1)` (docs/method.md#ema, #official-details).
+    """Per-step EMA decay `beta = (1 - t_delta / t_next)^(gamma + 1)` (EDM2 Eq. 127; docs/method.md#ema,
+    #official-details).
 
     `exp`: gamma = std_to_exp(std) when the caller has it already (it solves a cubic).
     """
@@ -72,7 +78,8 @@ def power_function_beta(std, t_next, t_delta, exp=None):
 
 
 def solve_posthoc_coefficients(in_ofs, in_std, out_ofs, out_std):
-    """Coefficients X [n_in, n_out] with output_j = sum_i X[i, j] * input_i (docs/method.md#ema).
+    """Coefficients X [n_in, n_out] with output_j = sum_i X[i, j] * input_i (EDM2 Algorithm 3,
+    `solve_weights`; docs/method.md#ema).
 
     Solves A X = B in float64 with the Gram matrix A of the input profiles and B the inner
     products of inputs and targets, then normalises every column to sum to 1.

@@ -31,7 +31,8 @@ class PowerFunctionEMA:
     @torch.no_grad()
     def update(self, cur_nimg, batch_size):
         """Average in the network's parameters after a step of `batch_size` images that ended at
-        `cur_nimg` images: `ema <- lerp(ema, net, 1 - beta)`, beta = (1 - batch/cur_nimg)^(gamma+1)."""
+        `cur_nimg` images: `ema <- lerp(ema, net, 1 - beta)`, beta = (1 - batch/cur_nimg)^(gamma+1)
+        (EDM2 Eq. 127)."""
         # Called after cur_nimg += batch_size, so beta = 0 on the first step (docs/method.md#official-details).
         net_params = list(self.net.parameters())
         for std, ema in zip(self.stds, self.emas):

@@ -89,6 +89,8 @@ def _resample_filter(f: tuple, dtype: torch.dtype, device: torch.device) -> torc
 class MPFourier(torch.nn.Module):
     """Magnitude-preserving Fourier features; `freqs` and `phases` are buffers (docs/method.md#mp-layers)."""
 
+    buffer_names = ("freqs", "phases")  # its state that is not trained (see `Precond.is_buffer`)
+
     def __init__(self, num_channels: int, bandwidth: float = 1):
         super().__init__()
         # Draw order matters for RNG reproduction: freqs (randn) first, then phases (rand).

@@ -299,3 +299,11 @@ class Precond(torch.nn.Module):
             logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
             return D_x, logvar
         return D_x
+
+    @staticmethod
+    def is_buffer(name: str) -> bool:
+        """Whether the state-dict entry `name` (e.g. 'unet.emb_fourier.freqs') is a buffer, not a
+        trained parameter: the only buffers are the `MPFourier` frequencies and phases, which an
+        EMA copies from the network instead of averaging (docs/method.md#official-details).
+        Decided from the name alone, without building the network."""
+        return name.rpartition(".")[2] in MPFourier.buffer_names

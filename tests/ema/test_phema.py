@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from tiny_networks import tiny_network
 
 from edm2.ema import power_function_response, solve_posthoc_coefficients
-from edm2.ema.phema import find_inputs, parse_bytes, reconstruct_phema
+from edm2.ema.phema import find_inputs, reconstruct_phema
 from edm2.errors import ConfigError, FormatError
 from edm2.io.snapshot import build_network, load_snapshot, save_snapshot
 
@@ -209,7 +209,7 @@ def test_official_options_from_the_command_line(run_dir, tmp_path):
 
 
 def test_failures_leave_no_partial_outputs(tmp_path, monkeypatch):
-    import edm2.ema.phema as phema_module
+    import edm2.io.combine as combine_module
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -224,8 +224,8 @@ def test_failures_leave_no_partial_outputs(tmp_path, monkeypatch):
             raise FormatError("unexpected end of file while reading an input snapshot")
         return real_read(fd, view, offset)
 
-    real_read = phema_module.preadv_full
-    monkeypatch.setattr(phema_module, "preadv_full", failing_read)
+    real_read = combine_module.preadv_full
+    monkeypatch.setattr(combine_module, "preadv_full", failing_read)
     with pytest.raises(FormatError, match="unexpected end of file"):
         reconstruct_phema(folder, out, "0.06,0.07,0.08", chunk_elements=500)
     assert not out.exists()  # no outputs, no temporary files, no scratch folder, no folder it made
@@ -267,18 +267,10 @@ def test_fp32_and_mixed_dtype_inputs(tmp_path):
     assert_naive_sum(result, states)
 
 
-def test_parse_bytes():
-    assert parse_bytes("2GiB") == 2 << 30
-    assert parse_bytes("512MB") == 512_000_000
-    assert parse_bytes("1.5G") == 1_500_000_000
-    assert parse_bytes(1234) == 1234
-    with pytest.raises(ConfigError, match="not a memory size"):
-        parse_bytes("lots")
-
-
 def test_buffer_names_match_the_network():
-    from edm2.ema.phema import is_buffer
+    from edm2.nn import Precond
 
+    is_buffer = Precond.is_buffer
     for kw in (TINY, dict(TINY, label_dim=0, num_blocks=2)):
         net = build_network(kw, device="cpu")
         params = {name for name, _ in net.named_parameters()}

@@ -1,0 +1,445 @@
+"""One verified, resumable transfer (`fetch`): `<name>.part` with the server's validator of that
+version of the file in `.<name>.part.json`, Range requests with If-Range to resume, a restart
+from byte 0 when the file changed on the server, retries with back-off, the size and SHA-256
+checked before the rename to the final name (see the package docstring)."""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import requests
+import urllib3
+
+from edm2 import __version__
+from edm2.errors import DownloadError, one_line
+from edm2.io.atomic import atomic_write_text
+from edm2.io.download.manifest import CHUNK, _write_error, file_lock, sha256_file
+from edm2.io.download.urls import DEFAULT_RETRIES, HINT_CACHE, check_timeout, offline
+
+MAX_RESTARTS = 3  # the server's file changed under a transfer this many times: give up
+
+
+class _Retry(Exception):
+    """A failure worth another attempt (connection reset, 5xx, truncated body)."""
+
+
+_local = threading.local()
+
+
+def _session():
+    """One `requests.Session` per thread (connection reuse; sessions are not thread-safe)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        session.headers["User-Agent"] = f"edm2/{__version__}"
+        session.headers["Accept-Encoding"] = "identity"  # byte ranges refer to the stored bytes
+        _local.session = session
+    return session
+
+
+def _is_connect_failure(e) -> bool:
+    """True when the host could not be reached at all (no route, refused, name not resolved)."""
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(e, requests.exceptions.ConnectionError) and e.args:
+        reason = getattr(e.args[0], "reason", e.args[0])
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+def _describe(e) -> str:
+    """A short description of a requests/urllib3 failure (no object reprs)."""
+    if isinstance(e, _Retry):
+        return str(e)
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return "no answer to the connection in time"
+    if isinstance(e, requests.exceptions.Timeout):
+        return "no answer in time"
+    inner = e.args[0] if e.args else e
+    reason = getattr(inner, "reason", inner)
+    if isinstance(reason, str):  # urllib3's ProtocolError('Connection broken: ...', cause)
+        return one_line(reason, 300)
+    text = str(reason)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        m = re.search(r"Failed to resolve '([^']*)'(?: \(\[Errno [-\d]+\] ([^)]*)\))?", text)
+        host, why = (m.group(1), m.group(2)) if m else ("", None)
+        return f"name {host} not resolved" + (f" ({why})" if why else "") if host else "name not resolved"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        m = re.search(r"\[Errno -?\d+\] (.*)$", text)
+        return (m.group(1) if m else "cannot connect").strip().rstrip(")").lower()
+    text = re.sub(r"<[^>]*>:? ?", "", text)  # urllib3 prefixes messages with the connection repr
+    text = re.sub(r"\w+\(host='[^']*', port=\d+\): ", "", text)
+    text = re.sub(r"\s*\(Caused by .*", "", text)
+    text = one_line(text, 300)
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _content_range(value: str | None):
+    """`(first byte or None, total or None)` of a Content-Range header 'bytes a-b/total' or
+    'bytes */total' (the latter in 416 answers)."""
+    m = re.fullmatch(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
+    if not m:
+        return None, None
+    return (int(m.group(1)) if m.group(1) else None), (None if m.group(2) == "*" else int(m.group(2)))
+
+
+def _check_offline(url: str, dest: Path) -> None:
+    if offline():
+        raise DownloadError(
+            f"cannot download {url}: EDM2_OFFLINE is set and {dest} is not there yet; "
+            "unset EDM2_OFFLINE on a machine with internet, or pass a local copy of the file"
+        )
+
+
+def _validator(headers) -> dict:
+    """The validators of a response: its strong ETag and its Last-Modified (None when absent)."""
+    etag = headers.get("ETag")
+    return {
+        "etag": etag if etag and not etag.startswith("W/") else None,
+        "last_modified": headers.get("Last-Modified") or None,
+    }
+
+
+def head_info(url: str, timeout: float) -> dict | None:
+    """`{'size', 'etag', 'last_modified'}` from a HEAD request, or None when it fails or the
+    server does not say the size."""
+    try:
+        r = _session().head(url, timeout=(timeout, timeout), allow_redirects=True)
+    except Exception:
+        return None
+    length = r.headers.get("Content-Length")
+    if r.status_code != 200 or not (length and length.isdigit()):
+        return None
+    return {"size": int(length), **_validator(r.headers)}
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _state_path(dest: Path) -> Path:
+    """The record of which version of the server's file the `.part` holds."""
+    return dest.with_name(f".{dest.name}.part.json")
+
+
+def _read_state(dest: Path) -> dict | None:
+    try:
+        state = json.loads(_state_path(dest).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _same_version(state: dict | None, url: str, size, validator: dict) -> bool:
+    """True when a response (total `size`, `validator`) is of the version of the file that the
+    `.part` was started from (`state`); without any validator the total size must agree."""
+    if not state or state.get("url") != url or state.get("size") is None or state.get("size") != size:
+        return False
+    for key in ("etag", "last_modified"):
+        if state.get(key) and validator.get(key) and state[key] != validator[key]:
+            return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """One transfer as `fetch` takes it: `url` into `dest`, the digest to check and the retry policy
+    (the parameters of `fetch`, which documents them)."""
+
+    url: str
+    dest: Path
+    sha256: str | None = None
+    prefix: str | None = None
+    timeout: float | None = None
+    retries: int = DEFAULT_RETRIES
+    backoff: float = 1.0
+    bar: object = None
+    stop: threading.Event | None = None
+    hint: str = HINT_CACHE
+    fix: str | None = None
+    head: dict | None = None
+
+    def stopped(self) -> bool:
+        """True when the caller asked every transfer to stop."""
+        return self.stop is not None and self.stop.is_set()
+
+
+def fetch(
+    url: str,
+    dest,
+    sha256: str | None = None,
+    prefix: str | None = None,
+    timeout: float | None = None,
+    retries: int = DEFAULT_RETRIES,
+    backoff: float = 1.0,
+    bar=None,
+    stop: threading.Event | None = None,
+    hint: str = HINT_CACHE,
+    fix: str | None = None,
+    head: dict | None = None,
+) -> str:
+    """Download `url` to `dest` through `dest.part`, resuming and retrying; returns the SHA-256.
+
+    `sha256` (full hex digest) or `prefix` (its first hex digits) is checked when given; a
+    transfer that does not match is removed and `DownloadError` names the file and both digests.
+    The size is checked against Content-Length (or Content-Range). Failed attempts are retried with
+    back-off `backoff * 2**k` seconds (at most 30 s) until `retries` retries in a row bring the
+    file no further; a host that cannot be reached before the first byte fails at once (`hint`
+    says what to do). `bar` (a tqdm bar) is advanced by the bytes received; `fix` says what to do
+    when the disk is full; `head` (from `head_info`) tells whether a `.part` is complete already.
+    Raises `DownloadError`.
+    """
+    request = _Request(url, Path(dest), sha256, prefix, timeout, retries, backoff, bar, stop, hint, fix, head)
+    return _fetch(request)[0]
+
+
+def _fetch(request: _Request) -> tuple[str, bool]:
+    """`fetch`, returning `(digest, transferred)`: False when another process brought the file
+    while this one waited for the lock (it was only verified)."""
+    dest = Path(request.dest)
+    _check_offline(request.url, dest)
+    with contextlib.ExitStack() as stack:
+        # One transfer per destination at a time, across processes (parallel jobs may need the
+        # same file): a process that waited finds the file complete and only verifies it.
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(dest.with_name(f".{dest.name}.lock")))
+        except OSError as e:
+            raise _write_error(e, dest.parent, request.fix) from None
+        if dest.is_file():
+            return _verify_present(dest, request.sha256 or request.prefix, request.url), False
+        request = dataclasses.replace(request, dest=dest, timeout=check_timeout(request.timeout))
+        return _Transfer(request).run(), True
+
+
+class _Transfer:
+    """The body of `fetch`, under its lock: the `.part` of `request.dest`, the bytes of it that
+    are hashed and shown on the bar, and the counts of failures and restarts."""
+
+    def __init__(self, request: _Request):
+        self.request = request
+        self.url = request.url
+        self.part, self.state_path = _part(request.dest), _state_path(request.dest)
+        self.fix = request.fix or "free space or write elsewhere"
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        self.failures, self.received_any, self.restarts, self.furthest, self.shown = 0, False, 0, 0, 0
+
+    def run(self) -> str:
+        """Bring the whole file into the `.part` (unless it is complete already), then verify and
+        rename it; returns its SHA-256."""
+        if not self._part_complete():
+            self._attempts()
+        return self._finish()
+
+    def _show(self, n: int) -> None:
+        """Keep the bar at the `n` bytes of this file that are in place."""
+        if self.request.bar is not None and n != self.shown:
+            self.request.bar.update(n - self.shown)
+        self.shown = n
+
+    def _rehash(self, size: int) -> None:
+        """Hash the `.part` anew from byte 0 (`size`: its size; 0 reads nothing)."""
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        if size:
+            with open(self.part, "rb") as f:
+                while block := f.read(CHUNK):
+                    self.hasher.update(block)
+                    self.hashed += len(block)
+
+    def _restart(self, why: str, count: bool = True) -> None:
+        """Remove the `.part` to start again from byte 0; too many counted restarts are an error."""
+        self.restarts += count
+        if self.restarts > MAX_RESTARTS:
+            raise DownloadError(f"cannot download {self.url}: {why} {self.restarts} times in a row; rerun later")
+        with contextlib.suppress(FileNotFoundError):
+            self.part.unlink()
+        self.hasher, self.hashed = hashlib.sha256(), 0
+        self._show(0)
+
+    def _resume_advice(self) -> str:
+        part = self.part
+        return f"rerun to resume from {part}" if part.exists() and part.stat().st_size else "rerun to retry"
+
+    def _part_complete(self) -> bool:
+        """True when the `.part` is complete already (the size `head` gives, the same version):
+        no request is needed."""
+        head, state = self.request.head, _read_state(self.request.dest)
+        if self.part.exists() and head and head.get("size") == self.part.stat().st_size:
+            return state is None or _same_version(state, self.url, head["size"], head)
+        return False
+
+    def _attempts(self) -> None:
+        """Attempt after attempt until the `.part` holds the whole file: retries with back-off;
+        raises `DownloadError` when stopped, unreachable or out of retries."""
+        while True:
+            if self.request.stopped():
+                raise DownloadError(f"download of {self.url} interrupted; {self._resume_advice()}")
+            try:
+                if self._attempt():
+                    return
+            except (
+                _Retry,
+                requests.exceptions.ConnectionError,
+                requests.exceptions.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError,
+            ) as e:
+                self._failed(e)
+            except requests.exceptions.RequestException as e:
+                raise DownloadError(f"cannot download {self.url}: {_describe(e)}; {self.request.hint}") from None
+
+    def _failed(self, e: Exception) -> None:
+        """After a failed attempt `e`: raise `DownloadError` (unreachable, or out of retries), else
+        wait the back-off."""
+        request = self.request
+        if not self.received_any and _is_connect_failure(e):
+            raise DownloadError(
+                f"cannot download {self.url}: the host cannot be reached ({_describe(e)}); {request.hint}"
+            ) from None
+        self.failures += 1
+        if self.failures > request.retries:
+            raise DownloadError(
+                f"cannot download {self.url}: {_describe(e)} ({self.failures} attempts in a row failed); "
+                f"{self._resume_advice()}"
+            ) from None
+        time.sleep(min(30.0, request.backoff * 2 ** (self.failures - 1)))
+
+    def _attempt(self) -> bool:
+        """One GET from the end of the `.part`: True when the `.part` then holds the whole file,
+        False when it was started again from byte 0 (try again at once). Raises `_Retry`."""
+        offset = self.part.stat().st_size if self.part.exists() else 0
+        if offset != self.hashed:  # a .part from an earlier run: hash what it holds first
+            self._rehash(offset)
+            self._show(offset)
+        state = _read_state(self.request.dest) if offset else None
+        timeout = (self.request.timeout, self.request.timeout)
+        with _session().get(self.url, headers=self._headers(offset, state), stream=True, timeout=timeout) as r:
+            validator = _validator(r.headers)
+            if r.status_code == 416 and offset:
+                _, total = _content_range(r.headers.get("Content-Range"))
+                if total == offset and (state is None or _same_version(state, self.url, total, validator)):
+                    return True  # the .part holds the whole file already
+                self._restart("the file on the server changed")  # e.g. shorter than the .part
+                return False
+            if r.status_code >= 500 or r.status_code in (408, 429):
+                raise _Retry(f"HTTP {r.status_code} {r.reason}")
+            if r.status_code >= 400:
+                raise DownloadError(f"cannot download {self.url}: HTTP {r.status_code} {r.reason}; check the URL")
+            started = self._start_body(r, offset, state, validator)
+            if started is None:
+                return False
+            offset, total = started
+            self._write_body(r, offset)
+            if total is not None and self.hashed != total:
+                raise _Retry(f"the transfer stopped after {self.hashed} of {total} bytes")
+        return True
+
+    def _headers(self, offset: int, state: dict | None) -> dict:
+        """The request headers: a Range from `offset` (with If-Range from `state`) when resuming."""
+        headers = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if state and state.get("url") == self.url and (state.get("etag") or state.get("last_modified")):
+                headers["If-Range"] = state.get("etag") or state["last_modified"]
+        return headers
+
+    def _start_body(self, r, offset: int, state: dict | None, validator: dict):
+        """`(offset, total or None)` at which the body of the answer `r` goes into the `.part`, or
+        None when the `.part` was started again (try again at once); a whole file's version is recorded."""
+        if r.status_code == 206 and offset:
+            first, total = _content_range(r.headers.get("Content-Range"))
+            if first != offset:
+                raise _Retry(f"the server answered a range from byte {first}, asked for {offset}")
+            if not _same_version(state, self.url, total, validator):
+                # Another version of the file than the .part was started from, or no
+                # record of which: start again rather than stitch two versions.
+                self._restart("the file on the server changed")
+                return None
+            return offset, total
+        # 200: the whole file (changed since, or a server without Range support)
+        if offset:  # (not counted: a server without Range support does this every time)
+            self._restart("the file on the server changed", count=False)
+        length = r.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        if r.status_code == 206:  # a range from 0 we did not ask for
+            total = _content_range(r.headers.get("Content-Range"))[1]
+        try:
+            atomic_write_text(self.state_path, json.dumps({"url": self.url, "size": total, **validator}))
+        except OSError as e:
+            raise _write_error(e, self.state_path, self.fix) from None
+        return 0, total
+
+    def _write_body(self, r, offset: int) -> None:
+        """Append the body of `r` to the `.part` (from `offset`; 0 truncates it), hashing it and
+        advancing the bar; a write error is a `DownloadError` naming the `.part`."""
+        part, fix = self.part, f"{self.fix}; then rerun to resume"
+        try:
+            f = open(part, "ab" if offset else "wb")
+        except OSError as e:
+            raise _write_error(e, part, self.fix) from None
+        try:
+            # read1: whatever has arrived, so a cut connection loses no received byte
+            while block := r.raw.read1(CHUNK, decode_content=False):
+                if self.request.stopped():
+                    raise DownloadError(f"download of {self.url} interrupted; rerun to resume from {part}")
+                try:
+                    f.write(block)
+                except OSError as e:
+                    raise _write_error(e, part, fix) from None
+                self.hasher.update(block)
+                self.hashed += len(block)
+                self.received_any = True
+                if self.hashed > self.furthest:  # real progress (not bytes received again)
+                    self.furthest, self.failures = self.hashed, 0
+                self._show(self.hashed)
+        finally:
+            try:
+                f.close()
+            except OSError as e:
+                raise _write_error(e, part, fix) from None
+
+    def _finish(self) -> str:
+        """Check the SHA-256 of the complete `.part` and rename it to its final name; returns the
+        digest. A mismatch removes the `.part` and raises `DownloadError`."""
+        size = self.part.stat().st_size
+        if self.hashed != size:  # complete without a transfer: hash the .part
+            self._rehash(size)
+            self._show(self.hashed)
+        digest = self.hasher.hexdigest()
+        expected = self.request.sha256 or self.request.prefix
+        if expected and not digest.startswith(expected.lower()):
+            self.part.unlink()
+            self.state_path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{self.request.dest.name}: SHA-256 mismatch for {self.url}: expected {expected.lower()}, "
+                f"got {digest}; the transfer was removed (nothing is kept under the final name): a corrupted "
+                "transfer or a changed file on the server (rerun to fetch it again), or a wrong digest (fix it)"
+            )
+        os.replace(self.part, self.request.dest)
+        self.state_path.unlink(missing_ok=True)
+        return digest
+
+
+def _verify_present(path: Path, expected: str | None, what: str, bar=None) -> str:
+    """Hash a file that is already in place and compare with `expected` (full or prefix); a
+    mismatch is an error that deletes nothing."""
+    digest = sha256_file(path, bar)
+    if expected and not digest.startswith(expected.lower()):
+        raise DownloadError(
+            f"{path}: SHA-256 mismatch ({what}): expected {expected.lower()}, got {digest}; "
+            f"fix the digest, or delete {path} to download it again"
+        )
+    return digest
+
+
+def _conflict(path: Path, given: str, source: str, digest: str) -> DownloadError:
+    return DownloadError(
+        f"{path}: the given SHA-256 {given} ({source}) differs from the present file's {digest}; "
+        f"fix the digest, or delete {path} to download it again"
+    )
