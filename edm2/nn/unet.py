@@ -35,6 +35,7 @@ class Block(torch.nn.Module):
         res_balance: float = 0.3,  # Balance between main branch (0) and residual branch (1).
         attn_balance: float = 0.3,  # Balance between main branch (0) and attention branch (1).
         clip_act: float | None = 256,  # Clip output activations. None = do not clip.
+        fused_attention: bool = False,  # Attention through scaled_dot_product_attention (not official; see below).
     ):
         super().__init__()
         self.out_channels = out_channels
@@ -47,8 +48,9 @@ class Block(torch.nn.Module):
         self.attn_balance = attn_balance
         self.clip_act = clip_act
         # Attention through scaled_dot_product_attention instead of the official einsums: a speed
-        # option (edm2 train --fast, edm2.train.speed.use_fused_attention), equal up to rounding.
-        self.fused_attention = False
+        # option (edm2 train --fast), equal up to rounding. A constructor argument, so that it is
+        # part of the network's recorded configuration and a snapshot evaluates as trained.
+        self.fused_attention = bool(fused_attention)
         self.emb_gain = torch.nn.Parameter(torch.zeros([]))
         self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, kernel=[3, 3])
         self.emb_linear = MPConv(emb_channels, out_channels, kernel=[])
@@ -197,12 +199,36 @@ class UNet(torch.nn.Module):
         return x
 
 
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}  # Precond(amp_dtype=...)
+
+
+def precision_kwargs(precision: str) -> dict:
+    """The Precond arguments of a training precision: 'fp32' (no mixed precision), 'fp16' (the
+    official mixed precision) or 'bf16'; raises ValueError for anything else."""
+    kwargs = {
+        "fp32": dict(use_fp16=False),
+        "fp16": dict(use_fp16=True),
+        "bf16": dict(use_fp16=True, amp_dtype="bfloat16"),
+    }
+    if precision not in kwargs:
+        raise ValueError(f"precision must be one of {', '.join(kwargs)}, got {precision!r}")
+    return kwargs[precision]
+
+
 class Precond(torch.nn.Module):
     """EDM preconditioning around the U-Net plus the per-sigma uncertainty head (docs/method.md#preconditioning).
 
-    Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
-    the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
-    Set `amp_dtype = torch.bfloat16` to use bf16 instead of fp16 for the mixed-precision path.
+    Computes in float32 (mixed-precision main path on CUDA when `use_fp16`: fp16, or bf16 with
+    `amp_dtype="bfloat16"`), or in float64 end to end when the input is float64 (the weights must
+    then be float64 too, e.g. after `.double()`).
+
+    `amp_dtype` and the blocks' `fused_attention` are constructor arguments, so they are part of
+    `init_kwargs`, the configuration a snapshot records: a network trained with `--precision
+    bf16` or `--fast` is rebuilt with them and evaluates as it did in training. Both are recorded
+    only when they differ from the official behaviour (fp16, einsum attention), so the
+    configuration of every other network reads as the official one (and official pickles, which
+    have neither, load with the defaults). Raises ValueError for an `amp_dtype` other than
+    'float16' or 'bfloat16'.
     """
 
     def __init__(
@@ -213,9 +239,13 @@ class Precond(torch.nn.Module):
         use_fp16: bool = True,  # Run the model at FP16 precision (on CUDA only)?
         sigma_data: float = 0.5,  # Expected standard deviation of the training data.
         logvar_channels: int = 128,  # Intermediate dimensionality for uncertainty estimation.
-        **unet_kwargs,  # Keyword arguments for UNet.
+        *,
+        amp_dtype: str = "float16",  # Dtype of the mixed-precision main path: 'float16' or 'bfloat16'.
+        **unet_kwargs,  # Keyword arguments for UNet (and, through it, Block: dropout, fused_attention, ...).
     ):
         super().__init__()
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
         # The constructor arguments, as stored in snapshot metadata to rebuild the network.
         self.init_kwargs = dict(
             img_resolution=img_resolution,
@@ -224,6 +254,7 @@ class Precond(torch.nn.Module):
             use_fp16=use_fp16,
             sigma_data=sigma_data,
             logvar_channels=logvar_channels,
+            **({"amp_dtype": amp_dtype} if amp_dtype != "float16" else {}),
             **unet_kwargs,
         )
         self.img_resolution = img_resolution
@@ -231,7 +262,7 @@ class Precond(torch.nn.Module):
         self.label_dim = label_dim
         self.use_fp16 = use_fp16
         self.sigma_data = sigma_data
-        self.amp_dtype = torch.float16
+        self.amp_dtype = AMP_DTYPES[amp_dtype]
         self.unet = UNet(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
