@@ -406,7 +406,8 @@ def parse_options(values: dict, **fixed) -> TrainOptions:
 def command_line(values: dict) -> list[str]:
     """The `edm2 train` arguments that give the options `values` ({name: value or its text, as
     `parse_options` takes them}; None: left to the command's default or preset), in table order:
-    `--flag value`, or the bare flag of a 'flag' option that is True."""
+    `--flag value` (a text as it is written, e.g. '2048Mi'), or the bare flag of a 'flag'
+    option that is True."""
     args = []
     for name, field in TRAIN_FIELDS.items():
         value = values.get(name)
@@ -416,7 +417,8 @@ def command_line(values: dict) -> list[str]:
             if value:
                 args.append(field.flag)
         else:
-            args += [field.flag, field.text(field.parse(value))]
+            parsed = field.parse(value)  # ConfigError for text `edm2 train` would not read
+            args += [field.flag, value.strip() if isinstance(value, str) else field.text(parsed)]
     return args
 
 

@@ -395,7 +395,9 @@ def train_opts_hash(run):
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUN_DIRS = {run: f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}" for run in MODELS}
+RUN_DIRS = {
+    run: f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}" for run in MODELS if MODELS[run]["source"] == "train"
+}
 
 
 def run_dir(run):
