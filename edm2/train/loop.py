@@ -79,7 +79,7 @@ def accumulate_gradients(
     """Forward and backward over `rounds` micro-batches of (images [B, C, H, W], labels [B, L]).
 
     Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round: the per-element loss
-    of EDM2Loss (EDM2 Eq. 14-16, 21) summed over the micro-batch, so the rounds and the ranks
+    of EDM2Loss (EDM2 Eq. 13-16, 21) summed over the micro-batch, so the rounds and the ranks
     together give the mean over the batch. `model` is what the loss calls (the DDP wrapper,
     possibly wrapped again by a speed option); `ddp` (default: `model` if it is one) has its
     gradient synchronisation suppressed for all rounds but the last.
@@ -296,7 +296,7 @@ def _iterate(opts, plan, run: Training, result, stop, progress, lr_kwargs, step_
             if done:
                 break
 
-            # Evaluate the loss (EDM2 Eq. 14-16, 21) and accumulate gradients, seeded from (seed, rank, cur_nimg).
+            # Evaluate the loss (EDM2 Eq. 13-16, 21) and accumulate gradients, seeded from (seed, rank, cur_nimg).
             step_start = time.time()
             set_random_seed(opts.seed, run.rank, cur)
             run.optimizer.zero_grad(set_to_none=True)
@@ -305,13 +305,13 @@ def _iterate(opts, plan, run: Training, result, stop, progress, lr_kwargs, step_
                 run.device, stats=status.stats, ddp=run.ddp if run.world_size > 1 else None,
             )  # fmt: skip
 
-            # Adam step with the learning rate of the step that starts at `cur` (EDM2 Sec. 2.5: inverse
-            # square root decay after t_ref batches, after a linear warm-up).
+            # Adam step with the learning rate of the step that starts at `cur`: inverse square root
+            # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear 10 Mimg warm-up.
             lr = float(learning_rate_schedule(cur_nimg=cur, batch_size=plan.batch_size, **lr_kwargs))
             status.stats.report("Loss/learning_rate", lr)
             apply_gradients(run.net, run.optimizer, lr)
 
-            # Update the EMAs (power-function profiles, EDM2 Sec. 3.1) and the image count.
+            # Update the EMAs: power-function averages, beta = (1 - 1/t)^(gamma + 1) (EDM2 Eq. 2).
             result.cur_nimg += plan.batch_size
             run.ema.update(cur_nimg=result.cur_nimg, batch_size=plan.batch_size)
             status.training_time += time.time() - step_start

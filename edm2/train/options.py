@@ -17,7 +17,8 @@ Operational options may change between invocations of one run: where it is (outd
 launched and how fast its steps run (batch_gpu, workers, bench, channels_last, compile, fast:
 equal up to the order of float reductions and, for batch_gpu, the grouping of the random draws
 into micro-batches), what it writes and when (status, snapshot, checkpoint, slice, dry_run), and
-how far it goes (duration: the learning-rate schedule, EDM2 arXiv 2312.02696 Sec. 2.5, does not
+how far it goes (duration: the learning-rate schedule, alpha(t) = alpha_ref / sqrt(max(t / t_ref, 1)) of
+EDM2 arXiv 2312.02696 Sec. 2.3, does not
 depend on it, so a longer duration continues the same run). `preset` is operational because it
 only fills options left unset, whose filled values are compared. Every other option changes what
 is computed; a run folder holds one value of each.
@@ -208,13 +209,13 @@ class TrainOptions:
         None, "--dropout", "float", "Dropout probability", preset=True, minimum=0, maximum=1, open_max=True
     )
     P_mean: float | None = _option(
-        None, "--P_mean", "float", "Noise level mean: ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1)", preset=True
+        None, "--P_mean", "float", "Noise level mean: ln(sigma) ~ N(P_mean, P_std^2) (EDM2 Eq. 16)", preset=True
     )
     P_std: float | None = _option(
         None,
         "--P_std",
         "float",
-        "Noise level standard deviation of ln(sigma) (EDM Table 1)",
+        "Noise level standard deviation of ln(sigma) (EDM2 Eq. 16)",
         preset=True,
         minimum=0,
         open_min=True,
@@ -223,7 +224,7 @@ class TrainOptions:
         None,
         "--lr",
         "float",
-        "Reference learning rate alpha_ref of the decay schedule (EDM2 Sec. 2.5)",
+        "Reference learning rate alpha_ref (EDM2 Sec. 2.3, Config E)",
         preset=True,
         minimum=0,
         open_min=True,
@@ -232,7 +233,7 @@ class TrainOptions:
         None,
         "--decay",
         "float",
-        "Learning rate decay start t_ref, in batches (EDM2 Sec. 2.5)",
+        "Learning rate decay start t_ref, in batches (EDM2 Sec. 2.3, Config E)",
         preset=True,
         minimum=0,
         metavar="BATCHES",
@@ -320,7 +321,7 @@ class TrainOptions:
         [0.050, 0.100],
         "--ema-stds",
         "std_list",
-        "Relative EMA stds to track and snapshot (EDM2 Sec. 3)",
+        "Relative EMA stds sigma_rel to track and snapshot (EDM2 Sec. 3.1-3.2)",
         minimum=0,
         maximum=0.289,
         open_min=True,
@@ -370,11 +371,11 @@ class TrainOptions:
         return kwargs
 
     def loss_kwargs(self) -> dict:
-        """EDM2Loss arguments: the log-normal noise distribution ln(sigma) ~ N(P_mean, P_std^2) (EDM Table 1)."""
+        """EDM2Loss arguments: the log-normal noise distribution ln(sigma) ~ N(P_mean, P_std^2) (EDM2 Eq. 16)."""
         return dict(P_mean=float(self.P_mean), P_std=float(self.P_std))
 
     def lr_kwargs(self) -> dict:
-        """learning_rate_schedule arguments: alpha_ref and t_ref (EDM2 Sec. 2.5); the warm-up keeps its default."""
+        """learning_rate_schedule arguments: alpha_ref and t_ref (EDM2 Sec. 2.3); the warm-up keeps its default."""
         return dict(ref_lr=float(self.lr), ref_batches=float(self.decay))
 
     def dataset_kwargs(self) -> dict:

@@ -7,7 +7,7 @@ runs, not what it computes (up to the order of floating-point reductions).
 
 `edm2 train --fast` uses all of them (the fused Adam on CUDA only) and builds the network with
 fused attention (`Precond(..., fused_attention=True)`: scaled_dot_product_attention instead of
-the official pair of einsums, the same softmax(q k^T / sqrt(c)) v of EDM2 Fig. 21 up to float
+the official pair of einsums, the same softmax(q k^T / sqrt(c)) v of EDM2 Eq. 10-11 up to float
 rounding), which its snapshots record.
 """
 
