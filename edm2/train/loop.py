@@ -193,7 +193,18 @@ def build_training(opts: TrainOptions, plan: TrainingPlan, env, device) -> Train
     )
     match_optimizer_implementation(optimizer, fused)  # a state saved by the other implementation
     return Training(
-        env.rank, env.world_size, device, encoder, net, ddp, model, loss_fn, optimizer, ema, cur_nimg, elapsed
+        rank=env.rank,
+        world_size=env.world_size,
+        device=device,
+        encoder=encoder,
+        net=net,
+        ddp=ddp,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        ema=ema,
+        cur_nimg=cur_nimg,
+        elapsed_before=elapsed,
     )
 
 

@@ -17,15 +17,16 @@ Operational options may change between invocations of one run: where it is (outd
 launched and how fast its steps run (batch_gpu, workers, bench, channels_last, compile, fast:
 equal up to the order of float reductions and, for batch_gpu, the grouping of the random draws
 into micro-batches), what it writes and when (status, snapshot, checkpoint, slice, dry_run), and
-how far it goes (duration: the learning-rate schedule, alpha(t) = alpha_ref / sqrt(max(t / t_ref, 1)) of
-EDM2 arXiv 2312.02696 Sec. 2.3, does not
-depend on it, so a longer duration continues the same run). `preset` is operational because it
-only fills options left unset, whose filled values are compared. Every other option changes what
-is computed; a run folder holds one value of each.
+how far it goes (duration: the learning-rate schedule alpha(t) = alpha_ref / sqrt(max(t / t_ref, 1))
+of EDM2 arXiv 2312.02696 Sec. 2.3 does not depend on it, so a longer duration continues the same
+run and trains only the added images). `preset` is operational because it only fills options left
+unset, whose filled values are compared. Every other option changes what is computed; a run
+folder holds one value of each.
 """
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 from edm2.errors import ConfigError
@@ -86,7 +87,10 @@ class TrainField:
                 self._check_bounds(item, f" (every item of {list(value)!r})")
             if len(value) < self.min_items:
                 raise ConfigError(f"{self.flag} needs at least {self.min_items} item(s), got {value!r}")
-        elif self.kind in ("path", "str"):
+        elif self.kind == "path":
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ConfigError(f"{self.flag} must be a path, got {value!r}")
+        elif self.kind == "str":
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{self.flag} must be a non-empty text, got {value!r}")
             if self.choices and value not in self.choices:
