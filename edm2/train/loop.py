@@ -244,7 +244,18 @@ def training_loop(
         stop_at = plan.intervals.stop_at(run.cur_nimg, plan.total_nimg, plan.batch_size)
         result = TrainingResult(run.cur_nimg, run.cur_nimg, stop_at, plan.total_nimg)
         if announce_start(run.cur_nimg, stop_at, plan.total_nimg, plan.intervals.snapshot):
-            _iterate(opts, plan, run, result, stop, progress, lr_kwargs or opts.lr_kwargs(), step_hook, start_time)
+            lr_kwargs = lr_kwargs or opts.lr_kwargs()
+            _iterate(
+                opts,
+                plan,
+                run,
+                result,
+                stop=stop,
+                progress=progress,
+                lr_kwargs=lr_kwargs,
+                step_hook=step_hook,
+                start_time=start_time,
+            )
             print_summary(opts.outdir, result, time.time() - start_time)
     if result.finished and env.rank == 0:
         ckpt.write_done(opts.outdir, result.cur_nimg)
@@ -252,8 +263,9 @@ def training_loop(
     return result
 
 
-def _iterate(opts, plan, run: Training, result, stop, progress, lr_kwargs, step_hook, start_time) -> None:
-    """The iterations of one invocation, in the order of the official training_loop.py."""
+def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, step_hook, start_time) -> None:
+    """The iterations of one invocation, in the order of the official training_loop.py: status,
+    snapshots, training state, done?, accumulate gradients, optimizer step, EMA update."""
     every = plan.intervals
     sampler = InfiniteSampler(
         len(plan.dataset), rank=run.rank, num_replicas=run.world_size, seed=opts.seed, start_idx=result.cur_nimg
