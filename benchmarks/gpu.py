@@ -38,11 +38,12 @@ import edm2.sample.fast as sample_fast  # noqa: E402
 import edm2.train.speed as train_speed  # noqa: E402
 from edm2.ema.tracking import PowerFunctionEMA  # noqa: E402
 from edm2.nn import Precond  # noqa: E402
+from edm2.nn.unet import precision_kwargs  # noqa: E402
 from edm2.sample.fast import FastDenoiser  # noqa: E402
 from edm2.sample.sampler import StackedRandomGenerator, edm_sampler  # noqa: E402
-from edm2.train.loop import _disable_tf32, apply_gradients, make_optimizer  # noqa: E402
+from edm2.train.loop import apply_gradients, disable_tf32, make_optimizer  # noqa: E402
 from edm2.train.loss import EDM2Loss  # noqa: E402
-from edm2.train.speed import ChannelsLast, CompiledForward, use_fused_attention  # noqa: E402
+from edm2.train.speed import ChannelsLast, CompiledForward  # noqa: E402
 
 IMG512 = dict(img_resolution=64, img_channels=4, label_dim=1000, channel_mult=[1, 2, 3, 4], num_blocks=3,
               attn_resolutions=[16, 8])  # fmt: skip
@@ -69,11 +70,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def random_net(kwargs, device, precision="fp16", seed=0):
+def random_net(kwargs, device, precision="fp16", seed=0, fused_attention=False):
     torch.manual_seed(seed)
-    net = Precond(**kwargs, use_fp16=precision != "fp32")
-    if precision == "bf16":
-        net.amp_dtype = torch.bfloat16
+    attention = dict(fused_attention=True) if fused_attention else {}
+    net = Precond(**kwargs, **precision_kwargs(precision), **attention)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if name.endswith("gain"):
@@ -88,10 +88,9 @@ class Trainer:
     """One network with the training loop's step (edm2.train.loop), eager or fast."""
 
     def __init__(self, kwargs, batch, precision, fast, device):
-        self.net = random_net(kwargs, device, precision).train()
+        self.net = random_net(kwargs, device, precision, fused_attention=fast).train()
         self.model = self.net
         if fast:
-            use_fused_attention(self.net)
             self.model = CompiledForward(ChannelsLast(self.net), self.net)
         self.optimizer = make_optimizer(self.net, fused=fast and device.type == "cuda")
         self.ema = PowerFunctionEMA(self.net, stds=[0.050, 0.100])
@@ -236,7 +235,7 @@ def main(argv=None):
     if args.shapes:
         shapes = {k: shapes[k] for k in args.shapes.split(",")}
     train_speed.COMPILE_BACKEND = sample_fast.DEFAULT_BACKEND = args.backend
-    _disable_tf32()  # as `edm2 train` (sampling keeps it off too: a like-for-like comparison)
+    disable_tf32()  # as `edm2 train` (sampling keeps it off too: a like-for-like comparison)
     torch.backends.cudnn.benchmark = True
     num_steps, repeats, train_steps = (3, 1, 2) if tiny else (32, 2, 10)
 

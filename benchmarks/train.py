@@ -107,30 +107,36 @@ EDM2_MODES = {
 
 def time_edm2(spec, data, steps, warmup, **flags) -> float:
     from edm2.train.loop import training_loop
+    from edm2.train.options import TrainOptions
 
     stamps = []
     batch = spec["batch"]
     if flags.get("compile"):
         torch._dynamo.reset()  # start from nothing, as a fresh `edm2 train --compile` process does
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-        training_loop(
-            run_dir=run_dir,
-            dataset_kwargs=dict(path=str(data), use_labels=True),
-            network_kwargs=dict(dropout=0.0, **spec["net"]),
-            loss_kwargs=dict(P_mean=-0.8, P_std=1.6),
-            lr_kwargs=dict(ref_lr=0.012, ref_batches=35000),
-            batch_size=batch,
-            total_nimg=(warmup + steps) * batch,
-            status_nimg=None,
-            snapshot_nimg=None,
-            checkpoint_nimg=None,
+        net = spec["net"]
+        opts = TrainOptions(
+            outdir=run_dir,
+            data=str(data),
+            channels=net["model_channels"],
+            channel_mult=net.get("channel_mult"),
+            num_blocks=net.get("num_blocks"),
+            attn_resolutions=net.get("attn_resolutions"),
+            dropout=0.0,
+            P_mean=-0.8,
+            P_std=1.6,
+            lr=0.012,
+            decay=35000,
+            batch=batch,
+            duration=(warmup + steps) * batch,
+            status=0,
+            snapshot=0,
+            checkpoint=0,
             precision="fp32",
-            num_workers=0,
+            workers=0,
             **flags,
-            device="cpu",
-            step_hook=lambda **_: stamp(stamps),
-            progress=False,
         )
+        training_loop(opts, device="cpu", step_hook=lambda **_: stamp(stamps), progress=False)
     return rates(stamps, warmup, steps * batch)
 
 

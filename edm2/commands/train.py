@@ -3,163 +3,80 @@
 import click
 
 from edm2.commands.paths import OutputDir
-from edm2.errors import ConfigError
+from edm2.train.options import DEFAULTS, TRAIN_FIELDS
+
+_METAVARS = {"path": "PATH", "str": "STR", "bool": "BOOL", "int": "INT", "nimg": "NIMG", "float": "FLOAT"}
+_METAVARS.update(int_list="LIST", std_list="LIST")
 
 
-def _nimg(ctx, param, value):
-    from edm2.utils import parse_nimg
+def _table_options(command):
+    """The click options of the table of training options (edm2.train.options), in its order,
+    plus the command's own: --uncond (= --cond False), --fp16 (the official spelling of
+    --precision fp16/fp32) and --device (where to run, not an option of the run).
 
-    if value is None:
+    Every value reaches the command as text (or a bool for flags) and is parsed and checked by
+    the table, so NaN, infinities and out-of-range values are one-line errors naming the option.
+    """
+    options = []
+    for name, field in TRAIN_FIELDS.items():
+        decls = [field.flag, name]
+        kw = dict(help=field.help, metavar=field.metavar or _METAVARS.get(field.kind))
+        if field.kind == "flag":
+            kw = dict(help=field.help, is_flag=True)
+            if name == "dry_run":
+                decls.insert(0, "-n")
+        elif field.kind == "bool":
+            kw.update(type=bool)
+        if name == "outdir":
+            kw.update(type=OutputDir("run folder"), required=True)
+        elif name == "data":
+            kw.update(required=True)
+        elif field.kind != "flag":
+            default = DEFAULTS_TEXT.get(name)
+            if name == "precision":  # None: not given, so that --fp16 decides (and a contradiction is seen)
+                kw.update(default=None, show_default=default)
+            else:
+                kw.update(default=default, show_default=default is not None)
+        options.append(click.option(*decls, **kw))
+        if name == "cond":
+            options.append(
+                click.option("--uncond", help="Train an unconditional model (same as --cond=False)", is_flag=True)
+            )
+        if name == "precision":
+            options.append(
+                click.option(
+                    "--fp16",
+                    help="Enable mixed-precision training (CUDA only); --precision overrides it",
+                    metavar="BOOL",
+                    type=bool,
+                    default=True,
+                )
+            )
+    options.append(
+        click.option(
+            "--device",
+            help="Compute device (default: CUDA when available)",
+            type=click.Choice(["cuda", "cpu"]),
+            default=None,
+        )
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _default_text(field, default):
+    """A default as --help shows it and the option reads it back (8388608 -> '8Mi')."""
+    if default is None:
         return None
-    try:
-        return parse_nimg(value)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+    return field.text(default) if field.kind in ("nimg", "int_list", "std_list") else default
 
 
-def _int_list(ctx, param, value):
-    from edm2.utils import parse_int_list
-
-    if value is None:
-        return None
-    if value.strip().lower() in ("", "none"):
-        return []
-    try:
-        return parse_int_list(value)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _std_list(ctx, param, value):
-    from edm2.ema import parse_std_list
-
-    try:
-        return parse_std_list(value)
-    except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+DEFAULTS_TEXT = {name: _default_text(field, DEFAULTS.get(name)) for name, field in TRAIN_FIELDS.items()}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--outdir", help="Where to save the results", metavar="DIR", type=OutputDir("run folder"), required=True)
-@click.option("--data", help="Path to the dataset (ZIP or folder)", metavar="ZIP|DIR", type=str, required=True)
-@click.option("--cond", help="Train class-conditional model", metavar="BOOL", type=bool, default=True)
-@click.option("--uncond", help="Train an unconditional model (same as --cond=False)", is_flag=True)
-@click.option(
-    "--preset",
-    help="Configuration preset (fills the options not given)",
-    metavar="STR",
-    type=str,
-    default="edm2-img512-s",
-)
-@click.option("--duration", help="Training duration", metavar="NIMG", callback=_nimg, default=None)
-@click.option("--batch", help="Total batch size", metavar="NIMG", callback=_nimg, default=None)
-@click.option("--channels", help="Channel multiplier", metavar="INT", type=click.IntRange(min=1), default=None)
-@click.option(
-    "--dropout", help="Dropout probability", metavar="FLOAT", type=click.FloatRange(min=0, max=1), default=None
-)
-@click.option("--P_mean", "P_mean", help="Noise level mean", metavar="FLOAT", type=float, default=None)
-@click.option(
-    "--P_std",
-    "P_std",
-    help="Noise level standard deviation",
-    metavar="FLOAT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-)
-@click.option("--lr", help="Learning rate", metavar="FLOAT", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option(
-    "--decay", help="Learning rate decay (batches)", metavar="BATCHES", type=click.FloatRange(min=0), default=None
-)
-@click.option(
-    "--batch-gpu", help="Limit batch size per process (0 = no limit)", metavar="NIMG", callback=_nimg, default="0"
-)
-@click.option("--fp16", help="Enable mixed-precision training (CUDA only)", metavar="BOOL", type=bool, default=True)
-@click.option(
-    "--precision",
-    help="Main-path precision; overrides --fp16",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
-    default=None,
-)
-@click.option(
-    "--ls",
-    "loss_scaling",
-    help="Loss scaling",
-    metavar="FLOAT",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-)
-@click.option("--bench", help="Enable cuDNN benchmarking", metavar="BOOL", type=bool, default=True)
-@click.option("--status", help="Interval of status prints (0 = never)", metavar="NIMG", callback=_nimg, default="128Ki")
-@click.option(
-    "--snapshot", help="Interval of network snapshots (0 = never)", metavar="NIMG", callback=_nimg, default="8Mi"
-)
-@click.option(
-    "--checkpoint", help="Interval of training states (0 = never)", metavar="NIMG", callback=_nimg, default="128Mi"
-)
-@click.option(
-    "--slice",
-    "slice_nimg",
-    help="Train at most this many images in this invocation, then stop at a checkpoint",
-    metavar="NIMG",
-    callback=_nimg,
-    default=None,
-)
-@click.option("--seed", help="Random seed", metavar="INT", type=int, default=0)
-@click.option(
-    "--workers",
-    help="DataLoader worker processes (0 = read in the training process)",
-    metavar="INT",
-    type=click.IntRange(min=0),
-    default=2,
-)
-@click.option(
-    "--channel-mult",
-    help="Per-resolution channel multipliers, e.g. 1,2 (default 1,2,3,4)",
-    metavar="LIST",
-    callback=_int_list,
-    default=None,
-)
-@click.option(
-    "--num-blocks",
-    help="Residual blocks per resolution (default 3)",
-    metavar="INT",
-    type=click.IntRange(min=1),
-    default=None,
-)
-@click.option(
-    "--attn-resolutions",
-    help="Resolutions with self-attention, e.g. 8 or none (default 16,8)",
-    metavar="LIST",
-    callback=_int_list,
-    default=None,
-)
-@click.option(
-    "--ema-stds",
-    help="Relative EMA stds to track and snapshot",
-    metavar="LIST",
-    callback=_std_list,
-    default="0.050,0.100",
-)
-@click.option(
-    "--channels-last",
-    help="Channels-last convolutions (faster on CPU; equal to the default up to float rounding)",
-    is_flag=True,
-)
-@click.option(
-    "--compile",
-    help="torch.compile the network (minutes to compile; equal to the default up to float rounding)",
-    is_flag=True,
-)
-@click.option(
-    "--fast",
-    help="Fast path: --compile, --channels-last, fused attention, fused Adam on CUDA (equal to the default up "
-    "to float rounding; compiling takes minutes)",
-    is_flag=True,
-)
-@click.option(
-    "--device", help="Compute device (default: CUDA when available)", type=click.Choice(["cuda", "cpu"]), default=None
-)
-@click.option("-n", "--dry-run", help="Print training options and exit", is_flag=True)
+@_table_options
 def train(**kw):
     """Train an EDM2 diffusion model (or resume the run in --outdir) on one or more processes.
 
@@ -193,29 +110,22 @@ def train(**kw):
 
 def _train(stop, kw) -> int:
     """The body of `edm2 train` (options -> TrainOptions -> run); returns the exit status."""
-    from edm2.train.run import TrainOptions, exit_status, run_training
+    from edm2.train.options import parse_options
+    from edm2.train.run import exit_status, run_training
 
     ctx = click.get_current_context()
-    cond = kw.pop("cond")
     if kw.pop("uncond"):
-        if ctx.get_parameter_source("cond").name == "COMMANDLINE" and cond:
+        if ctx.get_parameter_source("cond").name == "COMMANDLINE" and kw["cond"]:
             raise click.UsageError("--cond=True and --uncond contradict each other; give one")
-        cond = False
+        kw["cond"] = False
     fp16 = kw.pop("fp16")
-    precision = kw.pop("precision")
-    if precision is None:
-        precision = "fp16" if fp16 else "fp32"
-    elif ctx.get_parameter_source("fp16").name == "COMMANDLINE" and fp16 != (precision != "fp32"):
-        raise click.UsageError(f"--fp16={fp16} contradicts --precision {precision}; give one")
+    if kw["precision"] is None:
+        kw["precision"] = "fp16" if fp16 else "fp32"
+    elif ctx.get_parameter_source("fp16").name == "COMMANDLINE" and fp16 != (kw["precision"] != "fp32"):
+        raise click.UsageError(f"--fp16={fp16} contradicts --precision {kw['precision']}; give one")
     device = kw.pop("device")
-    opts = TrainOptions(
-        outdir=kw.pop("outdir"),
-        data=kw.pop("data"),
-        cond=cond,
-        precision=precision,
-        slice=kw.pop("slice_nimg"),
-        **kw,
-    )
+    outdir = kw.pop("outdir")
+    opts = parse_options(kw, outdir=outdir)  # ConfigError (one line naming the option) before anything is written
     result = run_training(opts, device=device, stop=stop)  # the CLI leaves the process group after
     status = exit_status(result)
     if status:

@@ -37,6 +37,7 @@ class Block(torch.nn.Module):
         res_balance: float = 0.3,  # Balance between main branch (0) and residual branch (1).
         attn_balance: float = 0.3,  # Balance between main branch (0) and attention branch (1).
         clip_act: float | None = 256,  # Clip output activations. None = do not clip.
+        fused_attention: bool = False,  # Attention through scaled_dot_product_attention (not official; see below).
     ):
         super().__init__()
         self.out_channels = out_channels
@@ -49,8 +50,9 @@ class Block(torch.nn.Module):
         self.attn_balance = attn_balance
         self.clip_act = clip_act
         # Attention through scaled_dot_product_attention instead of the official einsums: a speed
-        # option (edm2 train --fast, edm2.train.speed.use_fused_attention), equal up to rounding.
-        self.fused_attention = False
+        # option (edm2 train --fast), equal up to rounding. A constructor argument, so that it is
+        # part of the network's recorded configuration and a snapshot evaluates as trained.
+        self.fused_attention = bool(fused_attention)
         self.emb_gain = torch.nn.Parameter(torch.zeros([]))
         self.conv_res0 = MPConv(out_channels if flavor == "enc" else in_channels, out_channels, kernel=[3, 3])
         self.emb_linear = MPConv(emb_channels, out_channels, kernel=[])
@@ -199,19 +201,43 @@ class UNet(torch.nn.Module):
         return x
 
 
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}  # Precond(amp_dtype=...)
+
+
+def precision_kwargs(precision: str) -> dict:
+    """The Precond arguments of a training precision: 'fp32' (no mixed precision), 'fp16' (the
+    official mixed precision) or 'bf16'; raises ValueError for anything else."""
+    kwargs = {
+        "fp32": dict(use_fp16=False),
+        "fp16": dict(use_fp16=True),
+        "bf16": dict(use_fp16=True, amp_dtype="bfloat16"),
+    }
+    if precision not in kwargs:
+        raise ValueError(f"precision must be one of {', '.join(kwargs)}, got {precision!r}")
+    return kwargs[precision]
+
+
 class Precond(torch.nn.Module):
     """EDM preconditioning around the U-Net plus the per-sigma uncertainty head (docs/method.md#preconditioning).
 
-    Computes in float32 (fp16 main path on CUDA when `use_fp16`), or in float64 end to end when
-    the input is float64 (the weights must then be float64 too, e.g. after `.double()`).
-    Set `amp_dtype = torch.bfloat16` to use bf16 instead of fp16 for the mixed-precision path.
+    Computes in float32 (mixed-precision main path on CUDA when `use_fp16`: fp16, or bf16 with
+    `amp_dtype="bfloat16"`), or in float64 end to end when the input is float64 (the weights must
+    then be float64 too, e.g. after `.double()`).
+
+    `amp_dtype` and the blocks' `fused_attention` are constructor arguments, so they are part of
+    `init_kwargs`, the configuration a snapshot records: a network trained with `--precision
+    bf16` or `--fast` is rebuilt with them and evaluates as it did in training. Both are recorded
+    only when they differ from the official behaviour (fp16, einsum attention), so the
+    configuration of every other network reads as the official one (and official pickles, which
+    have neither, load with the defaults). Raises ValueError for an `amp_dtype` other than
+    'float16' or 'bfloat16'.
 
     `config` selects the network of one of the configs A-G of the paper's Table 1 (arXiv
     2312.02696, Section 2, Appendix B; docs/method.md#ablation-ladder): G (default) is `UNet`
     with the MP uncertainty head; A-F come from `edm2.nn.ablation` and take the same size
     arguments, with their own defaults for attention resolutions, dropout and clamping. A has
     no uncertainty head (`return_logvar` raises ConfigError); an unknown config raises
-    ConfigError.
+    ConfigError. Like `amp_dtype`, it is recorded only when it is not the default G.
     """
 
     def __init__(
@@ -223,13 +249,17 @@ class Precond(torch.nn.Module):
         sigma_data: float = 0.5,  # Expected standard deviation of the training data.
         logvar_channels: int = 128,  # Intermediate dimensionality for uncertainty estimation.
         config: str = "G",  # Network of the paper's Table 1 config 'A'..'G' (docs/method.md#ablation-ladder).
-        **unet_kwargs,  # Keyword arguments for UNet (G) or the config's network (edm2.nn.ablation).
+        *,
+        amp_dtype: str = "float16",  # Dtype of the mixed-precision main path: 'float16' or 'bfloat16'.
+        **unet_kwargs,  # Keyword arguments for UNet (G; through it Block: dropout, fused_attention, ...) or the config's network (edm2.nn.ablation).
     ):
         super().__init__()
         if config not in CONFIGS:
             raise ConfigError(f"unknown network config {config!r}; use one of {', '.join(CONFIGS)}")
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {amp_dtype!r}")
         # The constructor arguments, as stored in snapshot metadata to rebuild the network. The
-        # config is recorded unless it is the default G, so G's metadata is what it always was.
+        # config and amp_dtype are recorded unless they are the defaults, so G's metadata is what it always was.
         self.init_kwargs = dict(
             img_resolution=img_resolution,
             img_channels=img_channels,
@@ -238,6 +268,7 @@ class Precond(torch.nn.Module):
             sigma_data=sigma_data,
             logvar_channels=logvar_channels,
             **({} if config == "G" else {"config": config}),
+            **({"amp_dtype": amp_dtype} if amp_dtype != "float16" else {}),
             **unet_kwargs,
         )
         self.config = config
@@ -246,7 +277,7 @@ class Precond(torch.nn.Module):
         self.label_dim = label_dim
         self.use_fp16 = use_fp16
         self.sigma_data = sigma_data
-        self.amp_dtype = torch.float16
+        self.amp_dtype = AMP_DTYPES[amp_dtype]
         net_kwargs = dict(img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs)
         if config == "G":
             self.unet = UNet(**net_kwargs)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from edm2.errors import OutputError, one_line
+from edm2.distributed import barrier, check_ddp_consistency
+from edm2.errors import ConfigError, OutputError, one_line
 from edm2.io.atomic import atomic_path, atomic_write_text, torch_save
 from edm2.io.snapshot import save_snapshot
 from edm2.naming import (
@@ -152,3 +153,48 @@ def write_done(run_dir, cur_nimg: int) -> None:
     """`RUN/training-done.json` ({"nimg", "kimg", "snapshots"}), atomically, once the duration is reached."""
     data = {"nimg": int(cur_nimg), "kimg": int(cur_nimg) // 1000, "snapshots": list_snapshots(run_dir)}
     atomic_write_text(Path(run_dir) / DONE_FILE, json.dumps(data, indent=2) + "\n")
+
+
+def save_training_state(run_dir, cur_nimg: int, elapsed: float, *, net, loss_fn, optimizer, ema, rank, device) -> None:
+    """Rank 0 writes `training-state-{kimg}.pt` atomically (the official CheckpointIO.save: state,
+    net, loss_fn, optimizer, ema); then every rank checks that its network matches rank 0's
+    (docs/method.md#training). `elapsed`: seconds trained in all invocations so far."""
+    path = state_path(run_dir, cur_nimg)
+    if rank == 0:
+        data = dict(
+            state=dict(cur_nimg=cur_nimg, total_elapsed_time=elapsed),
+            net=net.state_dict(),
+            loss_fn=loss_fn.kwargs(),
+            optimizer=optimizer.state_dict(),
+            ema=ema.state_dict(),
+        )
+        write_training_state(path, data)
+        print(f"Saved {path.name}")
+    check_ddp_consistency(net, device)
+    barrier()
+
+
+def restore_training_state(run_dir, *, net, optimizer, ema, loss_fn, log=print) -> tuple[int, float]:
+    """Load the newest readable training state of `run_dir` into the objects (docs/method.md#training);
+    returns (cur_nimg, elapsed seconds), (0, 0.0) when there is none. ConfigError when it tracks
+    other EMA lengths or holds another network than the options describe."""
+    data, path = load_latest_training_state(run_dir, log=log)
+    if data is None:
+        return 0, 0.0
+    log(f"Resuming from {path}")
+    stds = [float(s) for s in data["ema"]["stds"]]
+    if stds != [float(s) for s in ema.stds]:
+        raise ConfigError(
+            f"{path} tracks EMA stds {stds}, this run asks for {ema.stds}; use the same --ema-stds or a new --outdir"
+        )
+    try:
+        net.load_state_dict(data["net"])
+    except RuntimeError as e:
+        raise ConfigError(
+            f"{path} holds a different network than the options describe ({e}); use a new --outdir"
+        ) from None
+    optimizer.load_state_dict(data["optimizer"])
+    ema.load_state_dict(data["ema"])
+    for key, value in data["loss_fn"].items():
+        setattr(loss_fn, key, value)
+    return int(data["state"]["cur_nimg"]), float(data["state"].get("total_elapsed_time", 0.0))

@@ -1,9 +1,39 @@
-"""The training data stream: the infinite per-rank sampler and the batch iterators (docs/method.md#training)."""
+"""The training data: the dataset checked against the options, the encoder it needs, the
+infinite per-rank sampler and the batch iterators (docs/method.md#training)."""
 
 import signal
 
 import numpy as np
 import torch
+
+from edm2.data.dataset import ImageFolderDataset
+from edm2.data.encoders import StabilityVAEEncoder, StandardRGBEncoder
+from edm2.errors import DataError
+
+
+def open_dataset(dataset_kwargs: dict):
+    """The training dataset (ImageFolderDataset of `dataset_kwargs`: path, use_labels), checked
+    against the options (docs/method.md#presets): 3 channels (pixels) or 8 (latents), and labels
+    when `use_labels`; DataError naming the dataset and the fix otherwise."""
+    kwargs = dict(dataset_kwargs)
+    dataset = ImageFolderDataset(**kwargs)
+    path = kwargs.get("path")
+    if dataset.num_channels not in (3, 8):
+        raise DataError(
+            f"dataset {path} has {dataset.num_channels} channels; training needs RGB images (3) or "
+            "Stable Diffusion VAE latents (8, from `edm2 dataset encode`)"
+        )
+    if kwargs.get("use_labels", True) and not dataset.has_labels:
+        raise DataError(f"dataset {path} has no labels (dataset.json); train it unconditionally with --uncond")
+    return dataset
+
+
+def make_training_encoder(num_channels: int, encoder_kwargs: dict | None = None):
+    """StandardRGBEncoder for 3-channel pixels, StabilityVAEEncoder for 8-channel latents (docs/method.md#presets)."""
+    if num_channels == 3:
+        return StandardRGBEncoder()
+    # Micro-batch 8 in training, as the official train.py sets it (docs/method.md#official-details).
+    return StabilityVAEEncoder(**{"batch_size": 8, **(encoder_kwargs or {})})
 
 
 class InfiniteSampler(torch.utils.data.Sampler):

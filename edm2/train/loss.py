@@ -1,10 +1,21 @@
-"""The EDM2 training loss (docs/method.md#training)."""
+"""The EDM2 training loss: uncertainty-weighted denoising loss (EDM2, arXiv 2312.02696, Appendix
+B.2, Eq. 13-16 and 21; the official EDM2Loss of training/training_loop.py; docs/method.md#training)."""
 
 import torch
 
 
 class EDM2Loss:
-    """Uncertainty-weighted denoising loss; returns the unreduced per-element loss [N,C,H,W]."""
+    """Uncertainty-weighted denoising loss (EDM2 Eq. 21): `loss_fn(net, images [N, C, H, W], labels
+    [N, L] or None)` -> the unreduced per-element loss [N, C, H, W] (float32, or float64 for a
+    float64 network and images), with
+
+        ln(sigma) ~ N(P_mean, P_std^2)                                 (EDM2 Eq. 16)
+        lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2   (EDM2 Eq. 15)
+        loss = lambda(sigma) / e^u(sigma) * (D(y + n; sigma) - y)^2 + u(sigma)   (EDM2 Eq. 13, 14, 21)
+
+    where n ~ N(0, sigma^2 I) and u(sigma) is the network's learned log-variance (Precond's
+    `return_logvar`). The batch mean of its sum over elements is the loss the optimizer descends.
+    """
 
     def __init__(self, P_mean: float = -0.4, P_std: float = 1.0, sigma_data: float = 0.5):
         self.P_mean = P_mean  # Mean of ln(sigma) in the training noise distribution.
@@ -14,11 +25,11 @@ class EDM2Loss:
     def __call__(self, net, images, labels=None):
         # Draw order matters for resuming exactly: ln(sigma) first, then the noise (docs/method.md#training).
         rnd_normal = torch.randn([images.shape[0], 1, 1, 1], device=images.device)
-        sigma = (rnd_normal * self.P_std + self.P_mean).exp()
-        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # lambda(sigma)
+        sigma = (rnd_normal * self.P_std + self.P_mean).exp()  # EDM2 Eq. 16
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # lambda(sigma), EDM2 Eq. 15
         noise = torch.randn_like(images) * sigma
         denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
-        # (lambda / e^u) * (D - y)^2 + u, with u broadcast to every element (docs/method.md#training, #official-details).
+        # (lambda / e^u) * (D - y)^2 + u, EDM2 Eq. 21, with u broadcast to every element (docs/method.md#official-details).
         loss = (weight / logvar.exp()) * ((denoised - images) ** 2) + logvar
         return loss
 

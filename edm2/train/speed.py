@@ -3,10 +3,12 @@ runs, not what it computes (up to the order of floating-point reductions).
 
     ChannelsLast(model)          image input in channels-last memory layout (faster convolutions on CPU)
     CompiledForward(model, net)  torch.compile with MPConv's forced weight normalisation done eagerly
-    use_fused_attention(net)     the blocks' attention through scaled_dot_product_attention
     match_optimizer_implementation(optimizer, fused)   fused or foreach Adam, after loading a state
 
-`edm2 train --fast` uses all of them (the fused Adam on CUDA only).
+`edm2 train --fast` uses all of them (the fused Adam on CUDA only) and builds the network with
+fused attention (`Precond(..., fused_attention=True)`: scaled_dot_product_attention instead of
+the official pair of einsums, the same softmax(q k^T / sqrt(c)) v of EDM2 Eq. 10-11 up to float
+rounding), which its snapshots record.
 """
 
 import time
@@ -15,7 +17,6 @@ import torch
 
 from edm2.distributed import print0
 from edm2.nn.layers import MPConv, normalize
-from edm2.nn.unet import Block
 
 COMPILE_BACKEND = "inductor"  # torch.compile backend of CompiledForward (tests of the plumbing use "aot_eager")
 
@@ -69,15 +70,6 @@ class CompiledForward:
         self.compile_seconds = time.perf_counter() - start
         print0(f"Compiled the network's forward in {self.compile_seconds:.1f} s")
         return out
-
-
-def use_fused_attention(net, enabled: bool = True) -> None:
-    """Route every attention block of `net` through `torch.nn.functional.scaled_dot_product_attention`
-    (fused kernels on CUDA) instead of the official pair of einsums; the same softmax(q k^T /
-    sqrt(c)) v (EDM2 paper, arXiv 2312.02696, Fig. 21), equal up to float rounding."""
-    for module in net.modules():
-        if isinstance(module, Block):
-            module.fused_attention = bool(enabled)
 
 
 def match_optimizer_implementation(optimizer: torch.optim.Optimizer, fused: bool) -> None:

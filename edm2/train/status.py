@@ -1,5 +1,5 @@
-"""Status reporting of a training run: the status line, `stats.jsonl` and the copy of every
-rank's output in `log.txt`.
+"""Status reporting of a training run: the network summary, the status line, `stats.jsonl`, the
+opening and closing lines and the copy of every rank's output in `log.txt`.
 
 The status line and `stats.jsonl` follow the official training loop's report
 (training/training_loop.py of NVlabs/edm2): progress in kimg, wall time, seconds per tick and
@@ -17,6 +17,47 @@ import torch
 from edm2.distributed import print0
 from edm2.train.checkpoint import list_snapshots, list_training_states
 from edm2.train.stats import cpu_memory_gb, format_time, stats_json_line
+
+
+def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
+    """Run one forward with `inputs` (in the net's current mode) and print a module table: name,
+    parameters, buffers, output shape and dtype, as the official misc.print_module_summary.
+
+    In training mode this forward applies forced weight normalisation to every MPConv weight it
+    touches, exactly as the official module summary does before DDP is built (docs/method.md#training).
+    """
+    modules = {name: m for name, m in net.named_modules() if name and name.count(".") < max_nesting}
+    outputs = {}
+
+    def hook(name):
+        def fn(_module, _inputs, out):
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(out, torch.Tensor):
+                outputs.setdefault(name, (str(list(out.shape)), str(out.dtype).replace("torch.", "")))
+
+        return fn
+
+    hooks = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
+    try:
+        with torch.no_grad():
+            net(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = [("Module", "Parameters", "Buffers", "Output shape", "Datatype")]
+    for name, module in modules.items():
+        if name in outputs:
+            params = sum(p.numel() for p in module.parameters())
+            buffers = sum(b.numel() for b in module.buffers())
+            rows.append((name, str(params), str(buffers), *outputs[name]))
+    total = sum(p.numel() for p in net.parameters()), sum(b.numel() for b in net.buffers())
+    rows.append(("Total", str(total[0]), str(total[1]), "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for i, row in enumerate(rows):
+        if i in (1, len(rows) - 1):
+            print("  ".join("-" * w for w in widths))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print()
 
 
 class StatusReporter:

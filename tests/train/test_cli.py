@@ -80,12 +80,16 @@ def test_preset_fills_only_the_options_not_given(tmp_path, data):
         "1Ki",
     )
     preset = TRAINING_PRESETS["edm2-img64-xs"]
-    opts, loop = cfg["options"], cfg["training_loop"]
+    opts, loop = cfg["options"], cfg["derived"]
     assert opts["lr"] == 0.005 and opts["batch"] == 1024 and opts["duration"] == preset.duration
     assert opts["channels"] == preset.channels and opts["P_mean"] == preset.P_mean and opts["decay"] == preset.decay
     assert loop["lr_kwargs"] == {"ref_lr": 0.005, "ref_batches": preset.decay}  # rampup_Mimg stays the default 10
     assert loop["network_kwargs"] == {"model_channels": preset.channels, "dropout": preset.dropout}
-    assert loop["precision"] == "fp16" and loop["snapshot_nimg"] == 8 << 20 and loop["status_nimg"] == 128 << 10
+    assert opts["precision"] == "fp16" and loop["intervals"] == {
+        "status": 128 << 10,
+        "snapshot": 8 << 20,
+        "checkpoint": 128 << 20,
+    }
     assert loop["dataset_kwargs"]["use_labels"] is True and loop["ema_stds"] == [0.05, 0.1]
     assert not (tmp_path / "r").exists()
 
@@ -98,7 +102,7 @@ def test_demo_overrides_and_flags(tmp_path, data):
         "0.1,0.05,0.2",
         "--status",
         "0",
-    )["training_loop"]
+    )["derived"]
     assert loop["network_kwargs"] == {
         "model_channels": 8,
         "dropout": 0.0,
@@ -107,8 +111,8 @@ def test_demo_overrides_and_flags(tmp_path, data):
         "attn_resolutions": [4],
     }
     assert loop["dataset_kwargs"]["use_labels"] is False and loop["ema_stds"] == [0.05, 0.1, 0.2]
-    assert loop["slice_nimg"] == 1024 and loop["status_nimg"] is None
-    loop = dry_run(
+    assert loop["slice"] == 1024 and loop["intervals"]["status"] is None
+    cfg = dry_run(
         *cli_args(tiny_options(tmp_path / "r", data)),
         "--attn-resolutions",
         "none",
@@ -116,8 +120,8 @@ def test_demo_overrides_and_flags(tmp_path, data):
         "False",
         "--precision",
         "fp32",
-    )["training_loop"]
-    assert loop["network_kwargs"]["attn_resolutions"] == [] and loop["precision"] == "fp32"
+    )
+    assert cfg["derived"]["network_kwargs"]["attn_resolutions"] == [] and cfg["options"]["precision"] == "fp32"
 
 
 @pytest.mark.parametrize(
@@ -126,8 +130,15 @@ def test_demo_overrides_and_flags(tmp_path, data):
         (["--fp16", "False", "--precision", "bf16"], "contradicts --precision"),
         (["--cond", "True", "--uncond"], "contradict each other"),
         (["--duration", "8Xi"], "not an image count"),
-        (["--preset", "edm2-img1024-q"], "unknown training preset"),
+        (["--preset", "edm2-img1024-q"], "--preset must be one of edm2-img512-xxs"),
         (["--batch", "48"], "must be a positive multiple of --batch 48"),
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+        (["--P_std", "inf"], "--P_std must be a finite number > 0, got inf"),
+        (["--dropout", "nan"], "--dropout must be a finite number in [0, 1), got nan"),
+        (["--ls", "-inf"], "--ls must be a finite number > 0, got -inf"),
+        (["--channels", "x"], "--channels must be an integer, got 'x'"),
+        (["--ema-stds", "0.05,nan"], "nan"),
     ],
 )
 def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
@@ -137,6 +148,18 @@ def test_bad_options_give_one_line_errors(tmp_path, data, args, message):
     )
     assert result.exit_code != 0 and message in result.output, result.output
     assert signal.getsignal(signal.SIGTERM) is before  # the start-up signal handler is removed again
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "nan"), ("--lr", "inf"), ("--P_std", "inf"), ("--dropout", "nan")])
+def test_non_finite_options_are_one_line_errors_before_anything_is_written(tmp_path, data, option, value):
+    """Issue 25 item 3: these used to train to the end (or fail after training_options.json)."""
+    outdir = tmp_path / "r"
+    result = CliRunner().invoke(main, ["train", "--outdir", str(outdir), "--data", str(data), option, value])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {option} must be a finite number{' in [0, 1)' if option == '--dropout' else ' > 0'}, got {value}"
+    ]
+    assert not outdir.exists()
 
 
 @pytest.mark.slow

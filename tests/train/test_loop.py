@@ -50,7 +50,7 @@ def test_run_finishes_with_outputs_and_done_marker(run):
     ]
     assert "Status: kimg 1.0" in (run["dir"] / "log.txt").read_text()
     opts = json.loads((run["dir"] / "training_options.json").read_text())
-    assert opts["options"]["batch"] == 32 and opts["training_loop"]["lr_kwargs"] == FAST_LR
+    assert opts["options"]["batch"] == 32 and opts["derived"]["lr_kwargs"] == FAST_LR
 
 
 def test_first_step_uses_learning_rate_zero(run):

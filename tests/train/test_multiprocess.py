@@ -16,6 +16,7 @@ from edm2.nn import Precond
 from edm2.train.data import InfiniteSampler, make_batch_iterator
 from edm2.train.loop import accumulate_gradients, set_random_seed, training_loop
 from edm2.train.loss import EDM2Loss
+from edm2.train.options import TrainOptions
 
 WORLD = 2
 NET = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.1)
@@ -55,25 +56,30 @@ def check_training_keeps_ranks_identical(rank, data, outdir, fast=False):
             assert torch.equal(copies[0], copies[1]), f"step {len(steps)}: {name} differs between ranks"
         steps.append(cur_nimg)
 
-    result = training_loop(
-        run_dir=outdir,
-        dataset_kwargs=dict(path=str(data), use_labels=True),
-        network_kwargs=NET,
-        loss_kwargs=dict(P_mean=-0.8, P_std=1.6),
-        lr_kwargs=dict(ref_lr=0.02, ref_batches=35000, rampup_Mimg=0.0001),
-        batch_size=32,
+    opts = TrainOptions(
+        outdir=str(outdir),
+        data=str(data),
+        batch=32,
         batch_gpu=8,  # 2 ranks x 2 accumulation rounds x 8
-        total_nimg=256,
-        status_nimg=64,
-        snapshot_nimg=None,
-        checkpoint_nimg=None,
+        duration=256,
+        channels=NET["model_channels"],
+        channel_mult=NET["channel_mult"],
+        num_blocks=NET["num_blocks"],
+        attn_resolutions=NET["attn_resolutions"],
+        dropout=NET["dropout"],
+        P_mean=-0.8,
+        P_std=1.6,
+        lr=0.02,
+        decay=35000,
+        status=64,
+        snapshot=0,
+        checkpoint=0,
         precision="fp32",
-        num_workers=0,
-        device="cpu",
-        step_hook=hook,
-        progress=False,
+        workers=0,
         fast=fast,
     )
+    lr_kwargs = dict(ref_lr=0.02, ref_batches=35000, rampup_Mimg=0.0001)
+    result = training_loop(opts, device="cpu", step_hook=hook, progress=False, lr_kwargs=lr_kwargs)
     assert result.finished and steps == list(range(32, 257, 32))
 
 

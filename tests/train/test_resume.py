@@ -145,16 +145,16 @@ def test_sigterm_during_start_up_stops_before_the_first_step_with_75(reference, 
     """`edm2 train` catches the signal from its first line on (here: while the dataset is opened)."""
     from click.testing import CliRunner
 
-    import edm2.train.loop as loop_module
+    import edm2.train.plan as plan_module
     from edm2.cli import main
 
-    real_open = loop_module.open_dataset
+    real_open = plan_module.open_dataset
 
     def open_and_get_signalled(kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real_open(kwargs)
 
-    monkeypatch.setattr(loop_module, "open_dataset", open_and_get_signalled)
+    monkeypatch.setattr(plan_module, "open_dataset", open_and_get_signalled)
     previous = signal.getsignal(signal.SIGTERM)
     args = ["train", *cli_args(tiny_options(tmp_path / "run", reference["data"], duration=1024))]
     result = CliRunner().invoke(main, args)
@@ -163,7 +163,7 @@ def test_sigterm_during_start_up_stops_before_the_first_step_with_75(reference, 
     assert not list_training_states(tmp_path / "run")
     assert "object at 0x" not in (tmp_path / "run" / "training_options.json").read_text()  # comparable across runs
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is removed again
-    monkeypatch.setattr(loop_module, "open_dataset", real_open)
+    monkeypatch.setattr(plan_module, "open_dataset", real_open)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert_same_state(reference["dir"] / "training-state-0000001.pt", tmp_path / "run" / "training-state-0000001.pt")

@@ -37,8 +37,45 @@ def assert_nothing_trained(outdir):
     ],
 )
 def test_inconsistent_sizes_are_refused(tmp_path, data, overrides, match):
-    refuse(tiny_options(tmp_path / "run", data, **overrides), ConfigError, match)
+    with pytest.raises(ConfigError, match=match):
+        run_training(tiny_options(tmp_path / "run", data, **overrides))
     assert_nothing_trained(tmp_path / "run")
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("lr", NAN, "--lr must be a finite number > 0, got nan"),
+        ("lr", INF, "--lr must be a finite number > 0, got inf"),
+        ("lr", 0.0, "--lr must be > 0, got 0.0"),
+        ("P_std", INF, "--P_std must be a finite number > 0, got inf"),
+        ("P_std", 0.0, "--P_std must be > 0"),
+        ("P_mean", -INF, "--P_mean must be a finite number, got -inf"),
+        ("dropout", NAN, "--dropout must be a finite number in [0, 1), got nan"),
+        ("dropout", 1.0, "--dropout must be in [0, 1), got 1.0"),
+        ("decay", -1.0, "--decay must be >= 0"),
+        ("loss_scaling", INF, "--ls must be a finite number > 0, got inf"),
+        ("loss_scaling", 0.0, "--ls must be > 0"),
+        ("channels", 0, "--channels must be >= 1, got 0"),
+        ("batch_gpu", -8, "--batch-gpu must be >= 0"),
+        ("seed", -1, "--seed must be >= 0"),
+        ("channel_mult", [], "--channel-mult needs at least 1 item"),
+        ("attn_resolutions", [0], "--attn-resolutions must be >= 1"),
+        ("ema_stds", [0.05, NAN], "--ema-stds must hold finite numbers"),
+        ("ema_stds", [0.3], "--ema-stds must be in (0, 0.289)"),
+        ("cond", "yes", "--cond must be True or False"),
+    ],
+)
+def test_non_finite_and_out_of_range_options_are_refused_naming_the_option(tmp_path, data, option, value, message):
+    """The table's bounds (edm2.train.options) hold for every option, NaN and infinities included,
+    when the options are made: before anything is read or written."""
+    with pytest.raises(ConfigError) as excinfo:
+        run_training(tiny_options(tmp_path / "run", data, **{option: value}))
+    assert message in str(excinfo.value) and "\n" not in str(excinfo.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_dataset_with_wrong_channel_count_is_refused(tmp_path):

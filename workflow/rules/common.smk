@@ -4,9 +4,10 @@
 # Everything here is plain Python evaluated when the DAG is built. It must stay cheap (the paper
 # configs dry-run in seconds) and may not import torch: the Snakemake process may run in an
 # environment without it, and without the edm2 package installed. The few parsers shared with
-# the commands (image counts, EMA std lists, file names, preset durations, sampler defaults) come from the
-# repository's own torch-free modules (edm2.utils, edm2.naming, edm2.presets, edm2.sample.options:
-# standard library only), imported from the checkout this Snakefile belongs to.
+# the commands (image counts, EMA std lists, file names, preset durations, sampler defaults, the
+# table of training options) come from the repository's own torch-free modules (edm2.utils,
+# edm2.naming, edm2.presets, edm2.sample.options, edm2.train.options: standard library only),
+# imported from the checkout this Snakefile belongs to.
 
 import hashlib
 import json
@@ -30,6 +31,9 @@ from edm2.errors import ConfigError
 from edm2.naming import PHEMA_PREFIX, snapshot_name, std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
+from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
+from edm2.train.options import command_line as train_command_line
+from edm2.train.options import parse_options as parse_train_options
 from edm2.utils import parse_nimg as _parse_nimg
 from edm2.utils import parse_std_list
 
@@ -55,38 +59,21 @@ if config["score"]["steps"] is None:  # the sampler's own default, from one plac
 
 RESULTS = config["results"].rstrip("/")
 
-# Defaults of the training options (None: the option is not passed, so `edm2 train` uses its
-# preset or its own default). A model entry overrides any of them.
-TRAIN_DEFAULTS = {
-    "preset": None,
-    "cond": True,
-    "duration": None,
-    "batch": None,
-    "batch_gpu": None,
-    "channels": None,
-    "channel_mult": None,
-    "num_blocks": None,
-    "attn_resolutions": None,
-    "dropout": None,
-    "lr": None,
-    "decay": None,
-    "P_mean": None,
-    "P_std": None,
-    "precision": None,
-    "status": None,
-    "snapshot": "8Mi",
-    "checkpoint": "128Mi",
-    "slice": None,
-    "seed": None,
-    "workers": None,
+# The training options of a model are those of `edm2 train`, from its table
+# (edm2.train.options): a key left unset (None) is not passed, so `edm2 train` uses its preset
+# or its own default, which the workflow resolves the same way. The workflow adds only what is
+# its own: how a run is launched (nodes, GPUs, processes, launcher), its retries and extra
+# arguments. A model entry overrides any of them.
+TRAIN_OPTIONS = [name for name, field in TRAIN_FIELDS.items() if field.workflow]
+WORKFLOW_TRAIN_DEFAULTS = {
     "nodes": 1,
     "gpus_per_node": 0,
     "procs_per_node": None,
     "launch": "torchrun",
     "retries": 0,
-    "fast": False,
     "extra_args": "",
 }
+TRAIN_DEFAULTS = {**{name: None for name in TRAIN_OPTIONS}, **WORKFLOW_TRAIN_DEFAULTS}
 
 
 def _nimg_text(nimg):
@@ -94,10 +81,8 @@ def _nimg_text(nimg):
     return f"{nimg >> 20}Mi" if nimg % (1 << 20) == 0 else str(nimg)
 
 
-# Training duration and batch of each preset (edm2.presets), so that a model may leave them to
-# its preset and the workflow still knows the final snapshot's kimg.
+# Training duration of each preset (edm2.presets), for released-raw runs named after a preset.
 PRESET_DURATION = {name: _nimg_text(p.duration) for name, p in TRAINING_PRESETS.items()}
-PRESET_BATCH = {name: p.batch for name, p in TRAINING_PRESETS.items()}
 
 
 def parse_nimg(value, where="an image count"):
@@ -134,23 +119,25 @@ def _model_settings(entry):
     name = entry["name"]
     settings.setdefault("label", name)
     settings.setdefault("score", True)
-    preset = settings["preset"]
-    duration = settings["duration"] or PRESET_DURATION.get(preset)
-    if duration is None:
-        raise WorkflowError(f"models[{name}]: set `duration` (or a `preset`, whose duration is then used)")
-    settings["duration_nimg"] = parse_nimg(duration, f"models[{name}].duration")
-    batch = settings["batch"] or PRESET_BATCH.get(preset, 2048)
-    snapshot = parse_nimg(settings["snapshot"], f"models[{name}].snapshot")
-    nimg = settings["duration_nimg"]
-    if snapshot <= 0 or snapshot % 1024 or snapshot % batch:
+    given = {k: settings[k] for k in TRAIN_OPTIONS if settings[k] is not None}
+    try:  # the options as `edm2 train` reads and checks them (NaN, infinities, bounds)
+        opts = parse_train_options(given, outdir="-", data="-").resolved()
+    except ConfigError as e:
+        raise WorkflowError(f"models[{name}]: {e}") from None
+    settings["given"] = given  # what the command line passes
+    settings["resolved"] = opts  # what the run computes with (preset and defaults filled in)
+    nimg, snapshot = opts.duration, opts.snapshot
+    if snapshot <= 0 or snapshot % 1024 or snapshot % opts.batch:
         raise WorkflowError(
-            f"models[{name}]: snapshot={settings['snapshot']} must be a positive multiple of 1024 and of batch={batch}"
+            f"models[{name}]: snapshot={format_nimg(snapshot)} must be a positive multiple of 1024 "
+            f"and of batch={opts.batch}"
         )
     if nimg % snapshot:
         raise WorkflowError(
-            f"models[{name}]: duration={duration} is not a multiple of snapshot={settings['snapshot']}; "
+            f"models[{name}]: duration={format_nimg(nimg)} is not a multiple of snapshot={format_nimg(snapshot)}; "
             "post-hoc EMA needs a snapshot at the end of training, so make the duration a multiple of it"
         )
+    settings["duration_nimg"] = nimg
     settings["kimg"] = nimg // 1000
     if settings["procs_per_node"] is None:
         settings["procs_per_node"] = max(settings["gpus_per_node"], 1)
@@ -378,42 +365,11 @@ def ref_input():
 
 
 def _train_cli(run):
-    """`edm2 train` options of a run (everything but --outdir)."""
+    """`edm2 train` options of a run (everything but --outdir): the options the configuration
+    gives, in the command's own spelling (edm2.train.options.command_line), then extra_args."""
     m = MODELS[run]
-    args = [f"--data {shlex.quote(training_data())}"]
-    if m["preset"]:
-        args.append(f"--preset {m['preset']}")
-    args.append(f"--cond {m['cond']}")
-    args.append(f"--duration {m['duration'] or PRESET_DURATION[m['preset']]}")
-    for key, flag in [
-        ("batch", "--batch"),
-        ("batch_gpu", "--batch-gpu"),
-        ("channels", "--channels"),
-        ("dropout", "--dropout"),
-        ("lr", "--lr"),
-        ("decay", "--decay"),
-        ("P_mean", "--P_mean"),
-        ("P_std", "--P_std"),
-        ("precision", "--precision"),
-        ("status", "--status"),
-        ("snapshot", "--snapshot"),
-        ("checkpoint", "--checkpoint"),
-        ("seed", "--seed"),
-        ("workers", "--workers"),
-        ("slice", "--slice"),
-    ]:
-        if m[key] is not None:
-            args.append(f"{flag} {m[key]}")
-    for key, flag in [("channel_mult", "--channel-mult"), ("attn_resolutions", "--attn-resolutions")]:
-        if m[key] is not None:
-            args.append(f"{flag} {','.join(str(v) for v in m[key]) or 'none'}")
-    if m["num_blocks"] is not None:
-        args.append(f"--num-blocks {m['num_blocks']}")
-    if m["fast"]:
-        args.append("--fast")
-    if m["extra_args"]:
-        args.append(m["extra_args"])
-    return " ".join(args)
+    args = ["--data", training_data(), *train_command_line(m["given"])]
+    return " ".join([shlex.join(args), m["extra_args"]]).strip()
 
 
 def sampling_mode_arg():
@@ -422,26 +378,16 @@ def sampling_mode_arg():
     return "--eager" if config["score"]["eager"] else ""
 
 
-# Options that only decide how a run is launched (or, fast, how fast its steps run: equal up to
-# float rounding); changing them resumes the same run.
-_LAUNCH_KEYS = {
-    "batch_gpu",
-    "workers",
-    "slice",
-    "nodes",
-    "gpus_per_node",
-    "procs_per_node",
-    "launch",
-    "retries",
-    "fast",
-}
-
-
 def train_opts_hash(run):
-    """Short hash of everything that defines a run's result (training options and data), so a
-    changed option trains a fresh run in a new folder instead of resuming an incompatible one."""
+    """Short hash of everything that defines a run's result, so that a changed option trains a
+    fresh run in a new folder instead of resuming an incompatible one: the options of `edm2
+    train` that are not operational (edm2.train.options.OPERATIONAL), as the run resolves them
+    (preset and defaults filled in), the extra arguments and the data. The operational ones
+    (duration, status/snapshot/checkpoint intervals, preset, slice, speed options) and the
+    workflow's own launch settings resume the same folder, as `edm2 train` itself does."""
     m = MODELS[run]
-    key = {k: m[k] for k in TRAIN_DEFAULTS if k not in _LAUNCH_KEYS}
+    key = {k: v for k, v in canonical_options(m["resolved"].identity()).items() if k in TRAIN_OPTIONS}
+    key["extra_args"] = m["extra_args"]
     key["data"] = {
         k: config["data"][k]
         for k in ("source", "digits_resolution", "resolution", "transform", "max_images", "latents", "vae")
@@ -449,7 +395,9 @@ def train_opts_hash(run):
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
 
 
-RUN_DIRS = {run: f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}" for run in MODELS}
+RUN_DIRS = {
+    run: f"{RESULTS}/runs/{run}/train-{train_opts_hash(run)}" for run in MODELS if MODELS[run]["source"] == "train"
+}
 
 
 def run_dir(run):
