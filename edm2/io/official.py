@@ -363,7 +363,7 @@ def _allowed_globals():
 # The released pickles stay far inside these: about 40 levels and a few hundred thousand objects.
 
 MAX_PICKLE_NESTING = 200  # containers within containers
-MAX_PICKLE_OBJECTS = 1 << 22  # objects of the structure with every shared reference expanded
+MAX_PICKLE_OBJECTS = 1 << 20  # objects of the structure with every shared reference expanded
 _MAX_LINE = 1 << 16  # text arguments (GLOBAL names, decimal numbers) of the old protocols
 
 _OPCODES = {op.code.encode("latin1")[0]: op for op in pickletools.opcodes}
@@ -375,6 +375,37 @@ _LENGTH_BYTES = {
     pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
 }
 _MARK = -1
+# What the walk does with each opcode: (kind, items popped below any mark, whether a slice down
+# to a mark is popped first, whether a new object is pushed).
+_SKIP, _MARKOP, _PUT, _GET, _DUP, _STOP, _OTHER = range(7)
+
+
+def _op_table():
+    table = {}
+    for code, op in _OPCODES.items():
+        before = [x.name for x in op.stack_before]
+        takes_slice = "stackslice" in before
+        if takes_slice:
+            before = before[: before.index("mark")]
+        kind = {
+            "PROTO": _SKIP,
+            "FRAME": _SKIP,
+            "MARK": _MARKOP,
+            "PUT": _PUT,
+            "BINPUT": _PUT,
+            "LONG_BINPUT": _PUT,
+            "MEMOIZE": _PUT,
+            "GET": _GET,
+            "BINGET": _GET,
+            "LONG_BINGET": _GET,
+            "DUP": _DUP,
+            "STOP": _STOP,
+        }.get(op.name, _OTHER)
+        table[code] = (kind, op, len(before), takes_slice, bool(op.stack_after), op.name in _IN_PLACE)
+    return table
+
+
+_OP_TABLE = _op_table()
 
 
 def check_pickle_structure(f, size: int) -> None:
@@ -392,62 +423,65 @@ def check_pickle_structure(f, size: int) -> None:
             code = f.read(1)
             if not code:
                 raise FormatError("the pickle ends before its STOP opcode (truncated?)")
-            op = _OPCODES.get(code[0])
-            if op is None:
+            entry = _OP_TABLE.get(code[0])
+            if entry is None:
                 raise FormatError(f"unknown pickle opcode {code!r} at byte {f.tell() - 1}")
-            arg = _read_pickle_arg(f, op, size)
-            name = op.name
-            if name == "STOP":
+            kind, op, num_before, takes_slice, pushes, in_place = entry
+            arg = _read_pickle_arg(f, op, size) if op.arg is not None else None
+            if kind == _SKIP:
+                continue
+            if kind == _STOP:
                 return
-            if name in ("PROTO", "FRAME"):
-                continue
-            if name in ("NEXT_BUFFER", "READONLY_BUFFER"):
-                raise FormatError("the pickle uses out-of-band buffers; official EDM2 pickles do not")
-            if name == "MARK":
+            if kind == _MARKOP:
                 stack.append(_MARK)
-                continue
-            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                index = len(memo) if name == "MEMOIZE" else int(arg)
+            elif kind == _PUT:
+                index = len(memo) if arg is None else int(arg)
                 if not 0 <= index <= len(weight) or not stack or stack[-1] == _MARK:
                     raise FormatError(f"memo index {index} at byte {f.tell()} is out of range (a memory bomb?)")
                 memo[index] = stack[-1]
-                continue
-            if name in ("GET", "BINGET", "LONG_BINGET"):
+            elif kind == _GET:
                 if int(arg) not in memo:
                     raise FormatError(f"memo index {arg} at byte {f.tell()} was never stored")
                 stack.append(memo[int(arg)])
-                continue
-            if name == "DUP":
+            elif kind == _DUP:
                 stack.append(_top(stack))
-                continue
-            before = [x.name for x in op.stack_before]
-            popped = []
-            if "stackslice" in before:
-                while True:
-                    if not stack:
-                        raise FormatError(f"{name} without a MARK at byte {f.tell()}")
-                    item = stack.pop()
-                    if item == _MARK:
-                        break
-                    popped.append(item)
-                before = before[: before.index("mark")]
-            if name == "POP" and stack and stack[-1] == _MARK:
-                stack.pop()
-                continue
-            for _ in before:
-                popped.append(_top(stack))
-                stack.pop()
-            if name in _IN_PLACE:
-                container = popped.pop()  # the deepest one popped
-                weight[container] += sum(weight[i] for i in popped)
-                depth[container] = max([depth[container]] + [depth[i] + 1 for i in popped])
-                _check_bounds(weight[container], depth[container])
-                stack.append(container)
-            elif op.stack_after:
-                weight.append(1 + sum(weight[i] for i in popped))
-                depth.append(1 + max((depth[i] for i in popped), default=0))
-                _check_bounds(weight[-1], depth[-1])
-                stack.append(len(weight) - 1)
+            else:
+                if op.name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                    raise FormatError("the pickle uses out-of-band buffers; official EDM2 pickles do not")
+                popped = []
+                if takes_slice:
+                    while True:
+                        if not stack:
+                            raise FormatError(f"{op.name} without a MARK at byte {f.tell()}")
+                        item = stack.pop()
+                        if item == _MARK:
+                            break
+                        popped.append(item)
+                elif op.name == "POP" and stack and stack[-1] == _MARK:
+                    stack.pop()
+                    continue
+                for _ in range(num_before):
+                    popped.append(_top(stack))
+                    stack.pop()
+                if in_place:
+                    container = popped.pop()  # the deepest one popped
+                    for i in popped:
+                        weight[container] += weight[i]
+                        if depth[i] >= depth[container]:
+                            depth[container] = depth[i] + 1
+                    _check_bounds(weight[container], depth[container])
+                    stack.append(container)
+                elif pushes:
+                    w, d = 1, 1
+                    for i in popped:
+                        w += weight[i]
+                        if depth[i] >= d:
+                            d = depth[i] + 1
+                    if w > MAX_PICKLE_OBJECTS or d > MAX_PICKLE_NESTING:
+                        _check_bounds(w, d)
+                    weight.append(w)
+                    depth.append(d)
+                    stack.append(len(weight) - 1)
     finally:
         f.seek(start)
 

@@ -143,8 +143,8 @@ def _check_header_digest(path, entries: dict, metadata: dict) -> None:
     actual = header_sha256(entries, metadata)
     if actual != expected:
         raise FormatError(
-            f"{path}: header edited or damaged (SHA-256 of the metadata and tensor layout {actual}, written with "
-            f"{expected}); restore or recreate the file"
+            f"{path}: metadata or tensor layout edited or damaged (their SHA-256 is {actual[:16]}..., written with "
+            f"{expected[:16]}...); restore or recreate the file"
         )
 
 
@@ -313,7 +313,12 @@ def check_shapes(found: dict, expected: dict, where: str) -> None:
         return
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
-        first = f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})"
+        parts = [
+            f"{len(names)} {label}, e.g. {names[0]}"
+            for label, names in (("missing", missing), ("unexpected", unexpected))
+            if names
+        ]
+        first = "; ".join(parts)
     else:
         name = next(k for k in expected if found[k] != expected[k])
         first = f"{name} is {found[name]} in the file, {expected[name]} by network_kwargs"
