@@ -561,7 +561,7 @@ class SafeUnpickler(pickle.Unpickler):
 
 def safe_load(path_or_file):
     """Unpickle a file with `SafeUnpickler` and return the raw object tree (stand-ins included)."""
-    name = getattr(path_or_file, "name", path_or_file)
+    name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "the pickle")
     if isinstance(path_or_file, (str, Path)):
         try:
             f = open(path_or_file, "rb")
@@ -768,7 +768,7 @@ def load_official_pickle(path_or_file, dtype: torch.dtype | None = torch.float32
     encoder config dict, or None when the pickle has none), 'dataset_kwargs' (dict or None)
     and 'loss_fn' (EDM2Loss kwargs or None). Nothing stored in the file is executed.
     """
-    name = getattr(path_or_file, "name", path_or_file)
+    name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "the pickle")
     data = safe_load(path_or_file)
     if not isinstance(data, dict) or "ema" not in data:
         raise FormatError(f"{name}: not an EDM2 network pickle (expected a dict with key 'ema')")
