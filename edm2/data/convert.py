@@ -152,7 +152,7 @@ def open_rgb(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = open_image(data, name, max_pixels)
+            img = open_image(data, name, max_pixels, hint=" (raise it with --max-pixels)")
             if img.mode.startswith("I;16") or (img.mode == "I" and np.asarray(img).max(initial=0) > 255):
                 gray = (np.asarray(img).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
                 return PIL.Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
