@@ -141,3 +141,22 @@ def load_npy(data: bytes, name: str) -> np.ndarray:
         return np.load(f, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(f"{name}: not a readable .npy file ({e})") from None
+
+
+def load_npz(path, name: str | None = None) -> dict:
+    """`{key: array}` of an `.npz` file (no pickles), every member bounded like a ZIP member of a
+    dataset (`read_zip_member`) and every `.npy` header like `load_npy`, before anything is
+    inflated or allocated. Raises `DataError` naming the file (and the member)."""
+    name = str(path) if name is None else name
+    check_regular(path, name)
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                data = read_zip_member(zf, member, f"{name}:{member}")
+                arrays[member[: -len(".npy")]] = load_npy(data, f"{name}:{member}")
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, KeyError) as e:
+        raise DataError(f"{name}: not a readable .npz file ({e})") from None
+    return arrays

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from edm2.data.encoders import check_encoder_config
-from edm2.errors import FormatError, one_line
+from edm2.data.limits import load_npz
+from edm2.errors import DataError, FormatError, one_line
 from edm2.io.safetensors_stream import TensorLocation
 from edm2.io.snapshot import build_network, check_network_kwargs, check_shapes, network_shapes, save_snapshot
 from edm2.naming import parse_snapshot_name
@@ -795,13 +796,12 @@ def load_official_stats(path) -> dict:
     and `sigma` (returned as `{'fid': {'mu', 'sigma'}}`). Arrays come back as NumPy arrays."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
+        if not path.exists():
+            raise FormatError(f"{path}: no such file")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                stats = {"fid": {k: f[k] for k in f.files}}
-        except FileNotFoundError:
-            raise FormatError(f"{path}: no such file") from None
-        except Exception as e:
-            raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
+            stats = {"fid": load_npz(path)}  # bounded: members, their declared sizes and .npy headers
+        except DataError as e:
+            raise FormatError(f"not a readable .npz statistics file: {e}") from None
         if not {"mu", "sigma"} <= set(stats["fid"]):
             raise FormatError(f"{path}: an .npz statistics file needs arrays 'mu' and 'sigma'")
         return stats
