@@ -102,7 +102,9 @@ def parse_safetensors_header(f, path, size: int) -> tuple[int, dict, dict]:
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)) or not (
             0 <= offsets[0] <= offsets[1] <= data_size
         ):
-            raise FormatError(f"{path}: tensor {name} has data offsets {offsets!r} outside the file (truncated?)")
+            raise FormatError(
+                f"{path}: tensor {name} has data offsets {offsets!r} outside the file; the file is truncated or corrupt"
+            )
         if math.prod(shape) * ITEMSIZES[dtype] != offsets[1] - offsets[0]:
             raise FormatError(f"{path}: tensor {name} has data offsets that disagree with its shape {shape}")
     return n, header, metadata
