@@ -171,7 +171,8 @@ def load_vae(vae_name: str, device="cpu"):
     return vae.to(device)
 
 
-# Channels of the latents each encoder gives the network (docs/method.md#encoders).
+# Channels of the latents each encoder gives the network (docs/method.md#encoders). The pixel
+# encoder maps each channel on its own, so it also serves grayscale (1-channel) datasets.
 ENCODER_CHANNELS = {"StandardRGBEncoder": 3, "StabilityVAEEncoder": 4}
 
 
@@ -179,7 +180,7 @@ def check_encoder_config(config, where: str, img_channels: int | None = None) ->
     """Check an encoder config read from a file (`where` names the file and the field): a known
     class with only its own options, of the right types (vae_name a string, raw_mean/raw_std 4
     finite numbers each, raw_std and final_std positive, batch_size an integer in [1, 4096]),
-    and, given the network's `img_channels`, the channel count the encoder gives it. Returns
+    and, given the network's `img_channels`, the 4 latent channels of the VAE encoder. Returns
     `config`; raises `FormatError`."""
     if not isinstance(config, dict):
         raise FormatError(f"{where} is a {type(config).__name__}, expected an object with a 'class'")
@@ -213,7 +214,7 @@ def check_encoder_config(config, where: str, img_channels: int | None = None) ->
         raise FormatError(f"{where}: batch_size is {str(batch)[:40]}, expected an integer in [1, 4096]")
     if not isinstance(options.get("vae_name", ""), str) or len(options.get("vae_name", "")) > 4096:
         raise FormatError(f"{where}: vae_name is not a string (a hub id or a folder)")
-    if img_channels is not None and img_channels != ENCODER_CHANNELS[cls]:
+    if img_channels is not None and cls == "StabilityVAEEncoder" and img_channels != ENCODER_CHANNELS[cls]:
         raise FormatError(
             f"{where}: {cls} gives {ENCODER_CHANNELS[cls]} channels but the network has img_channels={img_channels}"
         )

@@ -122,8 +122,9 @@ def test_a_vae_encoder_with_the_wrong_channel_count_is_refused(snapshot, tmp_pat
     bad = rewrite(path, tmp_path / "bad.safetensors", setter("encoder", json.dumps(vae)))
     with pytest.raises(FormatError, match="raw_mean .* expected 4 finite numbers"):
         read_snapshot_info(bad)
-    bad = rewrite(path, tmp_path / "bad2.safetensors", setter("encoder", json.dumps(RGB)))
-    with pytest.raises(FormatError, match="StandardRGBEncoder gives 3 channels but the network has img_channels=4"):
+    vae = {"class": "StabilityVAEEncoder", "raw_mean": [1.0] * 4, "raw_std": [1.0, 1.0, 0.0, 1.0]}
+    bad = rewrite(path, tmp_path / "bad2.safetensors", setter("encoder", json.dumps(vae)))
+    with pytest.raises(FormatError, match="raw_std .* not positive"):
         read_snapshot_info(bad)
 
 
