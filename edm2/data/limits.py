@@ -80,7 +80,13 @@ def read_zip_member(zf: zipfile.ZipFile, member: str, name: str) -> bytes:
     """The bytes of ZIP member `member`, refused before inflating when its declared size exceeds
     `MAX_FILE_BYTES` or its compression ratio exceeds `MAX_ZIP_RATIO` (a ZIP bomb). The declared
     size is also what the reader stops at, so a member cannot inflate past it."""
-    info = zf.getinfo(member)
+    check_zip_member(zf.getinfo(member), name)
+    return zf.read(member)
+
+
+def check_zip_member(info: zipfile.ZipInfo, name: str) -> None:
+    """Raise `DataError` naming `name` when a ZIP member declares more than `MAX_FILE_BYTES`
+    uncompressed or a compression ratio over `MAX_ZIP_RATIO` (see `read_zip_member`)."""
     if info.file_size > MAX_FILE_BYTES:
         raise DataError(f"{name}: inflates to {info.file_size} bytes, more than the limit of {MAX_FILE_BYTES} bytes")
     if info.file_size > RATIO_FLOOR and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
@@ -88,7 +94,6 @@ def read_zip_member(zf: zipfile.ZipFile, member: str, name: str) -> bytes:
             f"{name}: inflates {info.compress_size} bytes to {info.file_size} (ratio over the limit of "
             f"{MAX_ZIP_RATIO}: a ZIP bomb?)"
         )
-    return zf.read(member)
 
 
 @contextlib.contextmanager

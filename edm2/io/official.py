@@ -38,6 +38,7 @@ import torch
 from edm2.data.encoders import check_encoder_config
 from edm2.data.limits import load_npz
 from edm2.errors import DataError, FormatError, one_line
+from edm2.io.files import open_regular
 from edm2.io.safetensors_stream import TensorLocation
 from edm2.io.snapshot import build_network, check_network_kwargs, check_shapes, network_shapes, save_snapshot
 from edm2.naming import parse_snapshot_name
@@ -564,11 +565,7 @@ def safe_load(path_or_file):
     """Unpickle a file with `SafeUnpickler` and return the raw object tree (stand-ins included)."""
     name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "the pickle")
     if isinstance(path_or_file, (str, Path)):
-        try:
-            f = open(path_or_file, "rb")
-        except FileNotFoundError:
-            raise FormatError(f"{path_or_file}: no such file") from None
-        with f:
+        with open_regular(path_or_file) as f:
             return _safe_load_file(f, name)
     return _safe_load_file(path_or_file, name)
 
@@ -1113,11 +1110,7 @@ def official_pickle_layout(path, check: bool = True):
 def _parse_layout(path: Path, check: bool):
     """`official_pickle_layout`, plus the reader that located the storages (None, None, None when
     the file cannot be read in place)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    with f:
+    with open_regular(path) as f:
         if f.read(2) == b"PK":
             raise FormatError(f"{path}: a ZIP archive (torch.save?), not an official EDM2 pickle")
         f.seek(0)
@@ -1177,11 +1170,7 @@ class OfficialLayouts:
 
     def __call__(self, path):
         path = Path(path)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise FormatError(f"{path}: no such file") from None
-        with f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             for k, (t_size, gaps, tensors, info) in enumerate(self.templates):
                 if t_size == size and all(_masked_read(f.fileno(), at, len(b), keys) == b for at, b, keys in gaps):

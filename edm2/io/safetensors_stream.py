@@ -21,6 +21,7 @@ import torch
 
 from edm2.errors import FormatError
 from edm2.io.atomic import remove_stale_temporaries, temporary_prefix
+from edm2.io.files import open_regular
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -117,11 +118,8 @@ def read_safetensors_header(path) -> tuple[dict, dict]:
     F16/BF16/F32/F64, or offsets that do not fit the file (truncated or corrupt).
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            n, header, metadata = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
+    with open_regular(path) as f:
+        n, header, metadata = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
     tensors = {}
     for name, entry in header.items():
         dtype = DTYPES.get(entry["dtype"])

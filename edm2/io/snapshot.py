@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import stat
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from edm2.errors import FormatError, OutputError, one_line
 from edm2.io.atomic import atomic_path
+from edm2.io.files import open_regular
 from edm2.io.safetensors_stream import parse_safetensors_header
 from edm2.nn import Precond
 
@@ -153,11 +153,7 @@ def verify_safetensors(path) -> None:
     safetensors file no longer match the SHA-256s recorded when it was written (a file damaged
     on disk or in transfer, or edited). Files without a recorded digest (older ones, the post-hoc
     EMA's streaming writer) are not checked; older ones have only the data digest."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    with f:
+    with open_regular(path) as f:
         length, entries, meta = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
         _check_header_digest(path, entries, meta)
         expected = meta.get("sha256")
@@ -190,17 +186,8 @@ def read_header(path, expected_format: str, what: str, missing: str) -> tuple[di
     recorded header digest, if any, verified. `what` names the kind of file in errors ("edm2
     snapshot"); `missing` is the whole message for a file that does not exist. No tensor data
     is read. Raises `FormatError`."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FormatError(missing) from None
-    except OSError as e:
-        raise FormatError(f"{path}: cannot be read ({e.strerror or e})") from None
-    with f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{path}: not a regular file; expected a safetensors file")
-        _, entries, meta = parse_safetensors_header(f, path, st.st_size)
+    with open_regular(path, missing) as f:
+        _, entries, meta = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
     if meta.get("format") != expected_format:
         raise FormatError(
             f"{path}: not an {what} (metadata format={meta.get('format')!r}, expected {expected_format!r})"

@@ -8,6 +8,7 @@ line and writes nothing."""
 import importlib.util
 import io
 import json
+import os
 import pickle
 import time
 from pathlib import Path
@@ -176,3 +177,15 @@ def test_commands_on_hostile_pickles_fail_in_one_line_and_write_nothing(hostile_
     [error] = [line for line in r.output.splitlines() if line.startswith("Error: ")]
     assert str(pkl) in error and "Traceback" not in r.output
     assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_device_named_like_a_pickle_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "network-snapshot-0000001-0.100.pkl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    for reader in (safe_load, load_official_pickle, official_pickle_layout, load_official_stats):
+        with pytest.raises(FormatError, match="not a regular file"):
+            reader(path)

@@ -4,6 +4,7 @@ detected; older snapshots without that digest stay readable; the write stays byt
 
 import hashlib
 import json
+import os
 import struct
 
 import pytest
@@ -228,3 +229,15 @@ def test_commands_report_bad_metadata_in_one_line(snapshot, tmp_path, command):
     assert str(path) in error and "do not match the network" in error
     assert "Traceback" not in r.output and "Gflops" not in r.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_device_named_like_a_snapshot_is_refused_without_blocking(tmp_path, kind):
+    path = tmp_path / "net.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would wait forever for a writer
+    else:
+        os.symlink("/dev/zero", path)
+    for reader in (read_snapshot_info, verify_safetensors, load_snapshot):
+        with pytest.raises(FormatError, match="not a regular file"):
+            reader(path)
