@@ -189,3 +189,24 @@ def test_a_fifo_or_device_named_like_a_pickle_is_refused_without_blocking(tmp_pa
     for reader in (safe_load, load_official_pickle, official_pickle_layout, load_official_stats):
         with pytest.raises(FormatError, match="not a regular file"):
             reader(path)
+
+
+def test_a_tensor_storage_claiming_more_elements_than_its_bytes_is_refused():
+    import warnings
+
+    import torch
+
+    from edm2.io.official import _load_from_bytes
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.save(torch.FloatStorage(4), buf, _use_new_zipfile_serialization=False)
+    payload = buf.getvalue()
+    assert _load_from_bytes(payload).value.size() == 4  # the real one loads
+    count = b"X\x03\x00\x00\x00cpuq\x03K\x04N"  # the persistent id's location 'cpu' and element count 4
+    at = payload.index(count)
+    huge = payload[:at] + count.replace(b"K\x04", b"J\x00\x00\x00\x40") + payload[at + len(count) :]  # 2**30
+    assert len(huge) < 1000
+    with pytest.raises(FormatError, match="claims 1073741824 elements"):
+        _load_from_bytes(huge)
