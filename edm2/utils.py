@@ -197,6 +197,8 @@ def parse_std_list(text) -> list[float]:
                         f"{text!r}: {last} is not reachable from {prev} in whole steps of {step:g}; "
                         "fix the end value or the step"
                     )
+                if len(values) + k > MAX_LIST:
+                    raise ConfigError(f"{text!r}: '...' expands to more than {MAX_LIST} values, the limit")
                 for m in range(1, int(round(k)) + 1):
                     values.append(prev + step * m)
             else:

@@ -15,7 +15,7 @@ from edm2.cli import main
 from edm2.errors import ConfigError
 from edm2.nn import Precond
 from edm2.sample.generate import Chunks, generate_batches, rank_chunks
-from edm2.utils import MAX_INT, IntRanges, parse_int_list, parse_int_ranges
+from edm2.utils import MAX_INT, IntRanges, parse_int_list, parse_int_ranges, parse_std_list
 
 
 def test_a_four_billion_seed_range_is_parsed_without_expanding_it():
@@ -53,6 +53,11 @@ def test_bad_or_out_of_range_seed_lists_are_config_errors(text):
 def test_lists_that_are_expanded_are_bounded():
     with pytest.raises(ConfigError, match="more than the limit"):
         parse_int_list("0-4294967295")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="more than 65536 values"):
+        parse_std_list("1e-300,2e-300,...,0.25")  # 2.5e299 stds
+    assert time.monotonic() - start < 1
+    assert len(parse_std_list("0.001,0.002,...,0.250")) == 250
 
 
 @pytest.mark.parametrize("n, count", [(0, 1), (1, 1), (10, 3), (10, 4), (97, 8), (5, 7)])
