@@ -23,6 +23,7 @@ import copy
 import functools
 import inspect
 import io
+import json
 import math
 import os
 import pickle
@@ -617,6 +618,21 @@ def to_plain(obj, where="value", _depth=0, _budget=None):
     return obj
 
 
+def _dataset_kwargs(value) -> dict | None:
+    """The pickled dataset arguments as plain JSON-ready data (they go into snapshot metadata):
+    a dict of JSON values, or None. Raises `FormatError`."""
+    if not value:
+        return None
+    value = to_plain(value, "dataset_kwargs")
+    if not isinstance(value, dict):
+        raise FormatError(f"dataset_kwargs is a {type(value).__name__}, expected a dict")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"dataset_kwargs hold a value that is not plain data ({one_line(str(e), 120)})") from None
+    return value
+
+
 def _json_value(value, where):
     """Constructor arguments as JSON-ready values (lists for tuples, Python scalars)."""
     value = to_plain(value, where)
@@ -775,7 +791,7 @@ def load_official_pickle(path_or_file, dtype: torch.dtype | None = torch.float32
         channels = network_kwargs["img_channels"]
         encoder = encoder_config_from_object(data["encoder"], channels) if data.get("encoder") is not None else None
         loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
-        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+        dataset_kwargs = _dataset_kwargs(data.get("dataset_kwargs"))
     except FormatError as e:
         raise FormatError(f"{name}: {e}") from None
     return {
@@ -1143,7 +1159,7 @@ def _parse_layout(path: Path, check: bool):
                 raise FormatError("the pickle has no encoder and the network is not RGB; cannot tell the encoder")
             encoder = {"class": "StandardRGBEncoder"}
         loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
-        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+        dataset_kwargs = _dataset_kwargs(data.get("dataset_kwargs"))
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
     extra = {"source": path.name, "dataset_kwargs": dataset_kwargs, "loss_kwargs": loss}

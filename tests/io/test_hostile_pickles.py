@@ -110,6 +110,9 @@ HOSTILE_KWARGS = {
     "deep": f"x = []\nfor _ in range({MAX_PICKLE_NESTING + 50}):\n    x = [x]",
     "cycle": "x = [1]\nx.append(x)",
     "cycle-dict": "x = {'a': 1}\nx['self'] = x",
+    "bytes": "x = b'not text'",  # snapshot metadata is JSON: such values cannot be carried over
+    "set": "x = {1, 2}",
+    "nan": "x = float('nan')",
 }
 
 MAKE = """
