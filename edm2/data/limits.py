@@ -31,7 +31,7 @@ def check_regular(path, name: str) -> os.stat_result:
     """`os.stat(path)` (following links) of a file that must be a regular file; raises
     `DataError` naming `name` for a FIFO, device, socket, folder or a link to one, or a dangling
     link. Such files are refused by name rather than read (reading /dev/zero never ends,
-    opening a FIFO blocks)."""
+    opening a FIFO blocks). The size is checked when the file is read (`read_file`)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -51,8 +51,6 @@ def check_regular(path, name: str) -> os.stat_result:
             else "not a regular file"
         )
         raise DataError(f"{name} is {kind} (or a link to one), not a regular file; remove it from the source")
-    if st.st_size > MAX_FILE_BYTES:
-        raise DataError(f"{name}: {st.st_size} bytes exceeds the limit of {MAX_FILE_BYTES} bytes for one file")
     return st
 
 
