@@ -68,7 +68,9 @@ def read_file(path, name: str) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{name} is not a regular file (a FIFO, device or link to one); remove it from the source")
-        data = f.read(MAX_FILE_BYTES + 1)
+        if st.st_size > MAX_FILE_BYTES:
+            raise DataError(f"{name}: {st.st_size} bytes exceeds the limit of {MAX_FILE_BYTES} bytes for one file")
+        data = f.read(MAX_FILE_BYTES + 1)  # and no more, should it grow meanwhile
     if len(data) > MAX_FILE_BYTES:
         raise DataError(f"{name}: more than {MAX_FILE_BYTES} bytes, the limit for one file")
     return data

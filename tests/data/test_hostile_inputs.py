@@ -158,6 +158,15 @@ def test_non_regular_files_are_refused_by_name_without_being_opened(tmp_path, ki
         ImageFolderDataset(src)
 
 
+def test_an_oversized_file_is_refused_before_reading_and_can_be_skipped(tmp_path):
+    src = write_tree(tmp_path / "src", {"a.png": GOOD})
+    (src / "b.png").touch()
+    os.truncate(src / "b.png", MAX_FILE_BYTES + 1)  # sparse: no disk used, never read
+    convert_fails(src, tmp_path / "out.zip", f"exceeds the limit of {MAX_FILE_BYTES} bytes")
+    report = convert_dataset(src, tmp_path / "out.zip", workers=1, progress=False, on_error="skip")
+    assert report.num_written == 1 and report.skipped[0][0] == "b.png"
+
+
 def test_cli_names_the_non_regular_file_in_one_line(tmp_path):
     src = write_tree(tmp_path / "src", {"a.png": GOOD})
     os.symlink("/dev/zero", src / "zero.png")
