@@ -215,20 +215,30 @@ def test_a_header_length_beyond_the_file_is_refused_without_reading_it(tmp_path)
         read_snapshot_info(path)
 
 
-@pytest.mark.parametrize("command", [["flops"], ["generate", "--seeds", "0", "--steps", "2", "--device", "cpu"]])
-def test_commands_report_bad_metadata_in_one_line(snapshot, tmp_path, command):
-    path = rewrite(snapshot, tmp_path / "big.safetensors", kwargs_with(model_channels=10**6))
-    args = (
-        [command[0], str(path)]
-        if command[0] == "flops"
-        else [*command, "--net", str(path), "--outdir", str(tmp_path / "o")]
-    )
-    r = CliRunner().invoke(main, args)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["flops", "{net}"],
+        ["generate", "--net", "{net}", "--outdir", "{out}", "--seeds", "0", "--steps", "2", "--device", "cpu"],
+        ["phema", "--indir", "{dir}", "--outdir", "{out}", "--outstd", "0.05"],
+        ["report", "model-info", "--net", "{net}", "--out", "{out}/info.json"],
+    ],
+)
+@pytest.mark.parametrize(
+    "change, expected",
+    [(kwargs_with(model_channels=10**6), "do not match the network"), (setter("nimg", "abc"), "'nimg'")],
+    ids=["model-channels", "nimg"],
+)
+def test_commands_report_bad_metadata_in_one_line(snapshot, tmp_path, command, change, expected):
+    (tmp_path / "in").mkdir()
+    path = rewrite(snapshot, tmp_path / "in" / snapshot.name, change)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(main, [a.format(net=path, dir=path.parent, out=out) for a in command])
     assert r.exit_code == 1, r.output
     [error] = [line for line in r.output.splitlines() if line.startswith("Error: ")]  # beside progress lines
-    assert str(path) in error and "do not match the network" in error
+    assert str(path) in error and expected in error
     assert "Traceback" not in r.output and "Gflops" not in r.output
-    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
