@@ -15,6 +15,7 @@ any number of kimg digits, any number of std decimals, and a greedy prefix.
 
 import dataclasses
 import json
+import math
 import os
 import re
 
@@ -72,6 +73,9 @@ def parse_training_state_name(name: str) -> int | None:
     return int(m.group("kimg")) if m else None
 
 
+MAX_CLASSES = 1 << 20  # class indices of dataset.json: labels become one-hot vectors of max + 1 entries
+
+
 def parse_dataset_json(raw: bytes, where: str) -> dict | None:
     """`dataset.json` -> {relative path: label}, or None when its `labels` is null.
 
@@ -81,6 +85,10 @@ def parse_dataset_json(raw: bytes, where: str) -> dict | None:
     """
     try:
         labels = json.loads(raw)["labels"]
+    except RecursionError:
+        raise DataError(
+            f'{where}: the JSON is nested too deeply; expected {{"labels": [[path, label], ...]}}'
+        ) from None
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(
             f'{where} is not valid dataset metadata ({e!r}); expected {{"labels": [[path, label], ...]}}'
@@ -91,14 +99,22 @@ def parse_dataset_json(raw: bytes, where: str) -> dict | None:
         raise DataError(f"{where}: 'labels' must be a list of [relative_path, label] pairs or null")
     kinds = {}
     for name, label in labels:
+        if not isinstance(name, str):
+            raise DataError(f"{where}: {str(name)[:60]} is not a file name (a string)")
         if isinstance(label, int) and not isinstance(label, bool):
-            if label < 0:
-                raise DataError(f"{where}: class index of {name} is negative ({label})")
+            if not 0 <= label < MAX_CLASSES:
+                raise DataError(f"{where}: class index of {name} is {label}, outside [0, {MAX_CLASSES - 1}]")
             kind = "class index"
-        elif isinstance(label, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
+        elif (
+            isinstance(label, list)
+            and len(label) <= MAX_CLASSES
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in label)
+        ):
             kind = f"vector of length {len(label)}"
         else:
-            raise DataError(f"{where}: label of {name} is {label!r}; use an integer class index or a list of numbers")
+            raise DataError(
+                f"{where}: label of {name} is {str(label)[:80]}; use an integer class index or a list of finite numbers"
+            )
         kinds.setdefault(kind, name)
     if len(kinds) > 1:
         (k1, n1), (k2, n2) = list(kinds.items())[:2]

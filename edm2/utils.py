@@ -1,6 +1,9 @@
 """Small parsers shared by the commands, and lazy package exports."""
 
+import bisect
+import collections.abc
 import importlib
+import operator
 import re
 
 from edm2.errors import ConfigError
@@ -23,24 +26,94 @@ def parse_nimg(value) -> int:
     return int(m.group(1)) * _SUFFIXES.get(m.group(2), 1)
 
 
-def parse_int_list(value) -> list[int]:
-    """Parse 'a,b,c-d' (ranges inclusive) into a list of ints, e.g. '0-3,7' -> [0, 1, 2, 3, 7]."""
+MAX_INT = (1 << 63) - 1  # seeds and other integers of a list fit an int64
+MAX_LIST = 1 << 16  # integers `parse_int_list` expands into a list
+
+
+class IntRanges(collections.abc.Sequence):
+    """The integers of inclusive ranges, in the order given, without materialising them: `len`,
+    indexing, slicing (a step of 1, giving another `IntRanges`) and iteration. What
+    `parse_int_ranges` returns for `--seeds`, so that '0-4294967295' costs nothing up front."""
+
+    def __init__(self, ranges):
+        self.ranges = [r for r in ranges if len(r)]
+        self._starts = [0]
+        for r in self.ranges:
+            self._starts.append(self._starts[-1] + len(r))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index):
+        n = len(self)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                raise ValueError("IntRanges slices take a step of 1")
+            parts = []
+            for r, first in zip(self.ranges, self._starts):
+                lo, hi = max(start - first, 0), min(stop - first, len(r))
+                if lo < hi:
+                    parts.append(r[lo:hi])
+            return IntRanges(parts)
+        index = operator.index(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("IntRanges index out of range")
+        k = bisect.bisect_right(self._starts, index) - 1
+        return self.ranges[k][index - self._starts[k]]
+
+    def __iter__(self):
+        for r in self.ranges:
+            yield from r
+
+    def __eq__(self, other):
+        if isinstance(other, IntRanges):
+            other = other.ranges
+        elif not isinstance(other, (list, tuple, range)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    def __repr__(self):
+        return "IntRanges(" + ",".join(f"{r.start}-{r.stop - 1}" for r in self.ranges) + ")"
+
+
+def parse_int_ranges(value) -> IntRanges:
+    """Parse 'a,b,c-d' (ranges inclusive, integers in [0, 2^63 - 1]) into a lazy `IntRanges`,
+    e.g. '0-3,7' -> 0, 1, 2, 3, 7; a list or range of ints is taken as it is. Raises ConfigError."""
+    if isinstance(value, range):
+        return IntRanges([value])
     if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    result = []
+        return IntRanges([range(int(v), int(v) + 1) for v in value])
+    ranges = []
     for part in str(value).split(","):
         part = part.strip()
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        m = re.fullmatch(r"(\d{1,30})-(\d{1,30})", part)
         if m:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise ConfigError(f"range {part!r} is empty; write it as low-high")
-            result.extend(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
-            result.append(int(part))
+        elif re.fullmatch(r"\d{1,30}", part):
+            lo = hi = int(part)
         else:
             raise ConfigError(f"{part!r} in {value!r} is not an integer or a range a-b")
-    return result
+        if hi > MAX_INT:
+            raise ConfigError(f"{part!r} in {value!r} exceeds the largest integer allowed, {MAX_INT}")
+        ranges.append(range(lo, hi + 1))
+    return IntRanges(ranges)
+
+
+def parse_int_list(value, limit: int = MAX_LIST) -> list[int]:
+    """Parse 'a,b,c-d' (ranges inclusive) into a list of ints, e.g. '0-3,7' -> [0, 1, 2, 3, 7].
+    Raises ConfigError for a malformed list or one of more than `limit` integers (use
+    `parse_int_ranges` for long ones: it does not expand them)."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    ranges = parse_int_ranges(value)
+    if len(ranges) > limit:
+        raise ConfigError(f"{value!r} has {len(ranges)} integers, more than the limit of {limit}")
+    return list(ranges)
 
 
 def kimg_to_nimg(kimg: int) -> int:
@@ -124,6 +197,8 @@ def parse_std_list(text) -> list[float]:
                         f"{text!r}: {last} is not reachable from {prev} in whole steps of {step:g}; "
                         "fix the end value or the step"
                     )
+                if len(values) + k > MAX_LIST:
+                    raise ConfigError(f"{text!r}: '...' expands to more than {MAX_LIST} values, the limit")
                 for m in range(1, int(round(k)) + 1):
                     values.append(prev + step * m)
             else:

@@ -76,8 +76,15 @@ def dataset():
     show_default=True,
     help="Enlarge images smaller than the output (as the reference does); --no-upscale treats them as bad input.",
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=1 << 27,
+    show_default=True,
+    help="Refuse input images larger than this (width x height), from their header, before decoding.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def convert(source, dest, resolution, transform, max_images, workers, on_error, upscale, quiet):
+def convert(source, dest, resolution, transform, max_images, workers, on_error, upscale, max_pixels, quiet):
     """Convert a folder or ZIP of images into a dataset (docs/method.md#datasets).
 
     Every image is converted to RGB, transformed, and written as an uncompressed PNG
@@ -109,6 +116,7 @@ def convert(source, dest, resolution, transform, max_images, workers, on_error, 
         on_error=on_error,
         upscale=upscale,
         progress=not quiet,
+        max_pixels=max_pixels,
     )
     click.echo(report.summary())
 

@@ -8,10 +8,10 @@ from edm2.commands.sampling import fast_option, sampler_options
 
 def _parse_seeds(ctx, param, value):
     from edm2.errors import ConfigError
-    from edm2.utils import parse_int_list
+    from edm2.utils import parse_int_ranges
 
     try:
-        return parse_int_list(value)
+        return parse_int_ranges(value)  # lazy: --seeds 0-4294967295 is not expanded
     except ConfigError as e:
         raise click.BadParameter(str(e)) from None
 

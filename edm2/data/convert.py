@@ -25,6 +25,7 @@ import numpy as np
 import PIL.Image
 from tqdm import tqdm
 
+from edm2.data.limits import MAX_IMAGE_PIXELS, check_regular, open_image, read_file, read_zip_member
 from edm2.data.transforms import make_pil_transform
 from edm2.data.writer import open_dest
 from edm2.errors import ConfigError, DataError
@@ -57,13 +58,14 @@ class SourceReader:
         self.path, self.kind, self._zip = Path(path), kind, None
 
     def read(self, name: str) -> bytes:
+        """The bytes of source file `name`, bounded (`edm2.data.limits`); DataError otherwise."""
         try:
             if self.kind == "dir":
-                return (self.path / name).read_bytes()
+                return read_file(self.path / name, f"{self.path}/{name}")
             if self._zip is None:
                 self._zip = zipfile.ZipFile(self.path)
-            return self._zip.read(name)
-        except (OSError, zipfile.BadZipFile, KeyError, EOFError) as e:
+            return read_zip_member(self._zip, name, f"{self.path}:{name}")
+        except (OSError, zipfile.BadZipFile, KeyError, EOFError, NotImplementedError) as e:
             raise DataError(f"cannot read {name} from {self.path}: {e}") from None
 
     def close(self):
@@ -89,16 +91,19 @@ def open_source(source, max_images: int | None = None, strict: bool = True) -> S
         for root, _dirs, fnames in os.walk(path):
             for fname in fnames:
                 files.append(os.path.relpath(os.path.join(root, fname), path).replace("\\", "/"))
-        if (path / "dataset.json").is_file():
-            meta = (path / "dataset.json").read_bytes()
+        for name in files:  # what will be read must be a regular file (a link to /dev/zero never ends)
+            if is_image_name(name) or name == DATASET_JSON:
+                check_regular(path / name, f"{source}/{name}")
+        if DATASET_JSON in files:
+            meta = read_file(path / DATASET_JSON, f"{source}/{DATASET_JSON}")
     elif file_ext(str(path)) == ".zip":
         kind = "zip"
         try:
             with zipfile.ZipFile(path) as z:
                 files = [n for n in z.namelist() if not n.endswith("/")]
                 if "dataset.json" in files:
-                    meta = z.read("dataset.json")
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    meta = read_zip_member(z, DATASET_JSON, f"{source}:{DATASET_JSON}")
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
             raise DataError(f"source {source} is not a readable ZIP file ({e}); re-create or re-download it") from None
     else:
         raise DataError(f"source {source} must be a folder or a .zip file")
@@ -137,32 +142,32 @@ def open_source(source, max_images: int | None = None, strict: bool = True) -> S
     return Source(path, kind, names, labels, num_found, ignored, notes)
 
 
-def open_rgb(data: bytes, name: str) -> PIL.Image.Image:
+def open_rgb(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
     """Image bytes -> loaded PIL image in mode RGB (docs/method.md#datasets: every image is converted to RGB with PIL).
 
     16-bit grayscale keeps its high byte (v >> 8), as PIL already does for 16-bit RGB(A);
     alpha is dropped (not composited); palette and CMYK go through PIL's convert('RGB').
+    An image of more than `max_pixels` pixels is refused from its header, before decoding.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = PIL.Image.open(io.BytesIO(data))
-            img.load()
+            img = open_image(data, name, max_pixels, hint=" (raise it with --max-pixels)")
             if img.mode.startswith("I;16") or (img.mode == "I" and np.asarray(img).max(initial=0) > 255):
                 gray = (np.asarray(img).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
                 return PIL.Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))
             return img if img.mode == "RGB" else img.convert("RGB")
-    except PIL.Image.DecompressionBombError as e:
-        raise DataError(f"{name}: {e}") from None
+    except DataError:
+        raise
     except PIL.UnidentifiedImageError:
         raise DataError(f"{name} is not an image in a format PIL reads; remove it or use --on-error skip") from None
     except Exception as e:  # decoders of broken files raise all sorts (OSError, ValueError, struct.error, ...)
         raise DataError(f"{name} is not a readable image ({e}); remove it or use --on-error skip") from None
 
 
-def decode_rgb(data: bytes, name: str) -> np.ndarray:
+def decode_rgb(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Image bytes -> HWC uint8 RGB array (see open_rgb)."""
-    return np.array(open_rgb(data, name))
+    return np.array(open_rgb(data, name, max_pixels))
 
 
 # ---- per-image work (runs in the workers) ---------------------------------------------------
@@ -193,9 +198,10 @@ def too_small(transform: str | None, width, height, h: int, w: int) -> bool:
 class ImageJob:
     """Decode -> RGB -> transform -> PNG (compress_level=0) for one input image, all on PIL images."""
 
-    def __init__(self, source: Source, transform, width, height, upscale: bool):
+    def __init__(self, source: Source, transform, width, height, upscale: bool, max_pixels: int = MAX_IMAGE_PIXELS):
         self.source_path, self.source_kind = source.path, source.kind
         self.transform, self.width, self.height, self.upscale = transform, width, height, upscale
+        self.max_pixels = max_pixels
         self._reader = None
         self._fn = None
 
@@ -208,7 +214,7 @@ class ImageJob:
             self._reader = SourceReader(self.source_path, self.source_kind)
             self._fn = make_pil_transform(self.transform, self.width, self.height)
         try:
-            img = open_rgb(self._reader.read(name), name)
+            img = open_rgb(self._reader.read(name), name, self.max_pixels)
         except DataError as e:
             return Result(idx, name, error=str(e))
         w, h = img.size
@@ -330,6 +336,7 @@ def convert_dataset(
     on_error: str = "fail",  # 'fail': stop at the first bad image; 'skip': leave it out and list it.
     upscale: bool = True,  # Enlarge images smaller than the output (the reference does); False = bad input.
     progress: bool = True,  # Show a tqdm progress bar on stderr.
+    max_pixels: int = MAX_IMAGE_PIXELS,  # Refuse input images of more pixels (width x height), from their header.
 ) -> ConvertReport:
     """Convert images into a dataset in the official format (`dataset_tool.py convert`;
     docs/method.md#datasets): RGB uint8 PNGs named `00000/img00000000.png`, uncompressed, plus
@@ -343,8 +350,10 @@ def convert_dataset(
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if int(max_pixels) < 1:
+        raise ConfigError(f"--max-pixels must be at least 1, got {max_pixels}")
     src = open_source(source, max_images=max_images, strict=on_error == "fail")
-    job = ImageJob(src, transform, width, height, upscale)
+    job = ImageJob(src, transform, width, height, upscale, int(max_pixels))
     tasks = list(enumerate(src.names))
 
     skipped, upscaled, labels = [], [], []

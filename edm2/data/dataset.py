@@ -5,15 +5,14 @@ Safe with DataLoader workers (fork or spawn) and several ranks: the object pickl
 ZIP handle, and each process opens its own handle on first use.
 """
 
-import io
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import torch
 
+from edm2.data.limits import check_regular, load_npy, open_image, read_file, read_zip_member
 from edm2.errors import DataError
 from edm2.naming import DATASET_JSON, file_ext, parse_dataset_json, pil_extensions
 
@@ -43,6 +42,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 for root, _dirs, files in os.walk(self._path)
                 for fname in files
             }
+            exts = pil_extensions() | {".npy"}
+            for fname in sorted(self._all_fnames):  # a link to /dev/zero or a FIFO is refused by name
+                if file_ext(fname) in exts or fname == DATASET_JSON:
+                    check_regular(self._path / fname, f"{self._path}/{fname}")
         elif file_ext(str(self._path)) == ".zip":
             self._type = "zip"
             self._all_fnames = set(self._get_zipfile().namelist())
@@ -92,9 +95,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def _read_bytes(self, fname: str) -> bytes:
         try:
             if self._type == "dir":
-                return (self._path / fname).read_bytes()
-            return self._get_zipfile().read(fname)
-        except (OSError, KeyError, zipfile.BadZipFile) as e:
+                return read_file(self._path / fname, f"{self._path}/{fname}")
+            return read_zip_member(self._get_zipfile(), fname, f"{self._path}:{fname}")
+        except (OSError, KeyError, zipfile.BadZipFile, EOFError, NotImplementedError) as e:
             raise DataError(f"cannot read {fname} from dataset {self._path}: {e}") from None
 
     def close(self):
@@ -117,12 +120,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         """File -> CHW array: .npy keeps its dtype, reshaped [-1, H, W]; images via PIL, no RGB conversion."""
         fname = self._image_fnames[raw_idx]
         data = self._read_bytes(fname)
+        where = f"{fname} in dataset {self._path}"
         try:
             if file_ext(fname) == ".npy":
-                image = np.load(io.BytesIO(data), allow_pickle=False)
+                image = load_npy(data, where)
+                if image.ndim < 2:
+                    raise ValueError(f"a .npy image needs at least 2 dimensions, got shape {list(image.shape)}")
                 image = image.reshape(-1, *image.shape[-2:])
             else:
-                with PIL.Image.open(io.BytesIO(data)) as img:
+                with open_image(data, where) as img:
                     image = np.array(img)
                 image = image.reshape(*image.shape[:2], -1).transpose(2, 0, 1)
         except (OSError, ValueError, SyntaxError) as e:

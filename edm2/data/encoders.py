@@ -171,6 +171,56 @@ def load_vae(vae_name: str, device="cpu"):
     return vae.to(device)
 
 
+# Channels of the latents each encoder gives the network (docs/method.md#encoders). The pixel
+# encoder maps each channel on its own, so it also serves grayscale (1-channel) datasets.
+ENCODER_CHANNELS = {"StandardRGBEncoder": 3, "StabilityVAEEncoder": 4}
+
+
+def check_encoder_config(config, where: str, img_channels: int | None = None) -> dict:
+    """Check an encoder config read from a file (`where` names the file and the field): a known
+    class with only its own options, of the right types (vae_name a string, raw_mean/raw_std 4
+    finite numbers each, raw_std and final_std positive, batch_size an integer in [1, 4096]),
+    and, given the network's `img_channels`, the 4 latent channels of the VAE encoder. Returns
+    `config`; raises `FormatError`."""
+    if not isinstance(config, dict):
+        raise FormatError(f"{where} is a {type(config).__name__}, expected an object with a 'class'")
+    cls = config.get("class")
+    if cls not in ENCODER_CHANNELS:
+        raise FormatError(f"{where}: class {str(cls)[:60]!r} is not one of {', '.join(ENCODER_CHANNELS)}")
+    options = {k: v for k, v in config.items() if k != "class"}
+    allowed = {"vae_name", "raw_mean", "raw_std", "final_mean", "final_std", "batch_size"}
+    if cls == "StandardRGBEncoder":
+        allowed = set()
+    if set(options) - allowed:
+        raise FormatError(f"{where}: {cls} has unknown options {sorted(set(options) - allowed)[:5]}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    for key in ("raw_mean", "raw_std"):
+        value = options.get(key, [1.0] * 4)
+        if not (isinstance(value, list) and len(value) == 4 and all(number(v) for v in value)):
+            raise FormatError(
+                f"{where}: {key} is {str(value)[:80]}, expected 4 finite numbers (one per latent channel)"
+            )
+        if key == "raw_std" and min(value) <= 0:
+            raise FormatError(f"{where}: raw_std {value} has a value that is not positive")
+    for key in ("final_mean", "final_std"):
+        value = options.get(key, 1.0)
+        if not number(value) or (key == "final_std" and value <= 0):
+            raise FormatError(f"{where}: {key} is {str(value)[:40]}, expected a finite number (final_std positive)")
+    batch = options.get("batch_size", 1)
+    if type(batch) is not int or not 1 <= batch <= 4096:
+        raise FormatError(f"{where}: batch_size is {str(batch)[:40]}, expected an integer in [1, 4096]")
+    if not isinstance(options.get("vae_name", ""), str) or len(options.get("vae_name", "")) > 4096:
+        raise FormatError(f"{where}: vae_name is not a string (a hub id or a folder)")
+    if img_channels is not None and cls == "StabilityVAEEncoder" and img_channels != ENCODER_CHANNELS[cls]:
+        raise FormatError(
+            f"{where}: {cls} gives {ENCODER_CHANNELS[cls]} channels but the network has img_channels={img_channels}"
+        )
+    return config
+
+
 def make_encoder(config: dict):
     """Rebuild an encoder from its `config()` dict (as stored in snapshot metadata)."""
     if not isinstance(config, dict) or "class" not in config:

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from collections import OrderedDict
@@ -35,9 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edm2.errors import FormatError
+from edm2.data.encoders import check_encoder_config
+from edm2.data.limits import load_npz
+from edm2.errors import DataError, FormatError, one_line
+from edm2.io.files import open_regular
 from edm2.io.safetensors_stream import TensorLocation
-from edm2.io.snapshot import build_network, save_snapshot
+from edm2.io.snapshot import build_network, check_network_kwargs, check_shapes, network_shapes, save_snapshot
 from edm2.naming import parse_snapshot_name
 from edm2.nn import Precond
 from edm2.utils import kimg_to_nimg
@@ -161,6 +165,7 @@ def _load_from_bytes(data):
     `torch.save` of one storage, read with `torch.load(weights_only=True)`."""
     if not isinstance(data, (bytes, bytearray)):
         raise FormatError(f"torch storage payload is a {type(data).__name__}, expected bytes")
+    _check_storage_size(bytes(data[:_STORAGE_HEADER_BYTES]), len(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation
@@ -170,6 +175,53 @@ def _load_from_bytes(data):
     if not isinstance(storage, torch.storage.TypedStorage):
         raise FormatError(f"torch storage payload holds a {type(storage).__name__}, expected a storage")
     return _Sealed(storage)
+
+
+_STORAGE_ITEMSIZES = {
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "FloatStorage": 4,
+    "DoubleStorage": 8,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+}
+
+
+class _StorageSizeUnpickler(pickle.Unpickler):
+    """The persistent id of a legacy `torch.save` of one storage: its type and element count."""
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_ITEMSIZES:
+            return _Marker(name)
+        raise FormatError(f"a tensor storage names the global '{module}.{name}'; not an EDM2 pickle")
+
+    def persistent_load(self, pid):
+        self.pid = pid
+        return None
+
+
+def _check_storage_size(head: bytes, n: int) -> None:
+    """Refuse a storage payload of `n` bytes (starting with `head`) whose header claims more
+    elements than its bytes hold: torch.load would allocate the claimed size first."""
+    f = io.BytesIO(head)
+    try:
+        for _ in range(4):  # magic number, protocol version, system info, the storage's persistent id
+            check_pickle_structure(f, len(head))
+            u = _StorageSizeUnpickler(f)
+            u.load()
+    except FormatError:
+        raise
+    except Exception:
+        raise FormatError("a tensor storage does not have the legacy torch.save layout") from None
+    pid = getattr(u, "pid", None)
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and isinstance(pid[1], _Marker) and isinstance(pid[4], int)):
+        raise FormatError("a tensor storage has an unexpected persistent id")
+    if not 0 <= pid[4] * _STORAGE_ITEMSIZES[pid[1].name] <= n:
+        raise FormatError(f"a tensor storage claims {pid[4]} elements but holds only {n} bytes")
 
 
 def _int_tuple(value, what):
@@ -305,6 +357,191 @@ def _allowed_globals():
     return table
 
 
+# ----------------------------------------------------------------------------------------------
+# Bounds on the pickle stream, checked by walking its opcodes before anything is unpickled
+# (docs/data.md, "Limits on input files"). The C unpickler sizes its memo by the largest index a
+# PUT names (a 9-byte pickle can make it allocate gigabytes); shared references (memo GETs) let a
+# small file describe a structure exponentially large once expanded (a "billion laughs": hashing
+# it, copying it or writing it as JSON never ends); nesting makes every recursive consumer fail.
+# The released pickles stay far inside these: about 40 levels and a few hundred thousand objects.
+
+MAX_PICKLE_NESTING = 200  # containers within containers
+MAX_PICKLE_OBJECTS = 1 << 20  # objects of the structure with every shared reference expanded
+_MAX_LINE = 1 << 16  # text arguments (GLOBAL names, decimal numbers) of the old protocols
+
+_OPCODES = {op.code.encode("latin1")[0]: op for op in pickletools.opcodes}
+_IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # the container stays
+_LENGTH_BYTES = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+_MARK = -1
+# What the walk does with each opcode: (kind, items popped below any mark, whether a slice down
+# to a mark is popped first, whether a new object is pushed).
+_SKIP, _MARKOP, _PUT, _GET, _DUP, _STOP, _OTHER = range(7)
+
+
+def _op_table():
+    table = {}
+    for code, op in _OPCODES.items():
+        before = [x.name for x in op.stack_before]
+        takes_slice = "stackslice" in before
+        if takes_slice:
+            before = before[: before.index("mark")]
+        kind = {
+            "PROTO": _SKIP,
+            "FRAME": _SKIP,
+            "MARK": _MARKOP,
+            "PUT": _PUT,
+            "BINPUT": _PUT,
+            "LONG_BINPUT": _PUT,
+            "MEMOIZE": _PUT,
+            "GET": _GET,
+            "BINGET": _GET,
+            "LONG_BINGET": _GET,
+            "DUP": _DUP,
+            "STOP": _STOP,
+        }.get(op.name, _OTHER)
+        table[code] = (kind, op, len(before), takes_slice, bool(op.stack_after), op.name in _IN_PLACE)
+    return table
+
+
+_OP_TABLE = _op_table()
+
+
+def check_pickle_structure(f, size: int) -> None:
+    """Walk the opcodes of the pickle at the position of the binary file `f` (whose `size` bytes
+    bound every length field) without building anything, and raise `FormatError` for a stream
+    that is malformed or truncated, names a memo index beyond the objects made so far, nests
+    containers deeper than `MAX_PICKLE_NESTING` or describes more than `MAX_PICKLE_OBJECTS`
+    objects once shared references are expanded. Byte strings are skipped with a seek (tensor
+    data is never read). `f` is left where it was."""
+    start = f.tell()
+    weight, depth = [], []  # per object made: expanded size, nesting depth
+    stack, memo = [], {}
+    try:
+        while True:
+            code = f.read(1)
+            if not code:
+                raise FormatError("the pickle ends before its STOP opcode (truncated?)")
+            entry = _OP_TABLE.get(code[0])
+            if entry is None:
+                raise FormatError(f"unknown pickle opcode {code!r} at byte {f.tell() - 1}")
+            kind, op, num_before, takes_slice, pushes, in_place = entry
+            arg = _read_pickle_arg(f, op, size) if op.arg is not None else None
+            if kind == _SKIP:
+                continue
+            if kind == _STOP:
+                return
+            if kind == _MARKOP:
+                stack.append(_MARK)
+            elif kind == _PUT:
+                index = len(memo) if arg is None else int(arg)
+                if not 0 <= index <= len(weight) or not stack or stack[-1] == _MARK:
+                    raise FormatError(f"memo index {index} at byte {f.tell()} is out of range (a memory bomb?)")
+                memo[index] = stack[-1]
+            elif kind == _GET:
+                if int(arg) not in memo:
+                    raise FormatError(f"memo index {arg} at byte {f.tell()} was never stored")
+                stack.append(memo[int(arg)])
+            elif kind == _DUP:
+                stack.append(_top(stack))
+            else:
+                if op.name in ("NEXT_BUFFER", "READONLY_BUFFER"):
+                    raise FormatError("the pickle uses out-of-band buffers; official EDM2 pickles do not")
+                popped = []
+                if takes_slice:
+                    while True:
+                        if not stack:
+                            raise FormatError(f"{op.name} without a MARK at byte {f.tell()}")
+                        item = stack.pop()
+                        if item == _MARK:
+                            break
+                        popped.append(item)
+                elif op.name == "POP" and stack and stack[-1] == _MARK:
+                    stack.pop()
+                    continue
+                for _ in range(num_before):
+                    popped.append(_top(stack))
+                    stack.pop()
+                if in_place:
+                    container = popped.pop()  # the deepest one popped
+                    for i in popped:
+                        weight[container] += weight[i]
+                        if depth[i] >= depth[container]:
+                            depth[container] = depth[i] + 1
+                    _check_bounds(weight[container], depth[container])
+                    stack.append(container)
+                elif pushes:
+                    w, d = 1, 1
+                    for i in popped:
+                        w += weight[i]
+                        if depth[i] >= d:
+                            d = depth[i] + 1
+                    if w > MAX_PICKLE_OBJECTS or d > MAX_PICKLE_NESTING:
+                        _check_bounds(w, d)
+                    weight.append(w)
+                    depth.append(d)
+                    stack.append(len(weight) - 1)
+    finally:
+        f.seek(start)
+
+
+def _top(stack):
+    if not stack or stack[-1] == _MARK:
+        raise FormatError("malformed pickle (an opcode takes from an empty stack)")
+    return stack[-1]
+
+
+def _check_bounds(weight: int, depth: int) -> None:
+    if weight > MAX_PICKLE_OBJECTS:
+        raise FormatError(
+            f"the pickle describes more than {MAX_PICKLE_OBJECTS} objects once its shared references are "
+            "expanded (a 'billion laughs'?); official EDM2 pickles are far smaller"
+        )
+    if depth > MAX_PICKLE_NESTING:
+        raise FormatError(f"the pickle nests containers more than {MAX_PICKLE_NESTING} levels deep")
+
+
+def _read_pickle_arg(f, op, size: int):
+    """The argument of opcode `op` (small ones read, long strings skipped with a seek)."""
+    desc = op.arg
+    if desc is None:
+        return None
+    if desc.n >= 0:
+        raw = f.read(desc.n)
+        if len(raw) != desc.n:
+            raise FormatError("the pickle is truncated")
+        return desc.reader(io.BytesIO(raw)) if op.name in _INDEX_OPS else None
+    if desc.n == pickletools.UP_TO_NEWLINE:
+        for _ in range(2 if desc.name == "stringnl_noescape_pair" else 1):
+            line = f.readline(_MAX_LINE)
+            if not line.endswith(b"\n"):
+                raise FormatError(f"a text argument of {op.name} is longer than {_MAX_LINE} bytes or truncated")
+        return line.strip() if op.name in _INDEX_OPS else None
+    width, signed = _LENGTH_BYTES[desc.n]
+    raw = f.read(width)
+    if len(raw) != width:
+        raise FormatError("the pickle is truncated")
+    n = int.from_bytes(raw, "little", signed=signed)
+    if n < 0 or f.tell() + n > size:
+        raise FormatError(f"{op.name} at byte {f.tell()} declares {n} bytes, past the end of the file (truncated?)")
+    f.seek(n, io.SEEK_CUR)
+    return None
+
+
+_INDEX_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _file_size(f) -> int:
+    here = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(here)
+    return end
+
+
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler that resolves globals only through the allow-list of this module."""
 
@@ -327,13 +564,9 @@ class SafeUnpickler(pickle.Unpickler):
 
 def safe_load(path_or_file):
     """Unpickle a file with `SafeUnpickler` and return the raw object tree (stand-ins included)."""
-    name = getattr(path_or_file, "name", path_or_file)
+    name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "the pickle")
     if isinstance(path_or_file, (str, Path)):
-        try:
-            f = open(path_or_file, "rb")
-        except FileNotFoundError:
-            raise FormatError(f"{path_or_file}: no such file") from None
-        with f:
+        with open_regular(path_or_file) as f:
             return _safe_load_file(f, name)
     return _safe_load_file(path_or_file, name)
 
@@ -346,6 +579,7 @@ def _safe_load_file(f, name):
     if head == b"PK":
         raise FormatError(f"{name}: a ZIP archive (torch.save?), not an official EDM2 pickle")
     try:
+        check_pickle_structure(f, _file_size(f))
         return SafeUnpickler(f).load()
     except FormatError as e:
         raise FormatError(f"{name}: {e}") from None
@@ -357,8 +591,18 @@ def _safe_load_file(f, name):
 # Turning the stand-ins into our objects.
 
 
-def to_plain(obj, where="value"):
-    """Convert unpickled data into plain Python (dicts, lists, numbers, arrays, tensors)."""
+def to_plain(obj, where="value", _depth=0, _budget=None):
+    """Convert unpickled data into plain Python (dicts, lists, numbers, arrays, tensors).
+
+    Raises `FormatError` naming `where` for objects that are not plain data, nesting deeper than
+    `MAX_PICKLE_NESTING` (a structure that contains itself included) and more than
+    `MAX_PICKLE_OBJECTS` values with shared references expanded."""
+    budget = [MAX_PICKLE_OBJECTS] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise FormatError(f"{where} holds more than {MAX_PICKLE_OBJECTS} values with shared references expanded")
+    if _depth > MAX_PICKLE_NESTING:
+        raise FormatError(f"{where} nests more than {MAX_PICKLE_NESTING} levels deep (or contains itself)")
     if isinstance(obj, (PersistentObject, TorchModuleObject)):
         raise FormatError(f"{where} is a {obj.class_name} object where plain data was expected")
     if isinstance(obj, _Sealed):
@@ -366,12 +610,27 @@ def to_plain(obj, where="value"):
     if isinstance(obj, _Marker):
         raise FormatError(f"{where} is the class {obj.name} where plain data was expected")
     if isinstance(obj, dict):
-        return {k: to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {k: to_plain(v, f"{where}[{k!r}]", _depth + 1, budget) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [to_plain(v, f"{where}[{i}]", _depth + 1, budget) for i, v in enumerate(obj)]
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def _dataset_kwargs(value) -> dict | None:
+    """The pickled dataset arguments as plain JSON-ready data (they go into snapshot metadata):
+    a dict of JSON values, or None. Raises `FormatError`."""
+    if not value:
+        return None
+    value = to_plain(value, "dataset_kwargs")
+    if not isinstance(value, dict):
+        raise FormatError(f"dataset_kwargs is a {type(value).__name__}, expected a dict")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"dataset_kwargs hold a value that is not plain data ({one_line(str(e), 120)})") from None
+    return value
 
 
 def _json_value(value, where):
@@ -408,8 +667,16 @@ def _module_state_dict(obj, prefix="", out=None, tensor_type=torch.Tensor) -> di
     """Walk the pickled module tree and collect parameters and persistent buffers (values of
     `tensor_type`: tensors, or `TensorLocation`s when read by `official_pickle_layout`)."""
     out = {} if out is None else out
+    if prefix.count(".") > MAX_PICKLE_NESTING:
+        raise FormatError(f"the module tree nests more than {MAX_PICKLE_NESTING} levels deep (or contains itself)")
     state = obj.state
-    non_persistent = set(state.get("_non_persistent_buffers_set") or ())
+    try:
+        non_persistent = set(state.get("_non_persistent_buffers_set") or ())
+    except TypeError:
+        raise FormatError(f"{prefix or 'the network'}: _non_persistent_buffers_set is not a set of names") from None
+    for kind in ("_parameters", "_buffers", "_modules"):
+        if not isinstance(state.get(kind) or {}, dict):
+            raise FormatError(f"{prefix or 'the network'}: {kind} is a {type(state[kind]).__name__}, expected a dict")
     for kind in ("_parameters", "_buffers"):
         for name, value in (state.get(kind) or {}).items():
             if value is None or (kind == "_buffers" and name in non_persistent):
@@ -438,25 +705,32 @@ def network_from_object(obj, dtype: torch.dtype | None = torch.float32):
         raise FormatError("Precond has no recorded constructor arguments (_init_args/_init_kwargs)")
     network_kwargs = _init_kwargs(obj, Precond)
     state_dict = _module_state_dict(obj)
-    try:
-        net = build_network(network_kwargs, device="meta")
-    except Exception as e:
-        raise FormatError(f"Precond arguments {network_kwargs} are not supported by edm2.nn.Precond ({e})") from None
+    _check_precond_shapes(network_kwargs, {k: tuple(v.shape) for k, v in state_dict.items()})
+    net = build_network(network_kwargs, device="meta")
     try:
         net.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as e:
-        raise FormatError(f"the pickled Precond weights do not match edm2.nn.Precond: {e}") from None
+        raise FormatError(f"the pickled Precond weights do not match edm2.nn.Precond: {one_line(str(e))}") from None
     if dtype is not None:
         net = net.to(dtype)
     net.eval().requires_grad_(False)
     return net, network_kwargs
 
 
-def encoder_config_from_object(obj) -> dict:
-    """Encoder config dict (docs/HELPERS.md) from an official encoder stand-in."""
+def encoder_config_from_object(obj, img_channels: int | None = None) -> dict:
+    """Encoder config dict (docs/HELPERS.md) from an official encoder stand-in, checked with
+    `edm2.data.encoders.check_encoder_config` (against the network's `img_channels` if given)."""
     if not isinstance(obj, PersistentObject) or obj.class_name not in ENCODER_CLASSES:
         found = getattr(obj, "class_name", type(obj).__name__)
         raise FormatError(f"the encoder is a {found}, expected one of {', '.join(ENCODER_CLASSES)}")
+    try:
+        config = _encoder_config(obj)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise FormatError(f"the {obj.class_name} settings are malformed ({one_line(str(e), 200)})") from None
+    return check_encoder_config(config, f"the pickled {obj.class_name}", img_channels)
+
+
+def _encoder_config(obj) -> dict:
     if obj.class_name == "StandardRGBEncoder":
         return {"class": "StandardRGBEncoder"}
     kwargs = to_plain(obj.state.get("_init_kwargs") or {}, "StabilityVAEEncoder init kwargs")
@@ -490,7 +764,14 @@ def loss_kwargs_from_object(obj) -> dict:
     if not isinstance(obj, PersistentObject) or obj.class_name not in LOSS_CLASSES:
         found = getattr(obj, "class_name", type(obj).__name__)
         raise FormatError(f"the loss is a {found}, expected EDM2Loss")
-    return {k: float(obj.state[k]) for k in ("P_mean", "P_std", "sigma_data") if k in obj.state}
+    result = {}
+    for key in ("P_mean", "P_std", "sigma_data"):
+        if key in obj.state:
+            value = obj.state[key]
+            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(float(value)):
+                raise FormatError(f"EDM2Loss.{key} is {str(value)[:40]}, expected a finite number")
+            result[key] = float(value)
+    return result
 
 
 def load_official_pickle(path_or_file, dtype: torch.dtype | None = torch.float32) -> dict:
@@ -501,15 +782,16 @@ def load_official_pickle(path_or_file, dtype: torch.dtype | None = torch.float32
     encoder config dict, or None when the pickle has none), 'dataset_kwargs' (dict or None)
     and 'loss_fn' (EDM2Loss kwargs or None). Nothing stored in the file is executed.
     """
-    name = getattr(path_or_file, "name", path_or_file)
+    name = path_or_file if isinstance(path_or_file, (str, Path)) else getattr(path_or_file, "name", "the pickle")
     data = safe_load(path_or_file)
     if not isinstance(data, dict) or "ema" not in data:
         raise FormatError(f"{name}: not an EDM2 network pickle (expected a dict with key 'ema')")
     try:
         net, network_kwargs = network_from_object(data["ema"], dtype=dtype)
-        encoder = encoder_config_from_object(data["encoder"]) if data.get("encoder") is not None else None
+        channels = network_kwargs["img_channels"]
+        encoder = encoder_config_from_object(data["encoder"], channels) if data.get("encoder") is not None else None
         loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
-        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+        dataset_kwargs = _dataset_kwargs(data.get("dataset_kwargs"))
     except FormatError as e:
         raise FormatError(f"{name}: {e}") from None
     return {
@@ -527,13 +809,12 @@ def load_official_stats(path) -> dict:
     and `sigma` (returned as `{'fid': {'mu', 'sigma'}}`). Arrays come back as NumPy arrays."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
+        if not path.exists():
+            raise FormatError(f"{path}: no such file")
         try:
-            with np.load(path, allow_pickle=False) as f:
-                stats = {"fid": {k: f[k] for k in f.files}}
-        except FileNotFoundError:
-            raise FormatError(f"{path}: no such file") from None
-        except Exception as e:
-            raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
+            stats = {"fid": load_npz(path)}  # bounded: members, their declared sizes and .npy headers
+        except DataError as e:
+            raise FormatError(f"not a readable .npz statistics file: {e}") from None
         if not {"mu", "sigma"} <= set(stats["fid"]):
             raise FormatError(f"{path}: an .npz statistics file needs arrays 'mu' and 'sigma'")
         return stats
@@ -767,7 +1048,9 @@ def _legacy_storage_header(head: bytes):
     f = io.BytesIO(head)
     try:
         for _ in range(3):  # magic number, protocol version, system info
+            check_pickle_structure(f, len(head))
             _StorageHeaderUnpickler(f).load()
+        check_pickle_structure(f, len(head))
         u = _StorageHeaderUnpickler(f)
         u.load()
         pid = getattr(u, "pid", None)
@@ -815,23 +1098,11 @@ def _locate_from_type_v2(func, new_type, args, state):
     return func(*args)
 
 
-@functools.lru_cache(maxsize=8)
-def _precond_shapes(network_kwargs_json: str) -> dict:
-    """`{name: shape}` of the state dict of `edm2.nn.Precond(**kwargs)` (built once, on meta)."""
-    from edm2.io.snapshot import build_network
-
-    net = build_network(json.loads(network_kwargs_json), device="meta")
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-
-
 def _check_precond_shapes(network_kwargs: dict, found: dict) -> None:
-    try:
-        expected = _precond_shapes(json.dumps(network_kwargs, sort_keys=True))
-    except Exception as e:
-        raise FormatError(f"Precond arguments {network_kwargs} are not supported by edm2.nn.Precond ({e})") from None
-    if found != expected:
-        diff = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
-        raise FormatError(f"the pickled Precond weights do not match edm2.nn.Precond (first difference: {diff[0]})")
+    """Check the recorded Precond arguments (bounded, `edm2.io.snapshot.check_network_kwargs`)
+    and that the tensors {name: shape} are what they build."""
+    expected = network_shapes(network_kwargs, "the recorded Precond arguments")
+    check_shapes({k: list(v) for k, v in found.items()}, expected, "the pickled Precond weights")
 
 
 def official_pickle_layout(path, check: bool = True):
@@ -855,16 +1126,13 @@ def official_pickle_layout(path, check: bool = True):
 def _parse_layout(path: Path, check: bool):
     """`official_pickle_layout`, plus the reader that located the storages (None, None, None when
     the file cannot be read in place)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    with f:
+    with open_regular(path) as f:
         if f.read(2) == b"PK":
             raise FormatError(f"{path}: a ZIP archive (torch.save?), not an official EDM2 pickle")
         f.seek(0)
         reader = _SkippingReader(f, os.fstat(f.fileno()).st_size)
         try:
+            check_pickle_structure(f, reader.size)
             data = _LayoutUnpickler(reader).load()
         except _NoLayout:
             return None, None, None
@@ -880,17 +1148,18 @@ def _parse_layout(path: Path, check: bool):
         obj = data["ema"]
         if not isinstance(obj, PersistentObject) or obj.class_name != "Precond":
             raise FormatError(f"the network is a {getattr(obj, 'class_name', type(obj).__name__)}, expected a Precond")
-        network_kwargs = _init_kwargs(obj, Precond)
+        network_kwargs = check_network_kwargs(_init_kwargs(obj, Precond), "the recorded Precond arguments")
         tensors = _module_state_dict(obj, tensor_type=TensorLocation)
         if check:
             _check_precond_shapes(network_kwargs, {k: tuple(t.shape) for k, t in tensors.items()})
-        encoder = encoder_config_from_object(data["encoder"]) if data.get("encoder") is not None else None
+        channels = network_kwargs["img_channels"]
+        encoder = encoder_config_from_object(data["encoder"], channels) if data.get("encoder") is not None else None
         if encoder is None:
             if network_kwargs.get("img_channels") != 3:
                 raise FormatError("the pickle has no encoder and the network is not RGB; cannot tell the encoder")
             encoder = {"class": "StandardRGBEncoder"}
         loss = loss_kwargs_from_object(data["loss_fn"]) if data.get("loss_fn") is not None else None
-        dataset_kwargs = to_plain(data["dataset_kwargs"], "dataset_kwargs") if data.get("dataset_kwargs") else None
+        dataset_kwargs = _dataset_kwargs(data.get("dataset_kwargs"))
     except FormatError as e:
         raise FormatError(f"{path}: {e}") from None
     extra = {"source": path.name, "dataset_kwargs": dataset_kwargs, "loss_kwargs": loss}
@@ -917,11 +1186,7 @@ class OfficialLayouts:
 
     def __call__(self, path):
         path = Path(path)
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            raise FormatError(f"{path}: no such file") from None
-        with f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             for k, (t_size, gaps, tensors, info) in enumerate(self.templates):
                 if t_size == size and all(_masked_read(f.fileno(), at, len(b), keys) == b for at, b, keys in gaps):

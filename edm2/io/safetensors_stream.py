@@ -10,6 +10,7 @@ of the header). Files written here load with `safetensors` and `edm2.io.snapshot
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import struct
 import tempfile
@@ -20,6 +21,7 @@ import torch
 
 from edm2.errors import FormatError
 from edm2.io.atomic import remove_stale_temporaries, temporary_prefix
+from edm2.io.files import open_regular
 
 DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -40,6 +42,75 @@ class TensorLocation:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+# The safetensors library's own bound on the header (its MAX_HEADER_SIZE): the JSON is parsed
+# in memory, so a hostile length field must not make us read gigabytes.
+MAX_HEADER_BYTES = 100_000_000
+# Bytes per element of every dtype the safetensors format names.
+ITEMSIZES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "U16": 2,
+    "I16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "U32": 4,
+    "I32": 4,
+    "F32": 4,
+    "U64": 8,
+    "I64": 8,
+    "F64": 8,
+}
+
+
+def parse_safetensors_header(f, path, size: int) -> tuple[int, dict, dict]:
+    """`(header length, {name: entry}, metadata)` of the safetensors file open as `f` (binary,
+    `size` bytes), every field checked: the length against the file and `MAX_HEADER_BYTES`, the
+    JSON (nesting included) parsed into a dict, the metadata a {str: str} dict, each tensor entry
+    a dtype the format knows, a shape of non-negative ints and data offsets inside the file that
+    agree with the shape. Raises `FormatError` naming `path` and the field otherwise."""
+    f.seek(0)
+    head = f.read(8)
+    if len(head) != 8:
+        raise FormatError(f"{path}: too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(size - 8, MAX_HEADER_BYTES):
+        raise FormatError(
+            f"{path}: not a safetensors file (header length {n} exceeds the file or the limit of "
+            f"{MAX_HEADER_BYTES} bytes)"
+        )
+    try:
+        header = json.loads(f.read(n))
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
+        reason = "nested too deeply" if isinstance(e, RecursionError) else "bad JSON"
+        raise FormatError(f"{path}: not a safetensors file (header {reason})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: not a safetensors file (the header is a {type(header).__name__}, not an object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError(f"{path}: the safetensors metadata is not a map of strings to strings")
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        if not isinstance(entry, dict):
+            raise FormatError(f"{path}: tensor {name} has a malformed header entry")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in ITEMSIZES:
+            raise FormatError(f"{path}: tensor {name} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape) or len(shape) > 64:
+            raise FormatError(f"{path}: tensor {name} has a malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)) or not (
+            0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise FormatError(
+                f"{path}: tensor {name} has data offsets {offsets!r} outside the file; the file is truncated or corrupt"
+            )
+        if math.prod(shape) * ITEMSIZES[dtype] != offsets[1] - offsets[0]:
+            raise FormatError(f"{path}: tensor {name} has data offsets that disagree with its shape {shape}")
+    return n, header, metadata
+
+
 def read_safetensors_header(path) -> tuple[dict, dict]:
     """`({name: TensorLocation}, metadata)` of a safetensors file, checked against its size.
 
@@ -47,32 +118,17 @@ def read_safetensors_header(path) -> tuple[dict, dict]:
     F16/BF16/F32/F64, or offsets that do not fit the file (truncated or corrupt).
     """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise FormatError(f"{path}: too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise FormatError(f"{path}: not a safetensors file (header length {n})")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise FormatError(f"{path}: not a safetensors file (bad JSON header)") from None
-    metadata = header.pop("__metadata__", {}) or {}
+    with open_regular(path) as f:
+        n, header, metadata = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
     tensors = {}
     for name, entry in header.items():
-        dtype = DTYPES.get(entry.get("dtype"))
+        dtype = DTYPES.get(entry["dtype"])
         if dtype is None:
             raise FormatError(
-                f"{path}: tensor {name} has unsupported dtype {entry.get('dtype')}; expected F16/BF16/F32/F64"
+                f"{path}: tensor {name} has unsupported dtype {entry['dtype']}; expected F16/BF16/F32/F64"
             )
         begin, end = entry["data_offsets"]
-        shape = tuple(int(s) for s in entry["shape"])
-        t = TensorLocation(dtype, shape, 8 + n + begin, end - begin)
-        if end > size - 8 - n or t.numel * dtype.itemsize != t.nbytes:
-            raise FormatError(f"{path}: tensor {name} has inconsistent offsets; the file is truncated or corrupt")
-        tensors[name] = t
+        tensors[name] = TensorLocation(dtype, tuple(entry["shape"]), 8 + n + begin, end - begin)
     return tensors, metadata
 
 

@@ -12,6 +12,7 @@ state dict of `CNNClassifier` and metadata
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from edm2.data.dataset import ImageFolderDataset
 from edm2.errors import ConfigError, DataError, FormatError
-from edm2.io.snapshot import read_metadata, verify_safetensors, write_safetensors
+from edm2.io.snapshot import json_field, read_header, verify_safetensors, write_safetensors
 
 FORMAT = "edm2-cnn-detector/1"
 GRID = 4  # the last feature map is average-pooled to GRID x GRID before the hidden layer
@@ -101,15 +102,45 @@ def save_detector(path, model: CNNClassifier, heldout_accuracy: float, train_inf
     write_safetensors(path, tensors, metadata)
 
 
+_CONFIG_LIMITS = {  # bounds on the stored configuration, checked before a model is built from it
+    "in_channels": (1, 64),
+    "resolution": (1, 4096),
+    "num_classes": (1, 1 << 20),
+    "width": (1, 4096),
+    "feature_dim": (1, 1 << 16),
+}
+
+
 def read_detector_info(path) -> dict:
-    """Metadata of a detector file: {'config': ..., 'heldout_accuracy': ..., 'train': ...}."""
+    """Metadata of a detector file: {'config': ..., 'heldout_accuracy': ..., 'train': ...}, every
+    field checked (the header digest when recorded, the config's keys and bounds, the tensors'
+    names and shapes against the model the config builds, the accuracy in [0, 1]). Raises
+    `FormatError` naming the file and the field."""
     missing = f"CNN detector {path} does not exist; train one with `edm2 metrics train-detector`"
-    meta = read_metadata(path, FORMAT, "edm2 CNN detector", missing)
-    return {
-        "config": json.loads(meta["config"]),
-        "heldout_accuracy": float(meta["heldout_accuracy"]),
-        "train": json.loads(meta.get("train") or "{}"),
-    }
+    entries, meta = read_header(path, FORMAT, "edm2 CNN detector", missing)
+    config = json_field(path, meta, "config", dict)
+    for key, value in config.items():
+        lo, hi = _CONFIG_LIMITS.get(key, (None, None))
+        if lo is None:
+            raise FormatError(f"{path}: metadata field 'config' has an unknown key {str(key)[:40]!r}")
+        if type(value) is not int or not lo <= value <= hi:
+            raise FormatError(
+                f"{path}: metadata field 'config': {key} is {str(value)[:40]}, expected an integer in [{lo}, {hi}]"
+            )
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in CNNClassifier(**config).state_dict().items()}
+    found = {name: entry["shape"] for name, entry in entries.items()}
+    if found != expected:
+        raise FormatError(f"{path}: the tensors do not match the detector that metadata field 'config' describes")
+    try:
+        accuracy = float(meta.get("heldout_accuracy", ""))
+    except ValueError:
+        accuracy = math.nan
+    if not 0 <= accuracy <= 1:
+        raise FormatError(
+            f"{path}: metadata field 'heldout_accuracy' is {meta.get('heldout_accuracy')!r}, expected a number in [0, 1]"
+        )
+    return {"config": config, "heldout_accuracy": accuracy, "train": json_field(path, meta, "train", dict, default={})}
 
 
 def load_detector(path, device="cpu") -> CNNClassifier:

@@ -8,11 +8,14 @@ Detectors are cached per (metric, location, device) within a process.
 
 import dataclasses
 import hashlib
+import zipfile
 
 import torch
 
-from edm2.errors import ConfigError, FormatError
+from edm2.data.limits import check_zip_member
+from edm2.errors import ConfigError, DataError, FormatError, one_line
 from edm2.io.download import resolve_path
+from edm2.io.files import open_regular
 from edm2.metrics.cnn import load_detector as load_cnn
 from edm2.metrics.dinov2 import DEFAULT_DINOV2, DINOv2Detector, load_dinov2
 from edm2.metrics.inception import FEATURE_DIM, FID_WEIGHTS_URL, FIDInceptionV3
@@ -91,10 +94,18 @@ def load_inception(path_or_url, device="cpu"):
     or URL), checked strictly: every parameter and buffer present, none extra, shapes equal.
     `num_batches_tracked` counters, if the file has them, are ignored (unused at inference)."""
     path = resolve_path(path_or_url, what="Inception weights", check_prefix=True)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FormatError(f"{path}: not a readable PyTorch weight file ({e})") from None
+    with open_regular(path) as f:
+        if zipfile.is_zipfile(f):  # torch.save's format: every record bounded before it is inflated
+            try:
+                for info in zipfile.ZipFile(f).infolist():
+                    check_zip_member(info, f"{path}:{info.filename}")
+            except DataError as e:
+                raise FormatError(str(e)) from None
+        f.seek(0)
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise FormatError(f"{path}: not a readable PyTorch weight file ({one_line(str(e))})") from None
     if not isinstance(state, dict):
         raise FormatError(f"{path}: expected a state dict, found a {type(state).__name__}")
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from edm2.errors import FormatError
+from edm2.data.limits import load_npz
+from edm2.errors import DataError, FormatError
 from edm2.io.atomic import atomic_path
 from edm2.io.download import resolve_path
 from edm2.metrics.frechet import check_covariance
@@ -124,15 +125,17 @@ def load_stats(path) -> dict:
     suffix = path.suffix.lower()
     if suffix == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{path}: not a readable .npz statistics file ({e})") from None
-        if "num_images" in arrays:
-            return validate_stats(_stats_from_arrays(arrays, path), path)
-        if "mu" in arrays and "sigma" in arrays:  # original EDM reference (Inception only), docs/method.md#metrics
-            stats = {"fid": {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}}
-            return validate_stats(stats, path)
+            arrays = load_npz(path)  # bounded: members, their declared sizes and .npy headers
+        except DataError as e:
+            raise FormatError(f"not a readable .npz statistics file: {e}") from None
+        try:
+            if "num_images" in arrays:
+                return validate_stats(_stats_from_arrays(arrays, path), path)
+            if "mu" in arrays and "sigma" in arrays:  # original EDM reference (Inception only), docs/method.md#metrics
+                stats = {"fid": {"mu": arrays["mu"].astype(np.float64), "sigma": arrays["sigma"].astype(np.float64)}}
+                return validate_stats(stats, path)
+        except (TypeError, ValueError) as e:  # e.g. text where numbers belong
+            raise FormatError(f"{path}: statistics arrays of the wrong kind ({e})") from None
         raise FormatError(f"{path}: neither edm2 statistics (num_images, <metric>_mu, ...) nor EDM's (mu, sigma)")
     if suffix != ".pkl":
         raise FormatError(f"statistics file {path} must be .npz (ours or EDM's) or .pkl (official EDM2)")
@@ -160,8 +163,10 @@ def _stats_from_arrays(arrays: dict, path) -> dict:
             if f"{name}_detector" in arrays:
                 try:
                     stats[name]["detector"] = json.loads(str(arrays[f"{name}_detector"]))
-                except ValueError:
-                    raise FormatError(f"{path}: {name}_detector is not valid JSON") from None
+                except (ValueError, RecursionError):
+                    raise FormatError(f"{path}: {name}_detector is not valid JSON (or nested too deeply)") from None
+                if not isinstance(stats[name]["detector"], dict):
+                    raise FormatError(f"{path}: {name}_detector is not a JSON object")
     if not any(isinstance(v, dict) for v in stats.values()):
         raise FormatError(f"{path}: contains no <metric>_mu/<metric>_sigma arrays")
     return stats

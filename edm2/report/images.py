@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edm2.data.limits import open_image, read_file
 from edm2.errors import DataError
 from edm2.io.atomic import atomic_path
 
@@ -50,8 +51,8 @@ def save_grid(folder, out, columns: int | None = None, min_size: int = 64) -> Pa
     """Read every PNG under `folder` (sorted by name) and write their grid to `out` (PNG)."""
     images = []
     for path in list_images(folder):
-        try:
-            with Image.open(path) as im:
+        try:  # bounded: a regular file, its header's size checked before decoding
+            with open_image(read_file(path, str(path)), str(path)) as im:
                 images.append(np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im))
         except OSError as e:
             raise DataError(f"{path}: not a readable image ({e})") from None

@@ -207,8 +207,12 @@ def read_stats(path) -> list[dict]:
             continue
         try:
             record = json.loads(line)
+        except RecursionError:
+            raise FormatError(f"{path}:{i}: JSON nested too deeply") from None
         except json.JSONDecodeError as e:
             raise FormatError(f"{path}:{i}: not a JSON line ({e})") from None
+        if not isinstance(record, dict):
+            raise FormatError(f"{path}:{i}: a {type(record).__name__}, expected a JSON object")
         records.append({k: (v.get("mean") if isinstance(v, dict) else v) for k, v in record.items()})
     return records
 
@@ -220,9 +224,14 @@ def loss_curve(path) -> tuple[list[float], list[float]]:
         kimg, loss = record.get("Progress/kimg"), record.get("Loss/loss")
         if kimg is None or loss is None:
             continue
-        loss = float(loss)
+        try:
+            loss, kimg = float(loss), float(kimg)
+        except (TypeError, ValueError):
+            raise FormatError(
+                f"{path}: Progress/kimg {str(kimg)[:40]} or Loss/loss {str(loss)[:40]} is not a number"
+            ) from None
         if math.isfinite(loss):
-            xs.append(float(kimg))
+            xs.append(kimg)
             ys.append(loss)
     return xs, ys
 

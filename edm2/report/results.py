@@ -15,7 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from edm2.errors import FormatError
+from edm2.data.limits import read_file
+from edm2.errors import DataError, FormatError
 from edm2.io.atomic import atomic_path
 
 STATISTICS = ("min", "mean")
@@ -35,10 +36,14 @@ BEST_COLUMNS = [
 
 def _read_json(path) -> dict:
     path = Path(path)
+    if not path.exists():
+        raise FormatError(f"{path}: no such result file")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such result file") from None
+        data = json.loads(read_file(path, str(path)))  # bounded: a regular file of at most 1 GiB
+    except DataError as e:
+        raise FormatError(str(e)) from None
+    except RecursionError:
+        raise FormatError(f"{path}: JSON nested too deeply; re-run the job that wrote it") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(f"{path}: not a JSON file ({e}); re-run the job that wrote it") from None
     if not isinstance(data, dict):
@@ -50,7 +55,10 @@ def summarize(values, statistic: str) -> float:
     """The reported value of a metric over its seed ranges."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, not {statistic!r}")
-    finite = [float(v) for v in values]
+    try:
+        finite = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise FormatError(f"metric values {str(values)[:80]} are not numbers") from None
     return min(finite) if statistic == "min" else sum(finite) / len(finite)
 
 

@@ -8,8 +8,10 @@ feature detectors). Under `torchrun` every function here works on the calling ra
 the seeds; a single process works without any process group.
 """
 
+import collections.abc
 import dataclasses
 import math
+import operator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -30,22 +32,70 @@ from edm2.presets import GENERATION_PRESETS, get_generation_preset
 from edm2.sample.fast import FastDenoiser, fast_by_default
 from edm2.sample.options import SamplerOptions
 from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
-from edm2.utils import kimg_to_nimg
+from edm2.utils import MAX_INT, IntRanges, kimg_to_nimg
 
 # ---- seeds and ranks (docs/method.md#sampling) ----------------------------------------------------------------
 
 
-def split_indices(num_items: int, max_batch: int, world_size: int = 1) -> list[np.ndarray]:
+class Chunks(collections.abc.Sequence):
+    """`count` nearly equal contiguous chunks of `range(num_items)`, as `np.array_split` makes
+    them (the first `num_items % count` one longer), every `step`-th from `first`: a lazy
+    sequence of `range`s, so that billions of seeds cost nothing up front."""
+
+    def __init__(self, num_items: int, count: int, first: int = 0, step: int = 1):
+        self.num_items, self.count, self.first, self.step = num_items, count, first, step
+
+    def _start(self, i: int) -> int:
+        size, extra = divmod(self.num_items, self.count)
+        return i * size + min(i, extra)
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.count - self.first) // self.step))
+
+    def __getitem__(self, k: int) -> range:
+        if k < 0:
+            k += len(self)
+        if not 0 <= k < len(self):
+            raise IndexError("chunk index out of range")
+        i = self.first + k * self.step
+        return range(self._start(i), self._start(i + 1))
+
+
+def split_chunks(num_items: int, max_batch: int, world_size: int = 1) -> Chunks:
     """All chunks of item indices: `max(ceil(n / (B W)), 1) W` nearly equal contiguous chunks."""
     if max_batch < 1:
         raise ConfigError(f"batch size must be at least 1, got {max_batch}")
-    num_batches = max(math.ceil(num_items / (max_batch * world_size)), 1) * world_size
-    return np.array_split(np.arange(num_items), num_batches)
+    return Chunks(num_items, max(math.ceil(num_items / (max_batch * world_size)), 1) * world_size)
+
+
+def rank_chunks(num_items: int, max_batch: int, rank: int = 0, world_size: int = 1) -> Chunks:
+    """The chunks (`range`s) that rank `rank` processes: r, r + W, r + 2W, ... (docs/method.md#sampling)."""
+    whole = split_chunks(num_items, max_batch, world_size)
+    return Chunks(num_items, whole.count, rank, world_size)
+
+
+def split_indices(num_items: int, max_batch: int, world_size: int = 1) -> list[np.ndarray]:
+    """`split_chunks` as index arrays (materialised: for modest `num_items`)."""
+    return [np.arange(c.start, c.stop) for c in split_chunks(num_items, max_batch, world_size)]
 
 
 def rank_batches(num_items: int, max_batch: int, rank: int = 0, world_size: int = 1) -> list[np.ndarray]:
-    """The chunks that rank `rank` processes: chunks r, r + W, r + 2W, ... (docs/method.md#sampling)."""
-    return split_indices(num_items, max_batch, world_size)[rank::world_size]
+    """`rank_chunks` as index arrays (materialised: for modest `num_items`)."""
+    return [np.arange(c.start, c.stop) for c in rank_chunks(num_items, max_batch, rank, world_size)]
+
+
+def as_seeds(seeds) -> collections.abc.Sequence:
+    """`seeds` as a sequence that is not expanded: ranges and `IntRanges` (what `--seeds`
+    parses to) stay as they are, other iterables become a list. Raises ConfigError for a seed
+    that is not an integer in [0, 2^63 - 1]."""
+    if isinstance(seeds, (range, IntRanges)):
+        parts = seeds.ranges if isinstance(seeds, IntRanges) else [seeds]
+        ends = [v for r in parts if len(r) for v in (r[0], r[-1])]
+    else:
+        seeds = ends = [operator.index(s) for s in seeds]
+    if ends and (min(ends) < 0 or max(ends) > MAX_INT):
+        raise ConfigError(f"seeds must lie in [0, {MAX_INT}]")
+    return seeds
 
 
 # ---- networks -----------------------------------------------------------------------------------
@@ -208,13 +258,13 @@ def generate_batches(
     device = torch.device(device)
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
-    seeds = np.asarray(list(seeds), dtype=np.int64)
-    batches = rank_batches(len(seeds), max_batch, rank, world_size)
+    seeds = as_seeds(seeds)
+    batches = rank_chunks(len(seeds), max_batch, rank, world_size)
     encoder.init(device)
     fast = fast_by_default(device) if fast is None else bool(fast)
     denoiser, guide = net, gnet
     if fast:
-        graph_batch = max((len(c) for c in batches), default=0)
+        graph_batch = len(batches[0]) if len(batches) else 0  # the first chunk is the longest
         log = print if progress and rank == 0 else None
         denoiser = FastDenoiser(net, batch=graph_batch, log=log)
         if gnet is not None and opts["guidance"] != 1:
@@ -224,12 +274,10 @@ def generate_batches(
     if progress and rank == 0:
         # Images of all ranks: every rank runs the same number of batches, so after batch i all
         # ranks together have made the images of their first i + 1 batches.
-        per_index = np.sum(
-            [[len(c) for c in rank_batches(len(seeds), max_batch, r, world_size)] for r in range(world_size)], axis=0
-        )
+        whole = split_chunks(len(seeds), max_batch, world_size)
         bar = tqdm(total=len(seeds), unit="img", desc="generate", dynamic_ncols=True)
     for index, indices in enumerate(batches):
-        batch_seeds = [int(s) for s in seeds[indices]]
+        batch_seeds = [int(s) for s in seeds[indices.start : indices.stop]]
         images = labels = None
         if batch_seeds:
             with torch.no_grad():
@@ -247,7 +295,8 @@ def generate_batches(
         yield GeneratedBatch(seeds=batch_seeds, images=images, labels=labels, index=index, num_batches=len(batches))
         barrier()
         if bar is not None:
-            bar.update(int(per_index[index]))
+            first, last = whole[index * world_size], whole[index * world_size + world_size - 1]
+            bar.update(last.stop - first.start)
     if bar is not None:
         bar.close()
 
@@ -299,7 +348,7 @@ def generate_images(
         if progress and rank == 0:
             print(f"Loading network {choice.net}" + (f" and guide {choice.gnet}" if choice.gnet else ""))
         main, guide = load_networks_rank0_first(choice, device)
-    seeds = list(seeds)
+    seeds = as_seeds(seeds)
     if progress and rank == 0:
         print(f"Generating {len(seeds)} images to {outdir} ...")
     written = []

@@ -33,7 +33,8 @@ def official_run(tmp_path_factory):
     for k, kimg in enumerate(KIMGS):
         for s, std in enumerate(STDS):
             path = run / f"network-snapshot-{kimg:07d}-{std:.3f}.pkl"
-            specs.append(dict(path=path, network_kwargs=official_pickles.TINY_NETWORK, seed=10 * k + s, encoder="vae"))
+            kwargs = dict(official_pickles.TINY_NETWORK, img_channels=4)  # the VAE gives the network 4 channels
+            specs.append(dict(path=path, network_kwargs=kwargs, seed=10 * k + s, encoder="vae"))
     official_pickles.make_official_pickles(root, specs)
     refs = {}
     for spec in specs:
