@@ -1,5 +1,5 @@
 """The network snapshot format: safetensors with the official state-dict key names and the
-network/encoder configuration in the metadata (DESIGN.md, "File formats"). No pickle.
+network/encoder configuration in the metadata (README "File formats", docs/training.md). No pickle.
 
 Metadata keys (all strings, as safetensors requires):
     format          "edm2-snapshot/1"

@@ -106,8 +106,9 @@ def trace_sqrtm_product(sigma1, sigma2) -> float:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (float64): mu [D], sigma [D, D].
 
-    The FID of Heusel et al. (2017) as the official `calculate_fid_from_inception_stats` /
-    `calculate_metrics` compute it (EDM2 arXiv 2312.02696, Section 5; docs/method.md#metrics).
+    The Fréchet distance of Heusel et al. (arXiv 1706.08500), the FID / FD_DINOv2 of EDM2's
+    evaluation, as the official `calculate_metrics` of calculate_metrics.py computes it, up to the
+    matrix square root taken in a stable way (see the module docstring; docs/method.md#metrics).
     Raises `FormatError` for shapes that differ, NaN/Inf, or a sigma that is not a covariance
     (asymmetric or not positive semi-definite: `check_covariance`)."""
     mu1, sigma1 = _as_stats(mu1, sigma1, "1")

@@ -14,7 +14,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
-    """Rescale slices of `x` along `dim` to unit RMS (docs/method.md#mp-layers, #official-details).
+    """Rescale slices of `x` along `dim` to unit RMS: the normalisation of EDM2 (arXiv 2312.02696)
+    Eq. 47 and 66 and of the pixel norm (docs/method.md#mp-layers, #official-details).
 
     `x / (eps + ||x|| / sqrt(K))` with K the slice size; the norm is taken in fp32 (fp64 for
     fp64 input) and cast back to `x.dtype` before dividing.
@@ -27,17 +28,20 @@ def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
 
 
 def mp_silu(x: torch.Tensor) -> torch.Tensor:
-    """SiLU scaled to unit output RMS for unit-variance input (docs/method.md#mp-layers; literal 0.596)."""
+    """SiLU scaled to unit output RMS for unit-variance input: EDM2 (arXiv 2312.02696) Eq. 81,
+    `silu(x) / 0.596` (the official literal; docs/method.md#mp-layers). Shape and dtype of `x`."""
     return torch.nn.functional.silu(x) / 0.596
 
 
 def mp_sum(a: torch.Tensor, b: torch.Tensor, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving interpolation `lerp(a, b, t) / sqrt((1-t)^2 + t^2)` (docs/method.md#mp-layers)."""
+    """Magnitude-preserving sum, EDM2 (arXiv 2312.02696) Eq. 88: `lerp(a, b, t) / sqrt((1-t)^2 + t^2)`
+    (docs/method.md#mp-layers). `a`, `b` of one shape; result in their dtype."""
     return a.lerp(b, t) / np.sqrt((1 - t) ** 2 + t**2)
 
 
 def mp_cat(a: torch.Tensor, b: torch.Tensor, dim: int = 1, t: float = 0.5) -> torch.Tensor:
-    """Magnitude-preserving concatenation, `a` first then `b` (docs/method.md#mp-layers)."""
+    """Magnitude-preserving concatenation along `dim`, `a` first then `b`: EDM2 (arXiv 2312.02696)
+    Eq. 103 (docs/method.md#mp-layers). `a` [.., Na, ..], `b` [.., Nb, ..] -> [.., Na + Nb, ..]."""
     Na = a.shape[dim]
     Nb = b.shape[dim]
     C = np.sqrt((Na + Nb) / ((1 - t) ** 2 + t**2))
@@ -87,7 +91,8 @@ def _resample_filter(f: tuple, dtype: torch.dtype, device: torch.device) -> torc
 
 
 class MPFourier(torch.nn.Module):
-    """Magnitude-preserving Fourier features; `freqs` and `phases` are buffers (docs/method.md#mp-layers)."""
+    """Magnitude-preserving Fourier features, EDM2 (arXiv 2312.02696) Eq. 75; `freqs` and `phases`
+    are buffers, drawn once and never trained (docs/method.md#mp-layers)."""
 
     buffer_names = ("freqs", "phases")  # its state that is not trained (see `Precond.is_buffer`)
 
@@ -111,8 +116,9 @@ class MPFourier(torch.nn.Module):
 class MPConv(torch.nn.Module):
     """Magnitude-preserving convolution (kernel [kh, kw]) or linear layer (kernel []).
 
-    No bias. Forced weight normalisation in training mode, standard weight normalisation and
-    MP scaling always (docs/method.md#mp-layers, #official-details).
+    EDM2 (arXiv 2312.02696) Eq. 47 (weight normalisation and the 1/sqrt(fan_in) scaling, always)
+    with forced weight normalisation, Eq. 66 (the stored weight rescaled in training mode). No
+    bias (docs/method.md#mp-layers, #official-details).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel):

@@ -21,7 +21,9 @@ def _layout(x: torch.Tensor) -> torch.memory_format:
 
 
 class Block(torch.nn.Module):
-    """U-Net residual block, encoder or decoder flavour (docs/method.md#blocks)."""
+    """U-Net residual block, encoder or decoder flavour: EDM2 (arXiv 2312.02696) Fig. 22 (config G),
+    magnitude-preserving residual sum Eq. 88 with t = 0.3, cosine attention (Section 2.2;
+    docs/method.md#blocks)."""
 
     def __init__(
         self,
@@ -106,7 +108,8 @@ class Block(torch.nn.Module):
 
 
 class UNet(torch.nn.Module):
-    """The EDM2 U-Net F(x) (docs/method.md#unet)."""
+    """The EDM2 U-Net F(x): EDM2 (arXiv 2312.02696) Fig. 22, config G of Table 1 (docs/method.md#unet);
+    the official `networks_edm2.UNet`."""
 
     def __init__(
         self,
@@ -288,7 +291,7 @@ class Precond(torch.nn.Module):
             self.logvar_fourier, self.logvar_linear = build_logvar_head(config, logvar_channels)
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, return_logvar=False, **unet_kwargs):
-        """The denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (EDM, arXiv 2206.00364, Table 1).
+        """The denoiser D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): EDM2 (arXiv 2312.02696) Eq. 4-8, EDM (arXiv 2206.00364) Table 1.
 
         x: [N, img_channels, R, R] noisy images/latents, any float dtype (float64 keeps the whole
         computation in float64; anything else computes in float32). sigma: noise level(s), a
@@ -312,7 +315,8 @@ class Precond(torch.nn.Module):
         use_amp = self.use_fp16 and not force_fp32 and x.device.type == "cuda" and base == torch.float32
         dtype = self.amp_dtype if use_amp else base
 
-        # Preconditioning (docs/method.md#preconditioning).
+        # Preconditioning: EDM2 (arXiv 2312.02696) Eq. 4-8 (EDM arXiv 2206.00364, Table 1)
+        # (docs/method.md#preconditioning).
         c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
         c_out = sigma * self.sigma_data / (sigma**2 + self.sigma_data**2).sqrt()
         c_in = 1 / (self.sigma_data**2 + sigma**2).sqrt()
@@ -327,6 +331,7 @@ class Precond(torch.nn.Module):
                 raise ConfigError(
                     f"config {self.config} has no uncertainty head u(sigma); train it without return_logvar"
                 )
+            # The uncertainty u(sigma) of the loss weighting, EDM2 (arXiv 2312.02696) Eq. 21.
             logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
             return D_x, logvar
         return D_x

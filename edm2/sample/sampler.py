@@ -23,12 +23,16 @@ def edm_sampler(
     dtype=torch.float32,
     randn_like=torch.randn_like,
 ):
-    """Deterministic 2nd-order Heun sampler (optionally stochastic with S_churn), docs/method.md#sampling
+    """EDM's 2nd-order Heun sampler, EDM (arXiv 2206.00364) Algorithm 2 (deterministic with
+    S_churn = 0, the stochastic variant otherwise), with guidance; the official
+    `generate_images.edm_sampler` (docs/method.md#sampling).
 
-    NFE = 2 * num_steps - 1; each call evaluates `gnet` too when guidance != 1.
+    noise [N, C, R, R] (unit variance), labels [N, label_dim] or None -> x_0 [N, C, R, R] in
+    `dtype`. NFE = 2 * num_steps - 1; each call evaluates `gnet` too when guidance != 1.
     """
 
-    # Guided denoiser: lerp(D_guide, D_main, guidance); the guide is skipped when guidance == 1.
+    # Guided denoiser: lerp(D_guide, D_main, guidance), autoguidance (arXiv 2406.02507) Eq. 1 /
+    # classifier-free guidance; the guide is skipped when guidance == 1.
     def denoise(x, t):
         Dx = net(x, t, labels).to(dtype)
         if guidance == 1:
@@ -36,7 +40,7 @@ def edm_sampler(
         ref_Dx = gnet(x, t, labels).to(dtype)
         return ref_Dx.lerp(Dx, guidance)
 
-    # Time step discretisation in `dtype`, with t_N = 0.
+    # Time step discretisation in `dtype`, EDM (arXiv 2206.00364) Eq. 5, with t_N = 0.
     step_indices = torch.arange(num_steps, dtype=dtype, device=noise.device)
     t_steps = (
         sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))

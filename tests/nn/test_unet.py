@@ -338,7 +338,7 @@ def test_use_fp16_has_no_effect_on_cpu():
         assert net(x.half(), 1.0).dtype == torch.float32
 
 
-# --- Float64 end to end (DESIGN.md, issue 2 item 2) ------------------------------------------
+# --- Float64 end to end (README: one deliberate difference) ------------------------------------------
 
 
 class _DtypeRecorder(TorchDispatchMode):
