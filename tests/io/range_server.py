@@ -14,7 +14,11 @@ its bytes) and a Last-Modified header (its mtime), and `If-Range` is honoured as
 Faults (per file name): drop_after (bytes, once), status_times + status (GETs only), corrupt,
 ignore_range (answer 200 to every Range), no_validators (no ETag / Last-Modified, If-Range
 ignored), etag (a fixed ETag instead of the bytes' one), head_size (the Content-Length a HEAD
-claims).
+claims), and hostile answers to a GET, each bounded so that the server stops by itself: endless
+(N: a body of N bytes without Content-Length, then the connection closed; the file's bytes are
+not used), trickle (S: one byte of the file every S seconds, for at most trickle_for seconds,
+default 20). `server.httpd.index_endless = N` makes the index page a body of N bytes without
+Content-Length.
 """
 
 import email.utils
@@ -34,7 +38,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def _endless(self, total: int, row: bytes = b"x" * 65536) -> None:
+        """A 200 answer without Content-Length: `total` bytes of `row`s, then close (the client may
+        close first)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        try:
+            while sent < total:
+                chunk = row[: total - sent]
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the client gave up
+
     def _index(self):
+        if self.server.index_endless:
+            return self._endless(self.server.index_endless, b"<tr><td><a href='x.bin'>x.bin</a></td></tr>\n" * 1000)
         names = sorted(p.name for p in self.server.root.iterdir() if p.is_file() and not p.name.startswith("."))
         if self.server.index_links is not None:  # links as given (any href), e.g. unsafe names
             names = self.server.index_links
@@ -69,6 +92,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 fault["status_times"] -= 1
             self.send_error(fault.get("status", 500))
             return
+        if self.command == "GET" and fault.get("endless"):
+            return self._endless(fault["endless"])
         data = path.read_bytes()
         if fault.get("corrupt"):
             data = bytes([data[0] ^ 0xFF]) + data[1:]
@@ -117,6 +142,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)  # cut mid-body: the client sees a short read
             return
+        if fault.get("trickle"):
+            end = time.monotonic() + fault.get("trickle_for", 20)
+            try:
+                for i in range(len(body)):
+                    if time.monotonic() > end:
+                        break
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(fault["trickle"])
+            except OSError:
+                pass  # the client gave up
+            self.close_connection = True
+            return
         step = 4096 if srv.delay else len(body)
         for i in range(0, len(body), step):
             self.wfile.write(body[i : i + step])
@@ -139,6 +177,7 @@ class RangeServer:
         self.httpd.log = []
         self.httpd.if_ranges = []
         self.httpd.index_links = None  # hrefs of the index page instead of the folder's files
+        self.httpd.index_endless = 0  # bytes of an index page without Content-Length
         self.httpd.faults = {}
         self.httpd.delay = delay
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
