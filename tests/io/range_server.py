@@ -17,7 +17,9 @@ ignored), etag (a fixed ETag instead of the bytes' one), head_size (the Content-
 claims), and hostile answers to a GET, each bounded so that the server stops by itself: endless
 (N: a body of N bytes without Content-Length, then the connection closed; the file's bytes are
 not used), trickle (S: one byte of the file every S seconds, for at most trickle_for seconds,
-default 20). `server.httpd.index_endless = N` makes the index page a body of N bytes without
+default 20), trickle_headers (S: the status line and headers one byte every S seconds, for at
+most trickle_for seconds, then the connection closed; GET and HEAD; the name '' is the index
+page). `server.httpd.index_endless = N` makes the index page a body of N bytes without
 Content-Length.
 """
 
@@ -55,6 +57,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass  # the client gave up
 
+    def _trickle_head(self, pause: float, limit: float) -> None:
+        """An answer head that never ends, one byte every `pause` seconds for `limit` seconds."""
+        self.close_connection = True
+        head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60000
+        end = time.monotonic() + limit
+        try:
+            for i in range(len(head)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(head[i : i + 1])
+                self.wfile.flush()
+                time.sleep(pause)
+        except OSError:
+            pass  # the client gave up
+
     def _index(self):
         if self.server.index_endless:
             return self._endless(self.server.index_endless, b"<tr><td><a href='x.bin'>x.bin</a></td></tr>\n" * 1000)
@@ -81,6 +98,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             srv.log.append((self.command, name, self.headers.get("Range", "")))
             srv.if_ranges.append((self.command, name, self.headers.get("If-Range", "")))
             fault = srv.faults.get(name, {})
+        if fault.get("trickle_headers"):
+            return self._trickle_head(fault["trickle_headers"], fault.get("trickle_for", 20))
         if name == "":
             return self._index()
         path = srv.root / name

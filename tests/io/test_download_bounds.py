@@ -152,6 +152,38 @@ def test_a_deadline_bounds_a_transfer_that_keeps_the_rate(server, tmp_path):
     assert time.monotonic() - t0 < 10
 
 
+def test_a_server_that_trickles_its_headers_is_cut(server, tmp_path):
+    """The status line and headers one byte every 50 ms: each byte comes within the read timeout,
+    so only the bound on the whole head stops it (here 1 s: the larger of --rate-window and
+    --timeout)."""
+    server.faults["f0.bin"] = {"trickle_headers": 0.05, "trickle_for": 15}
+    url = server.url + "f0.bin"
+    t0 = time.monotonic()
+    args = ("--timeout", "1", "--min-rate", "1000", "--rate-window", "0.5", "--retries", "0")
+    out = one_line_error(cli(url, "--dest", tmp_path / "d", *args))
+    assert f"cannot download {url}: the server's answer did not finish its status line and headers within 1 s" in out
+    assert time.monotonic() - t0 < 10 and leftovers(tmp_path / "d") == []
+    # The index page of a folder, and the cache.
+    server.faults[""] = {"trickle_headers": 0.05, "trickle_for": 15}
+    out = one_line_error(cli(server.url, "--dest", tmp_path / "d", *args))
+    assert f"cannot list {server.url}: the server's answer did not finish its status line and headers" in out
+    with pytest.raises(DownloadError, match="did not finish its status line and headers within 2 s"):
+        download(url, progress=False, timeout=1, deadline=2, min_rate=0)
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_head_cut_short_by_the_server_is_not_taken_for_an_empty_file(server, tmp_path):
+    """A connection closed in the middle of the headers: http.client takes what came as the whole
+    head (a 200 without length and an empty body); it is a failed attempt, not a file."""
+    server.faults["f0.bin"] = {"trickle_headers": 0.001, "trickle_for": 0.05}
+    with pytest.raises(DownloadError, match=r"closed in the middle of the answer's headers \(2 attempts"):
+        download_files([server.url + "f0.bin"], tmp_path / "d", retries=1, **fast())
+    assert not (tmp_path / "d" / "f0.bin").exists() and read_manifest(tmp_path / "d" / MANIFEST) == {}
+    server.faults[""] = {"trickle_headers": 0.001, "trickle_for": 0.05}
+    with pytest.raises(DownloadError, match=r"cannot list .*closed in the middle of the answer's headers"):
+        download_files([server.url], tmp_path / "d", retries=1, **fast())
+
+
 def test_generate_net_url_inherits_the_bounds_from_the_environment(server, tmp_path):
     server.faults["net.pkl"] = {"trickle": 0.02, "trickle_for": 15}
     env = {"EDM2_DOWNLOAD_MIN_RATE": "1000", "EDM2_DOWNLOAD_RATE_WINDOW": "0.5"}

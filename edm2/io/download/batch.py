@@ -170,7 +170,7 @@ class _Batch:
     def head_missing(self, missing: list) -> dict:
         """`{name: head_info or None}` of the `missing` files (HEAD requests in the pool); their
         sizes are added to the bar's total."""
-        infos = self.pool.map(lambda p: head_info(p.url, self.shared.timeout), missing)
+        infos = self.pool.map(lambda p: head_info(p.url, self.shared.timeout, self.shared.limits), missing)
         self.heads = dict(zip([p.name for p in missing], infos))
         for info in self.heads.values():
             if info is not None:

@@ -12,7 +12,16 @@ import requests
 
 from edm2.errors import DownloadError, FormatError
 from edm2.io.download.manifest import CHUNK, MANIFEST, read_manifest
-from edm2.io.download.transfer import Pace, _describe, _is_connect_failure, _Retry, _session
+from edm2.io.download.transfer import (
+    Pace,
+    _describe,
+    _head_cut,
+    _header_watch,
+    _is_connect_failure,
+    _Retry,
+    _session,
+    header_limit,
+)
 from edm2.io.download.urls import (
     DEFAULT_RETRIES,
     HINT_DOWNLOAD,
@@ -96,7 +105,18 @@ def _get_text(url: str, timeout: float, retries: int, backoff: float, what: str,
     limits = check_limits(limits)
     for attempt in range(retries + 1):
         try:
-            with _session().get(url, timeout=(timeout, timeout), stream=True) as r:
+            seconds = header_limit(limits, timeout)
+            with _header_watch(seconds) as watch:
+                try:
+                    r = _session().get(url, timeout=(timeout, timeout), stream=True)
+                except requests.exceptions.RequestException:
+                    if watch["cut"]:
+                        raise _head_cut(url, seconds, what, HINT_DOWNLOAD) from None
+                    raise
+            if watch["cut"]:
+                r.close()
+                raise _head_cut(url, seconds, what, HINT_DOWNLOAD)
+            with r:
                 if r.status_code >= 500 or r.status_code in (408, 429):
                     raise _Retry(f"HTTP {r.status_code} {r.reason}")
                 if r.status_code >= 400:

@@ -9,15 +9,20 @@ after comparing its last bytes with the server's."""
 import contextlib
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
 
 import requests
+import requests.adapters
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from edm2 import __version__
 from edm2.errors import DownloadError, one_line
@@ -40,11 +45,137 @@ class _Unproven(Exception):
 _local = threading.local()
 
 
+class _WatchedHead:
+    """A connection whose reading of an answer's status line and headers (`getresponse`) is cut
+    after the seconds `header_watch` gives (set by `_header_watch` in the calling thread), by
+    shutting its socket down: a server that trickles its headers one byte at a time would
+    otherwise be read for as long as each byte comes within the read timeout (http.client allows
+    100 header lines of 64 KiB)."""
+
+    def getresponse(self, *args, **kwargs):
+        watch = getattr(_local, "header_watch", None)
+        if not watch or not watch.get("seconds"):
+            return super().getresponse(*args, **kwargs)
+        timer = threading.Timer(watch["seconds"], self._cut, (watch,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().getresponse(*args, **kwargs)
+        finally:
+            timer.cancel()
+
+    def _cut(self, watch: dict) -> None:
+        watch["cut"] = True
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class HeadCutShort(http.client.RemoteDisconnected):
+    """The connection closed in the middle of an answer's headers."""
+
+
+class _LineWatch:
+    """A file object that notes a line read without its end (the connection closed within it)."""
+
+    def __init__(self, fp):
+        self.fp, self.short = fp, False
+
+    def readline(self, *args):
+        line = self.fp.readline(*args)
+        if not line.endswith(b"\n"):
+            self.short = True
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.fp, name)
+
+
+class _CheckedHead(http.client.HTTPResponse):
+    """http.client's response, except that a head cut short (the connection closed before the
+    empty line that ends the headers) is an error, not the whole head of an empty answer."""
+
+    def begin(self):
+        if self.headers is not None:
+            return super().begin()
+        fp = self.fp
+        self.fp = watch = _LineWatch(fp)
+        try:
+            super().begin()
+        finally:
+            if self.fp is watch:
+                self.fp = fp
+        if watch.short:
+            self.close()
+            raise HeadCutShort("the connection closed in the middle of the answer's headers")
+
+
+class _HTTPConnection(_WatchedHead, HTTPConnection):
+    response_class = _CheckedHead
+
+
+class _HTTPSConnection(_WatchedHead, HTTPSConnection):
+    response_class = _CheckedHead
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with connections whose answer heads are bounded in time (`_WatchedHead`)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+@contextlib.contextmanager
+def _header_watch(seconds: float | None):
+    """Bound the reading of the status line and headers of the requests of this thread to
+    `seconds` (None: unbounded) while in the block; yields a dict whose 'cut' says whether a head
+    was cut."""
+    watch = {"seconds": seconds, "cut": False}
+    _local.header_watch = watch
+    try:
+        yield watch
+    finally:
+        _local.header_watch = None
+
+
+def header_limit(limits: Limits, timeout: float, started: float | None = None) -> float | None:
+    """The seconds an answer's status line and headers may take: the rate window (at least the
+    read timeout) while a minimum rate is set, at most what is left of the deadline (`started`: a
+    `time.monotonic()`); None when neither is set."""
+    candidates = []
+    if limits.min_rate:
+        candidates.append(max(limits.rate_window, timeout))
+    if limits.deadline is not None:
+        left = limits.deadline - (time.monotonic() - started if started is not None else 0.0)
+        candidates.append(max(0.1, left))
+    return min(candidates) if candidates else None
+
+
+def _head_cut(url: str, seconds: float, what: str = "download", advice: str = "rerun to retry") -> DownloadError:
+    return DownloadError(
+        f"cannot {what} {url}: the server's answer did not finish its status line and headers within "
+        f"{seconds:.3g} s (--min-rate over --rate-window, --deadline); {advice}"
+    )
+
+
 def _session():
     """One `requests.Session` per thread (connection reuse; sessions are not thread-safe)."""
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        adapter = _Adapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         session.headers["User-Agent"] = f"edm2/{__version__}"
         session.headers["Accept-Encoding"] = "identity"  # byte ranges refer to the stored bytes
         _local.session = session
@@ -70,6 +201,9 @@ def _describe(e) -> str:
     if isinstance(e, requests.exceptions.Timeout):
         return "no answer in time"
     inner = e.args[0] if e.args else e
+    cut = [a for a in getattr(inner, "args", ()) if isinstance(a, HeadCutShort)]
+    if cut:
+        return str(cut[0])
     reason = getattr(inner, "reason", inner)
     if isinstance(reason, str):  # urllib3's ProtocolError('Connection broken: ...', cause)
         return one_line(reason, 300)
@@ -114,12 +248,15 @@ def _validator(headers) -> dict:
     }
 
 
-def head_info(url: str, timeout: float) -> dict | None:
+def head_info(url: str, timeout: float, limits: Limits | None = None) -> dict | None:
     """`{'size', 'etag', 'last_modified'}` from a HEAD request, or None when it fails or the
-    server does not say the size."""
+    server does not say the size (its head bounded in time by `limits`, see `header_limit`)."""
     try:
-        r = _session().head(url, timeout=(timeout, timeout), allow_redirects=True)
+        with _header_watch(header_limit(check_limits(limits), timeout)) as watch:
+            r = _session().head(url, timeout=(timeout, timeout), allow_redirects=True)
     except Exception:
+        return None
+    if watch["cut"]:
         return None
     length = r.headers.get("Content-Length")
     if r.status_code != 200 or not (length and length.isdigit()):
@@ -419,7 +556,18 @@ class _Transfer:
         timeout = (self.request.timeout, self.request.timeout)
         pace = self._pace()
         headers = self._headers(offset, state, overlap)
-        with _session().get(self.url, headers=headers, stream=True, timeout=timeout) as r:
+        seconds = header_limit(self.request.limits, self.request.timeout, self.started)
+        with _header_watch(seconds) as watch:
+            try:
+                r = _session().get(self.url, headers=headers, stream=True, timeout=timeout)
+            except requests.exceptions.RequestException:
+                if watch["cut"]:
+                    raise _head_cut(self.url, seconds, advice=self._resume_advice()) from None
+                raise
+        if watch["cut"]:
+            r.close()
+            raise _head_cut(self.url, seconds, advice=self._resume_advice())
+        with r:
             validator = _validator(r.headers)
             if r.status_code == 416 and offset:
                 _, total = _content_range(r.headers.get("Content-Range"))
