@@ -149,7 +149,14 @@ def download(
 
     sources = list(urls)
     if url_list is not None:
-        sources += [line.split("#", 1)[0].strip() for line in url_list if line.split("#", 1)[0].strip()]
+        from edm2.io.download.manifest import MAX_MANIFEST_BYTES
+
+        text = url_list.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ConfigError(
+                f"--list {url_list.name}: longer than {MAX_MANIFEST_BYTES} characters; give a file of URLs"
+            )
+        sources += [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
     if not sources:
         raise ConfigError("give at least one URL (or --list FILE); see edm2 download --help")
     if dry_run:

@@ -20,10 +20,12 @@ not used), trickle (S: one byte of the file every S seconds, for at most trickle
 default 20), trickle_headers (S: the status line and headers one byte every S seconds, for at
 most trickle_for seconds, then the connection closed; GET and HEAD; the name '' is the index
 page). `server.httpd.index_endless = N` makes the index page a body of N bytes without
-Content-Length.
+Content-Length, and `server.httpd.index_gzip = N` a gzip-encoded page of N zero bytes (a few
+KiB on the wire).
 """
 
 import email.utils
+import gzip
 import hashlib
 import html
 import http.server
@@ -31,6 +33,18 @@ import re
 import threading
 import time
 from pathlib import Path
+
+
+def _gzip_zeros(n: int) -> bytes:
+    """gzip of `n` zero bytes, compressed a MiB at a time."""
+    import io
+
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb") as f:
+        block = bytes(1 << 20)
+        for i in range(0, n, len(block)):
+            f.write(block[: n - i])
+    return out.getvalue()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -73,6 +87,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             pass  # the client gave up
 
     def _index(self):
+        if self.server.index_gzip:
+            body = _gzip_zeros(self.server.index_gzip)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.server.index_endless:
             return self._endless(self.server.index_endless, b"<tr><td><a href='x.bin'>x.bin</a></td></tr>\n" * 1000)
         names = sorted(p.name for p in self.server.root.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -197,6 +220,7 @@ class RangeServer:
         self.httpd.if_ranges = []
         self.httpd.index_links = None  # hrefs of the index page instead of the folder's files
         self.httpd.index_endless = 0  # bytes of an index page without Content-Length
+        self.httpd.index_gzip = 0  # zero bytes of a gzip-encoded index page
         self.httpd.faults = {}
         self.httpd.delay = delay
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"

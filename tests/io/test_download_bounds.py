@@ -126,6 +126,29 @@ def test_an_index_page_that_never_ends_is_one_line(server, tmp_path):
     assert "the page is longer than" in out
 
 
+def test_a_compressed_index_page_is_bounded_once_decoded(server, tmp_path):
+    server.httpd.index_gzip = MAX_PAGE_BYTES + (16 << 20)  # 32 MiB of zeros, a few KiB sent
+    out = one_line_error(cli(server.url, "--dest", tmp_path / "d"))
+    assert f"cannot list {server.url}: the page is longer than {MAX_PAGE_BYTES} bytes" in out
+
+
+def test_manifest_and_list_files_that_never_end_are_one_line(tmp_path):
+    out = one_line_error(cli("http://127.0.0.1:9/x.bin", "--dest", tmp_path / "d", "--manifest", "/dev/zero"))
+    assert "/dev/zero: not a regular file; give a sha256sum-format file" in out
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(MAX_PAGE_BYTES + 1)
+    out = one_line_error(cli("http://127.0.0.1:9/x.bin", "--dest", tmp_path / "d", "--manifest", big))
+    assert f"{big}: larger than {MAX_PAGE_BYTES} bytes" in out
+    out = one_line_error(cli("--list", "/dev/zero", "--dest", tmp_path / "d"))
+    assert "--list /dev/zero: longer than" in out
+    # The manifest of DEST itself.
+    (tmp_path / "e").mkdir()
+    os.symlink("/dev/zero", tmp_path / "e" / MANIFEST)
+    out = one_line_error(cli("http://127.0.0.1:9/x.bin", "--dest", tmp_path / "e"))
+    assert f"{MANIFEST}: not a regular file" in out
+
+
 # -- rate and time ------------------------------------------------------------------------------
 
 
