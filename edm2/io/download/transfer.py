@@ -536,7 +536,10 @@ class _Transfer:
                 f"cannot download {self.url}: {_describe(e)} ({self.failures} attempts in a row failed); "
                 f"{self._resume_advice()}"
             ) from None
-        time.sleep(min(30.0, request.backoff * 2 ** (self.failures - 1)))
+        pause = min(30.0, request.backoff * 2 ** (self.failures - 1))
+        if request.limits is not None and request.limits.deadline is not None:  # no sleeping past it
+            pause = min(pause, max(0.0, request.limits.deadline - (time.monotonic() - self.started)) + 0.01)
+        time.sleep(pause)
 
     def _attempt(self) -> bool:
         """One GET from the end of the `.part`: True when the `.part` then holds the whole file,
