@@ -118,6 +118,31 @@ def test_a_file_over_max_bytes_is_refused_before_any_transfer(served, server, tm
     assert leftovers(cached_path(url).parent) == [] and len(server.gets("f1.bin")) == 1
 
 
+def test_a_body_without_length_never_fills_the_disk(server, tmp_path, monkeypatch):
+    import shutil
+
+    from edm2.io.download import transfer
+
+    real = shutil.disk_usage
+    free = transfer.KEEP_FREE + (1 << 20)  # 1 MiB above what is kept free
+
+    def usage(path):
+        return real(path)._replace(free=free)
+
+    monkeypatch.setattr(transfer.shutil, "disk_usage", usage)
+    server.faults["f0.bin"] = {"endless": 8 << 20}
+    url = server.url + "f0.bin"
+    with pytest.raises(DownloadError) as e:
+        download(url, **fast())
+    assert f"the server sent more than {1 << 20} bytes (the free space of " in str(e.value)
+    assert "MiB kept free); the transfer was removed; free space or set EDM2_CACHE_DIR" in str(e.value)
+    assert leftovers(cached_path(url).parent) == []
+    # A size that is said and does not fit: refused before the first byte.
+    free = 1000
+    with pytest.raises(DownloadError, match=rf"cannot download .*f1.bin: {SIZE + 1} more bytes needed, 1000 free in "):
+        download(server.url + "f1.bin", **fast())
+
+
 def test_an_index_page_that_never_ends_is_one_line(server, tmp_path):
     server.httpd.index_endless = MAX_PAGE_BYTES + (8 << 20)
     out = one_line_error(cli(server.url, "--dest", tmp_path / "d"))

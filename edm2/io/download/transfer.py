@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from edm2.io.download.urls import DEFAULT_RETRIES, HINT_CACHE, Limits, check_lim
 
 MAX_RESTARTS = 3  # the server's file changed under a transfer this many times: give up
 OVERLAP = 1 << 16  # bytes of the .part fetched again and compared when no validator proves its version
+KEEP_FREE = 256 << 20  # a body of unknown length stops before the disk has less free space than this
 
 
 class _Retry(Exception):
@@ -646,22 +648,40 @@ class _Transfer:
             f.seek(offset - overlap)
             return f.read(overlap) == bytes(received)
 
-    def _limit(self, total) -> tuple[int, str]:
-        """The most bytes the `.part` may hold for an answer of total size `total` (None: not said)
-        and where that bound comes from; a total over --max-bytes is refused before any byte."""
-        max_bytes = self.request.limits.max_bytes
+    def _limit(self, total, offset: int) -> tuple[int, str, str]:
+        """`(most bytes the .part may hold, where that bound comes from, what to do when a body
+        goes past it)` for an answer of total size `total` (None: not said) appended at `offset`.
+        A total over --max-bytes, or more than the free space, is refused before any byte; a body
+        of unknown length may not fill the disk (it stops `KEEP_FREE` bytes before)."""
+        max_bytes, folder = self.request.limits.max_bytes, self.part.parent
         if total is not None and total > max_bytes:
             self._discard()
             raise DownloadError(
                 f"cannot download {self.url}: its size, {total} bytes, is over the limit of {max_bytes} bytes "
                 "(--max-bytes, EDM2_DOWNLOAD_MAX_BYTES); raise the limit if the file really is that large"
             )
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
         if total is not None:
-            return total, "the size the server gave"
+            if free is not None and total - offset > free:
+                raise DownloadError(
+                    f"cannot download {self.url}: {total - offset} more bytes needed, {free} free in {folder}; "
+                    f"{self.fix}"
+                )
+            return total, "the size the server gave", ""
         head = self.request.head
         if head and head.get("size") is not None and head["size"] <= max_bytes:
-            return head["size"], "the size its HEAD answer gave"
-        return max_bytes, "--max-bytes, EDM2_DOWNLOAD_MAX_BYTES"
+            bound, source, advice = head["size"], "the size its HEAD answer gave", ""
+        else:
+            bound, source = max_bytes, "--max-bytes, EDM2_DOWNLOAD_MAX_BYTES"
+            advice = "; raise --max-bytes if the file really is that large"
+        if free is not None and offset + free - KEEP_FREE < bound:
+            bound = max(0, offset + free - KEEP_FREE)
+            source = f"the free space of {folder}, less {KEEP_FREE >> 20} MiB kept free"
+            advice = f"; {self.fix}"
+        return bound, source, advice
 
     def _discard(self) -> None:
         """Remove the `.part` and its record: nothing is left that looks resumable."""
@@ -676,7 +696,7 @@ class _Transfer:
         than the file's size (or, not said, than --max-bytes) is refused and the `.part` removed;
         `pace` bounds the rate and time."""
         part, fix = self.part, f"{self.fix}; then rerun to resume"
-        limit, source = self._limit(total)
+        limit, source, advice = self._limit(total, offset)
         try:
             f = open(part, "ab" if offset else "wb")
         except OSError as e:
@@ -710,7 +730,7 @@ class _Transfer:
             self._discard()
             raise DownloadError(
                 f"cannot download {self.url}: the server sent more than {limit} bytes ({source}); the transfer "
-                "was removed" + ("" if total is not None else "; raise --max-bytes if the file really is that large")
+                f"was removed{advice}"
             )
 
     def _finish(self) -> str:
