@@ -16,7 +16,7 @@ ignore_range (answer 200 to every Range), no_validators (no ETag / Last-Modified
 ignored), etag (a fixed ETag instead of the bytes' one), head_size (the Content-Length a HEAD
 claims), and hostile answers to a GET, each bounded so that the server stops by itself: endless
 (N: a body of N bytes without Content-Length, then the connection closed; the file's bytes are
-not used), trickle (S: one byte of the file every S seconds, for at most trickle_for seconds,
+not used; with chunked: True, sent as chunks of Transfer-Encoding: chunked), trickle (S: one byte of the file every S seconds, for at most trickle_for seconds,
 default 20), trickle_headers (S: the status line and headers one byte every S seconds, for at
 most trickle_for seconds, then the connection closed; GET and HEAD; the name '' is the index
 page). `server.httpd.index_endless = N` makes the index page a body of N bytes without
@@ -54,20 +54,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def _endless(self, total: int, row: bytes = b"x" * 65536) -> None:
+    def _endless(self, total: int, row: bytes = b"x" * 65536, chunked: bool = False) -> None:
         """A 200 answer without Content-Length: `total` bytes of `row`s, then close (the client may
-        close first)."""
+        close first); `chunked`: as chunks, ended by the last chunk."""
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
         self.end_headers()
         self.close_connection = True
         sent = 0
         try:
             while sent < total:
                 chunk = row[: total - sent]
-                self.wfile.write(chunk)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 sent += len(chunk)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
         except OSError:
             pass  # the client gave up
 
@@ -135,7 +137,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(fault.get("status", 500))
             return
         if self.command == "GET" and fault.get("endless"):
-            return self._endless(fault["endless"])
+            return self._endless(fault["endless"], chunked=fault.get("chunked", False))
         data = path.read_bytes()
         if fault.get("corrupt"):
             data = bytes([data[0] ^ 0xFF]) + data[1:]

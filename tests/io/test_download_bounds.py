@@ -75,8 +75,9 @@ def one_line_error(r):
 # -- sizes --------------------------------------------------------------------------------------
 
 
-def test_a_body_without_length_is_bounded_by_max_bytes_and_leaves_nothing_resumable(server, tmp_path):
-    server.faults["f0.bin"] = {"endless": 8 << 20}  # 8 MiB without Content-Length
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_without_length_is_bounded_by_max_bytes_and_leaves_nothing_resumable(server, tmp_path, chunked):
+    server.faults["f0.bin"] = {"endless": 8 << 20, "chunked": chunked}  # 8 MiB without Content-Length
     url = server.url + "f0.bin"
     t0 = time.monotonic()
     with pytest.raises(DownloadError) as e:
