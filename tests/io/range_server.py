@@ -30,6 +30,7 @@ import hashlib
 import html
 import http.server
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -216,6 +217,7 @@ class RangeServer:
     def __init__(self, root, delay: float = 0.0):
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = self._handle_error
         self.httpd.root = Path(root)
         self.httpd.lock = threading.Lock()
         self.httpd.log = []
@@ -227,6 +229,13 @@ class RangeServer:
         self.httpd.delay = delay
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+
+    def _handle_error(self, request, client_address):
+        """Quiet about clients that hung up (the tests' clients give up on purpose); anything else
+        is printed as socketserver does."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        http.server.ThreadingHTTPServer.handle_error(self.httpd, request, client_address)
 
     @property
     def faults(self) -> dict:
