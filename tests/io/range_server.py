@@ -17,7 +17,7 @@ ignored), etag (a fixed ETag instead of the bytes' one), head_size (the Content-
 claims), and hostile answers to a GET, each bounded so that the server stops by itself: endless
 (N: a body of N bytes without Content-Length, then the connection closed; the file's bytes are
 not used; with chunked: True, sent as chunks of Transfer-Encoding: chunked), trickle (S: one byte of the file every S seconds, for at most trickle_for seconds,
-default 20), trickle_headers (S: the status line and headers one byte every S seconds, for at
+default 20), trickle_headers (S: the status line, then the headers one byte every S seconds, for at
 most trickle_for seconds, then the connection closed; GET and HEAD; the name '' is the index
 page). `server.httpd.index_endless = N` makes the index page a body of N bytes without
 Content-Length, and `server.httpd.index_gzip = N` a gzip-encoded page of N zero bytes (a few
@@ -77,9 +77,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _trickle_head(self, pause: float, limit: float) -> None:
         """An answer head that never ends, one byte every `pause` seconds for `limit` seconds."""
         self.close_connection = True
-        head = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60000
+        status, head = b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"a" * 60000
         end = time.monotonic() + limit
         try:
+            self.wfile.write(status)  # the status line at once, then the headers trickle
             for i in range(len(head)):
                 if time.monotonic() > end:
                     break

@@ -179,11 +179,11 @@ def test_manifest_and_list_files_that_never_end_are_one_line(tmp_path):
 
 
 def test_a_trickling_server_is_stopped_by_the_minimum_rate(server, tmp_path):
-    server.faults["f0.bin"] = {"trickle": 0.02, "trickle_for": 15}  # about 50 bytes/s
+    server.faults["f0.bin"] = {"trickle": 0.02, "trickle_for": 60}  # about 50 bytes/s
     url = server.url + "f0.bin"
     t0 = time.monotonic()
     out = one_line_error(cli(url, "--dest", tmp_path / "d", "--min-rate", "1000", "--rate-window", "0.5"))
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30
     assert f"cannot download {url}: " in out and " bytes/s over the last " in out
     assert "below the minimum of 1000 bytes/s (--min-rate" in out
     rate = float(out.split(f"cannot download {url}: ")[1].split(" bytes/s")[0])
@@ -193,32 +193,32 @@ def test_a_trickling_server_is_stopped_by_the_minimum_rate(server, tmp_path):
 
 
 def test_a_deadline_bounds_a_transfer_that_keeps_the_rate(server, tmp_path):
-    server.faults["f1.bin"] = {"trickle": 0.002, "trickle_for": 15}
+    server.faults["f1.bin"] = {"trickle": 0.002, "trickle_for": 60}
     url = server.url + "f1.bin"
     t0 = time.monotonic()
     with pytest.raises(DownloadError, match=r"not complete after \d+ s, over the deadline of 1 s \(--deadline"):
         download_files([url], tmp_path / "d", min_rate=0, deadline=1, **fast())
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30
 
 
 def test_a_server_that_trickles_its_headers_is_cut(server, tmp_path):
     """The status line and headers one byte every 50 ms: each byte comes within the read timeout,
     so only the bound on the whole head stops it (here 1 s: the larger of --rate-window and
     --timeout)."""
-    server.faults["f0.bin"] = {"trickle_headers": 0.05, "trickle_for": 15}
+    server.faults["f0.bin"] = {"trickle_headers": 0.05, "trickle_for": 60}
     url = server.url + "f0.bin"
     t0 = time.monotonic()
     args = ("--timeout", "1", "--min-rate", "1000", "--rate-window", "0.5", "--retries", "0")
     out = one_line_error(cli(url, "--dest", tmp_path / "d", *args))
     assert f"cannot download {url}: the server's answer did not finish its status line and headers within 1 s" in out
-    assert time.monotonic() - t0 < 10 and leftovers(tmp_path / "d") == []
+    assert time.monotonic() - t0 < 30 and leftovers(tmp_path / "d") == []
     # The index page of a folder, and the cache.
-    server.faults[""] = {"trickle_headers": 0.05, "trickle_for": 15}
+    server.faults[""] = {"trickle_headers": 0.05, "trickle_for": 60}
     out = one_line_error(cli(server.url, "--dest", tmp_path / "d", *args))
     assert f"cannot list {server.url}: the server's answer did not finish its status line and headers" in out
     with pytest.raises(DownloadError, match="did not finish its status line and headers within 2 s"):
         download(url, progress=False, timeout=1, deadline=2, min_rate=0)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 60
 
 
 def test_a_head_cut_short_by_the_server_is_not_taken_for_an_empty_file(server, tmp_path):
@@ -234,7 +234,7 @@ def test_a_head_cut_short_by_the_server_is_not_taken_for_an_empty_file(server, t
 
 
 def test_generate_net_url_inherits_the_bounds_from_the_environment(server, tmp_path):
-    server.faults["net.pkl"] = {"trickle": 0.02, "trickle_for": 15}
+    server.faults["net.pkl"] = {"trickle": 0.02, "trickle_for": 60}
     env = {"EDM2_DOWNLOAD_MIN_RATE": "1000", "EDM2_DOWNLOAD_RATE_WINDOW": "0.5"}
     t0 = time.monotonic()
     r = CliRunner().invoke(
@@ -244,7 +244,7 @@ def test_generate_net_url_inherits_the_bounds_from_the_environment(server, tmp_p
     out = r.output.rsplit("\r", 1)[-1].strip().splitlines()[-1]  # after the progress bar
     assert out.startswith(f"Error: cannot download {server.url}net.pkl: "), r.output
     assert "rerun to resume from" in out and "below the minimum of 1000 bytes/s" in out
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 60
     part = cached_path(server.url + "net.pkl").with_name(cached_path(server.url + "net.pkl").name + ".part")
     assert part.is_file() and part.stat().st_size < SIZE  # kept to resume: the server gives an ETag
 
