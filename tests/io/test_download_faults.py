@@ -20,7 +20,7 @@ from range_server import RangeServer
 
 from edm2.cli import main
 from edm2.errors import DownloadError
-from edm2.io.download import MANIFEST, cached_path, download, download_files, file_lock, read_manifest
+from edm2.io.download import MANIFEST, OVERLAP, cached_path, download, download_files, file_lock, read_manifest
 
 NAMES = ["f0.bin", "f1.bin", "f2.bin"]
 SIZE = 150_000
@@ -127,20 +127,25 @@ def test_a_part_of_a_file_replaced_on_the_server_restarts_from_zero(served, serv
     assert hidden_or_partial(dest) == []
 
 
-def test_without_validators_a_changed_size_restarts_and_the_same_size_resumes(served, server, tmp_path):
+def test_without_validators_a_part_is_resumed_only_under_a_digest(served, server, tmp_path):
+    """No ETag, no Last-Modified: the same size is not the same file (issue 25 item 4), so a
+    `.part` is fetched again from byte 0 unless a digest will check the result (then its last
+    bytes are compared first: tests/io/test_download_bounds.py)."""
     dest = tmp_path / "d"
     server.faults["f1.bin"] = {"no_validators": True}
     interrupted(server, dest, "f1.bin", 40_000)
     server.faults["f1.bin"] = {"no_validators": True}
     (served / "f1.bin").write_bytes(os.urandom(SIZE + 7))
+    before = len(server.gets("f1.bin"))
     download_files([server.url + "f1.bin"], dest, **fast())
     assert (dest / "f1.bin").read_bytes() == (served / "f1.bin").read_bytes()
-    assert server.gets("f1.bin")[-2:] == ["bytes=40000-", ""]  # the resumed answer's size differed
-    # The same file, interrupted and resumed: one ranged request, identical bytes.
+    assert server.gets("f1.bin")[before:] == [""]  # from byte 0, without asking for a range
+    # The same file, interrupted, with its digest: resumed (the last 64 KiB compared), identical bytes.
+    good = sha((served / "f1.bin").read_bytes())
     (dest / "f1.bin").unlink()
-    interrupted(server, dest, "f1.bin", 30_000)
-    download_files([server.url + "f1.bin"], dest, **fast())
-    assert server.gets("f1.bin")[-1] == "bytes=30000-"
+    interrupted(server, dest, "f1.bin", 80_000)
+    download_files([f"{server.url}f1.bin#sha256={good}"], dest, **fast())
+    assert server.gets("f1.bin")[-1] == f"bytes={80_000 - OVERLAP}-"
     assert (dest / "f1.bin").read_bytes() == (served / "f1.bin").read_bytes()
 
 
@@ -150,7 +155,7 @@ def test_a_part_with_no_record_of_its_version_is_not_resumed(served, server, tmp
     (dest / "f2.bin.part").write_bytes(os.urandom(100_000))  # left by some earlier version
     download_files([server.url + "f2.bin"], dest, **fast())
     assert (dest / "f2.bin").read_bytes() == (served / "f2.bin").read_bytes()
-    assert server.gets("f2.bin") == ["bytes=100000-", ""]
+    assert server.gets("f2.bin") == [""]  # no record and no digest: not even asked for a range
 
 
 def test_a_resumed_part_sends_if_range_and_continues_when_unchanged(served, server, tmp_path):
@@ -168,17 +173,22 @@ def test_a_complete_part_is_renamed_not_fetched_again(served, server, tmp_path, 
     dest = tmp_path / "d"
     dest.mkdir()
     (dest / "f0.bin.part").write_bytes((served / "f0.bin").read_bytes())
-    result = download_files([server.url + "f0.bin"], dest, **fast())  # size known from HEAD
+    # Size known from HEAD, no record of its version: the digest proves it (without one it is
+    # fetched again: tests/io/test_download_bounds.py).
+    good = sha((served / "f0.bin").read_bytes())
+    result = download_files([f"{server.url}f0.bin#sha256={good}"], dest, **fast())
     assert result["downloaded"] == ["f0.bin"] and server.gets("f0.bin") == []
     assert (dest / "f0.bin").read_bytes() == (served / "f0.bin").read_bytes() and hidden_or_partial(dest) == []
-    # The cache (no HEAD): the Range request is answered 416 with the .part's size.
+    # The cache (no HEAD), a digest and no record: the .part's last 64 KiB are asked again and
+    # compared; nothing follows them.
     monkeypatch.setenv("EDM2_CACHE_DIR", str(tmp_path / "cache"))
     url = server.url + "f1.bin"
     part = cached_path(url).with_name(cached_path(url).name + ".part")
     part.parent.mkdir(parents=True)
     part.write_bytes((served / "f1.bin").read_bytes())
-    assert download(url, progress=False).read_bytes() == (served / "f1.bin").read_bytes()
-    assert server.gets("f1.bin") == [f"bytes={SIZE + 1}-"]
+    good = sha((served / "f1.bin").read_bytes())
+    assert download(f"{url}#sha256={good}", progress=False).read_bytes() == (served / "f1.bin").read_bytes()
+    assert server.gets("f1.bin") == [f"bytes={SIZE + 1 - OVERLAP}-"]
 
 
 # -- fault 5: names from an index page --------------------------------------------------------
@@ -279,8 +289,8 @@ def test_offline_rerun_of_a_folder_verifies_the_recorded_files(served, server, t
 
 
 def test_not_enough_free_space_is_reported_before_any_transfer(served, server, tmp_path):
-    server.faults["f0.bin"] = {"head_size": 1 << 60}  # the server says 1 EiB
-    r = cli(server.url + "f0.bin", "--dest", tmp_path / "d")
+    server.faults["f0.bin"] = {"head_size": 1 << 50}  # the server says 1 PiB (--max-bytes allows it)
+    r = cli(server.url + "f0.bin", "--dest", tmp_path / "d", "--max-bytes", "2048T")
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
     assert r.output.startswith(f"Error: --dest {tmp_path / 'd'}: ") and " needed, " in r.output
     assert " free; free space or pass another --dest" in r.output and server.gets("f0.bin") == []

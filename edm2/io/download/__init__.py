@@ -30,6 +30,16 @@ A transfer that fails its digest is removed; a file already in place is never de
 digest given from outside disagrees with it (that is an error naming both digests), only when
 it no longer matches its own recorded digest (it was damaged since).
 
+Every transfer is bounded against a broken or hostile server (`Limits`, `check_limits`): a body
+is never written past the file's size (Content-Length, else HEAD, else `max_bytes`, default 64
+GiB, and never to within 256 MiB of a full disk), index pages and manifests past 16 MiB, a
+transfer slower than `min_rate` bytes/s over `rate_window` seconds (default 1024 over 60) or
+longer than `deadline` stops, and so does an answer whose headers do not arrive in that time;
+the environment variables `EDM2_DOWNLOAD_MAX_BYTES`, `..._MIN_RATE`, `..._RATE_WINDOW` and
+`..._DEADLINE` set them for the commands that take a URL. A `.part` that no validator proves to
+be of the server's current version is resumed only when a digest is known (after comparing its
+last 64 KiB with the server's), else fetched again from byte 0.
+
 `EDM2_OFFLINE=1` refuses every download that is not already present, without touching the
 network; a host that cannot be reached fails at once (no retries) with one line naming the URL.
 
@@ -43,19 +53,26 @@ from edm2.io.download.batch import download_files, place_files
 from edm2.io.download.cache import cache_dir, cached_path, download, resolve_path
 from edm2.io.download.listing import expand_urls, list_directory, parse_index
 from edm2.io.download.manifest import CHUNK, MANIFEST, file_lock, read_manifest, record_digest, sha256_file
-from edm2.io.download.transfer import MAX_RESTARTS, fetch, head_info
+from edm2.io.download.transfer import MAX_RESTARTS, OVERLAP, Pace, fetch, head_info
 from edm2.io.download.urls import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MIN_RATE,
+    DEFAULT_RATE_WINDOW,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     HINT_CACHE,
     HINT_DOWNLOAD,
+    MAX_PAGE_BYTES,
     MAX_TIMEOUT,
     URL_SCHEMES,
+    Limits,
+    check_limits,
     check_timeout,
     check_url,
     hash_prefix,
     is_url,
     offline,
+    parse_bytes,
     split_digest,
     unsafe_name,
     url_file_name,
@@ -82,7 +99,16 @@ __all__ = [
     "file_lock",
     "read_manifest",
     "record_digest",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MIN_RATE",
+    "DEFAULT_RATE_WINDOW",
+    "MAX_PAGE_BYTES",
+    "Limits",
+    "check_limits",
+    "parse_bytes",
     "MAX_RESTARTS",
+    "OVERLAP",
+    "Pace",
     "head_info",
     "fetch",
     "cache_dir",

@@ -20,7 +20,7 @@ from edm2.io.atomic import atomic_path, atomic_write_text
 from edm2.io.download.listing import _check_source, _expand
 from edm2.io.download.manifest import MANIFEST, _forget_digest, _write_error, read_manifest, record_digest, sha256_file
 from edm2.io.download.transfer import _check_offline, _conflict, _fetch, _part, _Request, head_info
-from edm2.io.download.urls import DEFAULT_RETRIES, HINT_DOWNLOAD, check_timeout
+from edm2.io.download.urls import DEFAULT_RETRIES, HINT_DOWNLOAD, check_limits, check_timeout
 
 
 def _size(n: float) -> str:
@@ -78,10 +78,16 @@ def _plan(entries, served: dict, given: dict, manifest, known: dict, dest: Path)
     return plan
 
 
-def _check_free_space(dest: Path, heads: dict, fix: str) -> None:
-    """Raise `DownloadError` when `dest` has less free space than the files of `heads`
-    (`{name: head_info or None}`) still need beyond their `.part`."""
+def _check_free_space(dest: Path, heads: dict, fix: str, max_bytes: int | None = None) -> None:
+    """Raise `DownloadError` when a file of `heads` (`{name: head_info or None}`) is larger than
+    `max_bytes`, or when `dest` has less free space than they still need beyond their `.part`."""
     needed = 0
+    for name, info in sorted(heads.items()):
+        if info is not None and max_bytes is not None and info["size"] > max_bytes:
+            raise DownloadError(
+                f"{name}: its size, {info['size']} bytes (HEAD), is over the limit of {max_bytes} bytes "
+                "(--max-bytes, EDM2_DOWNLOAD_MAX_BYTES); raise the limit if the file really is that large"
+            )
     for name, info in heads.items():
         if info is not None:
             part = _part(dest / name)
@@ -164,7 +170,7 @@ class _Batch:
     def head_missing(self, missing: list) -> dict:
         """`{name: head_info or None}` of the `missing` files (HEAD requests in the pool); their
         sizes are added to the bar's total."""
-        infos = self.pool.map(lambda p: head_info(p.url, self.shared.timeout), missing)
+        infos = self.pool.map(lambda p: head_info(p.url, self.shared.timeout, self.shared.limits), missing)
         self.heads = dict(zip([p.name for p in missing], infos))
         for info in self.heads.values():
             if info is not None:
@@ -226,6 +232,10 @@ def download_files(
     retries: int = DEFAULT_RETRIES,
     backoff: float = 1.0,
     progress: bool = True,
+    max_bytes=None,
+    min_rate: float | None = None,
+    rate_window: float | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Download files and directories (`sources`: http(s) URLs; a URL ending in '/' is a folder
     whose HTML index lists its files) into `dest`, `jobs` transfers at a time.
@@ -235,7 +245,8 @@ def download_files(
     sha256sum-format file, the `SHA256SUMS` a folder's listing serves). A present file that
     matches its recorded digest (or has none) but not a given one is an error, and nothing is
     deleted or fetched; a file that no longer matches its recorded digest is fetched again.
-    Free space is checked first when the sizes are known. Returns `{'downloaded': [names],
+    Free space is checked first when the sizes are known. `max_bytes`, `min_rate`, `rate_window`
+    and `deadline` bound every transfer and page (see `check_limits`). Returns `{'downloaded': [names],
     'verified': [names], 'bytes': n, 'notes': [lines]}`. Raises `DownloadError` naming the first
     failed file once every other transfer has finished.
     """
@@ -244,15 +255,18 @@ def download_files(
     for source in sources:  # every URL checked before anything is created
         _check_source(source)
     timeout = check_timeout(timeout)
+    limits = check_limits(max_bytes, min_rate, rate_window, deadline)
     _check_dest(dest)
     fix = "free space or pass another --dest"
-    entries, served, notes = _expand(sources, include, timeout, retries, backoff, dest=dest)
+    entries, served, notes = _expand(sources, include, timeout, retries, backoff, dest=dest, limits=limits)
     known = read_manifest(dest / MANIFEST)
     given = read_manifest(manifest) if manifest else {}
     plan = _plan(entries, served, given, manifest, known, dest)
 
     result = {"downloaded": [], "verified": [], "bytes": 0, "notes": notes}
-    shared = _Request("", dest, None, None, timeout, retries, backoff, None, threading.Event(), HINT_DOWNLOAD, fix)
+    shared = _Request(
+        "", dest, None, None, timeout, retries, backoff, None, threading.Event(), HINT_DOWNLOAD, fix, limits=limits
+    )
     with contextlib.ExitStack() as stack:
         if progress:
             bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {len(plan)} files")
@@ -266,7 +280,7 @@ def download_files(
         if missing:
             _check_offline(missing[0].url, dest / missing[0].name)
         # 2. Sizes (HEAD) of what is missing: free space for what remains to fetch.
-        _check_free_space(dest, batch.head_missing(missing), fix)
+        _check_free_space(dest, batch.head_missing(missing), fix, limits.max_bytes)
         # 3. Verify what is there, transfer what is not.
         failed = batch.run_all(batch.bring, present + missing)
     if failed:

@@ -17,6 +17,7 @@ from edm2.io.download.transfer import _check_offline, _conflict, _fetch, _Reques
 from edm2.io.download.urls import (
     DEFAULT_RETRIES,
     HINT_CACHE,
+    check_limits,
     check_timeout,
     check_url,
     hash_prefix,
@@ -56,6 +57,10 @@ def download(
     check_prefix: bool = False,
     retries: int = DEFAULT_RETRIES,
     backoff: float = 1.0,
+    max_bytes=None,
+    min_rate: float | None = None,
+    rate_window: float | None = None,
+    deadline: float | None = None,
 ) -> Path:
     """Return a local path for `url`, downloading it into the cache first if needed.
 
@@ -64,8 +69,10 @@ def download(
     its file name; without any, its digest is recorded in the cache manifest on the first
     download. A cached file that still matches its recorded digest but not the given one is an
     error (nothing is deleted); one damaged since it was cached is fetched again.
-    `timeout` (seconds; default $EDM2_DOWNLOAD_TIMEOUT or 20) bounds connecting and every read.
-    Raises `DownloadError`.
+    `timeout` (seconds; default $EDM2_DOWNLOAD_TIMEOUT or 20) bounds connecting and every read;
+    `max_bytes`, `min_rate`, `rate_window` and `deadline` bound the transfer (defaults from
+    $EDM2_DOWNLOAD_MAX_BYTES, ... see `check_limits`), so every command that takes a URL (`generate
+    --net URL`, `--ref URL`) has the bounds of `edm2 download`. Raises `DownloadError`.
     """
     if not is_url(url):
         raise DownloadError(f"{url!r} is not a URL; expected http://, https:// or file://")
@@ -76,6 +83,7 @@ def download(
         return _local_file(url, expected or prefix)
     check_url(url)
     timeout = check_timeout(timeout)
+    limits = check_limits(max_bytes, min_rate, rate_window, deadline)
     dest = cached_path(url, root)
     source = "the sha256 given" if sha256 else "the URL fragment" if fragment else "the hash prefix of the name"
     fix = "free space or set EDM2_CACHE_DIR to another folder"
@@ -83,7 +91,7 @@ def download(
         dest.unlink(missing_ok=True)
     if dest.is_file() and _cached_is_good(dest, expected or prefix, source):
         return dest
-    request = _Request(url, dest, expected, prefix, timeout, retries, backoff, hint=HINT_CACHE, fix=fix)
+    request = _Request(url, dest, expected, prefix, timeout, retries, backoff, hint=HINT_CACHE, fix=fix, limits=limits)
     digest = _fetch_into_cache(request, progress)
     record_digest(dest.parent, dest.name, digest)
     return dest

@@ -11,11 +11,23 @@ from pathlib import Path
 import requests
 
 from edm2.errors import DownloadError, FormatError
-from edm2.io.download.manifest import MANIFEST, read_manifest
-from edm2.io.download.transfer import _describe, _is_connect_failure, _Retry, _session
+from edm2.io.download.manifest import CHUNK, MANIFEST, read_manifest
+from edm2.io.download.transfer import (
+    Pace,
+    _describe,
+    _head_cut,
+    _header_watch,
+    _is_connect_failure,
+    _Retry,
+    _session,
+    header_limit,
+)
 from edm2.io.download.urls import (
     DEFAULT_RETRIES,
     HINT_DOWNLOAD,
+    MAX_PAGE_BYTES,
+    Limits,
+    check_limits,
     check_timeout,
     check_url,
     is_url,
@@ -71,16 +83,45 @@ def parse_index(page: str, base_url: str) -> list[str]:
     return sorted(urls.values())
 
 
-def _get_text(url: str, timeout: float, retries: int, backoff: float, what: str) -> str:
-    """The body of a small page (an index, a served manifest), retried like a transfer."""
+def _read_page(r, url: str, what: str, limits: Limits) -> str:
+    """The body of the answer `r` (streamed), at most `MAX_PAGE_BYTES` once decoded and read at
+    the rate and in the time `limits` allow; else one-line `DownloadError`."""
+    pace = Pace(url, limits)
+    data = bytearray()
+    for block in r.iter_content(CHUNK):
+        data += block
+        if len(data) > MAX_PAGE_BYTES:
+            raise DownloadError(
+                f"cannot {what} {url}: the page is longer than {MAX_PAGE_BYTES} bytes (the most an index page "
+                "or a SHA256SUMS may have); check the URL (it must name a folder of files)"
+            )
+        pace.add(len(block))
+    return bytes(data).decode(r.encoding or "utf-8", errors="replace")
+
+
+def _get_text(url: str, timeout: float, retries: int, backoff: float, what: str, limits: Limits | None = None) -> str:
+    """The body of a small page (an index, a served manifest), retried like a transfer, bounded in
+    size (`MAX_PAGE_BYTES`), rate and time (`limits`)."""
+    limits = check_limits(limits)
     for attempt in range(retries + 1):
         try:
-            r = _session().get(url, timeout=(timeout, timeout))
-            if r.status_code >= 500 or r.status_code in (408, 429):
-                raise _Retry(f"HTTP {r.status_code} {r.reason}")
-            if r.status_code >= 400:
-                raise DownloadError(f"cannot {what} {url}: HTTP {r.status_code} {r.reason}; check the URL")
-            return r.text
+            seconds = header_limit(limits, timeout)
+            with _header_watch(seconds) as watch:
+                try:
+                    r = _session().get(url, timeout=(timeout, timeout), stream=True)
+                except requests.exceptions.RequestException:
+                    if watch["cut"]:
+                        raise _head_cut(url, seconds, what, HINT_DOWNLOAD) from None
+                    raise
+            if watch["cut"]:
+                r.close()
+                raise _head_cut(url, seconds, what, HINT_DOWNLOAD)
+            with r:
+                if r.status_code >= 500 or r.status_code in (408, 429):
+                    raise _Retry(f"HTTP {r.status_code} {r.reason}")
+                if r.status_code >= 400:
+                    raise DownloadError(f"cannot {what} {url}: HTTP {r.status_code} {r.reason}; check the URL")
+                return _read_page(r, url, what, limits)
         except (_Retry, requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
             if _is_connect_failure(e):
                 why = f"the host cannot be reached ({_describe(e)})"
@@ -103,18 +144,22 @@ class _Unreachable(DownloadError):
         self.why = why
 
 
-def list_directory(url: str, timeout: float | None = None, retries: int = DEFAULT_RETRIES, backoff: float = 1.0):
+def list_directory(
+    url: str, timeout: float | None = None, retries: int = DEFAULT_RETRIES, backoff: float = 1.0, limits=None
+):
     """`(file URLs, served digests)` of a directory URL (ending in '/'), read from its HTML index
-    page; a listed `SHA256SUMS` is read as `{name: sha256}` of the folder's files."""
+    page; a listed `SHA256SUMS` is read as `{name: sha256}` of the folder's files. Each page is
+    bounded by `MAX_PAGE_BYTES` and `limits` (default `check_limits()`)."""
     if offline():
         raise _Unreachable(f"cannot list {url}: EDM2_OFFLINE is set", "EDM2_OFFLINE is set")
     timeout = check_timeout(timeout)
-    page = _get_text(url, timeout, retries, backoff, "list")
+    limits = check_limits(limits)
+    page = _get_text(url, timeout, retries, backoff, "list", limits)
     urls = parse_index(page, url)
     served = {}
     for u in [u for u in urls if url_file_name(u) == MANIFEST]:
         urls.remove(u)
-        text = _get_text(u, timeout, retries, backoff, "read")
+        text = _get_text(u, timeout, retries, backoff, "read", limits)
         try:
             served = read_manifest(u, text)
         except FormatError as e:
@@ -159,18 +204,19 @@ def _check_source(source: str) -> tuple[str, str | None]:
     return base, fragment
 
 
-def _expand(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0, dest=None):
+def _expand(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0, dest=None, limits=None):
     """Check and expand `sources`: `(entries, served digests, notes)` with entries
     `(url without fragment, file name, fragment digest or None)`. Every URL is checked before any
     transfer; folder URLs are listed (or, offline or unreachable, replaced by the files
     `dest/SHA256SUMS` records, with a note); `include` filters the file names."""
     timeout = check_timeout(timeout)
+    limits = check_limits(limits)
     entries, served, notes = [], {}, []
     for source in sources:
         base, fragment = _check_source(source)
         if base.endswith("/"):
             try:
-                urls, digests = list_directory(base, timeout, retries, backoff)
+                urls, digests = list_directory(base, timeout, retries, backoff, limits)
             except _Unreachable as e:
                 urls, digests = _recorded_urls(base, dest, include, e.why), {}
                 notes.append(
@@ -199,9 +245,9 @@ def _expand(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=
     return entries, served, notes
 
 
-def expand_urls(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0) -> list[str]:
+def expand_urls(sources, include=(), timeout=None, retries=DEFAULT_RETRIES, backoff=1.0, limits=None) -> list[str]:
     """Directory URLs (ending in '/') -> their files; file URLs kept (with their `#sha256=`);
     `include` globs (matched against the file name) filter the result. Every URL is checked
     first. Raises `DownloadError` when nothing is left."""
-    entries, _, _ = _expand(sources, include, timeout, retries, backoff)
+    entries, _, _ = _expand(sources, include, timeout, retries, backoff, limits=limits)
     return [url + (f"#sha256={digest}" if digest else "") for url, _, digest in entries]

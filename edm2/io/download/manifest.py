@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import os
 import re
+import stat
 from pathlib import Path
 
 from edm2.errors import DownloadError, FormatError
@@ -14,6 +15,21 @@ from edm2.io.atomic import WRITE_ERRNOS, atomic_write_text
 
 MANIFEST = "SHA256SUMS"
 CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20  # the most a SHA256SUMS or a --list file may have (a few lines per file)
+
+
+def read_bounded(path, what: str, limit: int = MAX_MANIFEST_BYTES) -> str:
+    """The text of the regular file `path` (at most `limit` bytes; undecodable bytes replaced);
+    a device, FIFO or folder, or a larger file, is a `FormatError` naming it (FileNotFoundError
+    passes through)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise FormatError(f"{path}: not a regular file; give a {what}")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FormatError(f"{path}: larger than {limit} bytes, the most a {what} may have")
+    return data.decode("utf-8", errors="replace")
 
 
 def sha256_file(path, bar=None) -> str:
@@ -65,7 +81,7 @@ def read_manifest(path, text: str | None = None) -> dict:
     entries = {}
     if text is None:
         try:
-            text = Path(path).read_text()
+            text = read_bounded(path, "sha256sum-format file")
         except FileNotFoundError:
             return entries
     for number, line in enumerate(text.splitlines(), 1):

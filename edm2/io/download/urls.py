@@ -1,8 +1,10 @@
 """URLs and settings of the downloads: which texts are URLs, which are well formed, the file name
 a URL gives and whether it is safe in a download folder, the `#sha256=` fragment, the torch.hub
-hash prefix of a name, and the offline and timeout settings ($EDM2_OFFLINE,
-$EDM2_DOWNLOAD_TIMEOUT)."""
+hash prefix of a name, and the offline, timeout and limit settings ($EDM2_OFFLINE,
+$EDM2_DOWNLOAD_TIMEOUT, $EDM2_DOWNLOAD_MAX_BYTES, $EDM2_DOWNLOAD_MIN_RATE,
+$EDM2_DOWNLOAD_RATE_WINDOW, $EDM2_DOWNLOAD_DEADLINE)."""
 
+import dataclasses
 import math
 import os
 import re
@@ -18,6 +20,13 @@ URL_SCHEMES = ("http://", "https://", "file://")
 DEFAULT_TIMEOUT = 20.0  # seconds without progress before a connection is abandoned
 MAX_TIMEOUT = 86400.0
 DEFAULT_RETRIES = 8  # retries after a failed attempt (no byte received in between) before giving up
+# Bounds against a hostile or broken server (docs/released.md, "Limits"): the most bytes a file
+# whose size is not known may have, the slowest average rate over a window that a transfer may
+# keep, an optional deadline per file, and the most bytes of an index page or a served manifest.
+DEFAULT_MAX_BYTES = 64 * 2**30
+DEFAULT_MIN_RATE = 1024.0  # bytes per second, averaged over DEFAULT_RATE_WINDOW
+DEFAULT_RATE_WINDOW = 60.0  # seconds
+MAX_PAGE_BYTES = 16 * 2**20
 # What to do when a host cannot be reached: the cache serves commands that also take a local
 # path; `edm2 download` does not.
 HINT_CACHE = "check the network connection, or download the file by hand and pass its local path instead"
@@ -49,6 +58,102 @@ def check_timeout(timeout) -> float:
     if not (math.isfinite(value) and 0.1 <= value <= MAX_TIMEOUT):
         raise DownloadError(f"{where}: not a number of seconds from 0.1 to {MAX_TIMEOUT:.0f}")
     return value
+
+
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text) -> int:
+    """A number of bytes from an int or a text such as `1048576`, `512M`, `64GiB`, `2T` (binary
+    units); raises ValueError."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise ValueError(f"not a number of bytes: {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The bounds of every transfer (`check_limits` makes them): `max_bytes` for a file whose
+    size is not known otherwise (and the most any file may have), `min_rate` bytes per second
+    averaged over `rate_window` seconds (0: no minimum), `deadline` seconds per file (None: none)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    min_rate: float = DEFAULT_MIN_RATE
+    rate_window: float = DEFAULT_RATE_WINDOW
+    deadline: float | None = None
+
+
+def _setting(value, env: str, option: str, default, parse, ok, what: str):
+    """`value`, else $`env`, else `default`; parsed and checked (`ok`), else `DownloadError`
+    naming the option or the variable."""
+    where = f"{option} {value!r}"
+    if value is None:
+        text = os.environ.get(env)
+        if text is None or not text.strip():
+            return default
+        where, value = f"{env}={text}", text
+    try:
+        parsed = parse(value)
+    except (TypeError, ValueError, OverflowError):
+        parsed = None
+    if parsed is None or not ok(parsed):
+        raise DownloadError(f"{where}: not {what}")
+    return parsed
+
+
+def _finite(x) -> bool:
+    return math.isfinite(x)
+
+
+def check_limits(max_bytes=None, min_rate=None, rate_window=None, deadline=None) -> Limits:
+    """The `Limits` of a download: each value given, else its environment variable
+    ($EDM2_DOWNLOAD_MAX_BYTES, $EDM2_DOWNLOAD_MIN_RATE, $EDM2_DOWNLOAD_RATE_WINDOW,
+    $EDM2_DOWNLOAD_DEADLINE), else the default; a `Limits` given as `max_bytes` is returned as it
+    is. Raises `DownloadError` for a value out of range (one line naming it)."""
+    if isinstance(max_bytes, Limits):
+        return max_bytes
+    deadline = _setting(
+        deadline,
+        "EDM2_DOWNLOAD_DEADLINE",
+        "--deadline",
+        None,
+        float,
+        lambda x: _finite(x) and x >= 0,
+        "a finite number of seconds of at least 0 (0: no deadline)",
+    )
+    return Limits(
+        max_bytes=_setting(
+            max_bytes,
+            "EDM2_DOWNLOAD_MAX_BYTES",
+            "--max-bytes",
+            DEFAULT_MAX_BYTES,
+            parse_bytes,
+            lambda x: x >= 1,
+            "a number of bytes of at least 1 (e.g. 1048576, 512M, 64G)",
+        ),
+        min_rate=_setting(
+            min_rate,
+            "EDM2_DOWNLOAD_MIN_RATE",
+            "--min-rate",
+            DEFAULT_MIN_RATE,
+            float,
+            lambda x: _finite(x) and x >= 0,
+            "a finite number of bytes per second of at least 0 (0: no minimum)",
+        ),
+        rate_window=_setting(
+            rate_window,
+            "EDM2_DOWNLOAD_RATE_WINDOW",
+            "--rate-window",
+            DEFAULT_RATE_WINDOW,
+            float,
+            lambda x: _finite(x) and 0.1 <= x <= MAX_TIMEOUT,
+            f"a number of seconds from 0.1 to {MAX_TIMEOUT:.0f}",
+        ),
+        deadline=deadline or None,
+    )
 
 
 def check_url(url: str) -> str:
