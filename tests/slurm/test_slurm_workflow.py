@@ -389,8 +389,12 @@ def test_a_two_gpu_training_job_runs_its_script_once_with_one_rank_per_gpu(smoke
                 break
             time.sleep(0.5)
         record = job_record(job)
+        # Cancelled, the job stops its training (a training state, exit 75) and fails; with no
+        # retries configured, Snakemake then ends (how soon depends on the machine: no limit).
+        subprocess.run(["scancel", str(job)], check=True)
+        proc.wait(timeout=3600)
     finally:
-        stop_all([(proc, slurm_work)])  # snakemake cancels the job
+        stop_all([(proc, slurm_work)])
     output = (slurm_work / "snakemake.out").read_text()
     assert len(ranks) == 2, f"ranks of job {job}: {[(p[0], p[1]) for p in procs]}\n{output[-3000:]}"
     # One script: one torchrun agent (the executor did not start the rule once per task).
