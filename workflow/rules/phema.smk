@@ -2,15 +2,55 @@
 # optionally (phema.refine) a finer grid around the best coarse length.
 
 
+import json
+
+
+def snapshot_inputs(run):
+    """Inputs of the phema rules: a trained run's training-done.json, or a released-raw run's
+    downloaded snapshots."""
+    if MODELS[run]["source"] == "released-raw":
+        return {"done": train_done(run), "snapshots": raw_dir(run)}
+    return {"done": train_done(run)}
+
+
+# --- Refinement of the EMA grid (phema.refine) ------------------------------------------------
+
+
+def refined_stds():
+    """{run: {guidance: [std, ...]}} chosen by the `refine_grid` checkpoint (only call from input
+    functions of jobs that come after it)."""
+    with open(checkpoints.refine_grid.get().output[0]) as f:
+        return json.load(f)["stds"]
+
+
+def refine_phema_stds(run):
+    """Fine stds the run's refined phema must provide: its own, and those of the runs it guides
+    with the same EMA std."""
+    chosen = refined_stds()
+    stds = set()
+    for main, per_guidance in chosen.items():
+        for g, values in per_guidance.items():
+            if main == run:
+                stds.update(values)
+            if GUIDANCE[g]["guide"] == run and GUIDANCE[g]["guide_std"] == "same" and is_guided(GUIDANCE[g], main):
+                stds.update(values)
+    return sorted(s for s in stds if s not in GRID)
+
+
+def coarse_scores():
+    """The score JSONs of the coarse EMA grid (what refine_grid chooses from)."""
+    return [score_file(run, g, std) for run, g in SCORED for std in GRID]
+
+
 rule phema:
     input:
         unpack(lambda wc: snapshot_inputs(wc.run)),
     output:
-        [f"{RESULTS}/runs/{{run}}/phema/{PHEMA_PREFIX}-{{kimg}}-{std}.safetensors" for std in GRID],
+        expand(PHEMA_NET, std=GRID, allow_missing=True),
     log:
-        f"{LOGS}/phema/{{run}}-{{kimg}}.log",
+        log_file("phema", "{run}-{kimg}"),
     benchmark:
-        f"{BENCH}/phema/{{run}}-{{kimg}}.tsv"
+        bench_file("phema", "{run}-{kimg}")
     conda:
         "../envs/train.yaml"
     threads: rule_threads("phema")
@@ -33,11 +73,11 @@ rule model_info:
         net=lambda wc: ancient(phema_file(wc.run, GRID[0])),
         done=lambda wc: train_done(wc.run),
     output:
-        f"{RESULTS}/runs/{{run}}/model-info.json",
+        MODEL_INFO,
     log:
-        f"{LOGS}/model_info/{{run}}.log",
+        log_file("model_info", "{run}"),
     benchmark:
-        f"{BENCH}/model_info/{{run}}.tsv"
+        bench_file("model_info", "{run}")
     conda:
         "../envs/report.yaml"
     threads: rule_threads("model_info")
@@ -56,7 +96,7 @@ checkpoint refine_grid:
     input:
         coarse_scores(),
     output:
-        refine_grid_file(),
+        REFINE_GRID,
     log:
         log_file("refine_grid"),
     benchmark:
@@ -79,13 +119,13 @@ rule phema_refine:
     """The refined EMA lengths of one run (a folder; empty when the run needs none)."""
     input:
         unpack(lambda wc: snapshot_inputs(wc.run)),
-        grid=refine_grid_file(),
+        grid=REFINE_GRID,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/phema-refine"),
+        directory(REFINE_DIR),
     log:
-        f"{LOGS}/phema_refine/{{run}}.log",
+        log_file("phema_refine", "{run}"),
     benchmark:
-        f"{BENCH}/phema_refine/{{run}}.tsv"
+        bench_file("phema_refine", "{run}")
     conda:
         "../envs/train.yaml"
     threads: rule_threads("phema")

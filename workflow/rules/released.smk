@@ -6,6 +6,69 @@
 #   released_table        our values next to the reported ones
 
 
+import re
+import shlex
+
+
+def released_net_urls():
+    """{file name: URL} of every released net the configuration downloads (not `file://` ones)."""
+    urls = {}
+    for m in RELEASED.values():
+        for url in (m["net"], m["gnet"]):
+            if url and not url.startswith("file://"):
+                name = _url_file(url)
+                if urls.get(name, url) != url:
+                    raise WorkflowError(f"models: two released nets share the file name {name}; rename one URL")
+                urls[name] = url
+    return urls
+
+
+RELEASED_NET_URLS = released_net_urls()
+
+
+def raw_output(path):
+    """The raw snapshots folder, temporary with released.keep_raw: false (deleted once every
+    phema job has read it)."""
+    return path if RELEASED_CFG["keep_raw"] else temp(path)
+
+
+def released_score_inputs(wc):
+    """Inputs of a released net's score: the net (and its guide), the reference, the detector."""
+    m = RELEASED[wc.name]
+    inputs = {"net": released_net_file(m["net"]), "ref": ref_input()}
+    if m["gnet"] and m["guidance"] != 1.0:
+        inputs["gnet"] = released_net_file(m["gnet"])
+    if "fd_cnn" in m["metrics"]:
+        inputs["detector"] = DETECTOR
+    return inputs
+
+
+def released_score_args(wc, input):
+    """Options of `edm2 metrics gen` for a released net (guide, guidance weight, detector)."""
+    m = RELEASED[wc.name]
+    args = []
+    if "gnet" in input.keys():
+        args += [f"--gnet {shlex.quote(input.gnet)}", f"--guidance {m['guidance']:g}"]
+    if "fd_cnn" in m["metrics"]:
+        args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
+    return " ".join(args)
+
+
+def released_table_args(wc, input):
+    """Options of `edm2 report released`: every score with its label, preset and reported value."""
+    args = []
+    for name, path in zip(RELEASED, input):
+        m = RELEASED[name]
+        pairs = [("score", path), ("label", m["label"])]
+        if m["reported"] is not None:
+            metric = m["metric"] or m["metrics"][0]
+            pairs.append(("reported", f"{metric}:{m['reported']:g}"))
+        if m["preset"]:
+            pairs.append(("preset", m["preset"]))
+        args += [f"--{option} {shlex.quote(f'{name}={value}')}" for option, value in pairs]
+    return " ".join(args)
+
+
 rule download_raw:
     """The raw snapshots of a released-raw run. They are fetched into a download folder that
     survives a failed job (so a rerun resumes from the partial files) and then hard-linked into
@@ -14,12 +77,12 @@ rule download_raw:
     train-<hash>), whose reconstructions are scored anew; it fetches only what it lacks. The number of parallel transfers is a
     resource, not a parameter: changing it schedules nothing."""
     output:
-        snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw-{{selection}}")),
-        record=f"{RESULTS}/runs/{{run}}/raw-{{selection}}.SHA256SUMS",
+        snapshots=raw_output(directory(RAW_DIR)),
+        record=RAW_RECORD,
     log:
-        f"{LOGS}/download_raw/{{run}}-{{selection}}.log",
+        log_file("download_raw", "{run}-{selection}"),
     benchmark:
-        f"{BENCH}/download_raw/{{run}}-{{selection}}.tsv"
+        bench_file("download_raw", "{run}-{selection}")
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RAW_RUNS) or "(?!)",
         selection="[0-9a-f]{8}",
@@ -32,7 +95,7 @@ rule download_raw:
     params:
         url=lambda wc: MODELS[wc.run]["url"],
         include=lambda wc: " ".join(f"--include {shlex.quote(p)}" for p in MODELS[wc.run]["include"]),
-        stage=lambda wc: f"{RESULTS}/downloads/raw/{wc.run}",
+        stage=lambda wc: fill(RAW_STAGE, run=wc.run),
         place="--link-into" if RELEASED_CFG["keep_raw"] else "--move-into",
     shell:
         "python -m edm2 download {params.url:q} --dest {params.stage:q} --jobs {resources.transfers}"
@@ -43,11 +106,11 @@ rule download_raw:
 rule download_net:
     """One released network pickle (verified; its SHA-256 recorded in released/nets/SHA256SUMS)."""
     output:
-        f"{RESULTS}/released/nets/{{file}}",
+        RELEASED_NET,
     log:
-        f"{LOGS}/download_net/{{file}}.log",
+        log_file("download_net", "{file}"),
     benchmark:
-        f"{BENCH}/download_net/{{file}}.tsv"
+        bench_file("download_net", "{file}")
     wildcard_constraints:
         file="|".join(re.escape(f) for f in RELEASED_NET_URLS) or "(?!)",
     conda:
@@ -68,11 +131,11 @@ rule score_released:
     input:
         unpack(released_score_inputs),
     output:
-        f"{RESULTS}/released/scores/{{name}}.json",
+        RELEASED_SCORE,
     log:
-        f"{LOGS}/score_released/{{name}}.log",
+        log_file("score_released", "{name}"),
     benchmark:
-        f"{BENCH}/score_released/{{name}}.tsv"
+        bench_file("score_released", "{name}")
     wildcard_constraints:
         name="|".join(re.escape(n) for n in RELEASED) or "(?!)",
     conda:
@@ -101,8 +164,8 @@ rule released_table:
     input:
         [released_score_file(name) for name in RELEASED],
     output:
-        csv=report(f"{RESULTS}/tables/released.csv", caption="../report/released.rst", category="Tables"),
-        md=f"{RESULTS}/tables/released.md",
+        csv=report(fill(RELEASED_TABLE, ext="csv"), caption="../report/released.rst", category="Tables"),
+        md=fill(RELEASED_TABLE, ext="md"),
     log:
         log_file("released_table"),
     benchmark:
