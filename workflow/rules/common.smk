@@ -3,6 +3,7 @@
 # samples rules. Configuration is read in config.smk, paths are named in paths.smk, and the
 # helpers of one stage live in that stage's file.
 
+import os
 
 _RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpus": 0, "partition": None}
 

@@ -5,6 +5,9 @@
 
 import shlex
 
+from edm2.naming import std_text
+from snakemake.exceptions import WorkflowError
+
 
 def net_file(run, std):
     """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder."""

@@ -10,7 +10,10 @@
 #   released/nets/<file>, released/scores/<name>.json released nets and their scores
 #   logs/<rule>/..., benchmarks/<rule>/...            one log and one benchmark per job
 
-from edm2.naming import PHEMA_PREFIX
+import re
+import urllib.parse
+
+from edm2.naming import PHEMA_PREFIX, std_text
 
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"

@@ -9,6 +9,8 @@
 import re
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
 
 def released_net_urls():
     """{file name: URL} of every released net the configuration downloads (not `file://` ones)."""
