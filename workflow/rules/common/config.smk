@@ -38,7 +38,7 @@ from edm2.utils import parse_std_list
 def _validate_config():
     """Validate `config` against the schema (filling defaults); name the bad key and the fix."""
     try:
-        validate(config, "../schemas/config.schema.yaml")
+        validate(config, "../../schemas/config.schema.yaml")
     except WorkflowError as e:
         cause = e.__context__  # the jsonschema ValidationError
         if not hasattr(cause, "absolute_path"):
