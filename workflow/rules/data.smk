@@ -1,6 +1,8 @@
 # Data: the demo digits, conversion to the official dataset format, optional SD-VAE latents,
 # the small dataset-trained CNN detector (metric fd_cnn) and the reference statistics.
 
+import shlex
+
 
 rule digits:
     """The embedded demo dataset: scikit-learn's 1,797 handwritten digits as a labelled PNG folder."""

@@ -5,6 +5,10 @@
 #   score_released[name]  FID / FD_DINOv2 of a released net with its guidance (edm2 metrics gen)
 #   released_table        our values next to the reported ones
 
+import os
+import re
+import shlex
+
 
 rule download_raw:
     """The raw snapshots of a released-raw run. They are fetched into a download folder that

@@ -2,6 +2,9 @@
 # the best EMA length, and a summary page. Outputs marked report(...) go into
 # `snakemake --report results/report.html` with the captions of workflow/report/.
 
+import os
+import shlex
+
 
 rule result_set:
     """The exact set of results the configuration names (score JSONs, model infos), one per line.

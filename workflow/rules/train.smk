@@ -6,6 +6,8 @@
 # it (`retries`) and `edm2 train` resumes from the newest training state, until the run reaches
 # its duration and writes training-done.json.
 
+import os
+
 
 rule train:
     input:

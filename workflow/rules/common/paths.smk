@@ -101,11 +101,6 @@ def train_done(run):
     return fill(TRAIN_DONE, run=run, opts=RUN_OPTS[run])
 
 
-def snapshot_dir(run):
-    """The folder `edm2 phema` reads a run's snapshots from."""
-    return raw_dir(run) if MODELS[run]["source"] == "released-raw" else run_dir(run)
-
-
 def _net_fields(run, std):
     """The wildcards of a reconstructed network's file: kimg in 7 digits, std in 3 decimals."""
     return {"run": run, "kimg": f"{int(MODELS[run]['kimg']):07d}", "std": std_text(std)}

@@ -12,6 +12,11 @@ def snapshot_inputs(run):
     return {"done": train_done(run)}
 
 
+def snapshot_dir(run):
+    """The folder `edm2 phema` reads a run's snapshots from."""
+    return raw_dir(run) if MODELS[run]["source"] == "released-raw" else run_dir(run)
+
+
 # --- Refinement of the EMA grid (phema.refine) ------------------------------------------------
 
 

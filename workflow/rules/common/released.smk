@@ -1,7 +1,6 @@
 # Helpers of the released-artifact rules (rules/released.smk): the released nets to download,
 # the raw snapshots folder, and the inputs and options of their scores and table.
 
-import re
 import shlex
 
 from snakemake.exceptions import WorkflowError

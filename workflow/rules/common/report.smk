@@ -1,9 +1,6 @@
 # Helpers of the result rules (rules/report.smk): every score the aggregate reads, and the
 # networks a sample grid may pick.
 
-import os
-import shlex
-
 
 def all_scores(wildcards=None):
     """Every score JSON of the configuration (coarse grid, plus the refined stds when enabled)."""

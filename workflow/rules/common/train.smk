@@ -2,6 +2,7 @@
 # launched (python, torchrun, srun), its retries and its SLURM geometry.
 
 import math
+import os
 import shlex
 
 from edm2.train.options import command_line as train_command_line
