@@ -9,9 +9,9 @@ Every option is declared once, as a field of `TrainOptions` with its default and
 (command-line flag, kind, bounds, help, whether it is operational, whether the preset fills it).
 From this table come the click options of `edm2 train` (edm2.commands.train), the loop's
 options (edm2.train.loop reads a `TrainOptions`), `training_options.json` and the check of a run
-folder against it (edm2.train.run), and in the workflow (workflow/rules/common.smk) the training
-defaults, the `edm2 train` command line and the run-folder hash; tests/workflow checks that the
-workflow's JSON schema agrees with it.
+folder against it (edm2.train.run), and in the workflow the training defaults and the run-folder
+hash (workflow/rules/common/config.smk) and the `edm2 train` command line (common/train.smk);
+tests/workflow checks that the workflow's JSON schema agrees with it.
 
 Operational options may change between invocations of one run: where it is (outdir), how it is
 launched and how fast its steps run (batch_gpu, workers, bench, channels_last, compile, fast:

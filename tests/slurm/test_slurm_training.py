@@ -1,9 +1,10 @@
 """`edm2 train` launched by SLURM as a 2-task job, on CPU (gloo).
 
-The launch is the training rule's multi-node launch (workflow/rules/common.smk, train_launch):
-one srun task per node running torchrun, meeting at a c10d rendezvous. Its snapshots must be
-bit-identical to a plain 2-process torchrun run's on this machine. (One srun task per rank, time
-limits and resumption: test_slurm_workflow.py, through the workflow.)
+The launch is the training rule's multi-node launch (train_launch in
+workflow/rules/common/train.smk): one srun task per node running torchrun, meeting at a c10d
+rendezvous. Its snapshots must be bit-identical to a plain 2-process torchrun run's on this
+machine. (One srun task per rank, time limits and resumption: test_slurm_workflow.py, through the
+workflow.)
 """
 
 import subprocess

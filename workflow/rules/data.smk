@@ -1,11 +1,13 @@
 # Data: the demo digits, conversion to the official dataset format, optional SD-VAE latents,
 # the small dataset-trained CNN detector (metric fd_cnn) and the reference statistics.
 
+import shlex
+
 
 rule digits:
     """The embedded demo dataset: scikit-learn's 1,797 handwritten digits as a labelled PNG folder."""
     output:
-        directory(digits_dir()),
+        directory(DIGITS),
     log:
         log_file("digits"),
     benchmark:
@@ -26,7 +28,7 @@ rule convert:
     input:
         dataset_source_input(),
     output:
-        dataset_zip(),
+        DATASET_ZIP,
     log:
         log_file("convert"),
     benchmark:
@@ -49,9 +51,9 @@ rule convert:
 rule encode:
     """Pixels -> Stable Diffusion VAE latents (8-channel mean/std NPY per image), for img512."""
     input:
-        dataset_zip(),
+        DATASET_ZIP,
     output:
-        latents_zip(),
+        LATENTS_ZIP,
     log:
         log_file("encode"),
     benchmark:
@@ -72,9 +74,9 @@ rule encode:
 rule train_detector:
     """The small CNN classifier whose penultimate features give the fd_cnn metric."""
     input:
-        dataset_zip(),
+        DATASET_ZIP,
     output:
-        detector_file(),
+        DETECTOR,
     log:
         log_file("train_detector"),
     benchmark:
@@ -97,10 +99,10 @@ rule train_detector:
 rule ref_stats:
     """Feature statistics of the whole dataset for every configured metric."""
     input:
-        data=dataset_zip(),
-        detector=detector_file() if uses_cnn_detector() else [],
+        data=DATASET_ZIP,
+        detector=DETECTOR if uses_cnn_detector() else [],
     output:
-        f"{DATA}/ref-stats.npz",
+        REF_STATS,
     log:
         log_file("ref_stats"),
     benchmark:

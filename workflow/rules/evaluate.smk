@@ -7,11 +7,11 @@ rule score:
     input:
         unpack(score_inputs),
     output:
-        f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json",
+        SCORE,
     log:
-        f"{LOGS}/score/{{run}}/{{guidance}}/ema-{{std}}.log",
+        log_file("score", "{run}/{guidance}/ema-{std}"),
     benchmark:
-        f"{BENCH}/score/{{run}}/{{guidance}}/ema-{{std}}.tsv"
+        bench_file("score", "{run}/{guidance}/ema-{std}")
     conda:
         "../envs/eval.yaml"
     threads: rule_threads("score")

@@ -6,11 +6,11 @@ rule phema:
     input:
         unpack(lambda wc: snapshot_inputs(wc.run)),
     output:
-        [f"{RESULTS}/runs/{{run}}/phema/{PHEMA_PREFIX}-{{kimg}}-{std}.safetensors" for std in GRID],
+        expand(PHEMA_NET, std=GRID, allow_missing=True),
     log:
-        f"{LOGS}/phema/{{run}}-{{kimg}}.log",
+        log_file("phema", "{run}-{kimg}"),
     benchmark:
-        f"{BENCH}/phema/{{run}}-{{kimg}}.tsv"
+        bench_file("phema", "{run}-{kimg}")
     conda:
         "../envs/train.yaml"
     threads: rule_threads("phema")
@@ -33,11 +33,11 @@ rule model_info:
         net=lambda wc: ancient(phema_file(wc.run, GRID[0])),
         done=lambda wc: train_done(wc.run),
     output:
-        f"{RESULTS}/runs/{{run}}/model-info.json",
+        MODEL_INFO,
     log:
-        f"{LOGS}/model_info/{{run}}.log",
+        log_file("model_info", "{run}"),
     benchmark:
-        f"{BENCH}/model_info/{{run}}.tsv"
+        bench_file("model_info", "{run}")
     conda:
         "../envs/report.yaml"
     threads: rule_threads("model_info")
@@ -56,7 +56,7 @@ checkpoint refine_grid:
     input:
         coarse_scores(),
     output:
-        refine_grid_file(),
+        REFINE_GRID,
     log:
         log_file("refine_grid"),
     benchmark:
@@ -79,13 +79,13 @@ rule phema_refine:
     """The refined EMA lengths of one run (a folder; empty when the run needs none)."""
     input:
         unpack(lambda wc: snapshot_inputs(wc.run)),
-        grid=refine_grid_file(),
+        grid=REFINE_GRID,
     output:
-        directory(f"{RESULTS}/runs/{{run}}/phema-refine"),
+        directory(REFINE_DIR),
     log:
-        f"{LOGS}/phema_refine/{{run}}.log",
+        log_file("phema_refine", "{run}"),
     benchmark:
-        f"{BENCH}/phema_refine/{{run}}.tsv"
+        bench_file("phema_refine", "{run}")
     conda:
         "../envs/train.yaml"
     threads: rule_threads("phema")

@@ -5,6 +5,10 @@
 #   score_released[name]  FID / FD_DINOv2 of a released net with its guidance (edm2 metrics gen)
 #   released_table        our values next to the reported ones
 
+import os
+import re
+import shlex
+
 
 rule download_raw:
     """The raw snapshots of a released-raw run. They are fetched into a download folder that
@@ -14,12 +18,12 @@ rule download_raw:
     train-<hash>), whose reconstructions are scored anew; it fetches only what it lacks. The number of parallel transfers is a
     resource, not a parameter: changing it schedules nothing."""
     output:
-        snapshots=raw_output(directory(f"{RESULTS}/runs/{{run}}/raw-{{selection}}")),
-        record=f"{RESULTS}/runs/{{run}}/raw-{{selection}}.SHA256SUMS",
+        snapshots=raw_output(directory(RAW_DIR)),
+        record=RAW_RECORD,
     log:
-        f"{LOGS}/download_raw/{{run}}-{{selection}}.log",
+        log_file("download_raw", "{run}-{selection}"),
     benchmark:
-        f"{BENCH}/download_raw/{{run}}-{{selection}}.tsv"
+        bench_file("download_raw", "{run}-{selection}")
     wildcard_constraints:
         run="|".join(re.escape(r) for r in RAW_RUNS) or "(?!)",
         selection="[0-9a-f]{8}",
@@ -32,7 +36,7 @@ rule download_raw:
     params:
         url=lambda wc: MODELS[wc.run]["url"],
         include=lambda wc: " ".join(f"--include {shlex.quote(p)}" for p in MODELS[wc.run]["include"]),
-        stage=lambda wc: f"{RESULTS}/downloads/raw/{wc.run}",
+        stage=lambda wc: fill(RAW_STAGE, run=wc.run),
         place="--link-into" if RELEASED_CFG["keep_raw"] else "--move-into",
     shell:
         "python -m edm2 download {params.url:q} --dest {params.stage:q} --jobs {resources.transfers}"
@@ -43,11 +47,11 @@ rule download_raw:
 rule download_net:
     """One released network pickle (verified; its SHA-256 recorded in released/nets/SHA256SUMS)."""
     output:
-        f"{RESULTS}/released/nets/{{file}}",
+        RELEASED_NET,
     log:
-        f"{LOGS}/download_net/{{file}}.log",
+        log_file("download_net", "{file}"),
     benchmark:
-        f"{BENCH}/download_net/{{file}}.tsv"
+        bench_file("download_net", "{file}")
     wildcard_constraints:
         file="|".join(re.escape(f) for f in RELEASED_NET_URLS) or "(?!)",
     conda:
@@ -68,11 +72,11 @@ rule score_released:
     input:
         unpack(released_score_inputs),
     output:
-        f"{RESULTS}/released/scores/{{name}}.json",
+        RELEASED_SCORE,
     log:
-        f"{LOGS}/score_released/{{name}}.log",
+        log_file("score_released", "{name}"),
     benchmark:
-        f"{BENCH}/score_released/{{name}}.tsv"
+        bench_file("score_released", "{name}")
     wildcard_constraints:
         name="|".join(re.escape(n) for n in RELEASED) or "(?!)",
     conda:
@@ -101,8 +105,8 @@ rule released_table:
     input:
         [released_score_file(name) for name in RELEASED],
     output:
-        csv=report(f"{RESULTS}/tables/released.csv", caption="../report/released.rst", category="Tables"),
-        md=f"{RESULTS}/tables/released.md",
+        csv=report(fill(RELEASED_TABLE, ext="csv"), caption="../report/released.rst", category="Tables"),
+        md=fill(RELEASED_TABLE, ext="md"),
     log:
         log_file("released_table"),
     benchmark:

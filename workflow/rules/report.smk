@@ -2,6 +2,9 @@
 # the best EMA length, and a summary page. Outputs marked report(...) go into
 # `snakemake --report results/report.html` with the captions of workflow/report/.
 
+import os
+import shlex
+
 
 rule result_set:
     """The exact set of results the configuration names (score JSONs, model infos), one per line.
@@ -11,7 +14,7 @@ rule result_set:
     it reaches them only through ancient() files (the scores read phema's outputs so): the
     aggregates would name the removed length until a second run."""
     output:
-        f"{RESULTS}/tables/result-set.txt",
+        RESULT_SET,
     log:
         log_file("result_set"),
     benchmark:
@@ -34,10 +37,10 @@ rule aggregate:
     input:
         scores=all_scores,
         info=[model_info(run) for run in MODELS],
-        members=f"{RESULTS}/tables/result-set.txt",
+        members=RESULT_SET,
     output:
-        scores=report(scores_csv(), caption="../report/scores.rst", category="Tables"),
-        best=report(best_csv(), caption="../report/best.rst", category="Tables"),
+        scores=report(SCORES_CSV, caption="../report/scores.rst", category="Tables"),
+        best=report(BEST_CSV, caption="../report/best.rst", category="Tables"),
     log:
         log_file("aggregate"),
     benchmark:
@@ -58,23 +61,23 @@ rule aggregate:
 rule plots:
     """Metric vs EMA length per run (optimum marked), best metric vs Gflops, training loss."""
     input:
-        scores=scores_csv(),
+        scores=SCORES_CSV,
         done=[train_done(run) for run in MODELS],
     output:
         report(
-            expand(f"{RESULTS}/plots/ema-sweep-{{metric}}.{{ext}}", metric=METRICS, ext=["png", "svg"]),
+            expand(EMA_SWEEP_PLOT, metric=METRICS, ext=PLOT_EXTS),
             caption="../report/ema_sweep.rst",
             category="Plots",
             subcategory="EMA length",
         ),
         report(
-            expand(f"{RESULTS}/plots/gflops-{{metric}}.{{ext}}", metric=METRICS, ext=["png", "svg"]),
+            expand(GFLOPS_PLOT, metric=METRICS, ext=PLOT_EXTS),
             caption="../report/gflops.rst",
             category="Plots",
             subcategory="Gflops",
         ),
         report(
-            expand(f"{RESULTS}/plots/training-loss.{{ext}}", ext=["png", "svg"]),
+            expand(LOSS_PLOT, ext=PLOT_EXTS),
             caption="../report/training_loss.rst",
             category="Plots",
             subcategory="Training",
@@ -106,7 +109,7 @@ rule tables:
     """The paper's Table 2 layout (size, Mparams, Gflops, NFE, metric, EMA length; without and
     with guidance) as CSV, Markdown and LaTeX."""
     input:
-        scores_csv(),
+        SCORES_CSV,
     output:
         report(table_files()[0], caption="../report/table2.rst", category="Tables"),
         table_files()[1],
@@ -130,19 +133,19 @@ rule tables:
 rule samples:
     """A grid of images from the best EMA length of a (run, guidance setting)."""
     input:
-        best=best_csv(),
+        best=BEST_CSV,
         nets=phema_inputs_for_samples,
     output:
         report(
-            f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png",
+            SAMPLE_GRID,
             caption="../report/samples.rst",
             category="Samples",
             labels=lambda wc: {"run": wc.run, "guidance": wc.guidance},
         ),
     log:
-        f"{LOGS}/samples/{{run}}/{{guidance}}.log",
+        log_file("samples", "{run}/{guidance}"),
     benchmark:
-        f"{BENCH}/samples/{{run}}/{{guidance}}.tsv"
+        bench_file("samples", "{run}/{guidance}")
     conda:
         "../envs/eval.yaml"
     threads: rule_threads("samples")
@@ -154,7 +157,7 @@ rule samples:
         batch=config["samples"]["batch"],
         steps=config["samples"]["steps"] or config["score"]["steps"],
         eager=sampling_mode_arg(),
-        tmp=lambda wc: f"{RESULTS}/plots/samples/{wc.run}/.{wc.guidance}-images",
+        tmp=lambda wc: fill(SAMPLE_IMAGES, run=wc.run, guidance=wc.guidance),
     shell:
         "rm -rf {params.tmp:q}; "
         "best=$(python -m edm2 report best --best {input.best:q} --run {wildcards.run}"
@@ -168,13 +171,13 @@ rule samples:
 rule report:
     """A one-page summary (Markdown and self-contained HTML) of the tables, plots and samples."""
     input:
-        best=best_csv(),
+        best=BEST_CSV,
         tables=table_files(),
         plots=plot_files(),
         samples=sample_files(),
     output:
-        md=f"{RESULTS}/summary.md",
-        html=f"{RESULTS}/summary.html",
+        md=fill(SUMMARY, ext="md"),
+        html=fill(SUMMARY, ext="html"),
     log:
         log_file("report"),
     benchmark:

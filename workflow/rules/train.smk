@@ -6,16 +6,18 @@
 # it (`retries`) and `edm2 train` resumes from the newest training state, until the run reaches
 # its duration and writes training-done.json.
 
+import os
+
 
 rule train:
     input:
         data=training_data(),
     output:
-        f"{RESULTS}/runs/{{run}}/train-{{opts}}/training-done.json",
+        TRAIN_DONE,
     log:
-        f"{LOGS}/train/{{run}}-{{opts}}.log",
+        log_file("train", "{run}-{opts}"),
     benchmark:
-        f"{BENCH}/train/{{run}}-{{opts}}.tsv"
+        bench_file("train", "{run}-{opts}")
     retries: train_retries() if workflow.is_main_process else 0
     conda:
         "../envs/train.yaml"

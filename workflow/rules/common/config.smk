@@ -1,0 +1,331 @@
+# Configuration: the config validated against workflow/schemas/config.schema.yaml (defaults
+# filled in), and what the rules compute from it: the settings of every model (trained,
+# released-raw, released), the guidance settings, the EMA grid, and the identity of each run
+# (the hash in its folder name).
+#
+# Everything in workflow/rules/ is plain Python evaluated when the DAG is built. It must stay
+# cheap (the paper configs dry-run in seconds) and may not import torch: the Snakemake process
+# may run in an environment without it, and without the edm2 package installed. The few parsers
+# shared with the commands (image counts, EMA std lists, file names, preset durations, sampler
+# defaults, the table of training options) come from the repository's own torch-free modules
+# (edm2.utils, edm2.naming, edm2.presets, edm2.sample.options, edm2.train.options: standard
+# library only), imported from the checkout this Snakefile belongs to.
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import sys
+import urllib.parse
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
+sys.path.insert(0, REPO)
+
+from edm2.errors import ConfigError
+from edm2.naming import std_text
+from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
+from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
+from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
+from edm2.train.options import parse_options as parse_train_options
+from edm2.utils import parse_nimg as _parse_nimg
+from edm2.utils import parse_std_list
+
+
+def _validate_config():
+    """Validate `config` against the schema (filling defaults); name the bad key and the fix."""
+    try:
+        validate(config, "../../schemas/config.schema.yaml")
+    except WorkflowError as e:
+        cause = e.__context__  # the jsonschema ValidationError
+        if not hasattr(cause, "absolute_path"):
+            raise
+        where = "config" + "".join(f"[{p!r}]" for p in cause.absolute_path)
+        raise WorkflowError(
+            f"invalid configuration at {where}: {cause.message}. "
+            "Fix it in your config file (every key is described in config/README.md)."
+        ) from None
+
+
+_validate_config()
+if config["score"]["steps"] is None:  # the sampler's own default, from one place
+    config["score"]["steps"] = SAMPLER_DEFAULTS.num_steps
+
+RESULTS = config["results"].rstrip("/")
+
+# The training options of a model are those of `edm2 train`, from its table
+# (edm2.train.options): a key left unset (None) is not passed, so `edm2 train` uses its preset
+# or its own default, which the workflow resolves the same way. The workflow adds only what is
+# its own: how a run is launched (nodes, GPUs, processes, launcher), its retries and extra
+# arguments. A model entry overrides any of them.
+TRAIN_OPTIONS = [name for name, field in TRAIN_FIELDS.items() if field.workflow]
+WORKFLOW_TRAIN_DEFAULTS = {
+    "nodes": 1,
+    "gpus_per_node": 0,
+    "procs_per_node": None,
+    "launch": "torchrun",
+    "retries": 0,
+    "extra_args": "",
+}
+TRAIN_DEFAULTS = {**{name: None for name in TRAIN_OPTIONS}, **WORKFLOW_TRAIN_DEFAULTS}
+
+
+def _nimg_text(nimg):
+    """An image count as `edm2 train --duration` reads it, in Mi when it is whole ('2048Mi')."""
+    return f"{nimg >> 20}Mi" if nimg % (1 << 20) == 0 else str(nimg)
+
+
+# Training duration of each preset (edm2.presets), for released-raw runs named after a preset.
+PRESET_DURATION = {name: _nimg_text(p.duration) for name, p in TRAINING_PRESETS.items()}
+
+
+def parse_nimg(value, where="an image count"):
+    """'8Mi' -> 8388608 (`edm2 train`'s rule, edm2.utils.parse_nimg)."""
+    try:
+        return _parse_nimg(value)
+    except ConfigError as e:
+        raise WorkflowError(f"{where}: {e}") from None
+
+
+def expand_std_list(value):
+    """EMA std list (numbers, or `edm2 phema --outstd` text with its '...' expansion,
+    edm2.utils.parse_std_list) -> sorted unique '0.xyz' strings, as they appear in file names."""
+    try:
+        values = parse_std_list(value)
+    except ConfigError as e:
+        raise WorkflowError(f"phema.grid: {e}") from None
+    stds = {}
+    for v in values:
+        text = std_text(v)
+        if text in stds and abs(stds[text] - v) > 1e-9:
+            raise WorkflowError(f"phema.grid: {stds[text]:g} and {v:g} both round to {text}; use 3-decimal stds")
+        stds[text] = v
+    return sorted(stds, key=float)
+
+
+GRID = expand_std_list(config["phema"]["grid"])
+
+
+def _model_settings(entry):
+    settings = dict(TRAIN_DEFAULTS)
+    settings.update({k: v for k, v in config["train"].items() if v is not None})
+    settings.update({k: v for k, v in entry.items() if v is not None})
+    name = entry["name"]
+    settings.setdefault("label", name)
+    settings.setdefault("score", True)
+    given = {k: settings[k] for k in TRAIN_OPTIONS if settings[k] is not None}
+    try:  # the options as `edm2 train` reads and checks them (NaN, infinities, bounds)
+        opts = parse_train_options(given, outdir="-", data="-").resolved()
+    except ConfigError as e:
+        raise WorkflowError(f"models[{name}]: {e}") from None
+    settings["given"] = given  # what the command line passes
+    settings["resolved"] = opts  # what the run computes with (preset and defaults filled in)
+    nimg, snapshot = opts.duration, opts.snapshot
+    if snapshot <= 0 or snapshot % 1024 or snapshot % opts.batch:
+        raise WorkflowError(
+            f"models[{name}]: snapshot={format_nimg(snapshot)} must be a positive multiple of 1024 "
+            f"and of batch={opts.batch}"
+        )
+    if nimg % snapshot:
+        raise WorkflowError(
+            f"models[{name}]: duration={format_nimg(nimg)} is not a multiple of snapshot={format_nimg(snapshot)}; "
+            "post-hoc EMA needs a snapshot at the end of training, so make the duration a multiple of it"
+        )
+    settings["duration_nimg"] = nimg
+    settings["kimg"] = nimg // 1000
+    if settings["procs_per_node"] is None:
+        settings["procs_per_node"] = max(settings["gpus_per_node"], 1)
+    return settings
+
+
+# --- Released artifacts as models (docs/released.md) --------------------------------------------
+# `source: released-raw`: the raw training snapshots NVIDIA published for a run replace training
+# (a download job); post-hoc EMA, scoring, plots and tables then run as for a trained run.
+# `source: released`: a released post-hoc reconstruction (a generation preset, or explicit URLs)
+# is scored directly with its guidance; these models get their own table next to the reported
+# values (they have no EMA grid).
+
+RELEASED_CFG = config["released"]
+NVIDIA_RAW_ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/"
+
+
+def _as_folder(url):
+    """A folder URL with its trailing separator (so that urljoin appends to it)."""
+    return url if url.endswith(posixpath.sep) else f"{url}{posixpath.sep}"
+
+
+def _released_url(url):
+    """A preset's URL under `released.model_root` (the NVIDIA CDN by default)."""
+    return urllib.parse.urljoin(_as_folder(RELEASED_CFG["model_root"]), _url_file(url)) if url else None
+
+
+def _url_file(url):
+    """The file name a URL ends in."""
+    return posixpath.basename(urllib.parse.urlsplit(url).path.rstrip(posixpath.sep))
+
+
+def _raw_settings(entry):
+    """A `source: released-raw` model: where its raw snapshots are, and the kimg to reconstruct at."""
+    name = entry["name"]
+    settings = dict(TRAIN_DEFAULTS)
+    settings.update(entry)
+    settings.setdefault("label", name)
+    settings.setdefault("score", True)
+    settings["preset"] = None
+    if entry.get("url") and entry.get("run"):
+        raise WorkflowError(f"models[{name}]: give `run` or `url`, not both (`url` names the folder itself)")
+    if entry.get("url"):
+        url = _as_folder(entry["url"])
+    elif entry.get("run"):
+        if _as_folder(RELEASED_CFG["raw_root"]) == NVIDIA_RAW_ROOT and entry["run"] not in PRESET_DURATION:
+            raise WorkflowError(
+                f"models[{name}].run: unknown run {entry['run']!r}; the released runs are named after the training "
+                f"presets ({', '.join(PRESET_DURATION)}); or give `url`"
+            )
+        url = urllib.parse.urljoin(_as_folder(RELEASED_CFG["raw_root"]), _as_folder(entry["run"]))
+    else:
+        raise WorkflowError(f"models[{name}]: a released-raw model needs `run` (e.g. edm2-img512-xs) or `url`")
+    settings["url"] = url
+    if entry.get("kimg") is not None:
+        settings["kimg"] = int(entry["kimg"])
+    else:
+        duration = entry.get("duration") or PRESET_DURATION.get(entry.get("run") or "")
+        if duration is None:
+            raise WorkflowError(f"models[{name}]: set `kimg` (the training kimg to reconstruct at) or `duration`")
+        settings["kimg"] = parse_nimg(duration) // 1000
+    settings["include"] = entry.get("include") or RELEASED_CFG["include"]
+    return settings
+
+
+def _released_net_settings(entry):
+    """A `source: released` model: the URLs of its nets, its guidance and the reported value."""
+    name = entry["name"]
+    s = {"name": name, "label": entry.get("label", name)}
+    preset = entry.get("generation_preset")
+    if preset is not None:
+        if preset not in GENERATION_PRESETS:
+            raise WorkflowError(
+                f"models[{name}]: unknown generation_preset {preset!r}; see docs/released.md for the list"
+            )
+        p = GENERATION_PRESETS[preset]
+        s.update(net=_released_url(p.net), gnet=_released_url(p.gnet), guidance=p.guidance)
+        s.update(metric=p.metric, reported=p.value, preset=preset)
+    elif entry.get("net"):
+        s.update(net=entry["net"], gnet=entry.get("gnet"), guidance=float(entry.get("guidance", 1.0)), preset=None)
+        s.update(metric=None, reported=None)
+    else:
+        raise WorkflowError(f"models[{name}]: a released model needs `generation_preset` or `net` (a URL)")
+    for key in ("net", "gnet", "guidance"):
+        if entry.get(key) is not None:
+            s[key] = float(entry[key]) if key == "guidance" else entry[key]
+    if s["guidance"] != 1.0 and not s["gnet"]:
+        raise WorkflowError(f"models[{name}]: a guidance other than 1 needs `gnet`")
+    s["metrics"] = entry.get("metrics") or ([s["metric"]] if s["metric"] else METRICS)
+    unknown = [m for m in s["metrics"] if m not in METRICS]
+    if unknown:
+        raise WorkflowError(f"models[{name}].metrics: {unknown} not in score.metrics {METRICS}; add them there")
+    if isinstance(entry.get("reported"), (int, float)):
+        s["reported"] = float(entry["reported"])
+    for key in ("net", "gnet"):
+        if s[key] and not re.match(r"^(https?|file)://", s[key]):
+            raise WorkflowError(f"models[{name}].{key}: {s[key]!r} is not an http(s):// or file:// URL")
+    return s
+
+
+METRICS = config["score"]["metrics"]
+MODELS = {}
+RELEASED = {}  # `source: released` models
+for _entry in config["models"]:
+    if _entry["name"] in MODELS or _entry["name"] in RELEASED:
+        raise WorkflowError(f"models: the name {_entry['name']!r} is used twice; give every model its own name")
+    _source = _entry.get("source", "train")
+    if _source == "released":
+        RELEASED[_entry["name"]] = _released_net_settings(_entry)
+        continue
+    MODELS[_entry["name"]] = _raw_settings(_entry) if _source == "released-raw" else _model_settings(_entry)
+    MODELS[_entry["name"]]["source"] = _source
+SCORED_RUNS = [name for name, m in MODELS.items() if m["score"]]
+RAW_RUNS = [name for name, m in MODELS.items() if m["source"] == "released-raw"]
+
+
+def _guidance_settings():
+    settings = {}
+    for g in config["guidance"]:
+        name = g["name"]
+        if name in settings:
+            raise WorkflowError(f"guidance: the name {name!r} is used twice")
+        g = dict(g)
+        g.setdefault("guide", None)
+        g.setdefault("weight", 1.0)
+        g.setdefault("guide_std", "same")
+        g.setdefault("metrics", METRICS)
+        g.setdefault("runs", SCORED_RUNS)
+        unknown = [m for m in g["metrics"] if m not in METRICS]
+        if unknown:
+            raise WorkflowError(f"guidance[{name}].metrics: {unknown} not in score.metrics {METRICS}; add them there")
+        for run in g["runs"]:
+            if run not in MODELS:
+                raise WorkflowError(f"guidance[{name}].runs: no model named {run!r}")
+        if g["guide"] is not None and g["guide"] not in MODELS:
+            raise WorkflowError(
+                f"guidance[{name}].guide: no model named {g['guide']!r}; add it to `models` (score: false)"
+            )
+        if isinstance(g["weight"], dict):
+            missing = [r for r in g["runs"] if r not in g["weight"]]
+            if missing:
+                raise WorkflowError(f"guidance[{name}].weight: no weight for {missing}")
+        if g["guide"] is None and any(guidance_weight(g, r) != 1 for r in g["runs"]):
+            raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
+        if g["guide_std"] != "same" and std_text(g["guide_std"]) not in GRID:
+            raise WorkflowError(f"guidance[{name}].guide_std {g['guide_std']} is not in phema.grid; add it there")
+        settings[name] = g
+    return settings
+
+
+def guidance_weight(g, run):
+    w = g["weight"]
+    return float(w[run] if isinstance(w, dict) else w)
+
+
+def is_guided(g, run):
+    return g["guide"] is not None and guidance_weight(g, run) != 1.0
+
+
+GUIDANCE = _guidance_settings()
+# (run, guidance) pairs that are scored.
+SCORED = [(run, g) for g in GUIDANCE for run in GUIDANCE[g]["runs"] if MODELS[run]["score"]]
+
+
+REFINE = config["phema"]["refine"]
+
+
+# --- Identity of a run (the hash in its folder name) ---------------------------------------------
+
+
+def train_opts_hash(run):
+    """Short hash of everything that defines a run's result, so that a changed option trains a
+    fresh run in a new folder instead of resuming an incompatible one: the options of `edm2
+    train` that are not operational (edm2.train.options.OPERATIONAL), as the run resolves them
+    (preset and defaults filled in), the extra arguments and the data. The operational ones
+    (duration, status/snapshot/checkpoint intervals, preset, slice, speed options) and the
+    workflow's own launch settings resume the same folder, as `edm2 train` itself does."""
+    m = MODELS[run]
+    key = {k: v for k, v in canonical_options(m["resolved"].identity()).items() if k in TRAIN_OPTIONS}
+    key["extra_args"] = m["extra_args"]
+    key["data"] = {
+        k: config["data"][k]
+        for k in ("source", "digits_resolution", "resolution", "transform", "max_images", "latents", "vae")
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def raw_selection_hash(run):
+    """Short hash of what defines a released-raw run's result (where its snapshots come from,
+    which files, the kimg reconstructed at): as a trained run's options hash, another selection
+    gets folders of its own, so its reconstructions are scored anew."""
+    m = MODELS[run]
+    key = {"url": m["url"], "include": sorted(m["include"]), "kimg": m["kimg"]}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]

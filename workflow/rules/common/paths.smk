@@ -1,0 +1,209 @@
+# Paths: every file and folder the workflow writes, as one named pattern each. A rule declares
+# the pattern as its output (its wildcards in braces); an input function or a target list fills
+# the same pattern in with `fill`, so a path is spelled in one place only.
+#
+#   runs/<run>/train-<opts>/training-done.json        a trained run (opts: hash of its options)
+#   runs/<run>/raw-<selection>/, .SHA256SUMS          a released-raw run's downloaded snapshots
+#   runs/<run>/phema/phema-<kimg>-<std>.safetensors   the EMA grid, runs/<run>/phema-refine/ finer
+#   scores/<run>/<guidance>/ema-<std>.json            one score
+#   tables/, plots/, summary.{md,html}                aggregates, figures, the summary page
+#   released/nets/<file>, released/scores/<name>.json released nets and their scores
+#   logs/<rule>/..., benchmarks/<rule>/...            one log and one benchmark per job
+
+import re
+import urllib.parse
+
+from edm2.naming import PHEMA_PREFIX, std_text
+
+DATA = f"{RESULTS}/data"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+# wildcard_constraints (also used by the rules): names are path segments, stds '0.xyz'.
+WC = {
+    "run": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    "guidance": r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    "std": r"\d\.\d{3}",
+    "kimg": r"\d{7}",
+    "opts": r"[0-9a-f]{8}",
+}
+
+
+def fill(pattern, **wildcards):
+    """One path of a pattern: its {wildcards} replaced by the given values."""
+    return pattern.format(**wildcards)
+
+
+# --- Data ---------------------------------------------------------------------------------------
+
+DIGITS = f"{DATA}/digits"
+DATASET_ZIP = f"{DATA}/dataset.zip"
+LATENTS_ZIP = f"{DATA}/latents.zip"
+DETECTOR = f"{DATA}/detector-cnn.safetensors"
+REF_STATS = f"{DATA}/ref-stats.npz"
+
+
+def training_data():
+    """The file `edm2 train --data` reads: the latents with data.latents, else the images."""
+    return LATENTS_ZIP if config["data"]["latents"] else DATASET_ZIP
+
+
+def ref_stats():
+    """Reference statistics: computed by `ref_stats`, or given as a path or URL (data.ref)."""
+    return config["data"]["ref"] or REF_STATS
+
+
+def ref_input():
+    """The reference statistics as an input file (nothing for a URL, which the command fetches)."""
+    ref = ref_stats()
+    return [] if re.match(r"^[a-z][a-z0-9+.-]*://", ref) else [ref]
+
+
+# --- Runs: training, released raw snapshots, post-hoc EMA -----------------------------------------
+
+RUN_DIR = f"{RESULTS}/runs/{{run}}/train-{{opts}}"
+TRAIN_DONE = f"{RUN_DIR}/training-done.json"
+RAW_DIR = f"{RESULTS}/runs/{{run}}/raw-{{selection}}"
+RAW_RECORD = f"{RAW_DIR}.SHA256SUMS"  # SHA-256 manifest, kept when the snapshots are deleted
+RAW_STAGE = f"{RESULTS}/downloads/raw/{{run}}"  # the download folder that survives a failed job
+# The file name `edm2 phema` writes (edm2.naming.snapshot_name): kimg in 7 digits, std in 3 decimals.
+NET_NAME = f"{PHEMA_PREFIX}-{{kimg}}-{{std}}.safetensors"
+PHEMA_DIR = f"{RESULTS}/runs/{{run}}/phema"
+PHEMA_NET = f"{PHEMA_DIR}/{NET_NAME}"
+REFINE_DIR = f"{RESULTS}/runs/{{run}}/phema-refine"
+REFINED_NET = f"{REFINE_DIR}/{NET_NAME}"
+MODEL_INFO = f"{RESULTS}/runs/{{run}}/model-info.json"
+
+# The options hash of every trained run (config.smk), computed once.
+RUN_OPTS = {run: train_opts_hash(run) for run in MODELS if MODELS[run]["source"] == "train"}
+
+
+def run_dir(run):
+    return fill(RUN_DIR, run=run, opts=RUN_OPTS[run])
+
+
+def raw_dir(run):
+    """The raw snapshots of a released-raw run (temporary with released.keep_raw: false)."""
+    return fill(RAW_DIR, run=run, selection=raw_selection_hash(run))
+
+
+def raw_record(run):
+    """SHA-256 manifest of a released-raw run's downloaded snapshots (kept when they are deleted)."""
+    return fill(RAW_RECORD, run=run, selection=raw_selection_hash(run))
+
+
+def train_done(run):
+    """The file that says a run's snapshots are complete: training-done.json of a trained run, or
+    the record of a released-raw run's download (`ancient`: a download repeated after the raw
+    snapshots were deleted, for a changed EMA grid, re-scores nothing)."""
+    if MODELS[run]["source"] == "released-raw":
+        return ancient(raw_record(run))
+    return fill(TRAIN_DONE, run=run, opts=RUN_OPTS[run])
+
+
+def _net_fields(run, std):
+    """The wildcards of a reconstructed network's file: kimg in 7 digits, std in 3 decimals."""
+    return {"run": run, "kimg": f"{int(MODELS[run]['kimg']):07d}", "std": std_text(std)}
+
+
+def phema_dir(run):
+    return fill(PHEMA_DIR, run=run)
+
+
+def phema_file(run, std):
+    """The network of `run` reconstructed at `std` of the coarse grid."""
+    return fill(PHEMA_NET, **_net_fields(run, std))
+
+
+def refine_dir(run):
+    return fill(REFINE_DIR, run=run)
+
+
+def refined_file(run, std):
+    """The network of `run` reconstructed at a refined `std` (a file of the phema_refine folder)."""
+    return fill(REFINED_NET, **_net_fields(run, std))
+
+
+def model_info(run):
+    return fill(MODEL_INFO, run=run)
+
+
+# --- Scores, tables, plots, summary ---------------------------------------------------------------
+
+SCORE = f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json"
+REFINE_GRID = f"{RESULTS}/refine/grid.json"
+RESULT_SET = f"{RESULTS}/tables/result-set.txt"
+SCORES_CSV = f"{RESULTS}/tables/scores.csv"
+BEST_CSV = f"{RESULTS}/tables/best.csv"
+TABLE2 = f"{RESULTS}/tables/table2.{{ext}}"
+EMA_SWEEP_PLOT = f"{RESULTS}/plots/ema-sweep-{{metric}}.{{ext}}"
+GFLOPS_PLOT = f"{RESULTS}/plots/gflops-{{metric}}.{{ext}}"
+LOSS_PLOT = f"{RESULTS}/plots/training-loss.{{ext}}"
+SAMPLE_GRID = f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png"
+SAMPLE_IMAGES = f"{RESULTS}/plots/samples/{{run}}/.{{guidance}}-images"  # scratch folder of a grid
+SUMMARY = f"{RESULTS}/summary.{{ext}}"
+PLOT_EXTS = ["png", "svg"]
+TABLE2_EXTS = ["csv", "md", "tex"]
+
+
+def score_file(run, guidance, std):
+    return fill(SCORE, run=run, guidance=guidance, std=std)
+
+
+def plot_files():
+    return (
+        expand(EMA_SWEEP_PLOT, metric=METRICS, ext=PLOT_EXTS)
+        + expand(GFLOPS_PLOT, metric=METRICS, ext=PLOT_EXTS)
+        + expand(LOSS_PLOT, ext=PLOT_EXTS)
+    )
+
+
+def table_files():
+    return expand(TABLE2, ext=TABLE2_EXTS)
+
+
+def sample_files():
+    return [fill(SAMPLE_GRID, run=run, guidance=g) for run, g in SCORED]
+
+
+def summary_files():
+    return [fill(SUMMARY, ext="md"), fill(SUMMARY, ext="html")]
+
+
+# --- Released nets (`source: released`) -----------------------------------------------------------
+
+RELEASED_NET = f"{RESULTS}/released/nets/{{file}}"
+RELEASED_SCORE = f"{RESULTS}/released/scores/{{name}}.json"
+RELEASED_TABLE = f"{RESULTS}/tables/released.{{ext}}"
+
+
+def released_net_file(url):
+    """Where a released net is read from: a `file://` URL in place, else the file it is
+    downloaded to (one per URL file name, shared by models)."""
+    if url.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return fill(RELEASED_NET, file=_url_file(url))
+
+
+def released_score_file(name):
+    return fill(RELEASED_SCORE, name=name)
+
+
+def released_files():
+    """Outputs of the released nets: the table of our values next to the reported ones."""
+    if not RELEASED:
+        return []
+    return [fill(RELEASED_TABLE, ext=ext) for ext in ("csv", "md")]
+
+
+# --- Logs and benchmarks --------------------------------------------------------------------------
+
+
+def log_file(rule, name="all"):
+    """The log of a rule's job; `name` may hold the rule's wildcards ('{run}-{kimg}')."""
+    return f"{LOGS}/{rule}/{name}.log"
+
+
+def bench_file(rule, name="all"):
+    """The benchmark of a rule's job, named as its log."""
+    return f"{BENCH}/{rule}/{name}.tsv"

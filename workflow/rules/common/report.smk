@@ -1,0 +1,25 @@
+# Helpers of the result rules (rules/report.smk): every score the aggregate reads, and the
+# networks a sample grid may pick.
+
+
+def all_scores(wildcards=None):
+    """Every score JSON of the configuration (coarse grid, plus the refined stds when enabled)."""
+    files = coarse_scores()
+    if REFINE:
+        for run, per_guidance in refined_stds().items():
+            for g, stds in per_guidance.items():
+                files.extend(score_file(run, g, std) for std in stds if std not in GRID)
+    return files
+
+
+def phema_inputs_for_samples(wildcards):
+    """Every network the sample grid of (run, guidance) may pick (ancient: only their presence
+    matters; the choice comes from the scores)."""
+    run, g = wildcards.run, wildcards.guidance
+    runs = [run]
+    if is_guided(GUIDANCE[g], run):
+        runs.append(GUIDANCE[g]["guide"])
+    files = [phema_file(r, std) for r in runs for std in GRID]
+    if REFINE:
+        files.extend(refine_dir(r) for r in runs)
+    return [ancient(f) for f in dict.fromkeys(files)]
