@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from edm2.errors import ConfigError, FormatError
 from edm2.io.combine import TensorFile, parse_bytes, write_linear_combinations
 from edm2.io.safetensors_stream import read_safetensors_header
+from edm2.io.snapshot import verify_safetensors
 
 
 def tensor_files(folder, n, dtypes, seed=0):
@@ -43,7 +44,9 @@ def test_outputs_are_the_weighted_sums_and_the_copied_tensors_come_from_the_last
     assert result["outputs"] == paths
     for j, path in enumerate(paths):
         out = load_file(str(path))
-        assert read_safetensors_header(path)[1] == {"j": str(j)}
+        meta = read_safetensors_header(path)[1]
+        assert meta.pop("j") == str(j) and set(meta) == {"sha256", "header_sha256"}  # sealed as our snapshots
+        verify_safetensors(path)
         assert set(out) == {"a", "b.weight", "c.scale"} and all(v.dtype == torch.float16 for v in out.values())
         assert torch.equal(out["c.scale"], inputs[-1][1]["c.scale"].to(torch.float16))
         for name in ("a", "b.weight"):
