@@ -185,14 +185,15 @@ def safetensors_header(entries, metadata: dict) -> bytes:
 
 def file_sha256(fd, start: int, end: int | None = None, digest=None) -> "hashlib._Hash":
     """`digest` (default: a new SHA-256) updated with the bytes [start, end) of the open file
-    `fd` (end None: to the end of the file), read in 16 MiB pieces with positioned reads."""
+    `fd` (end None: to the end of the file), read in 1 MiB pieces with positioned reads."""
     digest = hashlib.sha256() if digest is None else digest
+    buf = memoryview(bytearray(1 << 20))  # one small buffer, filled again and again: no allocation per piece
     while end is None or start < end:
-        piece = os.pread(fd, 1 << 24 if end is None else min(1 << 24, end - start), start)
-        if not piece:
+        got = os.preadv(fd, [buf if end is None else buf[: min(len(buf), end - start)]], start)
+        if got <= 0:
             break
-        digest.update(piece)
-        start += len(piece)
+        digest.update(buf[:got])
+        start += got
     return digest
 
 
