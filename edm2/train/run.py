@@ -10,8 +10,10 @@ that disagrees on an option that is not operational (one that changes what is co
 refused, so a run may be resumed with another duration, intervals or speed options. Every rank
 appends its stdout/stderr to `log.txt`.
 
-One writer per run: rank 0 takes the run folder's lock (edm2.io.runlock.RunLock, a POSIX record
-lock that a killed process releases) before anything there is read or written, and every rank
+One writer per run: once the options and the dataset are checked (nothing in the run folder is
+read for that, and a refused dataset leaves no folder behind), rank 0 takes the run folder's
+lock (edm2.io.runlock.RunLock, a POSIX record lock that a killed process releases) before
+anything there is read or written, and every rank
 learns the outcome before any other work; a second `edm2 train` on the same --outdir (a
 resubmitted job beside a live one) is refused in one line naming the holder, whatever the first
 has written so far. The lock is held until the run returns.
@@ -92,11 +94,11 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
         return None
 
     env, device_ = init_distributed(device)
+    print0("Loading dataset...")
+    plan = plan_training(opts, env.world_size)  # every rank checks the options and the data before any compute
     outdir = Path(opts.outdir)
     lock = lock_run_dir(outdir, env.rank, device_)  # before anything in outdir is read or written
     try:
-        print0("Loading dataset...")
-        plan = plan_training(opts, env.world_size)  # every rank checks the options and the data before any compute
         exists = check_run_dir(outdir, record)
         if env.rank == 0:
             outdir.mkdir(parents=True, exist_ok=True)
