@@ -235,12 +235,17 @@ class _StreamingPass:
         self.Ct = torch.from_numpy(np.ascontiguousarray(X.T)).to(acc_dtype)  # [n_out, n_in]
         self.out, self.acc_dtype, self.chunk, self.workers = out, acc_dtype, chunk, workers
         self.progress, self.stats = progress, stats
-        self.hashing = any(d is not None for d in self.digests)
+        hashed_inputs = [i for i, d in enumerate(self.digests) if d is not None]
+        self.hashing = bool(hashed_inputs)
+        # Hasher threads, each for its share of the inputs (an input's bytes must be hashed in order).
+        self.hasher_of = {i: k % max(1, workers) for k, i in enumerate(hashed_inputs)}
+        self.n_hashers = min(max(1, workers), len(hashed_inputs))
         n_staging = _staging_buffers(workers, self.hashing)
         self.staging = [np.empty(int(self.row_start[-1]) * chunk, dtype=np.uint8) for _ in range(n_staging)]
         self.outbufs = [torch.empty(self.n_out * chunk, dtype=torch.float16) for _ in range(workers + 1)]
         self.pipe = _Pipeline()
-        self.free_staging, self.ready, self.to_hash = queue.Queue(), queue.Queue(), queue.Queue()
+        self.free_staging, self.ready = queue.Queue(), queue.Queue()
+        self.to_hash = [queue.Queue() for _ in range(self.n_hashers)]
         self.free_out, self.to_write = queue.Queue(), queue.Queue()
         for i in range(n_staging):
             self.free_staging.put(i)
@@ -290,21 +295,22 @@ class _StreamingPass:
             t0 = time.perf_counter()
             hashed = self._read_chunk(pieces, b - a, memoryview(self.staging[s]))
             self.stats["read_s"] += time.perf_counter() - t0
-            self.staging_users[s] = 2 if self.hashing else 1
-            if self.hashing and not pipe.put(self.to_hash, (s, hashed)):
-                return
+            self.staging_users[s] = 1 + self.n_hashers
+            for k, q in enumerate(self.to_hash):
+                if not pipe.put(q, (s, [run for run in hashed if self.hasher_of[run[0]] == k])):
+                    return
             if not pipe.put(self.ready, (ci, s)):
                 return
         for _ in range(self.workers):
             pipe.put(self.ready, None)
-        if self.hashing:
-            pipe.put(self.to_hash, None)
+        for q in self.to_hash:
+            pipe.put(q, None)
 
-    def hasher(self) -> None:
-        """The inputs' digests, from the staging buffers in the order they were read (so in file
-        order per input), beside the compute workers rather than in the reader's way."""
+    def hasher(self, k: int) -> None:
+        """The digests of hasher k's inputs, from the staging buffers in the order they were read
+        (so in file order per input), beside the compute workers rather than in the reader's way."""
         while True:
-            item = self.pipe.get(self.to_hash)
+            item = self.pipe.get(self.to_hash[k])
             if item is None:
                 return
             s, hashed = item
@@ -404,8 +410,7 @@ class _StreamingPass:
             threads.append(pipe.thread(self.writer))
             compute_threads = [pipe.thread(self.compute) for _ in range(self.workers)]
             threads += compute_threads
-            if self.hashing:
-                threads.append(pipe.thread(self.hasher))
+            threads += [pipe.thread(self.hasher, k) for k in range(self.n_hashers)]
             threads.append(pipe.thread(self.reader))
             for t in compute_threads:
                 t.join()
