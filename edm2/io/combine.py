@@ -12,7 +12,11 @@ a few chunk-sized buffers chosen to fit `max_memory`.
 
 Reading (a thread doing `preadv`), computing (a few worker threads, each on its own chunks)
 and writing (a thread doing `pwrite`) overlap. Outputs are written piece by piece under
-temporary names and renamed into place when complete (`StreamingWriter`).
+temporary names and renamed into place when complete (`StreamingWriter`, which seals them with
+the SHA-256 digests of our snapshots). An input with a recorded digest (`TensorFile.sha256`) is
+verified from the bytes the pass reads, by hasher threads beside the workers; a product out of
+float16 range or not finite (a NaN or infinite input weight) is refused naming the input and
+the tensor.
 
 Nothing here knows what the tensors or coefficients mean; `edm2.ema.phema` uses it for the
 post-hoc EMA reconstruction.
@@ -499,10 +503,12 @@ def write_linear_combinations(
     Every output holds the combined tensors, in the data order of the first input, then the
     copied ones (sorted by name) from the last input, all as fp16; the files appear under
     their names only when all are complete. Each input byte is read once. Returns the figures
-    of the pass: 'outputs' (paths written), 'bytes_read', 'read_s', 'compute_s', 'write_s',
-    'wait_write_s' (seconds summed over threads), 'chunk_elements', 'working_bytes', 'workers'.
-    Raises FormatError for inputs that differ in their tensors or cannot be read to the end,
-    ConfigError when `max_memory` cannot hold even a small chunk.
+    of the pass: 'outputs' (paths written), 'bytes_read', 'read_s', 'hash_s', 'compute_s',
+    'write_s', 'wait_write_s' (seconds summed over threads), 'chunk_elements', 'working_bytes',
+    'workers'. Raises FormatError for inputs that differ in their tensors or cannot be read to
+    the end, whose data differ from their recorded SHA-256, or that hold a non-finite weight
+    (named, with the tensor); ConfigError when `max_memory` cannot hold even a small chunk.
+    Nothing is left under the output names after an error.
     """
     params, copied_names, shapes = plan_tensors(files, copied)
     entries = [(name, torch.float16, shape) for name, _, shape in params]
