@@ -128,3 +128,18 @@ def test_isolated_non_finite_losses_are_absorbed_by_zeroed_gradients():
         net.bias[1] = float("inf")
     with pytest.raises(NumericError, match="weight bias is not finite"):
         FiniteGuard("cpu").check(net, 11)
+
+
+def test_a_noise_level_that_overflows_stops_the_run_like_a_poisoned_dataset(tmp_path):
+    """--P_mean 60 (finite, accepted): sigma ~ e^60 overflows sigma^2 in float32, so every loss is NaN."""
+    data = make_dataset(tmp_path / "ds", num_images=8)
+    run_dir = tmp_path / "run"
+    opts = tiny_options(run_dir, data, duration=2048, batch=32, P_mean=60.0, status=128, snapshot=1024, checkpoint=1024)
+    done = edm2_train(opts)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert error_lines(done) == [
+        line for line in error_lines(done) if "training stopped at 512 images: the loss was not finite" in line
+    ]
+    assert len(error_lines(done)) == 1 and not (run_dir / "training-done.json").exists()
+    assert not list(run_dir.glob("training-state-*.pt")) and not list(run_dir.glob("*.tmp"))
+    assert_every_file_finite(run_dir)
