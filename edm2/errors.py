@@ -23,6 +23,10 @@ class DownloadError(EDM2Error):
     """A URL that could not be fetched (offline, not found, ...)."""
 
 
+class NumericError(EDM2Error):
+    """Weights or losses that are not finite numbers (NaN or infinite)."""
+
+
 class OutputError(EDM2Error):
     """An output that cannot be written (read-only, not a folder, disk full, ...)."""
 

@@ -13,6 +13,7 @@ snapshots and official pickles in place. Outputs are our snapshots and load with
 import dataclasses
 import json
 import os
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -152,7 +153,10 @@ def _open_input(inp: PhemaInput, scratch: Path, layouts: OfficialLayouts) -> tup
         "encoder": json.loads(meta["encoder"]),
         "extra": json.loads(meta.get("extra") or "{}"),
     }
-    return TensorFile(path, tensors, shown=inp.path), info
+    with open(path, "rb") as f:  # the data follow the 8-byte length and the header
+        data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+    # The recorded digest of the tensor data is verified by the pass, from the bytes it reads.
+    return TensorFile(path, tensors, shown=inp.path, sha256=meta.get("sha256"), data_start=data_start), info
 
 
 def _output_metadata(info, used, coefficients, std, out_nimg, acc_dtype) -> dict:

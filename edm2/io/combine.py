@@ -12,7 +12,11 @@ a few chunk-sized buffers chosen to fit `max_memory`.
 
 Reading (a thread doing `preadv`), computing (a few worker threads, each on its own chunks)
 and writing (a thread doing `pwrite`) overlap. Outputs are written piece by piece under
-temporary names and renamed into place when complete (`StreamingWriter`).
+temporary names and renamed into place when complete (`StreamingWriter`, which seals them with
+the SHA-256 digests of our snapshots). An input with a recorded digest (`TensorFile.sha256`) is
+verified from the bytes the pass reads, by hasher threads beside the workers; a product out of
+float16 range or not finite (a NaN or infinite input weight) is refused naming the input and
+the tensor.
 
 Nothing here knows what the tensors or coefficients mean; `edm2.ema.phema` uses it for the
 post-hoc EMA reconstruction.
@@ -20,6 +24,7 @@ post-hoc EMA reconstruction.
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import queue
 import re
@@ -34,9 +39,10 @@ import torch
 from tqdm import tqdm
 
 from edm2.errors import ConfigError, FormatError
-from edm2.io.safetensors_stream import StreamingWriter, preadv_full
+from edm2.io.safetensors_stream import StreamingWriter, file_sha256, preadv_full
 
 _DEFAULT_CHUNK_BYTES = 160 << 20  # working buffers beyond this do not make the pass faster
+_FP16_OVERFLOW = 65520.0  # the smallest magnitude that rounds to infinity in float16
 
 
 def parse_bytes(value) -> int:
@@ -68,6 +74,8 @@ class TensorFile:
     tensors: dict
     shown: Path | None = None
     dtype: torch.dtype | None = None  # of the combined tensors; set by `plan_tensors`
+    sha256: str | None = None  # recorded SHA-256 of the bytes from `data_start` to the end, verified by the pass
+    data_start: int = 0  # where the tensor data begins (a safetensors file: 8 + header length)
 
     @property
     def name(self) -> Path:
@@ -164,6 +172,43 @@ def _plan_chunks(params, chunk):
     return chunks
 
 
+class _InputDigest:
+    """The SHA-256 of one input's tensor data (file offset `data_start` to the end), computed
+    from the bytes the pass reads anyway, in file order: the reader hands each run it read to
+    `update`; the bytes it skips (tensors that are not combined) are read here as they are passed,
+    the rest at `verify`. An input whose runs come out of file order (a layout unlike the first
+    input's) is hashed again in full at `verify`."""
+
+    def __init__(self, src: TensorFile):
+        self.src = src
+        self.digest = hashlib.sha256()
+        self.pos = src.data_start  # every byte before this one is in the digest
+        self.in_order = True
+
+    def update(self, fd, pos: int, data) -> None:
+        if not self.in_order:
+            return
+        if pos < self.pos:
+            self.in_order = False
+            return
+        if pos > self.pos:
+            file_sha256(fd, self.pos, pos, self.digest)
+        self.digest.update(data)
+        self.pos = pos + len(data)
+
+    def verify(self, fd) -> None:
+        """Raise FormatError naming the input if its data differ from the recorded digest."""
+        if self.in_order:
+            actual = file_sha256(fd, self.pos, None, self.digest).hexdigest()
+        else:
+            actual = file_sha256(fd, self.src.data_start).hexdigest()
+        if actual != self.src.sha256:
+            raise FormatError(
+                f"{self.src.name}: contents damaged (SHA-256 of the tensor data {actual[:16]}..., written with "
+                f"{self.src.sha256[:16]}...); restore or recreate the file. No output written"
+            )
+
+
 class _StreamingPass:
     """Write the combined tensor data of every output: the one-pass loop.
 
@@ -188,22 +233,44 @@ class _StreamingPass:
             else:
                 self.groups.append([i, i + 1, src.dtype])
         self.chunks = _plan_chunks(params, chunk)
+        self.param_names = [name for name, _, _ in params]
+        self.digests = [_InputDigest(src) if src.sha256 else None for src in self.sources]
         self.param_starts = [[src.tensors[name].start for name, _, _ in params] for src in self.sources]
         self.Ct = torch.from_numpy(np.ascontiguousarray(X.T)).to(acc_dtype)  # [n_out, n_in]
         self.out, self.acc_dtype, self.chunk, self.workers = out, acc_dtype, chunk, workers
         self.progress, self.stats = progress, stats
-        self.staging = [np.empty(int(self.row_start[-1]) * chunk, dtype=np.uint8) for _ in range(workers + 1)]
+        hashed_inputs = [i for i, d in enumerate(self.digests) if d is not None]
+        self.hashing = bool(hashed_inputs)
+        # Hasher threads, each for its share of the inputs (an input's bytes must be hashed in order).
+        self.hasher_of = {i: k % max(1, workers) for k, i in enumerate(hashed_inputs)}
+        self.n_hashers = min(max(1, workers), len(hashed_inputs))
+        n_staging = _staging_buffers(workers, self.hashing)
+        self.staging = [np.empty(int(self.row_start[-1]) * chunk, dtype=np.uint8) for _ in range(n_staging)]
         self.outbufs = [torch.empty(self.n_out * chunk, dtype=torch.float16) for _ in range(workers + 1)]
         self.pipe = _Pipeline()
         self.free_staging, self.ready = queue.Queue(), queue.Queue()
+        self.to_hash = [queue.Queue() for _ in range(self.n_hashers)]
         self.free_out, self.to_write = queue.Queue(), queue.Queue()
-        for i in range(workers + 1):
+        for i in range(n_staging):
             self.free_staging.put(i)
+        for i in range(workers + 1):
             self.free_out.put(i)
+        self.staging_users = [0] * n_staging  # a staging buffer is free again when compute and hasher are done
+        self.staging_guard = threading.Lock()
         self.in_fds = []
 
-    def _read_chunk(self, pieces, n, buf) -> None:
-        """Chunk rows of every input into the staging buffer `buf` (adjacent pieces read at once)."""
+    def _release_staging(self, s) -> None:
+        with self.staging_guard:
+            self.staging_users[s] -= 1
+            free = self.staging_users[s] == 0
+        if free:
+            self.free_staging.put(s)
+
+    def _read_chunk(self, pieces, n, buf) -> list:
+        """Chunk rows of every input into the staging buffer `buf` (adjacent pieces read at once);
+        returns the runs read [(input, file position, staging position, length)] of the inputs
+        with a digest, in file order."""
+        hashed = []
         for i, fd in enumerate(self.in_fds):
             isz, base = self.itemsizes[i], int(self.row_start[i]) * n
             runs = []  # [file position, staging position, length]
@@ -218,7 +285,10 @@ class _StreamingPass:
                     preadv_full(fd, buf[to : to + length], pos)
             except FormatError as e:
                 raise FormatError(f"{self.sources[i].name}: {e}") from None
+            if self.digests[i] is not None:
+                hashed += [(i, pos, to, length) for pos, to, length in runs]
             self.stats["bytes_read"] += n * isz
+        return hashed
 
     def reader(self) -> None:
         pipe = self.pipe
@@ -227,12 +297,33 @@ class _StreamingPass:
             if s is None:
                 return
             t0 = time.perf_counter()
-            self._read_chunk(pieces, b - a, memoryview(self.staging[s]))
+            hashed = self._read_chunk(pieces, b - a, memoryview(self.staging[s]))
             self.stats["read_s"] += time.perf_counter() - t0
+            self.staging_users[s] = 1 + self.n_hashers
+            for k, q in enumerate(self.to_hash):
+                if not pipe.put(q, (s, [run for run in hashed if self.hasher_of[run[0]] == k])):
+                    return
             if not pipe.put(self.ready, (ci, s)):
                 return
         for _ in range(self.workers):
             pipe.put(self.ready, None)
+        for q in self.to_hash:
+            pipe.put(q, None)
+
+    def hasher(self, k: int) -> None:
+        """The digests of hasher k's inputs, from the staging buffers in the order they were read
+        (so in file order per input), beside the compute workers rather than in the reader's way."""
+        while True:
+            item = self.pipe.get(self.to_hash[k])
+            if item is None:
+                return
+            s, hashed = item
+            t0 = time.perf_counter()
+            buf = memoryview(self.staging[s])
+            for i, pos, to, length in hashed:
+                self.digests[i].update(self.in_fds[i], pos, buf[to : to + length])
+            self._release_staging(s)
+            self.stats["hash_s"] += time.perf_counter() - t0
 
     def compute(self) -> None:
         pipe, n_in, n_out = self.pipe, self.n_in, self.n_out
@@ -251,9 +342,15 @@ class _StreamingPass:
             for lo, hi, dtype in self.groups:
                 rows = raw[int(self.row_start[lo]) * n : int(self.row_start[hi]) * n]
                 Wv[lo:hi].copy_(rows.view(dtype).view(hi - lo, n))
-            self.free_staging.put(s)
+            self._release_staging(s)
             Yv = Y[: n_out * n].view(n_out, n)
             torch.mm(self.Ct, Wv, out=Yv)  # every output's chunk at once: out_j = sum_i X[i, j] in_i
+            # NaN and infinities propagate through the product (NaN * 0 is NaN): the range of the
+            # products, one allocation-free reduction, finds a non-finite input weight (NaN fails
+            # both comparisons) or an output beyond float16 (its overflow threshold is 65520).
+            least, most = torch.aminmax(Yv)
+            if not (-_FP16_OVERFLOW < float(least) and float(most) < _FP16_OVERFLOW):
+                self._refuse_nonfinite(ci, Wv, Yv)
             t1 = time.perf_counter()
             o = pipe.get(self.free_out)
             if o is None:
@@ -264,6 +361,27 @@ class _StreamingPass:
             self.stats["wait_write_s"] += t2 - t1
             if not pipe.put(self.to_write, (ci, o)):
                 return
+
+    def _refuse_nonfinite(self, ci, W, out) -> None:
+        """Raise FormatError naming the input file and the tensor of a non-finite weight in chunk
+        `ci` (W [n_in, n]: its inputs in the accumulation dtype), or the output that overflows."""
+        _a, _b, pieces = self.chunks[ci]
+
+        def tensor_at(k):
+            return next(self.param_names[p] for p, e0, e1, dest in pieces if dest <= k < dest + e1 - e0)
+
+        for i in range(self.n_in):
+            bad = (~torch.isfinite(W[i])).nonzero()
+            if len(bad):
+                raise FormatError(
+                    f"{self.sources[i].name}: weight {tensor_at(int(bad[0, 0]))} is not finite (NaN or infinite); "
+                    "the snapshot is from a diverged run or damaged. Leave it out (--instd, --inprefix or move "
+                    "it away); no output written"
+                )
+        j, k = (int(v) for v in (~(out.abs() < _FP16_OVERFLOW)).nonzero()[0])
+        raise FormatError(
+            f"{self.out.paths[j]}: weight {tensor_at(k)} overflows float16 in the reconstruction; no output written"
+        )
 
     def writer(self) -> None:
         while True:
@@ -296,12 +414,17 @@ class _StreamingPass:
             threads.append(pipe.thread(self.writer))
             compute_threads = [pipe.thread(self.compute) for _ in range(self.workers)]
             threads += compute_threads
+            threads += [pipe.thread(self.hasher, k) for k in range(self.n_hashers)]
             threads.append(pipe.thread(self.reader))
             for t in compute_threads:
                 t.join()
             pipe.put(self.to_write, "done")
             for t in threads:
                 t.join()
+            if pipe.error is None:
+                for fd, digest in zip(self.in_fds, self.digests):
+                    if digest is not None:
+                        digest.verify(fd)
         except BaseException as e:
             pipe.fail(e)
         finally:
@@ -315,15 +438,22 @@ class _StreamingPass:
             raise pipe.error
 
 
+def _staging_buffers(workers: int, hashing: bool) -> int:
+    """Staging buffers of a pass: one per worker and one being read, and one more for the hasher
+    to lag behind by (when an input has a digest to verify)."""
+    return workers + 1 + int(hashing)
+
+
 def _chunk_size(sources, X, acc_dtype, total, workers, max_memory, chunk_elements) -> tuple[int, int]:
     """`(chunk, bytes per chunk element)`: chunk buffers sized to the memory budget.
 
-    Per element of a chunk: raw input bytes (workers + 1 staging buffers), the accumulation-dtype
+    Per element of a chunk: raw input bytes (`_staging_buffers`), the accumulation-dtype
     input and output columns (per worker) and fp16 outputs (workers + 1 buffers). Raises
     ConfigError when `max_memory` cannot hold even a small chunk.
     """
     n_in, n_out = X.shape
-    per_element = (workers + 1) * (sum(s.dtype.itemsize for s in sources) + n_out * 2)
+    staging = _staging_buffers(workers, any(s.sha256 for s in sources))
+    per_element = staging * sum(s.dtype.itemsize for s in sources) + (workers + 1) * n_out * 2
     per_element += workers * (n_in + n_out) * acc_dtype.itemsize
     budget = parse_bytes(max_memory) - _current_rss() - (64 << 20)
     if chunk_elements is None:
@@ -347,6 +477,8 @@ def _copy_tensors(last, names, out, offset, stats) -> None:
             f.seek(t.start)
             raw = bytearray(f.read(t.nbytes))
             value = torch.frombuffer(raw, dtype=t.dtype).to(torch.float16) if t.nbytes else torch.empty(0)
+            if not bool(torch.isfinite(value).all()):
+                raise FormatError(f"{last.name}: buffer {name} is not finite (NaN or infinite); no output written")
             data = memoryview(value.numpy()).cast("B")
             for j in range(len(out.paths)):
                 out.write(j, data, offset)
@@ -371,15 +503,17 @@ def write_linear_combinations(
     Every output holds the combined tensors, in the data order of the first input, then the
     copied ones (sorted by name) from the last input, all as fp16; the files appear under
     their names only when all are complete. Each input byte is read once. Returns the figures
-    of the pass: 'outputs' (paths written), 'bytes_read', 'read_s', 'compute_s', 'write_s',
-    'wait_write_s' (seconds summed over threads), 'chunk_elements', 'working_bytes', 'workers'.
-    Raises FormatError for inputs that differ in their tensors or cannot be read to the end,
-    ConfigError when `max_memory` cannot hold even a small chunk.
+    of the pass: 'outputs' (paths written), 'bytes_read', 'read_s', 'hash_s', 'compute_s',
+    'write_s', 'wait_write_s' (seconds summed over threads), 'chunk_elements', 'working_bytes',
+    'workers'. Raises FormatError for inputs that differ in their tensors or cannot be read to
+    the end, whose data differ from their recorded SHA-256, or that hold a non-finite weight
+    (named, with the tensor); ConfigError when `max_memory` cannot hold even a small chunk.
+    Nothing is left under the output names after an error.
     """
     params, copied_names, shapes = plan_tensors(files, copied)
     entries = [(name, torch.float16, shape) for name, _, shape in params]
     entries += [(name, torch.float16, shapes[name]) for name in copied_names]
-    stats = {"bytes_read": 0, "read_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
+    stats = {"bytes_read": 0, "read_s": 0.0, "hash_s": 0.0, "compute_s": 0.0, "write_s": 0.0, "wait_write_s": 0.0}
     with StreamingWriter(paths, entries, metadatas) as out:
         workers = max(1, int(workers or torch.get_num_threads()))
         total = sum(numel for _, numel, _ in params)
@@ -392,5 +526,5 @@ def write_linear_combinations(
             if bar is not None:
                 bar.close()
         _copy_tensors(files[-1], copied_names, out, total * 2, stats)
-        outputs = out.commit()
+        outputs = out.commit(threads=workers)  # the outputs' digests, read back from the page cache
     return {"outputs": outputs, **figures, **stats}

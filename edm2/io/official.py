@@ -41,7 +41,14 @@ from edm2.data.limits import load_npz
 from edm2.errors import DataError, FormatError, one_line
 from edm2.io.files import open_regular
 from edm2.io.safetensors_stream import TensorLocation
-from edm2.io.snapshot import build_network, check_network_kwargs, check_shapes, network_shapes, save_snapshot
+from edm2.io.snapshot import (
+    build_network,
+    check_finite_tensors,
+    check_network_kwargs,
+    check_shapes,
+    network_shapes,
+    save_snapshot,
+)
 from edm2.naming import parse_snapshot_name
 from edm2.nn import Precond
 from edm2.utils import kimg_to_nimg
@@ -706,6 +713,7 @@ def network_from_object(obj, dtype: torch.dtype | None = torch.float32):
     network_kwargs = _init_kwargs(obj, Precond)
     state_dict = _module_state_dict(obj)
     _check_precond_shapes(network_kwargs, {k: tuple(v.shape) for k, v in state_dict.items()})
+    check_finite_tensors(state_dict, "the pickled Precond")  # NaN weights: black images, never an error
     net = build_network(network_kwargs, device="meta")
     try:
         net.load_state_dict(state_dict, strict=True, assign=True)

@@ -7,8 +7,10 @@ multiple of 8, then the raw little-endian tensor data at the given offsets (rela
 of the header). Files written here load with `safetensors` and `edm2.io.snapshot.load_snapshot`.
 """
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -148,18 +150,51 @@ def pwrite_full(fd, view, offset) -> None:
         view, offset = view[done:], offset + done
 
 
-def safetensors_header(entries, metadata: dict) -> bytes:
-    """The header bytes (length, JSON, padding to 8) for `entries` [(name, dtype, shape)] stored
-    back to back in this order, with `metadata` {str: str}."""
+DIGEST_PLACEHOLDER = "0" * 64  # a SHA-256 in hex is as long: the digest replaces it without moving the data
+
+
+def header_sha256(entries: dict, metadata: dict) -> str:
+    """SHA-256 of a safetensors header: the tensor entries {name: {dtype, shape, data_offsets}}
+    and the metadata less its "header_sha256" entry, as JSON with sorted keys (so neither the
+    writer's key order nor the padding matters)."""
+    meta = {k: v for k, v in metadata.items() if k != "header_sha256"}
+    text = json.dumps({"__metadata__": meta, **entries}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def header_entries(entries) -> dict:
+    """{name: {dtype, shape, data_offsets}} of `entries` [(name, dtype, shape)] stored back to
+    back in this order."""
     header, offset = {}, 0
     for name, dtype, shape in entries:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
+    return header
+
+
+def safetensors_header(entries, metadata: dict) -> bytes:
+    """The header bytes (length, JSON, padding to 8) for `entries` [(name, dtype, shape)] stored
+    back to back in this order, with `metadata` {str: str}."""
+    header = header_entries(entries)
     header["__metadata__"] = metadata
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
+
+
+def file_sha256(fd, start: int, end: int | None = None, digest=None) -> "hashlib._Hash":
+    """`digest` (default: a new SHA-256) updated with the bytes [start, end) of the open file
+    `fd` (end None: to the end of the file), read in 1 MiB pieces with positioned reads."""
+    digest = hashlib.sha256() if digest is None else digest
+    buf = memoryview(bytearray(1 << 20))  # one small buffer, filled again and again: no allocation per piece
+    while end is None or start < end:
+        got = os.preadv(fd, [buf if end is None else buf[: min(len(buf), end - start)]], start)
+        if got <= 0:
+            break
+        digest.update(buf[:got])
+        start += got
+    return digest
 
 
 class StreamingWriter:
@@ -167,17 +202,25 @@ class StreamingWriter:
 
     Each file is created under a temporary name next to its final path, with its header already
     written; `write(j, data, offset)` puts bytes at `offset` of file j's data section (thread
-    safe: positioned writes); `commit()` closes and renames every file into place. Used as a
-    context manager, a block that raises removes the temporary files and leaves no output.
+    safe: positioned writes); `commit()` fills in the digests, closes and renames every file
+    into place. Used as a context manager, a block that raises removes the temporary files and
+    leaves no output.
+
+    Every file carries the digests of edm2.io.snapshot's writer, checked by the same readers:
+    "sha256" (of the tensor data) and "header_sha256" (`header_sha256`), written as same-length
+    placeholders first and filled in at `commit()`, so the data never moves and equal inputs
+    give byte-identical files.
     """
 
     def __init__(self, paths, entries, metadatas):
         self.paths = [Path(p) for p in paths]
+        self.entries = list(entries)
+        self.metadatas = [{**m, "sha256": DIGEST_PLACEHOLDER, "header_sha256": DIGEST_PLACEHOLDER} for m in metadatas]
         self.fds, self.temps, self.data_start = [], [], []
         mode = 0o666 & ~_umask()
         try:
-            for path, metadata in zip(self.paths, metadatas):
-                header = safetensors_header(entries, metadata)
+            for path, metadata in zip(self.paths, self.metadatas):
+                header = safetensors_header(self.entries, metadata)
                 remove_stale_temporaries(path)  # left by killed writers of the same output
                 fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
                 self.temps.append(Path(tmp))
@@ -193,8 +236,26 @@ class StreamingWriter:
         """Bytes `data` at byte `offset` of file j's tensor data."""
         pwrite_full(self.fds[j], data, self.data_start[j] + offset)
 
-    def commit(self) -> list[Path]:
-        """Close every file and rename it into place; returns the final paths."""
+    def commit(self, threads: int = 1) -> list[Path]:
+        """Fill in every file's digests (reading its data back, `threads` files at a time), close
+        every file and rename it into place; returns the final paths."""
+        entries = header_entries(self.entries)
+
+        def seal(j):
+            meta = dict(self.metadatas[j])
+            meta["sha256"] = file_sha256(self.fds[j], self.data_start[j]).hexdigest()
+            meta["header_sha256"] = header_sha256(entries, meta)
+            header = safetensors_header(self.entries, meta)
+            if len(header) != self.data_start[j]:  # cannot happen: the digests replace placeholders of their length
+                raise FormatError(f"{self.paths[j]}: the header changed length when sealed; not written")
+            pwrite_full(self.fds[j], memoryview(header), 0)
+
+        if threads > 1 and len(self.fds) > 1:
+            with concurrent.futures.ThreadPoolExecutor(min(threads, len(self.fds))) as pool:
+                list(pool.map(seal, range(len(self.fds))))  # hashlib releases the GIL
+        else:
+            for j in range(len(self.fds)):
+                seal(j)
         self._close()
         for tmp, path in zip(self.temps, self.paths):
             os.replace(tmp, path)

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from edm2.errors import FormatError, OutputError, one_line
 from edm2.io.atomic import atomic_path
 from edm2.io.files import open_regular
-from edm2.io.safetensors_stream import parse_safetensors_header
+from edm2.io.safetensors_stream import header_sha256, parse_safetensors_header
 from edm2.nn import Precond
 
 FORMAT = "edm2-snapshot/1"
@@ -127,18 +127,9 @@ def write_safetensors(path, tensors: dict, metadata: dict) -> None:
             f.write(text + b" " * (length - len(text)))
 
 
-def header_sha256(entries: dict, metadata: dict) -> str:
-    """SHA-256 of a safetensors header: the tensor entries {name: {dtype, shape, data_offsets}}
-    and the metadata less its "header_sha256" entry, as JSON with sorted keys (so neither the
-    writer's key order nor the padding matters)."""
-    meta = {k: v for k, v in metadata.items() if k != "header_sha256"}
-    text = json.dumps({"__metadata__": meta, **entries}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _check_header_digest(path, entries: dict, metadata: dict) -> None:
     expected = metadata.get("header_sha256")
-    if expected is None:  # written before the header digest existed, or by the streaming writer
+    if expected is None:  # written before the header digest existed
         return
     actual = header_sha256(entries, metadata)
     if actual != expected:
@@ -151,8 +142,9 @@ def _check_header_digest(path, entries: dict, metadata: dict) -> None:
 def verify_safetensors(path) -> None:
     """Raise `FormatError` if the header (metadata and tensor layout) or the tensor data of a
     safetensors file no longer match the SHA-256s recorded when it was written (a file damaged
-    on disk or in transfer, or edited). Files without a recorded digest (older ones, the post-hoc
-    EMA's streaming writer) are not checked; older ones have only the data digest."""
+    on disk or in transfer, or edited). Files without a recorded digest (older ones, post-hoc
+    EMA outputs written before its writer recorded them) are not checked; some older ones have
+    only the data digest."""
     with open_regular(path) as f:
         length, entries, meta = parse_safetensors_header(f, path, os.fstat(f.fileno()).st_size)
         _check_header_digest(path, entries, meta)
@@ -354,16 +346,36 @@ def build_network(network_kwargs: dict, device="meta"):
         return Precond(**network_kwargs)
 
 
+def check_finite_tensors(tensors: dict, where: str) -> None:
+    """Raise `FormatError` naming `where` and the first tensor of `tensors` {name: tensor} that
+    holds a NaN or an infinity: such weights give NaN images and scores, never an error of their
+    own. One pass over the data (a reduction per tensor, read back once)."""
+    names = [name for name, t in tensors.items() if t.is_floating_point() and t.numel()]
+    if not names:
+        return
+    peaks = torch.stack([tensors[name].detach().abs().amax().float().cpu() for name in names])  # NaN/inf propagate
+    if bool(torch.isfinite(peaks).all()):
+        return
+    name = names[int((~torch.isfinite(peaks)).nonzero()[0, 0])]
+    t = tensors[name]
+    raise FormatError(
+        f"{where}: weight {name} is not finite ({int(t.isnan().sum())} NaN, {int(t.isinf().sum())} infinite "
+        "values); the network was saved from a diverged run or damaged. Use an earlier snapshot"
+    )
+
+
 def load_snapshot(path, device="cpu", dtype: torch.dtype | None = torch.float32):
     """Load a snapshot as `(net, info)`: an eval-mode `Precond` with grads disabled.
 
-    Raises `FormatError` if the file is not a snapshot or its tensor data is damaged.
+    Raises `FormatError` if the file is not a snapshot, its tensor data is damaged or a weight
+    is not finite (NaN or infinite; `check_finite_tensors`).
 
     `dtype` casts floating parameters and buffers (None keeps the stored dtype, fp16).
     """
     info = read_snapshot_info(path)
     verify_safetensors(path)
     state = load_state_dict(path, device=device)
+    check_finite_tensors(state, str(path))
     net = build_network(info.network_kwargs, device="meta")
     try:
         net.load_state_dict(state, strict=True, assign=True)

@@ -30,6 +30,7 @@ from edm2.nn.unet import precision_kwargs
 from edm2.signals import StopSignal
 from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator, make_training_encoder
+from edm2.train.finite import FiniteGuard
 from edm2.train.loss import EDM2Loss
 from edm2.train.options import TrainOptions
 from edm2.train.plan import TrainingPlan, plan_training
@@ -82,10 +83,12 @@ def accumulate_gradients(
     of EDM2Loss (EDM2 Eq. 13-16, 21) summed over the micro-batch, so the rounds and the ranks
     together give the mean over the batch. `model` is what the loss calls (the DDP wrapper,
     possibly wrapped again by a speed option); `ddp` (default: `model` if it is one) has its
-    gradient synchronisation suppressed for all rounds but the last.
+    gradient synchronisation suppressed for all rounds but the last. Returns the step's summed
+    loss over the rounds ([] tensor on `device`, detached; edm2.train.finite checks it).
     """
     if ddp is None and isinstance(model, DistributedDataParallel):
         ddp = model
+    total = None
     for round_idx in range(rounds):
         last = round_idx == rounds - 1
         with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
@@ -94,7 +97,10 @@ def accumulate_gradients(
             loss = loss_fn(model, images, labels.to(device, non_blocking=True))
             if stats is not None:
                 stats.report("Loss/loss", loss)
-            loss.sum().mul(loss_scaling / batch_gpu_total).backward()
+            loss_sum = loss.sum()
+            total = loss_sum.detach() if total is None else total + loss_sum.detach()
+            loss_sum.mul(loss_scaling / batch_gpu_total).backward()
+    return total
 
 
 def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> None:
@@ -289,11 +295,17 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
         precision=opts.precision,
         training_options=opts.record(),
     )
+    guard = FiniteGuard(run.device)  # stops the run when the loss or the weights stay non-finite
     try:
         while True:
             cur = result.cur_nimg
             done = cur >= result.stop_at_nimg or _stop_requested(stop, run, result)
             resumed_here = cur == result.start_nimg != 0  # what the resumed run wrote already
+
+            # Stop with NumericError before anything of non-finite weights is printed or written.
+            due = (every.status, every.snapshot, every.checkpoint)
+            if cur != result.start_nimg and (done or any(n and cur % n == 0 for n in due)):
+                guard.check(run.net, cur)
 
             # Report status.
             if every.status and (done or cur % every.status == 0) and not resumed_here:
@@ -323,7 +335,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             step_start = time.time()
             set_random_seed(opts.seed, run.rank, cur)
             run.optimizer.zero_grad(set_to_none=True)
-            accumulate_gradients(
+            step_loss = accumulate_gradients(
                 run.model, run.loss_fn, run.encoder, batches, plan.rounds, plan.batch_gpu_total, opts.loss_scaling,
                 run.device, stats=status.stats, ddp=run.ddp if run.world_size > 1 else None,
             )  # fmt: skip
@@ -333,6 +345,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             lr = float(learning_rate_schedule(cur_nimg=cur, batch_size=plan.batch_size, **lr_kwargs))
             status.stats.report("Loss/learning_rate", lr)
             apply_gradients(run.net, run.optimizer, lr)
+            guard.after_step(step_loss)
 
             # Update the EMAs: power-function averages, beta = (1 - 1/t)^(gamma + 1) (EDM2 Eq. 2).
             result.cur_nimg += plan.batch_size

@@ -9,14 +9,23 @@ creates the run directory and writes `training_options.json` when it has none; a
 that disagrees on an option that is not operational (one that changes what is computed) is
 refused, so a run may be resumed with another duration, intervals or speed options. Every rank
 appends its stdout/stderr to `log.txt`.
+
+One writer per run: once the options and the dataset are checked (nothing in the run folder is
+read for that, and a refused dataset leaves no folder behind), rank 0 takes the run folder's
+lock (edm2.io.runlock.RunLock, a POSIX record lock that a killed process releases) before
+anything there is read or written, and every rank
+learns the outcome before any other work; a second `edm2 train` on the same --outdir (a
+resubmitted job beside a live one) is refused in one line naming the holder, whatever the first
+has written so far. The lock is held until the run returns.
 """
 
 import json
 from pathlib import Path
 
-from edm2.distributed import barrier, init_distributed, print0, resolve_env
+from edm2.distributed import all_ranks_agree, barrier, init_distributed, print0, resolve_env
 from edm2.errors import ConfigError
 from edm2.io.atomic import atomic_write_text
+from edm2.io.runlock import RunLock
 from edm2.train.loop import TrainingResult, training_loop
 from edm2.train.options import OPERATIONAL, TrainOptions
 from edm2.train.plan import plan_training
@@ -84,19 +93,43 @@ def run_training(opts: TrainOptions, progress: bool | None = None, device: str |
         print("Dry run; exiting.")
         return None
 
-    env, _device = init_distributed(device)
+    env, device_ = init_distributed(device)
     print0("Loading dataset...")
     plan = plan_training(opts, env.world_size)  # every rank checks the options and the data before any compute
     outdir = Path(opts.outdir)
-    exists = check_run_dir(outdir, record)
-    if env.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-        if not exists:
-            atomic_write_text(outdir / OPTIONS_FILE, options_json(opts, loop_extra.get("lr_kwargs")))
-    barrier()
-    with tee_output(outdir / "log.txt"):
-        print0(f"Training options: {json.dumps(record)}")
-        return training_loop(opts, device=device, progress=progress, stop=stop, plan=plan, **loop_extra)
+    lock = lock_run_dir(outdir, env.rank, device_)  # before anything in outdir is read or written
+    try:
+        exists = check_run_dir(outdir, record)
+        if env.rank == 0:
+            outdir.mkdir(parents=True, exist_ok=True)
+            if not exists:
+                atomic_write_text(outdir / OPTIONS_FILE, options_json(opts, loop_extra.get("lr_kwargs")))
+        barrier()
+        with tee_output(outdir / "log.txt"):
+            print0(f"Training options: {json.dumps(record)}")
+            return training_loop(opts, device=device, progress=progress, stop=stop, plan=plan, **loop_extra)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_run_dir(outdir, rank: int, device) -> RunLock | None:
+    """Rank 0 takes the lock of the run folder `outdir` (created if missing); every rank then
+    learns whether it got it (one all-reduce), so that all go on or all stop. Returns the held
+    lock on rank 0 (None elsewhere, or where the file system cannot lock: a warning is given).
+    Raises ConfigError on every rank when another process holds it: rank 0's message names the
+    holder (host, process id, since when)."""
+    lock, refusal = None, None
+    if rank == 0:
+        try:
+            lock = RunLock(outdir, "run folder").acquire()
+        except ConfigError as e:
+            refusal = e
+    if all_ranks_agree(refusal is not None, device):
+        if lock is not None:
+            lock.release()
+        raise refusal or ConfigError(f"{outdir} is in use by another process (rank 0 was refused its lock)")
+    return lock
 
 
 def exit_status(result: TrainingResult | None) -> int:

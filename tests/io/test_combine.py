@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from edm2.errors import ConfigError, FormatError
 from edm2.io.combine import TensorFile, parse_bytes, write_linear_combinations
 from edm2.io.safetensors_stream import read_safetensors_header
+from edm2.io.snapshot import verify_safetensors
 
 
 def tensor_files(folder, n, dtypes, seed=0):
@@ -43,7 +44,9 @@ def test_outputs_are_the_weighted_sums_and_the_copied_tensors_come_from_the_last
     assert result["outputs"] == paths
     for j, path in enumerate(paths):
         out = load_file(str(path))
-        assert read_safetensors_header(path)[1] == {"j": str(j)}
+        meta = read_safetensors_header(path)[1]
+        assert meta.pop("j") == str(j) and set(meta) == {"sha256", "header_sha256"}  # sealed as our snapshots
+        verify_safetensors(path)
         assert set(out) == {"a", "b.weight", "c.scale"} and all(v.dtype == torch.float16 for v in out.values())
         assert torch.equal(out["c.scale"], inputs[-1][1]["c.scale"].to(torch.float16))
         for name in ("a", "b.weight"):
@@ -72,3 +75,50 @@ def test_parse_bytes():
     assert parse_bytes(1234) == 1234
     with pytest.raises(ConfigError, match="not a memory size"):
         parse_bytes("lots")
+
+
+def sealed(folder, name, state, entries):
+    """`state` written by the streaming writer in the tensor order `entries`, sealed with its digests:
+    a TensorFile with the recorded SHA-256 and data start, as edm2.ema.phema opens one."""
+    import struct
+
+    from edm2.io.safetensors_stream import StreamingWriter
+
+    path = folder / name
+    with StreamingWriter([path], [(k, state[k].dtype, state[k].shape) for k in entries], [{}]) as out:
+        offset = 0
+        for k in entries:
+            data = memoryview(state[k].contiguous().view(torch.uint8).numpy())
+            out.write(0, data, offset)
+            offset += len(data)
+        out.commit()
+    tensors, meta = read_safetensors_header(path)
+    start = 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]
+    return TensorFile(path, tensors, sha256=meta["sha256"], data_start=start)
+
+
+@pytest.mark.parametrize("damaged", [None, 0, 1], ids=["intact", "first-in-order", "other-layout"])
+def test_recorded_digests_are_verified_whatever_the_layout_of_an_input(tmp_path, damaged):
+    """The second input stores its tensors in another order than the first, so the pass reads it
+    out of file order: its digest is then computed in full; a flipped byte in either is refused."""
+    g = torch.Generator().manual_seed(1)
+    states = [
+        {k: torch.randn(s, generator=g).half() for k, s in (("a", (64,)), ("b", (33,)), ("c", (8,)))} for _ in "xy"
+    ]
+    files = [sealed(tmp_path, "x.safetensors", states[0], "abc"), sealed(tmp_path, "y.safetensors", states[1], "cba")]
+    if damaged is not None:
+        loc = files[damaged].tensors["b"]
+        with open(files[damaged].path, "r+b") as f:
+            f.seek(loc.start + 5)
+            f.write(b"\x55\xaa")
+    X = np.array([[0.25], [0.75]])
+    out = tmp_path / "out.safetensors"
+    if damaged is None:
+        write_linear_combinations(files, X, [out], [{}], chunk_elements=16)
+        verify_safetensors(out)
+        expected = 0.25 * states[0]["b"].double() + 0.75 * states[1]["b"].double()
+        torch.testing.assert_close(load_file(str(out))["b"].double(), expected, atol=1e-3, rtol=1e-3)
+    else:
+        with pytest.raises(FormatError, match=f"{files[damaged].path}: contents damaged"):
+            write_linear_combinations(files, X, [out], [{}], chunk_elements=16)
+        assert not out.exists()
