@@ -387,6 +387,8 @@ def train_opts_hash(run):
     workflow's own launch settings resume the same folder, as `edm2 train` itself does."""
     m = MODELS[run]
     key = {k: v for k, v in canonical_options(m["resolved"].identity()).items() if k in TRAIN_OPTIONS}
+    if key.get("config") == "G":  # the default config: run folders made before configs existed keep their names
+        del key["config"]
     key["extra_args"] = m["extra_args"]
     key["data"] = {
         k: config["data"][k]
