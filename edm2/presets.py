@@ -67,6 +67,7 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     "edm2-img64-xl": _img64(640, 384, 0.0070, 0.10),
 }
 
+
 # The paper's ablation ladder at its exploration size S (Table 1; the boxes of Figs. 16-21):
 # 2^31 images (2147.5 Mimg, = 2048Mi) in every config; A has batch 4096 (2^19 iterations), B-F
 # 2048 (2^20). decay 0 = no learning-rate decay (t_ref = infinity, A-D); dropout 10% in A-F.

@@ -164,7 +164,7 @@ def test_traditional_ema_update_matches_a_hand_computation():
         ema.update(cur_nimg=cur_nimg, batch_size=100)
     # Step 1 starts at 0 images: h = 0, beta = 0, ema = 4. Step 2 at 100: h = min(1000, 50) = 50,
     # beta = 0.5^(100/50) = 1/4: ema = 4/4 + 8 * 3/4 = 7. Step 3 at 200: h = 100, beta = 1/2: ema = 3.5.
-    (ema_net, std), = ema.snapshots(300)
+    ((ema_net, std),) = ema.snapshots(300)
     assert ema_net.w.item() == 3.5
     assert std == pytest.approx(min(1000, 150) / (math.log(2) * 300))
 
@@ -176,7 +176,7 @@ def test_traditional_ema_keeps_its_half_life_after_the_ramp_up_and_copies_buffer
     ema.update(cur_nimg=1000, batch_size=100)  # starts at 900 images: h = min(200, 450) = 200
     assert ema.beta(900, 100) == 0.5**0.5
     net.freqs.fill_(3.0)
-    (ema_net, _std), = ema.snapshots(1000)
+    ((ema_net, _std),) = ema.snapshots(1000)
     assert ema_net.w.item() == pytest.approx(2.0 * (1 - 0.5**0.5))
     assert ema_net.freqs.tolist() == [3.0, 3.0]
 
