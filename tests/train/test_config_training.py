@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from edm2.data.digits import write_digits
 from edm2.train.configs import CONFIG_NAMES
@@ -45,3 +46,30 @@ def test_a_short_training_of_each_config_lowers_its_loss(tmp_path, digits, confi
     assert last < first, (config, losses)
     snapshots = sorted(p.name for p in (tmp_path / config).glob("network-snapshot-*"))
     assert len(snapshots) == (3 if config == "A" else 6)  # one traditional EMA (A) or two power-function EMAs
+
+
+@pytest.mark.slow
+def test_config_a_resumes_exactly_and_its_snapshot_reloads(tmp_path, digits):
+    """Config A trained in two slices (a training state with the traditional EMA between them)
+    equals one uninterrupted run; its snapshot records the config and the EMA kind and reloads."""
+    from edm2.io.snapshot import load_snapshot
+
+    def options(name, **kw):
+        return TrainOptions(
+            outdir=str(tmp_path / name), data=str(digits), config="A", duration=2048, batch=64, channels=8,
+            dropout=0.1, lr=0.002, decay=0, precision="fp32", status=0, snapshot=1024, checkpoint=1024, workers=0,
+            channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], **kw,
+        )  # fmt: skip
+
+    run_training(options("whole"), progress=False, device="cpu")
+    assert not run_training(options("sliced", slice=1024), progress=False, device="cpu").finished
+    assert run_training(options("sliced", slice=1024), progress=False, device="cpu").finished
+    name = "network-snapshot-0000002-0.072.safetensors"  # the ramp-up's h / (ln 2 nimg) = 0.05 / ln 2
+    whole, info = load_snapshot(tmp_path / "whole" / name)
+    sliced, _ = load_snapshot(tmp_path / "sliced" / name)
+    assert whole.config == "A" and info.network_kwargs["config"] == "A"
+    assert info.extra["ema_kind"] == "traditional" and info.extra["training_options"]["config"] == "A"
+    for (key, a), b in zip(whole.state_dict().items(), sliced.state_dict().values()):
+        assert torch.equal(a, b), key
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.isfinite(whole(x, torch.tensor([0.5, 2.0]), torch.eye(10)[:2])).all()
