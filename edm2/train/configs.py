@@ -16,6 +16,7 @@ as NVlabs/edm's training_loop.py and loss.py (`EDMLoss`) do; B-G train as NVlabs
 """
 
 import dataclasses
+import math
 
 CONFIG_NAMES = ("A", "B", "C", "D", "E", "F", "G")  # the rows of Table 1 (edm2.nn.ablation.CONFIGS)
 
@@ -39,6 +40,17 @@ class ConfigTraining:
     def uses_logvar(self) -> bool:
         """Whether the loss trains the network's uncertainty head u(sigma) (EDM2 Eq. 21)."""
         return self.loss == "uncertainty"
+
+    def traditional_ema_std(self, nimg: int) -> float:
+        """The relative std of the traditional EMA after `nimg` images, h / (ln 2 * nimg) with the
+        half-life h = min(ema_halflife_nimg, ema_rampup_ratio * nimg) (edm2.ema.HalfLifeEMA): the
+        EMA length its snapshot is named by and scored at (config A; 0.034 at 2^31 images)."""
+        if self.ema != "traditional":
+            raise ValueError("only a traditional EMA has a fixed relative std")
+        ratio = self.ema_rampup_ratio if self.ema_rampup_ratio is not None else math.inf
+        if nimg <= 0:
+            return ratio / math.log(2)
+        return min(float(self.ema_halflife_nimg), ratio * nimg) / (math.log(2) * nimg)
 
 
 _A = ConfigTraining(

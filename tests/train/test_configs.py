@@ -209,3 +209,11 @@ def test_precond_names_the_buffers_of_every_config(config):
     assert buffers, config
     for name in net.state_dict():
         assert Precond.is_buffer(name) == (name in buffers), name
+
+
+def test_the_traditional_ema_std_of_the_settings_is_the_trackers():
+    a = config_training("A")
+    for nimg in (0, 1 << 20, 1 << 31):
+        assert a.traditional_ema_std(nimg) == pytest.approx(HalfLifeEMA(Scalar()).relative_std(nimg), rel=1e-12)
+    with pytest.raises(ValueError, match="traditional"):
+        config_training("G").traditional_ema_std(1 << 20)

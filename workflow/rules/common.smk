@@ -28,7 +28,7 @@ REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
 sys.path.insert(0, REPO)
 
 from edm2.errors import ConfigError
-from edm2.naming import PHEMA_PREFIX, snapshot_name, std_text
+from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
 from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
@@ -406,6 +406,50 @@ def run_dir(run):
     return RUN_DIRS[run]
 
 
+# --- Configs of the ablation ladder (edm2.train.configs) ---------------------------------------
+# A run of config A keeps one traditional EMA (EDM's training loop): its last snapshot is scored
+# as it is, at the one EMA length it has (Fig. 5a's single point of A), instead of a post-hoc EMA
+# grid. Every other run is reconstructed at every length of phema.grid.
+
+
+def run_config(run):
+    """The config A..G a run trains (G for released-raw runs)."""
+    m = MODELS[run]
+    return m["resolved"].config if m["source"] == "train" else "G"
+
+
+def is_traditional(run):
+    """Whether the run keeps a traditional EMA (config A) rather than power-function EMAs."""
+    return MODELS[run]["source"] == "train" and MODELS[run]["resolved"].training().ema == "traditional"
+
+
+def run_stds(run):
+    """The EMA lengths a run is scored at: the grid, or a traditional EMA's own length."""
+    if is_traditional(run):
+        m = MODELS[run]
+        return [std_text(m["resolved"].training().traditional_ema_std(m["duration_nimg"]))]
+    return GRID
+
+
+def traditional_snapshot(run):
+    """The last training snapshot of a config-A run (its one traditional EMA)."""
+    return f"{run_dir(run)}/{snapshot_name(SNAPSHOT_PREFIX, MODELS[run]['kimg'], run_stds(run)[0])}"
+
+
+def ablation_runs():
+    """{run: config} of the scored runs when the models include a config other than G (then the
+    workflow also makes Table 1 and Fig. 5a); {} otherwise."""
+    runs = {run: run_config(run) for run in SCORED_RUNS}
+    return runs if any(c != "G" for c in runs.values()) else {}
+
+
+def ablation_files():
+    if not ablation_runs():
+        return []
+    tables = [f"{RESULTS}/tables/table1.{ext}" for ext in ("csv", "md", "tex")]
+    return tables + [f"{RESULTS}/plots/fig5a-{METRICS[0]}.{ext}" for ext in ("png", "svg")]
+
+
 def train_done(run):
     """The file that says a run's snapshots are complete: training-done.json of a trained run, or
     the record of a released-raw run's download (`ancient`: a download repeated after the raw
@@ -499,6 +543,10 @@ def summary_files():
 # --- Refinement of the EMA grid (phema.refine) ------------------------------------------------
 
 REFINE = config["phema"]["refine"]
+if REFINE and any(is_traditional(run) for run in SCORED_RUNS):
+    raise WorkflowError(
+        "phema.refine: config A runs keep one traditional EMA, which has no grid to refine; set phema.refine: false"
+    )
 
 
 def refined_stds():
@@ -523,19 +571,24 @@ def refine_phema_stds(run):
 
 
 def net_file(run, std):
-    """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder."""
+    """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder
+    (config A: its training snapshot)."""
+    if is_traditional(run):
+        return traditional_snapshot(run)
     if std in GRID:
         return phema_file(run, std)
     return f"{refine_dir(run)}/{snapshot_name(PHEMA_PREFIX, MODELS[run]['kimg'], std)}"
 
 
 def net_input(run, std):
+    if is_traditional(run):
+        return train_done(run)  # the snapshot is written with it
     return phema_file(run, std) if std in GRID else refine_dir(run)
 
 
 def all_scores(wildcards=None):
     """Every score JSON of the configuration (coarse grid, plus the refined stds when enabled)."""
-    files = [score_file(run, g, std) for run, g in SCORED for std in GRID]
+    files = [score_file(run, g, std) for run, g in SCORED for std in run_stds(run)]
     if REFINE:
         for run, per_guidance in refined_stds().items():
             for g, stds in per_guidance.items():
@@ -544,7 +597,7 @@ def all_scores(wildcards=None):
 
 
 def coarse_scores():
-    return [score_file(run, g, std) for run, g in SCORED for std in GRID]
+    return [score_file(run, g, std) for run, g in SCORED for std in run_stds(run)]
 
 
 # --- Input functions --------------------------------------------------------------------------
@@ -590,7 +643,7 @@ def phema_inputs_for_samples(wildcards):
     runs = [run]
     if is_guided(GUIDANCE[g], run):
         runs.append(GUIDANCE[g]["guide"])
-    files = [phema_file(r, std) for r in runs for std in GRID]
+    files = [net_input(r, std) for r in runs for std in run_stds(r)]
     if REFINE:
         files.extend(refine_dir(r) for r in runs)
     return [ancient(f) for f in dict.fromkeys(files)]
