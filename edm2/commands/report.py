@@ -188,8 +188,8 @@ def ablation(scores, metric, configs, table, plot):
 
     \b
     Examples:
-      edm2 report ablation --scores tables/scores.csv --metric fid --config a=A --config g=G \\
-          --table tables/table1 --plot plots/fig5a-fid
+      edm2 report ablation --scores tables/scores.csv --metric fd_cnn --config demo=G \\
+          --table tables/table1 --plot plots/fig5a-fd_cnn
     """
     from edm2.report.ablation import REPORTED, plot_fig5a, write_table1
     from edm2.report.results import read_csv
