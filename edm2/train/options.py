@@ -391,7 +391,7 @@ class TrainOptions:
             kwargs["num_blocks"] = int(self.num_blocks)
         if self.attn_resolutions is not None:
             kwargs["attn_resolutions"] = [int(v) for v in self.attn_resolutions]
-        if self.fast:
+        if self.fast and self.config == "G":  # A-F's attention (edm2.nn.ablation) has no fused variant
             kwargs["fused_attention"] = True  # recorded with the network (edm2.nn.Block)
         return kwargs
 

@@ -217,3 +217,11 @@ def test_the_traditional_ema_std_of_the_settings_is_the_trackers():
         assert a.traditional_ema_std(nimg) == pytest.approx(HalfLifeEMA(Scalar()).relative_std(nimg), rel=1e-12)
     with pytest.raises(ValueError, match="traditional"):
         config_training("G").traditional_ema_std(1 << 20)
+
+
+def test_fast_asks_for_fused_attention_only_where_the_network_has_it():
+    assert resolved("edm2-img512-s", fast=True).network_kwargs()["fused_attention"] is True
+    for config in "ABCDEF":
+        kwargs = resolved(f"edm2-img512-s-config-{config.lower()}", fast=True).network_kwargs()
+        assert "fused_attention" not in kwargs
+        Precond(8, 4, 0, **dict(kwargs, model_channels=8, channel_mult=[1], num_blocks=1), use_fp16=False)
