@@ -11,6 +11,7 @@ refused, so a run may be resumed with another duration, intervals or speed optio
 appends its stdout/stderr to `log.txt`.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def options_json(opts: TrainOptions, lr_kwargs: dict | None = None) -> str:
         dataset_kwargs=opts.dataset_kwargs(),
         network_kwargs=opts.network_kwargs(),
         loss_kwargs=opts.loss_kwargs(),
+        config_training=dataclasses.asdict(opts.training()),  # the config's loss, EMA, Adam, safety
         lr_kwargs=lr_kwargs or opts.lr_kwargs(),
-        ema_stds=[float(s) for s in opts.ema_stds],
+        ema_stds=[float(s) for s in opts.ema_stds] if opts.training().ema == "power" else None,  # A: none
         intervals=dict(status=opts.status or None, snapshot=opts.snapshot or None, checkpoint=opts.checkpoint or None),
         slice=opts.slice or None,
     )
