@@ -165,6 +165,12 @@ def test_embedded_default_and_smoke_configs(workdir):
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
 
 
+def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5a(workdir):
+    counts = dry_run(workdir, "--configfile", CONFIG / "ablation-digits.yaml")
+    assert counts["train"] == 7 and counts["phema"] == 6 and counts["score"] == 6 * 6 + 1
+    assert counts["ablation"] == 1 and counts["samples"] == 7 and counts["digits"] == 1
+
+
 def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml", CONFIG / "smoke-released-raw.yaml")
     assert counts["download_raw"] == 1 and counts["phema"] == 1 and counts["score"] == 3, counts
