@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: setup test test-fast test-slow demo lint format profile-link container clean
+.PHONY: setup test test-fast test-slow demo ladder lint format profile-link container clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test-slow: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
+
+ladder: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/ablation-digits.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edm2 tests benchmarks

@@ -30,6 +30,8 @@ class TrainingPreset:
     dropout: float  # Dropout probability inside the residual blocks.
     P_mean: float  # Mean of the training noise level distribution ln(sigma) ~ N(P_mean, P_std^2).
     P_std: float  # Standard deviation of ln(sigma).
+    loss_scaling: float = 1.0  # Loss scaling (100 for the raw-weight configs A-C, EDM2 Figs. 16-18).
+    config: str = "G"  # Network and training config of the paper's Table 1 (edm2.train.configs).
 
     @property
     def final_kimg(self) -> int:
@@ -64,6 +66,25 @@ TRAINING_PRESETS: dict[str, TrainingPreset] = {
     "edm2-img64-l": _img64(1024, 320, 0.0080, 0.10),
     "edm2-img64-xl": _img64(640, 384, 0.0070, 0.10),
 }
+
+
+# The paper's ablation ladder at its exploration size S (Table 1; the boxes of Figs. 16-21):
+# 2^31 images (2147.5 Mimg, = 2048Mi) in every config; A has batch 4096 (2^19 iterations), B-F
+# 2048 (2^20). decay 0 = no learning-rate decay (t_ref = infinity, A-D); dropout 10% in A-F.
+def _ablation(config, batch, lr, decay, P_mean, P_std, loss_scaling):
+    return TrainingPreset(2048 * Mi, batch, 192, lr, decay, 0.10, P_mean, P_std, loss_scaling, config)
+
+
+TRAINING_PRESETS.update(
+    {
+        "edm2-img512-s-config-a": _ablation("A", 4096, 0.0001, 0, -1.2, 1.2, 100.0),
+        "edm2-img512-s-config-b": _ablation("B", 2048, 0.0002, 0, -0.4, 1.0, 100.0),
+        "edm2-img512-s-config-c": _ablation("C", 2048, 0.0002, 0, -0.4, 1.0, 100.0),
+        "edm2-img512-s-config-d": _ablation("D", 2048, 0.0100, 0, -0.4, 1.0, 1.0),
+        "edm2-img512-s-config-e": _ablation("E", 2048, 0.0100, 70000, -0.4, 1.0, 1.0),
+        "edm2-img512-s-config-f": _ablation("F", 2048, 0.0100, 70000, -0.4, 1.0, 1.0),
+    }
+)
 DEFAULT_TRAINING_PRESET = "edm2-img512-s"
 
 # Network interface of each dataset family (docs/method.md#presets: sizes come from one encoded sample).
@@ -87,7 +108,8 @@ def network_kwargs(name: str) -> dict:
     and `dropout` differ from the defaults; interface sizes from the dataset family)."""
     preset = get_training_preset(name)
     family = name.split("-")[1]
-    return dict(**DATASET_SHAPES[family], model_channels=preset.channels, dropout=preset.dropout)
+    config = {} if preset.config == "G" else {"config": preset.config}
+    return dict(**DATASET_SHAPES[family], model_channels=preset.channels, dropout=preset.dropout, **config)
 
 
 # --- Model sizes (docs/method.md#unet) ----------------------------------------------------------------

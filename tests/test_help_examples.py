@@ -39,6 +39,7 @@ ORDER = [
     ("report", "aggregate"),
     ("report", "plots"),
     ("report", "tables"),
+    ("report", "ablation"),
     ("report", "refine"),
     ("report", "best"),
     ("report", "grid"),

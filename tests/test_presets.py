@@ -40,7 +40,8 @@ SPEC_FINAL_KIMG = {2048: 2147483, 1792: 1879048, 1280: 1342177, 896: 939524, 102
 
 
 def test_training_presets_match_the_spec_table():
-    assert list(TRAINING_PRESETS) == list(SPEC_TRAINING)
+    ablation = [f"edm2-img512-s-config-{c}" for c in "abcdef"]  # tests/train/test_configs.py checks their values
+    assert list(TRAINING_PRESETS) == list(SPEC_TRAINING) + ablation
     for name, (dur, batch, channels, lr, decay, dropout, p_mean, p_std) in SPEC_TRAINING.items():
         preset = TRAINING_PRESETS[name]
         assert isinstance(preset, TrainingPreset)
@@ -53,7 +54,9 @@ def test_training_presets_match_the_spec_table():
 
 def test_training_preset_fields_and_immutability():
     fields = [f.name for f in dataclasses.fields(TrainingPreset)]
-    assert fields == ["duration", "batch", "channels", "lr", "decay", "dropout", "P_mean", "P_std"]
+    assert fields == [
+        "duration", "batch", "channels", "lr", "decay", "dropout", "P_mean", "P_std", "loss_scaling", "config"
+    ]  # fmt: skip
     with pytest.raises(dataclasses.FrozenInstanceError):
         TRAINING_PRESETS["edm2-img512-s"].lr = 1.0
 
@@ -64,6 +67,9 @@ def test_network_kwargs_of_training_presets():
     )
     assert network_kwargs("edm2-img64-xs") == dict(
         img_resolution=64, img_channels=3, label_dim=1000, model_channels=128, dropout=0.0
+    )
+    assert network_kwargs("edm2-img512-s-config-a") == dict(
+        img_resolution=64, img_channels=4, label_dim=1000, model_channels=192, dropout=0.1, config="A"
     )
     with pytest.raises(ConfigError, match="edm2-img512-xs"):
         get_training_preset("edm2-img512-xxxl")
@@ -81,7 +87,7 @@ def test_model_size_table():
     }
     assert {k: dataclasses.astuple(v) for k, v in MODEL_SIZES.items()} == expected
     for name, preset in TRAINING_PRESETS.items():
-        assert MODEL_SIZES[name.rsplit("-", 1)[1]].model_channels == preset.channels
+        assert MODEL_SIZES[name.split("-")[2]].model_channels == preset.channels
 
 
 ROOT = "https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/"

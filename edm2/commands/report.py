@@ -165,6 +165,47 @@ def tables(scores, metrics, out):
 
 
 @report.command()
+@_scores_option()
+@click.option("--metric", required=True, help="The metric of the table and plot (the paper: fid).")
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    required=True,
+    metavar="RUN=CONFIG",
+    help="A run and its config A..G (Table 1 row), in table order; repeat.",
+)
+@click.option(
+    "--table", required=True, type=OutputFile("table"), help="Table stem: writes STEM.csv, STEM.md, STEM.tex."
+)
+@click.option("--plot", required=True, type=OutputFile("plot"), help="Plot stem: writes STEM.png and STEM.svg.")
+def ablation(scores, metric, configs, table, plot):
+    """The paper's Table 1 and Fig. 5a for runs of configs A-G.
+
+    Table 1: per config the best metric without guidance over the EMA lengths scored, its EMA
+    length, Mparams and Gflops, next to the paper's FID, Mparams and Gflops. Fig. 5a: metric vs
+    EMA length, one curve per config, config A's traditional EMA as one point.
+
+    \b
+    Examples:
+      edm2 report ablation --scores tables/scores.csv --metric fd_cnn --config demo=G \\
+          --table tables/table1 --plot plots/fig5a-fd_cnn
+    """
+    from edm2.report.ablation import REPORTED, plot_fig5a, write_table1
+    from edm2.report.results import read_csv
+
+    runs = _pairs(configs, "--config", "RUN=CONFIG")
+    for run, config in runs.items():
+        if config not in REPORTED:
+            raise click.BadParameter(
+                f"{run}={config}: the config must be one of {', '.join(REPORTED)}", param_hint="--config"
+            )
+    rows = read_csv(scores)
+    paths = write_table1(rows, runs, metric, table) + plot_fig5a(rows, runs, metric, plot)
+    click.echo("ablation -> " + ", ".join(str(p) for p in paths))
+
+
+@report.command()
 @click.option(
     "--score", "scores", multiple=True, required=True, metavar="NAME=JSON", help="Score JSON of a released net; repeat."
 )

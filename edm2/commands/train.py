@@ -98,6 +98,7 @@ def train(**kw):
       edm2 train --outdir runs/img512-xs --data datasets/img512-sd.zip --preset edm2-img512-xs
       torchrun --standalone --nproc_per_node 8 -m edm2 train --outdir runs/s --data img512-sd.zip \\
           --preset edm2-img512-s --batch-gpu 32 --slice 64Mi
+      edm2 train --outdir runs/config-a --data datasets/img512-sd.zip --preset edm2-img512-s-config-a --config A
     """
     from edm2.signals import StopSignal
 

@@ -10,7 +10,7 @@ from edm2.ema.maths import (
     solve_posthoc_coefficients,
     std_to_exp,
 )
-from edm2.ema.tracking import PowerFunctionEMA, TraditionalEMA
+from edm2.ema.tracking import HalfLifeEMA, PowerFunctionEMA, TraditionalEMA
 
 __all__ = [
     "MAX_STD",
@@ -23,4 +23,5 @@ __all__ = [
     "parse_std_list",
     "PowerFunctionEMA",
     "TraditionalEMA",
+    "HalfLifeEMA",
 ]

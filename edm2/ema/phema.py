@@ -79,6 +79,11 @@ def find_inputs(indir, inprefix: str | None = None, instd=None, exclude_prefix: 
                     "rename the file or fix its metadata"
                 )
             nimg = info.nimg
+            if info.extra.get("ema_kind") == "traditional":  # config A (edm2.train.configs)
+                raise ConfigError(
+                    f"{path.name} holds a traditional EMA (config A), which post-hoc EMA cannot combine; "
+                    "use it as it is, or pick power-function snapshots with --indir/--inprefix"
+                )
         key = (nimg, std)
         if key in found:
             raise ConfigError(

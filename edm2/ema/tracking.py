@@ -1,6 +1,7 @@
 """EMA trackers used during training (docs/method.md#ema)."""
 
 import copy
+import math
 
 import torch
 
@@ -46,6 +47,14 @@ class PowerFunctionEMA:
             for b_net, b_ema in zip(self.net.buffers(), ema.buffers()):
                 b_ema.copy_(b_net)
         return [(ema, f"-{std_text(std)}") for std, ema in zip(self.stds, self.emas)]
+
+    def snapshots(self, cur_nimg):
+        """[(ema network, relative std), ...]: what the snapshots at `cur_nimg` images hold."""
+        return [(ema, std) for (ema, _suffix), std in zip(self.get(), self.stds)]
+
+    def describe(self) -> str:
+        """What a training state must track to be resumed with this EMA (compared on resume)."""
+        return f"power-function EMA stds {[float(s) for s in self.stds]}"
 
     def state_dict(self):
         """{'stds': [...], 'emas': [state dict, ...]} (saved in training states)."""
@@ -94,3 +103,79 @@ class TraditionalEMA:
 
     def load_state_dict(self, state):
         self.ema.load_state_dict(state)
+
+
+class HalfLifeEMA:
+    """Config A's traditional EMA, as EDM's training loop (NVlabs/edm training/training_loop.py,
+    `ema_halflife_kimg`; EDM2 Appendix B.1 and Eq. 110/120: a 50 Mimg half-life).
+
+    After the optimizer step of the batch that started at `nimg` images (the count *before* this
+    step, as EDM updates the EMA before `cur_nimg += batch_size`):
+
+        h    = min(halflife_nimg, rampup_ratio * nimg)      half-life in images (the ramp-up)
+        beta = 0.5 ** (batch_size / max(h, 1e-8))
+        ema  <- beta * ema + (1 - beta) * net               parameters only; buffers are copied
+
+    so the first step copies the network. The loop's `update(cur_nimg, batch_size)` passes the
+    count *after* the step, as for PowerFunctionEMA. One average; its snapshot is named by its
+    relative std h / (ln 2 * nimg) (the std of the exponential weights over the images seen,
+    EDM2 Sec. 3.1): 0.05 / ln 2 = 0.072 during the ramp-up, 0.034 for A at 2147.5 Mimg.
+    """
+
+    @torch.no_grad()
+    def __init__(self, net: torch.nn.Module, halflife_nimg: int = 50_000_000, rampup_ratio: float | None = 0.05):
+        self.net = net
+        self.halflife_nimg = halflife_nimg
+        self.rampup_ratio = rampup_ratio
+        self.ema = copy.deepcopy(net)
+
+    def halflife(self, nimg) -> float:
+        """The half-life in images after `nimg` images (before the step)."""
+        if self.rampup_ratio is None:
+            return float(self.halflife_nimg)
+        return min(float(self.halflife_nimg), nimg * self.rampup_ratio)
+
+    def beta(self, nimg, batch_size) -> float:
+        """The EMA decay of the step of `batch_size` images that starts at `nimg` images."""
+        return 0.5 ** (batch_size / max(self.halflife(nimg), 1e-8))
+
+    @torch.no_grad()
+    def update(self, cur_nimg, batch_size):
+        """Average in the network after the step of `batch_size` images that ended at `cur_nimg`."""
+        beta = self.beta(cur_nimg - batch_size, batch_size)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - beta)
+
+    def relative_std(self, cur_nimg) -> float:
+        """h / (ln 2 * nimg) at `cur_nimg` images (the ramp-up's 0.05 / ln 2 before any image)."""
+        if cur_nimg <= 0:
+            return (self.rampup_ratio if self.rampup_ratio is not None else math.inf) / math.log(2)
+        return self.halflife(cur_nimg) / (math.log(2) * cur_nimg)
+
+    @torch.no_grad()
+    def snapshots(self, cur_nimg):
+        """[(ema network with the network's buffers, relative std at `cur_nimg`)]."""
+        for b_net, b_ema in zip(self.net.buffers(), self.ema.buffers()):
+            b_ema.copy_(b_net)
+        return [(self.ema, self.relative_std(cur_nimg))]
+
+    def describe(self) -> str:
+        """What a training state must track to be resumed with this EMA (compared on resume)."""
+        return f"traditional EMA half-life {self.halflife_nimg} images, ramp-up {self.rampup_ratio}"
+
+    def state_dict(self):
+        """{'kind', 'halflife_nimg', 'rampup_ratio', 'ema': state dict} (saved in training states)."""
+        return dict(kind="traditional", halflife_nimg=self.halflife_nimg, rampup_ratio=self.rampup_ratio,
+                    ema=self.ema.state_dict())  # fmt: skip
+
+    def load_state_dict(self, state):
+        """Restore what `state_dict` returned."""
+        self.halflife_nimg = state["halflife_nimg"]
+        self.rampup_ratio = state["rampup_ratio"]
+        self.ema.load_state_dict(state["ema"])
+
+
+def describe_ema_state(state: dict) -> str:
+    """`describe()` of the EMA whose `state_dict()` is `state` (a training state's 'ema')."""
+    if state.get("kind") == "traditional":
+        return f"traditional EMA half-life {state['halflife_nimg']} images, ramp-up {state['rampup_ratio']}"
+    return f"power-function EMA stds {[float(s) for s in state['stds']]}"

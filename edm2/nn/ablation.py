@@ -76,6 +76,8 @@ class Conv(torch.nn.Module):
     computed in float32 (float64 for float64 weights) first.
     """
 
+    buffer_names = ("resample_filter",)  # its state that is not trained (see `Precond.is_buffer`)
+
     def __init__(
         self,
         in_channels: int,  # Input channels (features).

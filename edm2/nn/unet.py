@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edm2.errors import ConfigError
-from edm2.nn.ablation import CONFIGS, build_logvar_head, build_unet
+from edm2.nn.ablation import CONFIGS, Conv, build_logvar_head, build_unet
 from edm2.nn.layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 
 
@@ -204,6 +204,10 @@ class UNet(torch.nn.Module):
         return x
 
 
+# Names of the buffers of every module class of configs A-G (the last part of their state-dict
+# keys); a module class that registers a buffer lists it in its `buffer_names` (Precond.is_buffer).
+BUFFER_NAMES = frozenset(MPFourier.buffer_names) | frozenset(Conv.buffer_names)
+
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}  # Precond(amp_dtype=...)
 
 
@@ -339,7 +343,10 @@ class Precond(torch.nn.Module):
     @staticmethod
     def is_buffer(name: str) -> bool:
         """Whether the state-dict entry `name` (e.g. 'unet.emb_fourier.freqs') is a buffer, not a
-        trained parameter: the only buffers are the `MPFourier` frequencies and phases, which an
-        EMA copies from the network instead of averaging (docs/method.md#official-details).
-        Decided from the name alone, without building the network."""
-        return name.rpartition(".")[2] in MPFourier.buffer_names
+        trained parameter, in the network of any config A-G: the Fourier frequencies and phases
+        (`MPFourier`, and the `FourierFeatures` of C-F) and the resampling filters of A-E's
+        layers (`edm2.nn.ablation.Conv`), which an EMA copies from the network instead of
+        averaging (docs/method.md#official-details). Decided from the name alone, without
+        building the network: every module class that registers buffers names them in its
+        `buffer_names`, collected in BUFFER_NAMES."""
+        return name.rpartition(".")[2] in BUFFER_NAMES

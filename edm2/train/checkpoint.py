@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from edm2.distributed import barrier, check_ddp_consistency
+from edm2.ema.tracking import describe_ema_state
 from edm2.errors import ConfigError, OutputError, one_line
 from edm2.io.atomic import atomic_path, atomic_write_text, torch_save
 from edm2.io.snapshot import save_snapshot
@@ -131,9 +132,10 @@ def write_training_state(path, data: dict) -> None:
 
 
 def write_snapshots(run_dir, cur_nimg, ema, network_kwargs, encoder_config, extra) -> list[Path]:
-    """One fp16 safetensors snapshot per tracked EMA (docs/method.md#training); returns the paths."""
+    """One fp16 safetensors snapshot per tracked EMA (docs/method.md#training), named by its
+    relative std (PowerFunctionEMA, HalfLifeEMA.snapshots); returns the paths."""
     paths = []
-    for (ema_net, _suffix), std in zip(ema.get(), ema.stds):
+    for ema_net, std in ema.snapshots(cur_nimg):
         path = snapshot_path(run_dir, cur_nimg, std)
         save_snapshot(
             path,
@@ -182,10 +184,11 @@ def restore_training_state(run_dir, *, net, optimizer, ema, loss_fn, log=print) 
     if data is None:
         return 0, 0.0
     log(f"Resuming from {path}")
-    stds = [float(s) for s in data["ema"]["stds"]]
-    if stds != [float(s) for s in ema.stds]:
+    saved, wanted = describe_ema_state(data["ema"]), ema.describe()
+    if saved != wanted:
         raise ConfigError(
-            f"{path} tracks EMA stds {stds}, this run asks for {ema.stds}; use the same --ema-stds or a new --outdir"
+            f"{path} tracks a {saved}, this run asks for a {wanted}; use the same --ema-stds and --config or a new "
+            "--outdir"
         )
     try:
         net.load_state_dict(data["net"])

@@ -24,14 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from edm2.distributed import all_ranks_agree, barrier, init_distributed, print0
-from edm2.ema import PowerFunctionEMA
+from edm2.ema import HalfLifeEMA, PowerFunctionEMA
 from edm2.nn import Precond
 from edm2.nn.unet import precision_kwargs
 from edm2.signals import StopSignal
 from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator, make_training_encoder
 from edm2.train.finite import FiniteGuard
-from edm2.train.loss import EDM2Loss
+from edm2.train.loss import EDM2Loss, make_loss
 from edm2.train.options import TrainOptions
 from edm2.train.plan import TrainingPlan, plan_training
 from edm2.train.schedule import learning_rate_schedule
@@ -94,7 +94,7 @@ def accumulate_gradients(
         with contextlib.nullcontext() if last or ddp is None else ddp.no_sync():
             images, labels = next(batches)
             images = encoder.encode_latents(images.to(device, non_blocking=True))
-            loss = loss_fn(model, images, labels.to(device, non_blocking=True))
+            loss = loss_fn(model, images, labels.to(device, non_blocking=True))  # EDM2Loss or config A's EDMLoss
             if stats is not None:
                 stats.report("Loss/loss", loss)
             loss_sum = loss.sum()
@@ -103,20 +103,22 @@ def accumulate_gradients(
     return total
 
 
-def apply_gradients(net, optimizer, lr: float, force_finite: bool = True) -> None:
-    """Set the step's lr in every param group, zero non-finite gradients (the official
-    force_finite), step (docs/method.md#training, #official-details)."""
+def apply_gradients(net, optimizer, lr: float, force_finite: bool = True, inf_gradient: float = 0.0) -> None:
+    """Set the step's lr in every param group, make the gradients finite, step
+    (docs/method.md#training, #official-details): NaN -> 0 and +-Inf -> +-`inf_gradient`, i.e. 0
+    as EDM2's force_finite (B-G, Appendix D.2) or 1e5 as EDM's `nan_to_num` (config A)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     if force_finite:
         for param in net.parameters():
             if param.grad is not None:
-                torch.nan_to_num(param.grad, nan=0, posinf=0, neginf=0, out=param.grad)
+                torch.nan_to_num(param.grad, nan=0, posinf=inf_gradient, neginf=-inf_gradient, out=param.grad)
     optimizer.step()
 
 
-def make_optimizer(net, fused: bool = False):
-    """Adam, betas (0.9, 0.99), eps 1e-8, no weight decay (EDM2 Appendix B; docs/method.md#training).
+def make_optimizer(net, fused: bool = False, betas=(0.9, 0.99)):
+    """Adam, betas (0.9, 0.99) (config A: EDM's (0.9, 0.999)), eps 1e-8, no weight decay (EDM2
+    Appendix B, Figs. 16-22; docs/method.md#training).
 
     The multi-tensor ('foreach') implementation is what CUDA uses by default; on CPU it gives
     bit-identical results to the per-tensor loop, with less Python overhead per step. `fused`
@@ -124,8 +126,17 @@ def make_optimizer(net, fused: bool = False):
     rounding.
     """
     if fused:
-        return torch.optim.Adam(net.parameters(), lr=0.0, betas=(0.9, 0.99), eps=1e-8, fused=True)
-    return torch.optim.Adam(net.parameters(), lr=0.0, betas=(0.9, 0.99), eps=1e-8, foreach=True)
+        return torch.optim.Adam(net.parameters(), lr=0.0, betas=tuple(betas), eps=1e-8, fused=True)
+    return torch.optim.Adam(net.parameters(), lr=0.0, betas=tuple(betas), eps=1e-8, foreach=True)
+
+
+def make_ema(net, opts: TrainOptions):
+    """The EMA of the options' config: power-function EMAs of `opts.ema_stds` (B-G, EDM2 Sec. 3),
+    or config A's traditional EMA with EDM's half-life and ramp-up (`opts.ema_stds` unused)."""
+    settings = opts.training()
+    if settings.ema == "traditional":
+        return HalfLifeEMA(net, halflife_nimg=settings.ema_halflife_nimg, rampup_ratio=settings.ema_rampup_ratio)
+    return PowerFunctionEMA(net, stds=[float(s) for s in opts.ema_stds])
 
 
 # ---- set-up --------------------------------------------------------------------------------------
@@ -142,9 +153,9 @@ class Training:
     net: Precond  # What the optimizer, EMA and snapshots see.
     ddp: torch.nn.Module  # net, or its DistributedDataParallel wrapper with several processes.
     model: object  # What the loss calls: ddp, possibly wrapped by speed options (edm2.train.speed).
-    loss_fn: EDM2Loss
+    loss_fn: EDM2Loss  # or its subclass EDMLoss (config A)
     optimizer: torch.optim.Optimizer
-    ema: PowerFunctionEMA
+    ema: PowerFunctionEMA | HalfLifeEMA
     cur_nimg: int  # Images trained by earlier invocations (0 for a new run).
     elapsed_before: float  # Seconds trained by earlier invocations.
 
@@ -190,10 +201,11 @@ def build_training(opts: TrainOptions, plan: TrainingPlan, env, device) -> Train
     model = ChannelsLast(ddp) if opts.channels_last or opts.fast else ddp
     if opts.compile or opts.fast:
         model = CompiledForward(model, net)
-    loss_fn = EDM2Loss(**opts.loss_kwargs())
+    settings = opts.training()  # the config's loss, Adam betas and EMA (edm2.train.configs)
+    loss_fn = make_loss(settings.loss, **opts.loss_kwargs())
     fused = opts.fast and device.type == "cuda"
-    optimizer = make_optimizer(net, fused=fused)
-    ema = PowerFunctionEMA(net, stds=[float(s) for s in opts.ema_stds])
+    optimizer = make_optimizer(net, fused=fused, betas=settings.adam_betas)
+    ema = make_ema(net, opts)
     cur_nimg, elapsed = ckpt.restore_training_state(
         opts.outdir, net=net, optimizer=optimizer, ema=ema, loss_fn=loss_fn, log=print0
     )
@@ -293,6 +305,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
         dataset_kwargs=opts.dataset_kwargs(),
         loss_kwargs=run.loss_fn.kwargs(),
         precision=opts.precision,
+        ema_kind=opts.training().ema,
         training_options=opts.record(),
     )
     guard = FiniteGuard(run.device)  # stops the run when the loss or the weights stay non-finite
@@ -341,13 +354,15 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             )  # fmt: skip
 
             # Adam step with the learning rate of the step that starts at `cur`: inverse square root
-            # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear 10 Mimg warm-up.
+            # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear 10 Mimg warm-up
+            # (t_ref 0: no decay, configs A-D).
             lr = float(learning_rate_schedule(cur_nimg=cur, batch_size=plan.batch_size, **lr_kwargs))
             status.stats.report("Loss/learning_rate", lr)
-            apply_gradients(run.net, run.optimizer, lr)
+            apply_gradients(run.net, run.optimizer, lr, inf_gradient=opts.training().inf_gradient)
             guard.after_step(step_loss)
 
-            # Update the EMAs: power-function averages, beta = (1 - 1/t)^(gamma + 1) (EDM2 Eq. 2).
+            # Update the EMAs: power-function averages, beta = (1 - 1/t)^(gamma + 1) (EDM2 Eq. 2);
+            # config A: one traditional EMA with a half-life (HalfLifeEMA).
             result.cur_nimg += plan.batch_size
             run.ema.update(cur_nimg=result.cur_nimg, batch_size=plan.batch_size)
             status.training_time += time.time() - step_start

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edm2.errors import ConfigError
 from edm2.presets import TRAINING_PRESETS, get_training_preset
+from edm2.train.configs import CONFIG_NAMES, config_training
 from edm2.utils import parse_int_list, parse_nimg, parse_std_list
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -196,6 +197,16 @@ class TrainOptions:
         operational=True,
         choices=tuple(TRAINING_PRESETS),
     )
+    config: str | None = _option(
+        None,
+        "--config",
+        "str",
+        "Config A..G of the paper's Table 1: network, loss, EMA, optimizer (default: the preset's, G for "
+        "edm2-img512-s)",
+        preset=True,
+        choices=CONFIG_NAMES,
+        metavar="A..G",
+    )
     duration: int | None = _option(
         None,
         "--duration",
@@ -253,7 +264,15 @@ class TrainOptions:
         choices=PRECISIONS,
         metavar="|".join(PRECISIONS),
     )
-    loss_scaling: float = _option(1.0, "--ls", "float", "Loss scaling", minimum=0, open_min=True)
+    loss_scaling: float | None = _option(
+        None,
+        "--ls",
+        "float",
+        "Loss scaling (default: the preset's, 1; 100 for configs A-C)",
+        preset=True,
+        minimum=0,
+        open_min=True,
+    )
     bench: bool = _option(True, "--bench", "bool", "Enable cuDNN benchmarking", operational=True)
     status: int = _option(
         128 << 10, "--status", "nimg", "Interval of status prints (0 = never)", operational=True, minimum=0
@@ -364,18 +383,24 @@ class TrainOptions:
         """Precond arguments other than the interface sizes and the precision (the mapping of the
         official train.py): model_channels and dropout, and the architecture options given."""
         kwargs = dict(model_channels=int(self.channels), dropout=float(self.dropout))
+        if self.config != "G":
+            kwargs["config"] = self.config  # recorded with the network (edm2.nn.Precond)
         if self.channel_mult is not None:
             kwargs["channel_mult"] = [int(v) for v in self.channel_mult]
         if self.num_blocks is not None:
             kwargs["num_blocks"] = int(self.num_blocks)
         if self.attn_resolutions is not None:
             kwargs["attn_resolutions"] = [int(v) for v in self.attn_resolutions]
-        if self.fast:
+        if self.fast and self.config == "G":  # A-F's attention (edm2.nn.ablation) has no fused variant
             kwargs["fused_attention"] = True  # recorded with the network (edm2.nn.Block)
         return kwargs
 
+    def training(self):
+        """The config's training settings (edm2.train.configs: loss, Adam betas, EMA kind, safety)."""
+        return config_training(self.config)
+
     def loss_kwargs(self) -> dict:
-        """EDM2Loss arguments: the log-normal noise distribution ln(sigma) ~ N(P_mean, P_std^2) (EDM2 Eq. 16)."""
+        """EDM2Loss (config A: EDMLoss) arguments: ln(sigma) ~ N(P_mean, P_std^2) (EDM2 Eq. 16)."""
         return dict(P_mean=float(self.P_mean), P_std=float(self.P_std))
 
     def lr_kwargs(self) -> dict:

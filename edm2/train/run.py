@@ -19,6 +19,7 @@ resubmitted job beside a live one) is refused in one line naming the holder, wha
 has written so far. The lock is held until the run returns.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def options_json(opts: TrainOptions, lr_kwargs: dict | None = None) -> str:
         dataset_kwargs=opts.dataset_kwargs(),
         network_kwargs=opts.network_kwargs(),
         loss_kwargs=opts.loss_kwargs(),
+        config_training=dataclasses.asdict(opts.training()),  # the config's loss, EMA, Adam, safety
         lr_kwargs=lr_kwargs or opts.lr_kwargs(),
-        ema_stds=[float(s) for s in opts.ema_stds],
+        ema_stds=[float(s) for s in opts.ema_stds] if opts.training().ema == "power" else None,  # A: none
         intervals=dict(status=opts.status or None, snapshot=opts.snapshot or None, checkpoint=opts.checkpoint or None),
         slice=opts.slice or None,
     )

@@ -94,7 +94,7 @@ def test_existing_run_dir_with_different_options_is_refused(tmp_path, data):
     outdir = tmp_path / "run"
     outdir.mkdir()
     first = tiny_options(outdir, data)
-    record = {**first.__dict__, "data": str(data.resolve()), "outdir": str(outdir.resolve())}
+    record = first.resolved().record()  # as run_training writes it
     (outdir / "training_options.json").write_text(json.dumps({"options": record}))
     refuse(tiny_options(outdir, data, lr=0.02), ConfigError, r"different options \(lr: 0\.01 there, 0\.02 now\)")
     refuse(tiny_options(outdir, data, cond=False), ConfigError, r"cond: True there, False now")

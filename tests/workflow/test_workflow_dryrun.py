@@ -37,6 +37,39 @@ def test_paper_img512_lists_every_job(workdir):
     }
 
 
+def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(workdir):
+    """Table 1 and Fig. 5a: configs A-G at size S; B-G reconstructed over the 49-length grid,
+    config A scored at its one traditional EMA (0.034 at 2048Mi images); FID without guidance."""
+    counts = dry_run(workdir, "--configfile", CONFIG / "paper-img512-ablation.yaml")
+    assert counts == {
+        "convert": 1,
+        "encode": 1,
+        "ref_stats": 1,
+        "train": 7,
+        "phema": 6,
+        "model_info": 7,
+        "score": 6 * GRID_49 + 1,
+        "result_set": 1,
+        "aggregate": 1,
+        "plots": 1,
+        "tables": 1,
+        "ablation": 1,
+        "samples": 7,
+        "report": 1,
+        "all": 1,
+    }
+    proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-ablation.yaml")
+    commands = shell_commands(proc.stdout)
+    trains = [c for c in commands if " edm2 train" in c]
+    for letter in "abcdef":
+        assert any(f"--preset edm2-img512-s-config-{letter}" in c for c in trains), letter
+    (score_a,) = [c for c in commands if "scores/config-a/noguid/" in c and "metrics gen" in c]
+    assert "ema-0.034.json" in score_a and "network-snapshot-2147483-0.034.safetensors" in score_a
+    assert not any("config-a/phema/" in c for c in commands)
+    (ablation,) = [c for c in commands if "edm2 report ablation" in c]
+    assert "--metric fid" in ablation and "--config=config-a=A" in ablation and "--config=config-g=G" in ablation
+
+
 def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-released.yaml")
     counts = job_counts(proc.stdout + proc.stderr)
@@ -130,6 +163,12 @@ def test_embedded_default_and_smoke_configs(workdir):
     assert counts["train_detector"] == 1 and "encode" not in counts
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
+
+
+def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5a(workdir):
+    counts = dry_run(workdir, "--configfile", CONFIG / "ablation-digits.yaml")
+    assert counts["train"] == 7 and counts["phema"] == 6 and counts["score"] == 6 * 6 + 1
+    assert counts["ablation"] == 1 and counts["samples"] == 7 and counts["digits"] == 1
 
 
 def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):

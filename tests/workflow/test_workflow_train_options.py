@@ -22,6 +22,7 @@ from edm2.train.run import check_run_dir
 # A value other than the smoke configuration's for every training option the workflow accepts.
 ALTERNATIVES = {
     "cond": False,
+    "config": "B",
     "preset": "edm2-img64-m",  # fills another dropout (the smoke config sets the rest): a new run
     "duration": "4Ki",
     "batch": 64,

@@ -30,7 +30,7 @@ rule phema:
 rule model_info:
     """Parameters and Gflops of a run's network (for the tables and the Gflops plot)."""
     input:
-        net=lambda wc: ancient(phema_file(wc.run, GRID[0])),
+        net=lambda wc: ancient(net_input(wc.run, run_stds(wc.run)[0])),
         done=lambda wc: train_done(wc.run),
     output:
         MODEL_INFO,
@@ -45,8 +45,9 @@ rule model_info:
         **rule_resources("model_info"),
     params:
         label=lambda wc: MODELS[wc.run]["label"],
+        net=lambda wc: net_file(wc.run, run_stds(wc.run)[0]),
     shell:
-        "python -m edm2 report model-info --net {input.net:q} --run {wildcards.run} --label {params.label:q}"
+        "python -m edm2 report model-info --net {params.net:q} --run {wildcards.run} --label {params.label:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -130,6 +130,33 @@ rule tables:
         "python -m edm2 report tables --scores {input:q} --metrics {params.metrics} --out {params.stem:q} > {log:q} 2>&1"
 
 
+rule ablation:
+    """The paper's Table 1 (ours next to the reported FID, Mparams, Gflops) and Fig. 5a (metric vs
+    EMA length per config, config A as one point), when the models include configs other than G."""
+    input:
+        SCORES_CSV,
+    output:
+        tables=expand(TABLE1, ext=TABLE2_EXTS),
+        plots=expand(FIG5A_PLOT, metric=METRICS[:1], ext=PLOT_EXTS),
+    log:
+        log_file("ablation"),
+    benchmark:
+        bench_file("ablation")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("ablation")
+    resources:
+        **rule_resources("ablation"),
+    params:
+        metric=METRICS[0],
+        configs=" ".join(f"--config={run}={config}" for run, config in ablation_runs().items()),
+        table=lambda wc, output: os.path.splitext(output.tables[0])[0],
+        plot=lambda wc, output: os.path.splitext(output.plots[0])[0],
+    shell:
+        "python -m edm2 report ablation --scores {input:q} --metric {params.metric} {params.configs}"
+        " --table {params.table:q} --plot {params.plot:q} > {log:q} 2>&1"
+
+
 rule samples:
     """A grid of images from the best EMA length of a (run, guidance setting)."""
     input:

@@ -299,7 +299,43 @@ GUIDANCE = _guidance_settings()
 SCORED = [(run, g) for g in GUIDANCE for run in GUIDANCE[g]["runs"] if MODELS[run]["score"]]
 
 
+# --- Configs of the ablation ladder (edm2.train.configs) ---------------------------------------
+# A run of config A keeps one traditional EMA (EDM's training loop): its last snapshot is scored
+# as it is, at the one EMA length it has (Fig. 5a's single point of A), instead of a post-hoc EMA
+# grid. Every other run is reconstructed at every length of phema.grid.
+
+
+def run_config(run):
+    """The config A..G a run trains (G for released-raw runs)."""
+    m = MODELS[run]
+    return m["resolved"].config if m["source"] == "train" else "G"
+
+
+def is_traditional(run):
+    """Whether the run keeps a traditional EMA (config A) rather than power-function EMAs."""
+    return MODELS[run]["source"] == "train" and MODELS[run]["resolved"].training().ema == "traditional"
+
+
+def run_stds(run):
+    """The EMA lengths a run is scored at: the grid, or a traditional EMA's own length."""
+    if is_traditional(run):
+        m = MODELS[run]
+        return [std_text(m["resolved"].training().traditional_ema_std(m["duration_nimg"]))]
+    return GRID
+
+
+def ablation_runs():
+    """{run: config} of the scored runs when the models include a config other than G (then the
+    workflow also makes Table 1 and Fig. 5a); {} otherwise."""
+    runs = {run: run_config(run) for run in SCORED_RUNS}
+    return runs if any(c != "G" for c in runs.values()) else {}
+
+
 REFINE = config["phema"]["refine"]
+if REFINE and any(is_traditional(run) for run in SCORED_RUNS):
+    raise WorkflowError(
+        "phema.refine: config A runs keep one traditional EMA, which has no grid to refine; set phema.refine: false"
+    )
 
 
 # --- Identity of a run (the hash in its folder name) ---------------------------------------------
@@ -314,6 +350,8 @@ def train_opts_hash(run):
     workflow's own launch settings resume the same folder, as `edm2 train` itself does."""
     m = MODELS[run]
     key = {k: v for k, v in canonical_options(m["resolved"].identity()).items() if k in TRAIN_OPTIONS}
+    if key.get("config") == "G":  # the default config: run folders made before configs existed keep their names
+        del key["config"]
     key["extra_args"] = m["extra_args"]
     key["data"] = {
         k: config["data"][k]

@@ -8,12 +8,18 @@ from snakemake.exceptions import WorkflowError
 
 
 def net_file(run, std):
-    """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder."""
+    """Reconstructed network of `run` at `std`: from the coarse grid, or from the refined folder
+    (config A: its training snapshot)."""
+    if is_traditional(run):
+        return traditional_snapshot(run)
     return phema_file(run, std) if std in GRID else refined_file(run, std)
 
 
 def net_input(run, std):
-    """The output that provides net_file: the coarse grid's file, or the refined folder."""
+    """The output that provides net_file: the coarse grid's file, or the refined folder (config
+    A: training-done.json, written with its snapshot)."""
+    if is_traditional(run):
+        return train_done(run)
     return phema_file(run, std) if std in GRID else refine_dir(run)
 
 

@@ -13,7 +13,7 @@
 import re
 import urllib.parse
 
-from edm2.naming import PHEMA_PREFIX, std_text
+from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text
 
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"
@@ -128,6 +128,12 @@ def model_info(run):
     return fill(MODEL_INFO, run=run)
 
 
+def traditional_snapshot(run):
+    """The last training snapshot of a config-A run (its one traditional EMA): `edm2 train`'s name
+    (edm2.naming.snapshot_name) in the run folder."""
+    return f"{run_dir(run)}/{snapshot_name(SNAPSHOT_PREFIX, MODELS[run]['kimg'], run_stds(run)[0])}"
+
+
 # --- Scores, tables, plots, summary ---------------------------------------------------------------
 
 SCORE = f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json"
@@ -136,6 +142,8 @@ RESULT_SET = f"{RESULTS}/tables/result-set.txt"
 SCORES_CSV = f"{RESULTS}/tables/scores.csv"
 BEST_CSV = f"{RESULTS}/tables/best.csv"
 TABLE2 = f"{RESULTS}/tables/table2.{{ext}}"
+TABLE1 = f"{RESULTS}/tables/table1.{{ext}}"  # the ablation ladder's Table 1
+FIG5A_PLOT = f"{RESULTS}/plots/fig5a-{{metric}}.{{ext}}"  # and its Fig. 5a
 EMA_SWEEP_PLOT = f"{RESULTS}/plots/ema-sweep-{{metric}}.{{ext}}"
 GFLOPS_PLOT = f"{RESULTS}/plots/gflops-{{metric}}.{{ext}}"
 LOSS_PLOT = f"{RESULTS}/plots/training-loss.{{ext}}"
@@ -160,6 +168,13 @@ def plot_files():
 
 def table_files():
     return expand(TABLE2, ext=TABLE2_EXTS)
+
+
+def ablation_files():
+    """Table 1 and Fig. 5a, when the models include a config other than G."""
+    if not ablation_runs():
+        return []
+    return expand(TABLE1, ext=TABLE2_EXTS) + expand(FIG5A_PLOT, metric=METRICS[:1], ext=PLOT_EXTS)
 
 
 def sample_files():

@@ -19,7 +19,7 @@ def phema_inputs_for_samples(wildcards):
     runs = [run]
     if is_guided(GUIDANCE[g], run):
         runs.append(GUIDANCE[g]["guide"])
-    files = [phema_file(r, std) for r in runs for std in GRID]
+    files = [net_input(r, std) for r in runs for std in run_stds(r)]
     if REFINE:
         files.extend(refine_dir(r) for r in runs)
     return [ancient(f) for f in dict.fromkeys(files)]
