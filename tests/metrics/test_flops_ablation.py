@@ -15,6 +15,7 @@ from edm2.nn.ablation import LadderBlock
 TABLE1_DIFF = {"A": 8.2, "B": -1.8, "C": -1.9, "D": -1.0, "E": -1.0, "F": -0.1, "G": 0.0}
 
 
+@pytest.mark.slow  # counts every config at S twice: make test runs it, make test-fast does not
 @pytest.mark.parametrize("forced_weight_norm", [True, False])
 def test_differences_from_g_match_table_1(forced_weight_norm):
     counts = {c: count_flops_of("edm2-img512-s", forced_weight_norm, config=c)[0] for c in TABLE1_DIFF}

@@ -318,6 +318,7 @@ def test_without_weight_normalisation_the_forward_uses_the_stored_weights(config
     assert torch.isin(stored, norms).all()
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("config", list("DEFG"))
 def test_forced_weight_normalisation_in_training_mode(config):
     net = _scale_weights(_small(config))
@@ -358,6 +359,7 @@ def _block_output_rms(net, weight_scale=1.0):
     return np.array(rms)
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 def test_g_keeps_activations_near_unit_magnitude_while_c_does_not_need_to():
     # G (Sections 2.2-2.5): with random weights and gains 1, every block output stays near RMS 1,
     # and rescaling the stored weights changes nothing (weight normalisation, Eq. 47).
@@ -382,6 +384,7 @@ def test_g_keeps_activations_near_unit_magnitude_while_c_does_not_need_to():
     assert c_big.max() > 5 * c_rms.max()
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 def test_a_b_and_g_start_from_d_equal_c_skip_x_while_c_to_f_do_not():
     x = torch.randn(2, 4, 16, 16)
     sigma = torch.tensor([0.3, 3.0])
@@ -413,6 +416,7 @@ def test_rms_group_norm_is_eq_29():
     torch.testing.assert_close(rms_group_norm(x), expected.reshape(x.shape))
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("config", list("ABCDEFG"))
 def test_every_config_trains_a_step_and_reloads_exactly(config):
     net = _small(config).train()
@@ -490,6 +494,7 @@ def _adm_reference(sd, x, c_noise, onehot, heads_of):
     return conv(F.silu(gn(x, "out_norm")), "out_conv")
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 def test_config_a_equals_an_independent_adm_forward():
     net = _small("A", seed=4).double().eval()
     g = torch.Generator().manual_seed(6)
@@ -594,6 +599,7 @@ def _streamlined_reference(config, sd, x, c_noise, onehot, heads_of):
     return conv(x, "out_conv") if config == "F" else conv(Fn.silu(rmsgn(x)), "out_conv")
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("config", list("CDEF"))
 def test_configs_c_to_f_equal_an_independent_forward_from_the_equations(config):
     net = _small(config, seed=4).double().eval()
@@ -623,6 +629,7 @@ class _SoftmaxDtypes(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow  # seconds each on 2 cores: make test runs it, make test-fast does not
 @pytest.mark.parametrize("config", list("ABCDEFG"))
 def test_fp16_main_path_with_float32_attention_logits_in_a_and_b_only(config):
     # B.1 / D.2: "partial" mixed precision (A-B) keeps attention logits and softmax in float32;
