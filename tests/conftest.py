@@ -37,6 +37,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(SLURM_DIR))  # stable: otherwise collection order
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the container's self-checks run without xdist
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadscope":
         return None
