@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import cli_args, load_state, make_dataset, tiny_options
+from train_helpers import cli_args, load_state, make_dataset, run_two_slurm_task_ranks, tiny_options
 
 from edm2.errors import NumericError
 from edm2.train.finite import NONFINITE_LOSS_STEPS, FiniteGuard
@@ -149,32 +149,12 @@ def test_a_noise_level_that_overflows_stops_the_run_like_a_poisoned_dataset(tmp_
 def test_two_ranks_stop_together_at_the_same_image_count_with_the_same_line(tmp_path):
     """Two SLURM-style ranks on a dataset whose every image holds a NaN: the check is all-reduced, so both
     ranks stop at the same image count with the same one line and exit 1, with no process group left."""
-    import socket
-
-    from edm2_exit_checked import SCRIPT as EXIT_CHECKED
-
     data = make_dataset(tmp_path / "latents", num_images=8, channels=8)
     for index in range(8):  # every image: every rank's every batch
         poison(data, index=index)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = tmp_path / "run"
     opts = tiny_options(run_dir, data, duration=4096, batch=32, status=128, snapshot=1024, checkpoint=1024)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "SLURM_"))}
-    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_ID="79", SLURM_LAUNCH_NODE_IPADDR="127.0.0.1")
-    env["MASTER_PORT"] = str(port)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, EXIT_CHECKED, "train", *cli_args(opts)],
-            env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs, procs = run_two_slurm_task_ranks(opts, job_id=79)
     assert [p.returncode for p in procs] == [1, 1], outs
     errors = [[line for line in err.splitlines() if line.startswith("Error")] for _out, err in outs]
     assert errors[0] == errors[1] and len(errors[0]) == 1, errors

@@ -11,8 +11,7 @@ import sys
 import time
 
 import pytest
-from edm2_exit_checked import SCRIPT as EXIT_CHECKED
-from train_helpers import cli_args, make_dataset, tiny_options
+from train_helpers import cli_args, make_dataset, run_two_slurm_task_ranks, tiny_options
 
 from edm2.io.runlock import LOCK_NAME, RunLock
 
@@ -127,24 +126,10 @@ def test_a_killed_holder_frees_the_run_folder_and_the_same_command_resumes(tmp_p
 @pytest.mark.slow
 def test_two_ranks_all_stop_when_rank_0_is_refused_the_lock(tmp_path, data):
     """Two SLURM-style ranks on a held --outdir: rank 0 names the holder, rank 1 stops too, before any work."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = tmp_path / "run"
     opts = tiny_options(run_dir, data, duration=128, batch=32, status=64, snapshot=0, checkpoint=0)
-    base = clean_env(SLURM_NTASKS="2", SLURM_JOB_ID="78", SLURM_LAUNCH_NODE_IPADDR="127.0.0.1", MASTER_PORT=str(port))
     with RunLock(run_dir):
-        procs = [
-            subprocess.Popen(
-                [sys.executable, EXIT_CHECKED, "train", *cli_args(opts)],
-                env={**base, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for rank in range(2)
-        ]
-        outs = [p.communicate(timeout=300) for p in procs]
+        outs, procs = run_two_slurm_task_ranks(opts, job_id=78)
     assert [p.returncode for p in procs] == [1, 1], outs
     assert_refused(*outs[0], 1, os.getpid(), run_dir)
     assert outs[1][1].strip() == f"Error: {run_dir} is in use by another process (rank 0 was refused its lock)"

@@ -127,3 +127,32 @@ def wait_for_steps(proc, run_dir, statuses=4, timeout=120, poll=0.02) -> None:
         if stats.exists() and len(stats.read_text().splitlines()) >= statuses:
             return
         time.sleep(poll)
+
+
+def run_two_slurm_task_ranks(opts: TrainOptions, job_id: int, timeout=300):
+    """`edm2 train` as two SLURM tasks of one job on this machine (ranks from SLURM_PROCID, a free
+    port), each through tests/edm2_exit_checked.py; returns [(stdout, stderr)] and the processes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from edm2_exit_checked import SCRIPT as EXIT_CHECKED
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "MASTER_", "SLURM_"))}
+    env.update(OMP_NUM_THREADS="1", SLURM_NTASKS="2", SLURM_JOB_ID=str(job_id), SLURM_LAUNCH_NODE_IPADDR="127.0.0.1")
+    env["MASTER_PORT"] = str(port)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, EXIT_CHECKED, "train", *cli_args(opts)],
+            env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    return [p.communicate(timeout=timeout) for p in procs], procs
