@@ -168,6 +168,16 @@ def parse_std_list(text) -> list[float]:
     k = round((c - b)/step - 1) (accumulated floats, not rounded). The result is sorted and
     unique; every value must satisfy 0 < std < 0.289. A float or a list passes through.
     """
+    values = parse_number_list(text)
+    bad = [v for v in values if not 0 < v < MAX_STD]
+    if bad:
+        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (docs/method.md#ema)")
+    return values
+
+
+def parse_number_list(text) -> list[float]:
+    """A comma-separated list of numbers with the `...` expansion of `parse_std_list` (also used
+    for the guidance search's grids, e.g. '1.0,1.5,...,3.0'), sorted and unique; no bounds."""
     if isinstance(text, (int, float)):
         values = [float(text)]
     elif isinstance(text, (list, tuple)):
@@ -205,8 +215,4 @@ def parse_std_list(text) -> list[float]:
                 if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", token):
                     raise ConfigError(f"{text!r}: {token!r} is not a number")
                 values.append(float(token))
-    values = sorted(set(values))
-    bad = [v for v in values if not 0 < v < MAX_STD]
-    if bad:
-        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (docs/method.md#ema)")
-    return values
+    return sorted(set(values))

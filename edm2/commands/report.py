@@ -277,6 +277,146 @@ def refine(scores, grid, points, statistic, out):
     click.echo(json.dumps(result["stds"]))
 
 
+def _search_plan_options(f):
+    """The plan of a guidance search (edm2.search.SearchPlan): grids, bisection, image counts."""
+    options = [
+        click.option("--weight", required=True, help="Coarse grid of guidance weights, e.g. 1.0,1.5,...,3.0."),
+        click.option("--sigma-hi", help="Coarse grid of the interval's upper end, searched after the weight."),
+        click.option("--sigma-lo", help="Coarse grid of the interval's lower end, searched last."),
+        click.option(
+            "--bisect", type=click.IntRange(0, 16), default=2, show_default=True, help="Refinement rounds per axis."
+        ),
+        click.option(
+            "--num", type=click.IntRange(2, None), required=True, help="Images per seed range when screening."
+        ),
+        click.option(
+            "--ranges", type=click.IntRange(1, None), default=1, show_default=True, help="Seed ranges when screening."
+        ),
+        click.option(
+            "--full-num", type=click.IntRange(2, None), required=True, help="Images per seed range to confirm."
+        ),
+        click.option(
+            "--full-ranges", type=click.IntRange(1, None), default=3, show_default=True, help="Seed ranges to confirm."
+        ),
+        click.option(
+            "--confirm",
+            type=click.IntRange(1, 64),
+            default=1,
+            show_default=True,
+            help="Best screened settings confirmed.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def search_plan(weight, sigma_hi, sigma_lo, bisect, num, ranges, full_num, full_ranges, confirm):
+    """The SearchPlan of the `_search_plan_options` (also used by the workflow through them)."""
+    from edm2.search import SearchPlan, parse_grid
+
+    axes = [("weight", tuple(parse_grid(weight, "--weight")))]
+    for axis, grid in (("sigma_hi", sigma_hi), ("sigma_lo", sigma_lo)):
+        if grid:
+            axes.append((axis, tuple(parse_grid(grid, f"--{axis.replace('_', '-')}"))))
+    return SearchPlan(tuple(axes), bisect, num, ranges, full_num, full_ranges, confirm)
+
+
+@report.command(name="search-round")
+@click.argument("evaluations", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@_search_plan_options
+@click.option(
+    "--round", "round_", type=click.IntRange(0, None), required=True, help="The round just evaluated (0-based)."
+)
+@click.option("--run", required=True, help="Run name (recorded in the state).")
+@click.option("--metric", required=True, help="The metric minimised.")
+@_statistic_option("Value used over the seed ranges.")
+@click.option("--out", required=True, type=OutputFile("output"), help="State JSON after the round.")
+def search_round(evaluations, round_, run, metric, statistic, out, **plan):
+    """One round of a guidance search: the evaluations so far -> the next round's points.
+
+    EVALUATIONS are score JSONs of `edm2 metrics gen`, each named after its setting
+    (w<weight>[-hi<sigma_hi>][-lo<sigma_lo>]-n<images>x<ranges>.json). The state names the next
+    points; after the last screening round, the confirmation points; the round after that
+    (--round = the number of screening rounds) writes the result. docs/evaluation.md#the-guidance-search
+
+    \b
+    Examples:
+      edm2 metrics gen  --net runs/demo/phema/phema-0000002-0.100.safetensors --ref refs/digits.npz \\
+          --num 16 --steps 8 --cnn-detector refs/digits-cnn.safetensors --json search/demo/w1.000-n16x1.json
+      edm2 report search-round --weight 1.0 --bisect 0 --num 16 --full-num 16 --full-ranges 1 --round 0 \\
+          --run demo --metric fd_cnn --out search/demo/round-0.json search/demo/w1.000-n16x1.json
+      edm2 report search-round --weight 1.0 --bisect 0 --num 16 --full-num 16 --full-ranges 1 --round 1 \\
+          --run demo --metric fd_cnn --out search/demo/round-1.json search/demo/w1.000-n16x1.json
+    """
+    from edm2.io.atomic import atomic_write_text
+    from edm2.report.search import search_round as step
+
+    state = step(search_plan(**plan), round_, evaluations, metric, statistic, run)
+    atomic_write_text(out, json.dumps(state, indent=2) + "\n")
+    if state["result"] is not None:
+        r = state["result"]
+        click.echo(f"{run} {metric}: best {r['value']:.6g} at {r['name']} (screened {r['screened_value']:.6g})")
+    else:
+        click.echo(
+            f"{run} {metric}: best screened {state['best']['value']:.6g} at {state['best']['name']}; next {state['next']}"
+        )
+
+
+@report.command(name="search")
+@click.argument("states", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--search", "name", required=True, help="Name of the search (titles).")
+@click.option(
+    "--reported", multiple=True, metavar="RUN=VALUE", help="A value reported for a run (e.g. a paper's); repeat."
+)
+@click.option("--table", required=True, type=OutputFile("table"), help="Table stem: writes STEM.csv and STEM.md.")
+@click.option("--plot", required=True, type=OutputFile("plot"), help="Plot stem: writes STEM.png and STEM.svg.")
+def search(states, name, reported, table, plot):
+    """The result of a guidance search: table and metric-along-each-axis plot.
+
+    STATES are the final states of `edm2 report search-round` (one per run and metric).
+
+    \b
+    Examples:
+      edm2 report search --search demo --table tables/search-demo --plot plots/search-demo search/demo/round-1.json
+    """
+    from edm2.report.search import write_search
+
+    loaded = []
+    for path in states:
+        try:
+            loaded.append(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a search state ({e}); re-run its round") from None
+    values = {}
+    for run, value in _pairs(reported, "--reported", "RUN=VALUE").items():
+        try:
+            values[run] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a number", param_hint="--reported") from None
+    paths = write_search(loaded, name, values, table, plot)
+    click.echo("search -> " + ", ".join(str(p) for p in paths))
+
+
+@report.command()
+@_scores_option()
+@click.option("--guidance", required=True, help="The guidance setting whose EMA lengths were swept.")
+@click.option("--metric", required=True, help="The metric shown.")
+@click.option("--out", required=True, type=OutputFile("plot"), help="Plot stem: writes STEM.png and STEM.svg.")
+def heatmap(scores, guidance, metric, out):
+    """The autoguidance paper's EMA heat map: the metric over main x guide EMA length.
+
+    \b
+    Examples:
+      edm2 report heatmap --scores tables/scores.csv --guidance noguid --metric fd_cnn --out plots/ema-heatmap
+    """
+    from edm2.report.plots import plot_ema_heatmap
+    from edm2.report.results import read_csv
+
+    paths = plot_ema_heatmap(read_csv(scores), guidance, metric, out)
+    click.echo("heat map -> " + ", ".join(str(p) for p in paths))
+
+
 @report.command()
 @click.option(
     "--best",

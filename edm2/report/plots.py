@@ -121,7 +121,7 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     edges = {(e["run"], e["guidance"]): e for e in edge_optima(rows, metric)}
     banded = False
     for (run, guidance), group in _series(rows, lambda r: (r["run"], r["guidance"])).items():
-        group = sorted(group, key=lambda r: r["ema_std"])
+        group = sorted(_best_over_guide_std(group), key=lambda r: r["ema_std"])
         x = [r["ema_std"] for r in group]
         y = [r["value"] for r in group]
         best = min(group, key=lambda r: (r["value"], r["ema_std"]))
@@ -159,6 +159,63 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
             0.01, -0.02, f"Optimum at the edge of the EMA grid: {names}. Extend phema.grid past it; "
             "phema.refine then refines around the new optimum.", fontsize=7, ha="left", va="top", wrap=True,
         )  # fmt: skip
+    return save_figure(fig, stem)
+
+
+def _best_over_guide_std(group: list[dict]) -> list[dict]:
+    """One row per main EMA length: with a 2-D EMA sweep (several guide lengths per main length),
+    the best over the guide's lengths (the sweep itself is the heat map's)."""
+    best = {}
+    for r in group:
+        cur = best.get(r["ema_std"])
+        if cur is None or (r["value"], r.get("guide_std") or 0) < (cur["value"], cur.get("guide_std") or 0):
+            best[r["ema_std"]] = r
+    return list(best.values())
+
+
+def plot_ema_heatmap(rows: list[dict], guidance: str, metric: str, stem):
+    """The autoguidance paper's EMA heat map (Fig. 3c): the metric over the main net's EMA length
+    (x) and the guide's (y) for one guidance setting, one panel per run; each cell labelled with
+    its value, the optimum outlined. Cells not scored stay blank."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    rows = [r for r in rows if r["metric"] == metric and r["guidance"] == guidance and r.get("guide_std") is not None]
+    runs = _unique(r["run"] for r in rows) or [""]
+    fig = Figure(figsize=(5.2 * len(runs), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, run in zip(axes, runs):
+        group = [r for r in rows if r["run"] == run]
+        if not group:
+            ax.text(0.5, 0.5, f"no 2-D EMA scores for {guidance}", ha="center", va="center", transform=ax.transAxes)
+            continue
+        xs = sorted({r["ema_std"] for r in group})
+        ys = sorted({r["guide_std"] for r in group})
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for r in group:
+            grid[ys.index(r["guide_std"]), xs.index(r["ema_std"])] = r["value"]
+        image = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto")
+        fig.colorbar(image, ax=ax, label=metric_label(metric))
+        best = min(group, key=lambda r: (r["value"], r["ema_std"], r["guide_std"]))
+        for r in group:  # dark text on the light (low, good) end of the reversed colormap
+            i, j = ys.index(r["guide_std"]), xs.index(r["ema_std"])
+            light = image.norm(r["value"]) < 0.5
+            ax.text(
+                j, i, f"{r['value']:.3g}", ha="center", va="center", fontsize=7, color="black" if light else "white"
+            )
+        bi, bj = ys.index(best["guide_std"]), xs.index(best["ema_std"])
+        ax.add_patch(Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_xticks(range(len(xs)), [f"{x:.3f}" for x in xs], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(ys)), [f"{y:.3f}" for y in ys], fontsize=7)
+        ax.set_xlabel("main EMA length EMA$_m$")
+        kimg = best.get("guide_kimg")
+        ax.set_ylabel("guide EMA length EMA$_g$" + (f" (guide at {kimg} kimg)" if kimg is not None else ""))
+        label = group[0].get("label") or run
+        ax.set_title(
+            f"{label}, {guidance}, w={best['guidance_weight']:g}: best {best['value']:.3g} at "
+            f"({best['ema_std']:.3f}, {best['guide_std']:.3f})",
+            fontsize=9,
+        )
     return save_figure(fig, stem)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from edm2.data.limits import read_file
 from edm2.errors import DataError, FormatError
 from edm2.io.atomic import atomic_path
+from edm2.naming import parse_snapshot_name
 
 STATISTICS = ("min", "mean")
 
@@ -25,12 +26,12 @@ STATISTICS = ("min", "mean")
 SCORE_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value",
     "min", "mean", "std", "num_ranges", "values", "kimg", "nimg", "nfe", "num_steps",
-    "num_images", "mparams", "gflops", "network", "gnet", "detector", "ref", "source",
+    "num_images", "mparams", "gflops", "network", "gnet", "detector", "ref", "source", "guide_std", "guide_kimg",
 ]  # fmt: skip
 
 BEST_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value", "min",
-    "mean", "std", "nfe", "kimg", "mparams", "gflops", "num_images", "network", "gnet",
+    "mean", "std", "nfe", "kimg", "mparams", "gflops", "num_images", "network", "gnet", "guide_std", "guide_kimg",
 ]  # fmt: skip
 
 
@@ -74,6 +75,9 @@ def read_score(path, statistic: str = "min") -> list[dict]:
     ema_std = data.get("ema_std")
     if ema_std is None:
         raise FormatError(f"{path}: no 'ema_std'; score a network reconstructed by `edm2 phema`")
+    # The guide's EMA length and training kimg, from its file name (edm2.naming): the axes of the
+    # autoguidance EMA sweep (the autoguidance paper's EMA_g, and the guide's training length).
+    guide = parse_snapshot_name(Path(str(data.get("gnet") or "")).name) if data.get("gnet") else None
     rows = []
     for metric, entry in metrics.items():
         if isinstance(entry, (int, float)):
@@ -109,6 +113,8 @@ def read_score(path, statistic: str = "min") -> list[dict]:
                 "detector": (data.get("detectors") or {}).get(metric),
                 "ref": data.get("ref"),
                 "source": str(path),
+                "guide_std": guide.std if guide else None,
+                "guide_kimg": guide.kimg if guide else None,
             }
         )
     return rows
@@ -174,9 +180,9 @@ def write_csv(path, rows: list[dict], columns: list[str]) -> None:
 
 
 _NUMERIC = {
-    "guidance_weight", "ema_std", "value", "min", "mean", "std", "mparams", "gflops",
+    "guidance_weight", "ema_std", "guide_std", "value", "min", "mean", "std", "mparams", "gflops",
 }  # fmt: skip
-_INTEGER = {"num_ranges", "kimg", "nimg", "nfe", "num_steps", "num_images"}
+_INTEGER = {"guide_kimg", "num_ranges", "kimg", "nimg", "nfe", "num_steps", "num_images"}
 
 
 def read_csv(path) -> list[dict]:

@@ -17,6 +17,7 @@ SHIPPED = [
     "paper-img64.yaml",
     "paper-img512-released.yaml",
     "paper-img512-ema-sweep.yaml",
+    "paper-img512-autog.yaml",
 ]
 
 
@@ -70,6 +71,13 @@ def test_schema_accepts_every_grid_that_phema_accepts(validator, grid):
         (lambda c: c.update(released={"jobs": 0}), ["released", "jobs"], "less than the minimum"),
         (lambda c: c.update(released={"include": []}), ["released", "include"], "should be non-empty"),
         (lambda c: c["models"][0].update(include=[]), ["models", 0, "include"], "should be non-empty"),
+        (lambda c: c["guidance"][2].update(guide_fraction="1/0"), ["guidance", 2, "guide_fraction"], "not valid"),
+        (lambda c: c["guidance"][2].update(guide_kimg=0), ["guidance", 2, "guide_kimg"], "less than the minimum"),
+        (lambda c: c["guidance"][2].update(guide_std=[0.05, 0.3]), ["guidance", 2, "guide_std"], "not valid"),
+        (lambda c: c["guidance"][2].update(guide_epoch=3), ["guidance", 2], "'guide_epoch' was unexpected"),
+        (lambda c: c["search"][0].pop("weight"), ["search", 0], "'weight' is a required property"),
+        (lambda c: c["search"][0].update(bisekt=2), ["search", 0], "'bisekt' was unexpected"),
+        (lambda c: c["search"][0].update(weight="1,2,x"), ["search", 0, "weight"], "not valid"),
     ],
 )
 def test_schema_names_the_bad_key_or_value(validator, edit, path, message):
@@ -121,6 +129,18 @@ def test_workflow_refuses_a_bad_key_at_start(tmp_path):
             lambda c: c["models"].append({"name": "r", "source": "released", "net": "https://x/a.pkl", "guidance": 2}),
             "models[r]: a guidance other than 1 needs `gnet`",
         ),
+        (
+            lambda c: c["guidance"][2].update(guide_kimg=3) or c["guidance"][2].pop("guide_fraction"),
+            "guidance[autog].guide_kimg: tiny has no snapshot at kimg 3; its snapshots: 1, 2",
+        ),
+        (
+            lambda c: c["guidance"][2].update(guide_fraction="1/3"),
+            "guidance[autog].guide_fraction: 1/3 of tiny's duration 2Ki is not a snapshot time",
+        ),
+        (
+            lambda c: c["search"][0].update(guidance="noguid"),
+            "search[autog-w].guidance: 'noguid' has no `guide`; a search needs a guided setting",
+        ),
     ],
 )
 def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):
@@ -141,7 +161,7 @@ def test_workflow_parsers_are_torch_free():
     the Snakemake process (a dry run of the paper configs stays fast)."""
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import edm2.naming, edm2.presets, edm2.utils;"
+        "import edm2.naming, edm2.presets, edm2.search, edm2.utils;"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'PIL'));"
         "assert not heavy, heavy"
     )

@@ -37,6 +37,30 @@ def test_paper_img512_lists_every_job(workdir):
     }
 
 
+def test_paper_img512_autog_trains_the_guide_and_searches_at_its_early_point(workdir):
+    """The S and its XS guide trained; the guide reconstructed at 1/16 of its 2048Mi images
+    (134217 kimg, the released autoguidance guide's kimg); 5 x 5 EMA pairs per metric; per
+    metric 6 screening points of 5,000 images (first round) and the rounds after them."""
+    proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-autog.yaml")
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["train"] == 2 and counts["phema"] == 3  # S, XS at its end (model info), XS at T/16
+    assert (counts["score"], counts["score_sweep"], counts["heatmap"]) == (GRID_49, 2 * 5 * 5, 2)
+    assert counts["search_eval"] == 2 * 6 and counts["search_result"] == 2 and counts["search_report"] == 2
+    commands = shell_commands(proc.stdout)
+    assert any(
+        "edm2 phema --indir results/img512-autog/runs/xs/train-" in c and "--outkimg 134217 " in c for c in commands
+    )
+    sweep = [c for c in commands if "--json results/img512-autog/scores/s/autog-fid/ema-0.070-guide-0.125.json" in c]
+    assert len(sweep) == 1 and "--gnet results/img512-autog/runs/xs/phema/phema-0134217-0.125.safetensors" in sweep[0]
+    assert "--guidance 2.1 " in sweep[0] and "--metrics fid " in sweep[0]
+    screen = [
+        c
+        for c in commands
+        if "--json results/img512-autog/search/evals/s/autog-fid/ema-0.070-guide-0.125/w1.500-n5000x1.json" in c
+    ]
+    assert len(screen) == 1 and "--num 5000 --seeds-ranges 1" in screen[0] and "--guidance 1.5 " in screen[0]
+
+
 def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(workdir):
     """Table 1 and Fig. 5a: configs A-G at size S; B-G reconstructed over the 49-length grid,
     config A scored at its one traditional EMA (0.034 at 2048Mi images); FID without guidance."""

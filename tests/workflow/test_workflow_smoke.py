@@ -14,6 +14,8 @@ pytestmark = pytest.mark.slow
 
 STDS = ["0.050", "0.100", "0.150"]
 SETTINGS = ["noguid", "guided"]
+# The autoguided setting: tiny guided by itself at 1Ki of its 2Ki images, 2 x 2 EMA lengths.
+AUTOG = [(std, gstd) for std in ("0.100", "0.150") for gstd in ("0.050", "0.150")]
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +44,66 @@ def test_every_output_is_written(smoke):
             assert (score["gnet"] is not None) == (setting == "guided")
             if setting == "guided":
                 assert score["guidance"] == 1.5 and "/runs/tiny-uncond/phema/" in score["gnet"]
+    for std, gstd in AUTOG:
+        score = json.loads((results / "scores" / "tiny" / "autog" / f"ema-{std}-guide-{gstd}.json").read_text())
+        assert score["guidance"] == 2.0 and score["gnet"].endswith(f"/runs/tiny/phema/phema-0000001-{gstd}.safetensors")
     with open(results / "tables" / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(SETTINGS) * len(STDS)
+    assert len(rows) == len(SETTINGS) * len(STDS) + len(AUTOG)
+    assert {(r["ema_std"], r["guide_std"], r["guide_kimg"]) for r in rows if r["guidance"] == "autog"} == {
+        (str(float(std)), str(float(gstd)), "1") for std, gstd in AUTOG
+    }
     assert {r["label"] for r in rows} == {"tiny (8 ch)"} and all(float(r["gflops"]) > 0 for r in rows)
     with open(results / "tables" / "table2.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["model"] == "tiny (8 ch)" and row["fd_cnn_ema_std"] in {"0.05", "0.1", "0.15"}
     assert row["fd_cnn_guidance"] == "1.5"
     assert "| tiny (8 ch) |" in (results / "tables" / "table2.md").read_text()
-    for stem in ("ema-sweep-fd_cnn", "gflops-fd_cnn", "training-loss"):
+    for stem in ("ema-sweep-fd_cnn", "gflops-fd_cnn", "training-loss", "ema-heatmap-autog-fd_cnn", "search-autog-w"):
         with Image.open(results / "plots" / f"{stem}.png") as im:
             assert im.format == "PNG"
         assert (results / "plots" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
-    for setting in SETTINGS:
+    for setting in SETTINGS + ["autog"]:
         with Image.open(results / "plots" / "samples" / "tiny" / f"{setting}.png") as im:
             assert im.size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)  # 16 seeds of 16x16, upscaled 4x
     assert "data:image/png;base64," in (results / "summary.html").read_text()
     for rule in ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report"):
         assert any((results / "logs" / rule).rglob("*.log")), rule
         assert any((results / "benchmarks" / rule).rglob("*.tsv")), rule
+
+
+def test_the_search_screens_bisects_and_confirms(smoke):
+    """Weights 1, 2, 3 on 16 images, one bisection round around the best (two midpoints, or one
+    and half a spacing beyond the grid's end), the best screened weight confirmed on 2 x 32."""
+    workdir, _ = smoke
+    results = workdir / "results"
+    state = json.loads((results / "search" / "autog-w" / "tiny" / "fd_cnn" / "result.json").read_text())
+    screened = {e["weight"]: e["value"] for e in state["evaluated"] if e["num"] == 16}
+    assert {1.0, 2.0, 3.0} <= set(screened) and len(screened) == 5
+    best = min(screened, key=screened.get)
+    result = state["result"]
+    assert (result["weight"], result["num"], result["ranges"]) == (best, 32, 2)
+    assert (result["ema_std"], result["guide_std"], result["guide_kimg"]) == (
+        (0.1, 0.05, 1) if best != 1.0 else (0.1, None, None)
+    )
+    confirmed = json.loads(
+        (
+            results / "search" / "evals" / "tiny" / "autog" / "ema-0.100-guide-0.050" / f"{result['name']}.json"
+        ).read_text()
+    )
+    assert min(confirmed["metrics"]["fd_cnn"]["values"]) == result["value"]
+    with open(results / "tables" / "search-autog-w.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["weight"]) == best and float(row["value"]) == result["value"] and row["evaluations"] == "6"
+
+
+def test_an_extended_search_grid_evaluates_only_the_new_point(smoke):
+    workdir, config = smoke
+    configfile = edited(workdir, config, "search.yaml", lambda c: c["search"][0].update(weight="1.0,2.0,3.0,4.0"))
+    counts = dry_run(workdir, "--configfile", configfile)
+    # The new weight, then the rounds re-planned (round 1 after the checkpoint), the result, the table.
+    assert counts.get("search_eval") == 1 and counts.get("search_round", 0) >= 1
+    assert not {"train", "phema", "score", "score_sweep", "aggregate"} & set(counts)
 
 
 def test_unchanged_config_has_nothing_to_do(smoke):
@@ -74,6 +116,8 @@ def test_a_new_ema_length_scores_only_that_length(smoke):
     configfile = edited(workdir, config, "grid.yaml", lambda c: c["phema"].update(grid="0.050,0.100,0.150,0.200"))
     counts = dry_run(workdir, "--configfile", configfile)
     # phema reconstructs the grid again (one pass); the three scored lengths are not re-scored.
+    # The autoguided setting scores fixed lengths (`stds`): nothing new for it but its heat map,
+    # and its guide's reconstruction at 1Ki is not re-run (no score needs the new length there).
     assert counts == {
         "phema": 2,
         "score": len(SETTINGS),
@@ -81,7 +125,8 @@ def test_a_new_ema_length_scores_only_that_length(smoke):
         "aggregate": 1,
         "plots": 1,
         "tables": 1,
-        "samples": len(SETTINGS),
+        "heatmap": 1,
+        "samples": len(SETTINGS) + 1,
         "report": 1,
         "all": 1,
     }
@@ -105,8 +150,8 @@ def test_a_guidance_weight_change_rescores_that_setting_only(smoke):
 def test_forcerun_reruns_one_stage(smoke):
     workdir, _ = smoke
     counts = dry_run(workdir, "--configfile", workdir / "smoke.yaml", "--forcerun", "phema")
-    assert counts.get("phema") == 2
-    assert not {"train", "score", "convert"} & set(counts)
+    assert counts.get("phema") == 3  # tiny, tiny-uncond, and tiny at 1Ki as the autoguidance guide
+    assert not {"train", "score", "score_sweep", "search_eval", "convert"} & set(counts)
 
 
 def test_removing_an_ema_length_is_consistent_after_one_run(smoke, tmp_path):
@@ -116,9 +161,13 @@ def test_removing_an_ema_length_is_consistent_after_one_run(smoke, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)  # results and .snakemake metadata, mtimes kept
 
-    configfile = edited(copy, config, "fewer.yaml", lambda c: c["phema"].update(grid="0.050,0.100"))
+    def fewer(c):
+        c["phema"].update(grid="0.050,0.100")
+        c["guidance"][2].update(stds=[0.100], guide_std=[0.050])  # the lengths it scores stay on the grid
+
+    configfile = edited(copy, config, "fewer.yaml", fewer)
     counts = dry_run(copy, "--configfile", configfile)
-    assert "score" not in counts and counts.get("aggregate") == 1 and counts.get("phema") == 2
+    assert "score" not in counts and counts.get("aggregate") == 1 and counts.get("phema") == 3
     snakemake(copy, "--cores", "2", "--configfile", configfile)
     results = copy / "results"
     with open(results / "tables" / "scores.csv", newline="") as f:
@@ -139,7 +188,12 @@ def test_refine_scores_finer_lengths_around_the_optimum(smoke):
     """Runs last: turning phema.refine on adds the checkpoint, the refined reconstructions and
     the fine scores to the finished smoke run, and nothing before them."""
     workdir, config = smoke
-    configfile = edited(workdir, config, "refine.yaml", lambda c: c["phema"].update(refine=True, refine_points=1))
+
+    def refine(c):
+        c["phema"].update(refine=True, refine_points=1)
+        del c["guidance"][2], c["search"]  # refine leaves out a guide taken before its end (checked at start)
+
+    configfile = edited(workdir, config, "refine.yaml", refine)
     proc = snakemake(workdir, "--cores", "2", "--configfile", configfile)
     log = proc.stdout + proc.stderr
     assert "rule train:" not in log and "rule phema:" not in log

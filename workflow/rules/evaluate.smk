@@ -33,3 +33,98 @@ rule score:
         "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
         " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
         " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+
+
+# A 2-D EMA sweep (guide_std a list or 'grid'): the guide's EMA length is in the file name.
+use rule score as score_sweep with:
+    output:
+        SCORE_SWEEP,
+    log:
+        log_file("score", "{run}/{guidance}/ema-{std}-guide-{gstd}"),
+    benchmark:
+        bench_file("score", "{run}/{guidance}/ema-{std}-guide-{gstd}")
+
+
+# --- The cached guidance search (config `search`, docs/evaluation.md#the-guidance-search) --------
+# One job per evaluated setting (a file named after it, shared by the searches of the same
+# guidance setting and EMA lengths), one checkpoint per round (its state names the next round's
+# points), and the result: the best of the confirmations at score.num x score.seeds_ranges.
+
+
+rule search_eval:
+    input:
+        unpack(search_eval_inputs),
+    output:
+        SEARCH_EVAL,
+    log:
+        log_file("search_eval", "{run}/{guidance}/ema-{std}-guide-{gstd}/{point}"),
+    benchmark:
+        bench_file("search_eval", "{run}/{guidance}/ema-{std}-guide-{gstd}/{point}")
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    params:
+        net=lambda wc: net_file(wc.run, wc.std),
+        ref=ref_stats(),
+        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
+        seed=config["score"]["seed"],
+        steps=config["score"]["steps"],
+        batch=config["score"]["batch"],
+        guide=search_eval_args,
+        eager=sampling_mode_arg(),
+        extra=config["score"]["extra_args"],
+    shell:
+        "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
+        " --metrics {params.metrics} --seed {params.seed} --steps {params.steps} --batch {params.batch}"
+        " {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+
+
+checkpoint search_round:
+    """The state after a screening round: every evaluation so far, the best, the next points."""
+    input:
+        unpack(search_round_inputs),
+    output:
+        SEARCH_STATE,
+    log:
+        log_file("search_round", "{search}/{run}/{metric}/round-{round}"),
+    benchmark:
+        bench_file("search_round", "{search}/{run}/{metric}/round-{round}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("search_round")
+    resources:
+        **rule_resources("search_round"),
+    params:
+        plan=lambda wc: SEARCHES[wc.search]["args"],
+        statistic=config["score"]["statistic"],
+        evals=lambda wc, input: input.get("evals", []),  # (none while a dry run has not reached the round)
+    shell:
+        "python -m edm2 report search-round {params.plan} --round {wildcards.round} --run {wildcards.run}"
+        " --metric {wildcards.metric} --statistic {params.statistic} --out {output:q} {params.evals:q} > {log:q} 2>&1"
+
+
+rule search_result:
+    """The best of the confirmed settings (the round after the last screening round)."""
+    input:
+        unpack(search_result_inputs),
+    output:
+        SEARCH_RESULT,
+    log:
+        log_file("search_result", "{search}/{run}/{metric}"),
+    benchmark:
+        bench_file("search_result", "{search}/{run}/{metric}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("search_round")
+    resources:
+        **rule_resources("search_round"),
+    params:
+        plan=lambda wc: SEARCHES[wc.search]["args"],
+        round=lambda wc: SEARCHES[wc.search]["plan"].rounds,
+        statistic=config["score"]["statistic"],
+        evals=lambda wc, input: input.get("evals", []),
+    shell:
+        "python -m edm2 report search-round {params.plan} --round {params.round} --run {wildcards.run}"
+        " --metric {wildcards.metric} --statistic {params.statistic} --out {output:q} {params.evals:q} > {log:q} 2>&1"

@@ -219,3 +219,66 @@ rule report:
     shell:
         "python -m edm2 report summary --best {input.best:q} --table {input.tables[1]:q} {params.samples}"
         " --md {output.md:q} --html {output.html:q} {input.plots:q} > {log:q} 2>&1"
+
+
+rule heatmap:
+    """The autoguidance paper's heat map (Fig. 3c): the metric over the main net's and the guide's
+    EMA lengths, for a guidance setting that sweeps both (guide_std a list or 'grid')."""
+    input:
+        SCORES_CSV,
+    output:
+        report(
+            expand(EMA_HEATMAP, ext=PLOT_EXTS, allow_missing=True),
+            caption="../report/heatmap.rst",
+            category="Plots",
+            subcategory="Autoguidance EMA",
+        ),
+    log:
+        log_file("heatmap", "{guidance}-{metric}"),
+    benchmark:
+        bench_file("heatmap", "{guidance}-{metric}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("heatmap")
+    resources:
+        **rule_resources("heatmap"),
+    params:
+        stem=lambda wc, output: os.path.splitext(output[0])[0],
+    shell:
+        "python -m edm2 report heatmap --scores {input:q} --guidance {wildcards.guidance} --metric {wildcards.metric}"
+        " --out {params.stem:q} > {log:q} 2>&1"
+
+
+rule search_report:
+    """A guidance search's table (best setting, confirmed value, reported value) and its plot of
+    the metric along each searched axis."""
+    input:
+        lambda wc: search_states(wc.search),
+    output:
+        table=report(
+            expand(SEARCH_TABLE, ext=["csv"], allow_missing=True),
+            caption="../report/search.rst",
+            category="Guidance search",
+        ),
+        md=expand(SEARCH_TABLE, ext=["md"], allow_missing=True),
+        plot=report(
+            expand(SEARCH_PLOT, ext=PLOT_EXTS, allow_missing=True),
+            caption="../report/search.rst",
+            category="Guidance search",
+        ),
+    log:
+        log_file("search_report", "{search}"),
+    benchmark:
+        bench_file("search_report", "{search}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("search_report")
+    resources:
+        **rule_resources("search_report"),
+    params:
+        reported=lambda wc: " ".join(f"--reported {run}={v:g}" for run, v in SEARCHES[wc.search]["reported"].items()),
+        table=lambda wc, output: os.path.splitext(output.table[0])[0],
+        plot=lambda wc, output: os.path.splitext(output.plot[0])[0],
+    shell:
+        "python -m edm2 report search --search {wildcards.search} {params.reported} --table {params.table:q}"
+        " --plot {params.plot:q} {input:q} > {log:q} 2>&1"

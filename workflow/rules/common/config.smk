@@ -1,7 +1,8 @@
 # Configuration: the config validated against workflow/schemas/config.schema.yaml (defaults
 # filled in), and what the rules compute from it: the settings of every model (trained,
-# released-raw, released), the guidance settings, the EMA grid, and the identity of each run
-# (the hash in its folder name).
+# released-raw, released), the guidance settings (autoguidance: the guide's training point and
+# EMA sweep), the guidance searches, the EMA grid, and the identity of each run (the hash in its
+# folder name).
 #
 # Everything in workflow/rules/ is plain Python evaluated when the DAG is built. It must stay
 # cheap (the paper configs dry-run in seconds) and may not import torch: the Snakemake process
@@ -29,6 +30,8 @@ from edm2.errors import ConfigError
 from edm2.naming import std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
+from edm2.search import AXES as SEARCH_AXES
+from edm2.search import SearchPlan, parse_grid
 from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
 from edm2.train.options import parse_options as parse_train_options
 from edm2.utils import parse_nimg as _parse_nimg
@@ -251,6 +254,62 @@ SCORED_RUNS = [name for name, m in MODELS.items() if m["score"]]
 RAW_RUNS = [name for name, m in MODELS.items() if m["source"] == "released-raw"]
 
 
+def _guide_kimg(name, g):
+    """The training kimg the guide is reconstructed at (autoguidance: an early point of its run):
+    `guide_kimg`, or `guide_fraction` of the guide's duration (the released autoguidance presets
+    take the XS at 1/16, EDM2-S 2147483 kimg -> XS 134217), else the guide's last snapshot. For a
+    trained guide it must be the kimg of one of its snapshots (what `edm2 phema --outkimg` reads)."""
+    m = MODELS[g["guide"]]
+    if g.get("guide_kimg") is not None and g.get("guide_fraction") is not None:
+        raise WorkflowError(f"guidance[{name}]: give `guide_kimg` or `guide_fraction`, not both")
+    if m["source"] != "train":  # released-raw: the snapshots are known after the download only
+        if g.get("guide_fraction") is not None:
+            raise WorkflowError(
+                f"guidance[{name}].guide_fraction: the guide {g['guide']!r} is released-raw; give `guide_kimg`"
+            )
+        return int(g.get("guide_kimg") or m["kimg"])
+    snapshot, duration = m["resolved"].snapshot, m["duration_nimg"]
+    kimgs = [k * snapshot // 1000 for k in range(1, duration // snapshot + 1)]
+    if g.get("guide_fraction") is not None:
+        frac = g["guide_fraction"]
+        num, _, den = str(frac).partition("/")
+        value = float(num) / float(den) if den else float(num)
+        if not 0 < value <= 1:
+            raise WorkflowError(f"guidance[{name}].guide_fraction: {frac} is not in (0, 1]")
+        nimg = duration * value
+        if abs(nimg / snapshot - round(nimg / snapshot)) > 1e-9 or round(nimg / snapshot) < 1:
+            raise WorkflowError(
+                f"guidance[{name}].guide_fraction: {frac} of {g['guide']}'s duration {format_nimg(duration)} is not a "
+                f"snapshot time (a multiple of snapshot={format_nimg(snapshot)}); choose another fraction or snapshot"
+            )
+        return round(nimg / snapshot) * snapshot // 1000
+    if g.get("guide_kimg") is not None:
+        if g["guide_kimg"] not in kimgs:
+            shown = ", ".join(map(str, kimgs[:8])) + (", ..." if len(kimgs) > 8 else "")
+            raise WorkflowError(
+                f"guidance[{name}].guide_kimg: {g['guide']} has no snapshot at kimg {g['guide_kimg']}; its snapshots: {shown}"
+            )
+        return int(g["guide_kimg"])
+    return m["kimg"]
+
+
+def _std_choice(name, key, value, default):
+    """An entry's EMA lengths: None -> `default`; 'grid' -> phema.grid; a number, a list or text
+    with '...' (as phema.grid) -> those ('0.xyz'), each of which must be on phema.grid."""
+    if value is None:
+        return default
+    if value == "grid":
+        return list(GRID)
+    try:  # a number, a list, or text with the '...' of phema.grid
+        stds = [std_text(v) for v in parse_std_list(value)]
+    except ConfigError as e:
+        raise WorkflowError(f"guidance[{name}].{key}: {e}") from None
+    missing = [s for s in stds if s not in GRID]
+    if missing:
+        raise WorkflowError(f"guidance[{name}].{key}: {', '.join(missing)} not in phema.grid; add them there")
+    return sorted(dict.fromkeys(stds), key=float)
+
+
 def _guidance_settings():
     settings = {}
     for g in config["guidance"]:
@@ -277,10 +336,20 @@ def _guidance_settings():
             missing = [r for r in g["runs"] if r not in g["weight"]]
             if missing:
                 raise WorkflowError(f"guidance[{name}].weight: no weight for {missing}")
-        if g["guide"] is None and any(guidance_weight(g, r) != 1 for r in g["runs"]):
-            raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
-        if g["guide_std"] != "same" and std_text(g["guide_std"]) not in GRID:
-            raise WorkflowError(f"guidance[{name}].guide_std {g['guide_std']} is not in phema.grid; add it there")
+        if g["guide"] is None:
+            if any(guidance_weight(g, r) != 1 for r in g["runs"]):
+                raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
+            for key in ("guide_kimg", "guide_fraction"):
+                if g.get(key) is not None:
+                    raise WorkflowError(f"guidance[{name}].{key}: needs a `guide` model")
+        else:
+            g["guide_kimg"] = _guide_kimg(name, g)
+        # The EMA lengths scored: the main net's (`stds`, default the grid) and the guide's
+        # (`guide_std`: 'same' as the main net, or one or several of the grid: then every main
+        # length with every guide length, the autoguidance paper's 2-D EMA sweep).
+        g["stds"] = _std_choice(name, "stds", g.get("stds"), None)
+        g["guide_stds"] = None if g["guide_std"] == "same" else _std_choice(name, "guide_std", g["guide_std"], None)
+        g["sweep"] = g["guide_stds"] is not None and not isinstance(g["guide_std"], (int, float))
         settings[name] = g
     return settings
 
@@ -294,9 +363,108 @@ def is_guided(g, run):
     return g["guide"] is not None and guidance_weight(g, run) != 1.0
 
 
+def scored_points(run, g):
+    """The (main std, guide std) pairs scored for a run under guidance setting `g`: every main
+    length (the entry's `stds`, else the run's) with the guide's length ('same': the main one;
+    None: unguided). A 2-D sweep (`guide_std` a list or 'grid') pairs every main length with
+    every guide length."""
+    setting = GUIDANCE[g]
+    stds = [s for s in run_stds(run) if setting["stds"] is None or s in setting["stds"]]
+    if not is_guided(setting, run):
+        return [(s, None) for s in stds]
+    if setting["guide_stds"] is None:
+        return [(s, s) for s in stds]
+    return [(s, gs) for s in stds for gs in setting["guide_stds"]]
+
+
 GUIDANCE = _guidance_settings()
 # (run, guidance) pairs that are scored.
 SCORED = [(run, g) for g in GUIDANCE for run in GUIDANCE[g]["runs"] if MODELS[run]["score"]]
+
+
+# --- The cached guidance search (docs/evaluation.md#the-guidance-search) -------------------------
+# A `search` entry minimises each of its metrics over the guidance weight (and, with an interval,
+# sigma_hi then sigma_lo) of a guided `guidance` entry, at fixed EMA lengths of the main net and
+# the guide: a coarse grid and bisection rounds on a smaller image count, then the confirmation of
+# the best at score.num x score.seeds_ranges (edm2.search.SearchPlan). Every evaluation is a file
+# named after its setting, so a changed grid or more rounds re-use every evaluation made.
+
+
+def _per_run(name, key, value, run):
+    """A number, or {run: number}, for one run."""
+    if isinstance(value, dict):
+        if run not in value:
+            raise WorkflowError(f"search[{name}].{key}: no value for run {run!r}")
+        return value[run]
+    return value
+
+
+def _search_settings():
+    settings = {}
+    for entry in config["search"]:
+        name = entry["name"]
+        if name in settings:
+            raise WorkflowError(f"search: the name {name!r} is used twice")
+        g = entry["guidance"]
+        if g not in GUIDANCE:
+            raise WorkflowError(f"search[{name}].guidance: no guidance setting named {g!r}")
+        setting = GUIDANCE[g]
+        if setting["guide"] is None:
+            raise WorkflowError(f"search[{name}].guidance: {g!r} has no `guide`; a search needs a guided setting")
+        runs = entry.get("runs") or [r for r in setting["runs"] if MODELS[r]["score"]]
+        unknown = [r for r in runs if r not in setting["runs"]]
+        if unknown:
+            raise WorkflowError(f"search[{name}].runs: {unknown} not among guidance[{g}].runs {setting['runs']}")
+        metrics = entry.get("metrics") or setting["metrics"]
+        unknown = [m for m in metrics if m not in setting["metrics"]]
+        if unknown:
+            raise WorkflowError(
+                f"search[{name}].metrics: {unknown} not among guidance[{g}].metrics {setting['metrics']}"
+            )
+        try:
+            plan = SearchPlan(
+                axes=tuple(
+                    (axis, tuple(parse_grid(entry[axis], f"search[{name}].{axis}")))
+                    for axis in SEARCH_AXES
+                    if entry.get(axis) is not None
+                ),
+                bisect=entry.get("bisect", 2),
+                num=entry.get("num", 5000),
+                ranges=entry.get("seeds_ranges", 1),
+                full_num=config["score"]["num"],
+                full_ranges=config["score"]["seeds_ranges"],
+                confirm=entry.get("confirm", 1),
+            )
+        except ConfigError as e:
+            raise WorkflowError(f"search[{name}]: {e}") from None
+        stds = {}
+        for run in runs:
+            std = std_text(_per_run(name, "std", entry["std"], run))
+            gstd = entry.get("guide_std", "same")
+            gstd = std if gstd == "same" else std_text(_per_run(name, "guide_std", gstd, run))
+            for key, value in (("std", std), ("guide_std", gstd)):
+                if value not in GRID:
+                    raise WorkflowError(f"search[{name}].{key}: {value} is not in phema.grid; add it there")
+            stds[run] = (std, gstd)
+        reported = entry.get("reported") or {}
+        if not isinstance(reported, dict):
+            reported = {run: reported for run in runs}
+        settings[name] = {"name": name, "guidance": g, "runs": runs, "metrics": metrics, "plan": plan}
+        settings[name].update(stds=stds, reported=reported, args=_plan_args(plan))
+    return settings
+
+
+def _plan_args(plan):
+    """The plan as the options of `edm2 report search-round` (edm2.commands.report)."""
+    args = []
+    for axis, grid in plan.axes:
+        args.append(f"--{axis.replace('_', '-')} {','.join(f'{v:g}' for v in grid)}")
+    args.append(f"--bisect {plan.bisect} --num {plan.num} --ranges {plan.ranges}")
+    args.append(f"--full-num {plan.full_num} --full-ranges {plan.full_ranges} --confirm {plan.confirm}")
+    return " ".join(args)
+
+
+SEARCHES = _search_settings()
 
 
 # --- Configs of the ablation ladder (edm2.train.configs) ---------------------------------------
@@ -336,6 +504,12 @@ if REFINE and any(is_traditional(run) for run in SCORED_RUNS):
     raise WorkflowError(
         "phema.refine: config A runs keep one traditional EMA, which has no grid to refine; set phema.refine: false"
     )
+for _name, _g in GUIDANCE.items():
+    if REFINE and _g["guide"] is not None and (_g["sweep"] or _g["guide_kimg"] != MODELS[_g["guide"]]["kimg"]):
+        raise WorkflowError(
+            f"guidance[{_name}]: phema.refine refines the main EMA length only, with a guide at its last snapshot and "
+            "one guide_std; set phema.refine: false for a guide_std sweep or an early guide (guide_kimg, guide_fraction)"
+        )
 
 
 # --- Identity of a run (the hash in its folder name) ---------------------------------------------

@@ -5,7 +5,8 @@
 #   runs/<run>/train-<opts>/training-done.json        a trained run (opts: hash of its options)
 #   runs/<run>/raw-<selection>/, .SHA256SUMS          a released-raw run's downloaded snapshots
 #   runs/<run>/phema/phema-<kimg>-<std>.safetensors   the EMA grid, runs/<run>/phema-refine/ finer
-#   scores/<run>/<guidance>/ema-<std>.json            one score
+#   scores/<run>/<guidance>/ema-<std>.json            one score (ema-<std>-guide-<std>: a 2-D EMA sweep)
+#   search/evals/..., search/<search>/...             the guidance search's evaluations and rounds
 #   tables/, plots/, summary.{md,html}                aggregates, figures, the summary page
 #   released/nets/<file>, released/scores/<name>.json released nets and their scores
 #   logs/<rule>/..., benchmarks/<rule>/...            one log and one benchmark per job
@@ -26,6 +27,9 @@ WC = {
     "std": r"\d\.\d{3}",
     "kimg": r"\d{7}",
     "opts": r"[0-9a-f]{8}",
+    "metric": r"fid|fd_dinov2|fd_cnn",
+    "point": r"w\d+\.\d{3}[a-z0-9.-]*",  # edm2.search.Point.name
+    "round": r"\d+",
 }
 
 
@@ -101,18 +105,21 @@ def train_done(run):
     return fill(TRAIN_DONE, run=run, opts=RUN_OPTS[run])
 
 
-def _net_fields(run, std):
-    """The wildcards of a reconstructed network's file: kimg in 7 digits, std in 3 decimals."""
-    return {"run": run, "kimg": f"{int(MODELS[run]['kimg']):07d}", "std": std_text(std)}
+def _net_fields(run, std, kimg=None):
+    """The wildcards of a reconstructed network's file: kimg in 7 digits (the run's last snapshot
+    unless given), std in 3 decimals."""
+    kimg = MODELS[run]["kimg"] if kimg is None else kimg
+    return {"run": run, "kimg": f"{int(kimg):07d}", "std": std_text(std)}
 
 
 def phema_dir(run):
     return fill(PHEMA_DIR, run=run)
 
 
-def phema_file(run, std):
-    """The network of `run` reconstructed at `std` of the coarse grid."""
-    return fill(PHEMA_NET, **_net_fields(run, std))
+def phema_file(run, std, kimg=None):
+    """The network of `run` reconstructed at `std` of the coarse grid (at training `kimg`: an
+    early guide, for autoguidance)."""
+    return fill(PHEMA_NET, **_net_fields(run, std, kimg))
 
 
 def refine_dir(run):
@@ -137,6 +144,7 @@ def traditional_snapshot(run):
 # --- Scores, tables, plots, summary ---------------------------------------------------------------
 
 SCORE = f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}.json"
+SCORE_SWEEP = f"{RESULTS}/scores/{{run}}/{{guidance}}/ema-{{std}}-guide-{{gstd}}.json"  # 2-D EMA sweep
 REFINE_GRID = f"{RESULTS}/refine/grid.json"
 RESULT_SET = f"{RESULTS}/tables/result-set.txt"
 SCORES_CSV = f"{RESULTS}/tables/scores.csv"
@@ -149,13 +157,57 @@ GFLOPS_PLOT = f"{RESULTS}/plots/gflops-{{metric}}.{{ext}}"
 LOSS_PLOT = f"{RESULTS}/plots/training-loss.{{ext}}"
 SAMPLE_GRID = f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png"
 SAMPLE_IMAGES = f"{RESULTS}/plots/samples/{{run}}/.{{guidance}}-images"  # scratch folder of a grid
+EMA_HEATMAP = f"{RESULTS}/plots/ema-heatmap-{{guidance}}-{{metric}}.{{ext}}"  # autoguidance Fig. 3c
 SUMMARY = f"{RESULTS}/summary.{{ext}}"
 PLOT_EXTS = ["png", "svg"]
 TABLE2_EXTS = ["csv", "md", "tex"]
 
 
-def score_file(run, guidance, std):
+def score_file(run, guidance, std, gstd=None):
+    """The score of `run` at EMA length `std` under a guidance setting; with a 2-D EMA sweep of
+    the setting, the guide's length `gstd` is in the name too."""
+    if GUIDANCE[guidance]["sweep"] and gstd is not None:
+        return fill(SCORE_SWEEP, run=run, guidance=guidance, std=std, gstd=gstd)
     return fill(SCORE, run=run, guidance=guidance, std=std)
+
+
+def heatmap_files():
+    """The EMA heat maps of the guidance settings that sweep the guide's EMA length."""
+    return [
+        fill(EMA_HEATMAP, guidance=g, metric=m, ext=ext)
+        for g, setting in GUIDANCE.items()
+        if setting["sweep"] and any(run in SCORED_RUNS for run in setting["runs"])
+        for m in setting["metrics"]
+        for ext in PLOT_EXTS
+    ]
+
+
+# --- The guidance search (config `search`) --------------------------------------------------------
+
+# One evaluation: run, guidance setting (its guide), the EMA lengths, and the point's name
+# (edm2.search.Point.name: weight, interval, image count, seed ranges).
+SEARCH_EVAL = f"{RESULTS}/search/evals/{{run}}/{{guidance}}/ema-{{std}}-guide-{{gstd}}/{{point}}.json"
+SEARCH_STATE = f"{RESULTS}/search/{{search}}/{{run}}/{{metric}}/round-{{round}}.json"
+SEARCH_RESULT = f"{RESULTS}/search/{{search}}/{{run}}/{{metric}}/result.json"
+SEARCH_TABLE = f"{RESULTS}/tables/search-{{search}}.{{ext}}"
+SEARCH_PLOT = f"{RESULTS}/plots/search-{{search}}.{{ext}}"
+
+
+def search_eval_file(search, run, point):
+    """The evaluation of one point of a search (shared with every search of the same setting)."""
+    s = SEARCHES[search]
+    std, gstd = s["stds"][run]
+    return fill(SEARCH_EVAL, run=run, guidance=s["guidance"], std=std, gstd=gstd, point=point)
+
+
+def search_files():
+    """Each search's table and plot."""
+    return [
+        fill(p, search=s, ext=ext)
+        for s in SEARCHES
+        for p, exts in ((SEARCH_TABLE, ("csv", "md")), (SEARCH_PLOT, PLOT_EXTS))
+        for ext in exts
+    ]
 
 
 def plot_files():

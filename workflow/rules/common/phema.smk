@@ -43,4 +43,4 @@ def refine_phema_stds(run):
 
 def coarse_scores():
     """The score JSONs of the coarse EMA grid (what refine_grid chooses from)."""
-    return [score_file(run, g, std) for run, g in SCORED for std in run_stds(run)]
+    return [score_file(run, g, std, gstd) for run, g in SCORED for std, gstd in scored_points(run, g)]

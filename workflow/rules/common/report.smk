@@ -16,10 +16,13 @@ def phema_inputs_for_samples(wildcards):
     """Every network the sample grid of (run, guidance) may pick (ancient: only their presence
     matters; the choice comes from the scores)."""
     run, g = wildcards.run, wildcards.guidance
-    runs = [run]
-    if is_guided(GUIDANCE[g], run):
-        runs.append(GUIDANCE[g]["guide"])
-    files = [net_input(r, std) for r in runs for std in run_stds(r)]
+    setting = GUIDANCE[g]
+    points = scored_points(run, g)
+    files = [net_input(run, std) for std, _ in points]
+    if is_guided(setting, run):
+        files.extend(guide_file(setting, gstd)[1] for _, gstd in points)
     if REFINE:
-        files.extend(refine_dir(r) for r in runs)
+        files.append(refine_dir(run))
+        if is_guided(setting, run):
+            files.append(refine_dir(setting["guide"]))
     return [ancient(f) for f in dict.fromkeys(files)]
