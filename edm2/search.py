@@ -141,6 +141,10 @@ class SearchPlan:
                 key=lambda p: (screened[p], p.setting_key()),
             ).value(axis)
             values = _midpoints(line, centre)
+        if axis == "sigma_hi":  # an interval (lo, hi] must not be empty
+            values = [v for v in values if v > fixed["sigma_lo"]]
+        elif axis == "sigma_lo" and fixed["sigma_hi"] is not None:
+            values = [v for v in values if v < fixed["sigma_hi"]]
         new = []
         for v in values:
             p = self._screen(**{**fixed, axis: v})

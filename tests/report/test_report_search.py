@@ -127,3 +127,13 @@ def test_heat_map_of_a_two_dimensional_ema_sweep(tmp_path):
     paths = plot_ema_heatmap(rows, "autog", "fid", tmp_path / "heat")
     svg = paths[1].read_text()
     assert "best 1.3 at (0.070, 0.125)" in svg and "134217 kimg" in svg
+
+
+def test_no_empty_interval_is_planned():
+    """sigma_hi above sigma_lo = 0 only; sigma_lo below the best sigma_hi only (the sampler
+    refuses an empty interval (lo, hi])."""
+    plan = SearchPlan((("weight", (2.0,)), ("sigma_hi", (0.0, 1.0, 3.0)), ("sigma_lo", (0.5, 1.0, 2.0))), 0, 8, 1, 8, 1)
+    weight_round = {Point(2.0, 8, 1): 1.0}
+    assert [p.sigma_hi for p in plan.points(1, weight_round)] == [1.0, 3.0]
+    history = {**weight_round, Point(2.0, 8, 1, sigma_hi=1.0, sigma_lo=0.0): 0.5}
+    assert [p.sigma_lo for p in plan.points(2, history)] == [0.5]

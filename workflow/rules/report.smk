@@ -196,11 +196,12 @@ rule samples:
 
 
 rule report:
-    """A one-page summary (Markdown and self-contained HTML) of the tables, plots and samples."""
+    """A one-page summary (Markdown and self-contained HTML) of the tables, plots (EMA heat maps
+    and guidance searches included) and samples."""
     input:
         best=BEST_CSV,
         tables=table_files(),
-        plots=plot_files(),
+        plots=plot_files() + heatmap_files() + search_plot_files(),
         samples=sample_files(),
     output:
         md=fill(SUMMARY, ext="md"),

@@ -200,14 +200,14 @@ def search_eval_file(search, run, point):
     return fill(SEARCH_EVAL, run=run, guidance=s["guidance"], std=std, gstd=gstd, point=point)
 
 
+def search_plot_files():
+    """Each search's plot (the metric along each searched axis)."""
+    return [fill(SEARCH_PLOT, search=s, ext=ext) for s in SEARCHES for ext in PLOT_EXTS]
+
+
 def search_files():
     """Each search's table and plot."""
-    return [
-        fill(p, search=s, ext=ext)
-        for s in SEARCHES
-        for p, exts in ((SEARCH_TABLE, ("csv", "md")), (SEARCH_PLOT, PLOT_EXTS))
-        for ext in exts
-    ]
+    return [fill(SEARCH_TABLE, search=s, ext=ext) for s in SEARCHES for ext in ("csv", "md")] + search_plot_files()
 
 
 def plot_files():
