@@ -73,8 +73,8 @@ def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(wor
 def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-released.yaml")
     counts = job_counts(proc.stdout + proc.stderr)
-    presets = 30  # the img512 generation presets: 12 plain, 12 guided, 6 autoguided
-    nets = 43  # the distinct main and guiding nets of those presets (edm2.presets)
+    presets = 34  # the img512 generation presets: 12 plain, 12 guided, 6 autoguided, 4 with a guidance interval
+    nets = 43  # the distinct main and guiding nets of those presets (edm2.presets; the interval rows add none)
     assert counts == {"download_net": nets, "score_released": presets, "released_table": 1, "all": 1}
     commands = shell_commands(proc.stdout)
     (autog,) = [c for c in commands if "--json results/img512-released/released/scores/s-autog-fid.json" in c]
@@ -82,8 +82,12 @@ def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     assert "--gnet results/img512-released/released/nets/edm2-img512-xs-0134217-0.125.pkl --guidance 2.1" in autog
     assert "--metrics fid --num 50000 --seed 0 --seeds-ranges 3" in autog
     assert "--ref https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl" in autog
+    (interval,) = [c for c in commands if "--json results/img512-released/released/scores/xxl-interval-fid.json" in c]
+    assert "--net results/img512-released/released/nets/edm2-img512-xxl-0939524-0.015.pkl" in interval
+    assert "edm2-img512-xs-uncond-2147483-0.015.pkl --guidance 2 --guidance_start 17 --guidance_stop 22" in interval
     (table,) = [c for c in commands if "edm2 report released" in c]
     assert "--reported s-autog-fid=fid:1.34" in table and "--reported xxl-dino=fd_dinov2:42.84" in table
+    assert "--reported s-interval-dino=fd_dinov2:46.25" in table
 
 
 def test_paths_with_spaces_reach_every_command_as_one_argument(workdir, tmp_path):

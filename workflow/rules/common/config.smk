@@ -29,6 +29,7 @@ from edm2.errors import ConfigError
 from edm2.naming import std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
+from edm2.sample.options import interval_options
 from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
 from edm2.train.options import parse_options as parse_train_options
 from edm2.utils import parse_nimg as _parse_nimg
@@ -200,6 +201,14 @@ def _raw_settings(entry):
     return settings
 
 
+def _interval(where, entry):
+    """The guidance-interval keys of a config entry, checked by the sampler's option table."""
+    try:
+        return interval_options(entry, config["score"]["steps"])
+    except ConfigError as e:
+        raise WorkflowError(f"{where}: {e}") from None
+
+
 def _released_net_settings(entry):
     """A `source: released` model: the URLs of its nets, its guidance and the reported value."""
     name = entry["name"]
@@ -212,12 +221,13 @@ def _released_net_settings(entry):
             )
         p = GENERATION_PRESETS[preset]
         s.update(net=_released_url(p.net), gnet=_released_url(p.gnet), guidance=p.guidance)
-        s.update(metric=p.metric, reported=p.value, preset=preset)
+        s.update(metric=p.metric, reported=p.value, preset=preset, interval=p.sampler)
     elif entry.get("net"):
         s.update(net=entry["net"], gnet=entry.get("gnet"), guidance=float(entry.get("guidance", 1.0)), preset=None)
-        s.update(metric=None, reported=None)
+        s.update(metric=None, reported=None, interval={})
     else:
         raise WorkflowError(f"models[{name}]: a released model needs `generation_preset` or `net` (a URL)")
+    s["interval"] = _interval(f"models[{name}]", entry) or s["interval"]  # its own interval wins
     for key in ("net", "gnet", "guidance"):
         if entry.get(key) is not None:
             s[key] = float(entry[key]) if key == "guidance" else entry[key]
@@ -281,6 +291,7 @@ def _guidance_settings():
             raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
         if g["guide_std"] != "same" and std_text(g["guide_std"]) not in GRID:
             raise WorkflowError(f"guidance[{name}].guide_std {g['guide_std']} is not in phema.grid; add it there")
+        g["interval"] = _interval(f"guidance[{name}]", g)
         settings[name] = g
     return settings
 

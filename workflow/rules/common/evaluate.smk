@@ -4,6 +4,7 @@
 import shlex
 
 from edm2.naming import std_text
+from edm2.sample.options import command_line
 from snakemake.exceptions import WorkflowError
 
 
@@ -52,6 +53,7 @@ def score_args(wildcards):
         guide_std = std if setting["guide_std"] == "same" else std_text(setting["guide_std"])
         args.append(f"--gnet {shlex.quote(net_file(setting['guide'], guide_std))}")
         args.append(f"--guidance {guidance_weight(setting, run):g}")
+        args += command_line(setting["interval"])  # the guidance interval (edm2.sample.options)
     if "fd_cnn" in setting["metrics"]:
         args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
     return " ".join(args)
