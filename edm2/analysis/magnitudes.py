@@ -27,10 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edm2.analysis import DEFAULT_NUM_SAMPLES, DEFAULT_SEED
 from edm2.errors import ConfigError, DataError, FormatError
 
-DEFAULT_NUM_SAMPLES = 4096  # inputs of the activation measurement (Appendix A.6)
-DEFAULT_SEED = 0  # of the inputs: the same draws for every network, so that values compare
 # ln(sigma) ~ N(P_mean, P_std^2) of each config's training (EDM2 Eq. 16; Figs. 16-22): A is EDM's.
 NOISE_DISTRIBUTION = {"A": (-1.2, 1.2)}
 DEFAULT_NOISE_DISTRIBUTION = (-0.4, 1.0)  # B-G

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edm2.analysis import DEFAULT_NUM_SAMPLES, DEFAULT_SEED
 from edm2.commands.paths import OutputDir, OutputFile
 from edm2.errors import ConfigError
 
@@ -48,8 +49,16 @@ def analyze():
 @click.option("--data", default=None, help="Dataset (ZIP or folder) for the activations  [default: weights only]")
 @click.option("--out", type=OutputFile("magnitudes JSON"), default=None, help="JSON file (one NET)")
 @click.option("--outdir", type=OutputDir("output folder"), default=None, help="Folder of <NET name>.json (any NETs)")
-@click.option("--num", type=click.IntRange(min=1), default=4096, show_default=True, help="Samples of the activations")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the samples' draws")
+@click.option(
+    "--num",
+    type=click.IntRange(min=1),
+    default=DEFAULT_NUM_SAMPLES,
+    show_default=True,
+    help="Samples of the activations",
+)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True, help="Seed of the samples' draws"
+)
 @click.option("--P_mean", "P_mean", type=float, default=None, help="ln(sigma) mean  [default: the network's training]")
 @click.option("--P_std", "P_std", type=float, default=None, help="ln(sigma) std  [default: the network's training]")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Samples per forward")
