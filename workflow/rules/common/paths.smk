@@ -5,6 +5,7 @@
 #   runs/<run>/train-<opts>/training-done.json        a trained run (opts: hash of its options)
 #   runs/<run>/raw-<selection>/, .SHA256SUMS          a released-raw run's downloaded snapshots
 #   runs/<run>/phema/phema-<kimg>-<std>.safetensors   the EMA grid, runs/<run>/phema-refine/ finer
+#   runs/<run>/magnitudes/<kimg>.json                 activation/weight magnitudes of one snapshot
 #   scores/<run>/<guidance>/ema-<std>.json            one score
 #   tables/, plots/, summary.{md,html}                aggregates, figures, the summary page
 #   released/nets/<file>, released/scores/<name>.json released nets and their scores
@@ -183,6 +184,22 @@ def sample_files():
 
 def summary_files():
     return [fill(SUMMARY, ext="md"), fill(SUMMARY, ext="html")]
+
+
+# --- Magnitudes over training (EDM2 Figs. 3 and 15; `edm2 analyze magnitudes`) -------------------
+
+MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes/{{kimg}}.json"  # one snapshot of a trained run
+RAW_MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes-{{selection}}"  # every raw snapshot, weights only (a folder)
+MAGNITUDES_PLOT = f"{RESULTS}/plots/magnitudes/{{run}}.png"  # Fig. 3/15 panels of one run
+FIG15_PLOT = f"{RESULTS}/plots/fig15-magnitudes.png"  # the grid across the configs of an ablation
+
+
+def magnitude_files():
+    """Per-run magnitude plots, and the Fig. 15 grid when the models include configs other than G."""
+    if not config["magnitudes"]["enabled"]:
+        return []
+    files = [fill(MAGNITUDES_PLOT, run=run) for run in MODELS]
+    return files + ([FIG15_PLOT] if ablation_runs() else [])
 
 
 # --- Released nets (`source: released`) -----------------------------------------------------------
