@@ -40,6 +40,15 @@ def snapshot_name(prefix: str, kimg: int, std, ext: str = "safetensors") -> str:
     return f"{prefix}-{int(kimg):07d}-{std_text(std)}.{ext}"
 
 
+CERTIFICATE_EXT = "certificate.json"  # the certificate of a reconstruction, beside it (docs/phema.md#certificate)
+
+
+def certificate_name(snapshot: str) -> str:
+    """The certificate JSON beside a reconstructed snapshot:
+    'phema-0000065-0.100.safetensors' -> 'phema-0000065-0.100.certificate.json'."""
+    return snapshot.removesuffix(".safetensors") + "." + CERTIFICATE_EXT
+
+
 @dataclasses.dataclass(frozen=True)
 class SnapshotName:
     """The parts of a snapshot file name."""

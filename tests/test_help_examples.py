@@ -27,6 +27,8 @@ ORDER = [
     ("dataset", "encode"),
     ("train",),
     ("phema",),
+    ("analyze",),
+    ("analyze", "phema-profile"),
     ("generate",),
     ("flops",),
     ("metrics",),

@@ -16,7 +16,11 @@ from edm2.commands.paths import OutputDir
 @click.option("--instd", default=None, help="Only inputs with these EMA stds, e.g. 0.050,0.100")
 @click.option("--outdir", required=True, type=OutputDir("output folder"), help="Where to write the reconstructions")
 @click.option("--outprefix", default="phema", show_default=True, help="File name prefix of the outputs")
-@click.option("--outstd", required=True, help="EMA stds to reconstruct, e.g. 0.010,0.015,...,0.250 (0 < std < 0.289)")
+@click.option(
+    "--outstd",
+    required=True,
+    help="EMA stds to reconstruct, e.g. 0.010,0.015,...,0.250 (0 < std < sqrt(1/12) = 0.2887)",
+)
 @click.option("--outkimg", type=int, default=None, help="Training kimg to reconstruct at  [default: the latest input]")
 @click.option("--skip", is_flag=True, help="Skip outputs that already exist")
 @click.option("--max-memory", default="2GiB", show_default=True, help="Peak memory budget, e.g. 1GiB, 512MiB")
@@ -38,7 +42,10 @@ def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_
     """Reconstruct networks with new EMA lengths from training snapshots (EDM2 post-hoc EMA).
 
     Reads every input once, whatever the number of outputs, with peak memory under
-    --max-memory, and writes OUTDIR/<outprefix>-<kimg>-<std>.safetensors.
+    --max-memory, and writes OUTDIR/<outprefix>-<kimg>-<std>.safetensors and beside each its
+    certificate <name>.certificate.json (coefficients, relative profile error, input range).
+    Warns in one line when an output's profile error exceeds 1% or its EMA length lies outside
+    the band the inputs support (docs/phema.md#certificate).
 
     \b
     Examples:
@@ -52,6 +59,7 @@ def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_
     """
     import torch
 
+    from edm2.ema.certificate import warning_line
     from edm2.ema.phema import reconstruct_phema
 
     result = reconstruct_phema(
@@ -76,3 +84,6 @@ def phema(indir, inprefix, instd, outdir, outprefix, outstd, outkimg, skip, max_
         f"from {len(result['inputs'])} inputs to {outdir} ({result['bytes_read'] / 2**30:.2f} GiB read, "
         f"{result['wall_s']:.1f} s)"
     )
+    warning = warning_line(*result["certificate"])
+    if warning:
+        click.echo(warning, err=True)

@@ -387,9 +387,16 @@ def model_info(net, run, label, out):
 @click.option(
     "--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat)."
 )
+@click.option(
+    "--scores",
+    "scores_csv",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="scores.csv from `edm2 report aggregate`: adds the EMA sweep table with each length's profile error.",
+)
 @click.option("--md", "md_path", required=True, type=OutputFile("output"), help="Output Markdown.")
 @click.option("--html", "html_path", required=True, type=OutputFile("output"), help="Output HTML (images embedded).")
-def summary(plots, best_csv, table_md, samples, md_path, html_path):
+def summary(plots, best_csv, table_md, samples, scores_csv, md_path, html_path):
     """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
 
     \b
@@ -401,5 +408,5 @@ def summary(plots, best_csv, table_md, samples, md_path, html_path):
 
     if Path(md_path).resolve() == Path(html_path).resolve():
         raise ConfigError("--md and --html name the same file; give two different paths")
-    write_summary(best_csv, table_md, plots, samples, md_path, html_path)
+    write_summary(best_csv, table_md, plots, samples, md_path, html_path, scores_csv)
     click.echo(f"summary -> {md_path}, {html_path}")

@@ -21,14 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edm2.ema.certificate import certificates
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
 from edm2.errors import ConfigError, FormatError
-from edm2.io.atomic import made_folder
+from edm2.io.atomic import atomic_write_text, made_folder
 from edm2.io.combine import TensorFile, write_linear_combinations
 from edm2.io.official import OfficialLayouts, load_official_pickle, snapshot_fields
 from edm2.io.safetensors_stream import read_safetensors_header
 from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
-from edm2.naming import PHEMA_PREFIX, parse_snapshot_name, snapshot_name
+from edm2.naming import PHEMA_PREFIX, certificate_name, parse_snapshot_name, snapshot_name
 from edm2.nn import Precond
 from edm2.utils import kimg_to_nimg
 
@@ -164,17 +165,28 @@ def _open_input(inp: PhemaInput, scratch: Path, layouts: OfficialLayouts) -> tup
     return TensorFile(path, tensors, shown=inp.path, sha256=meta.get("sha256"), data_start=data_start), info
 
 
-def _output_metadata(info, used, coefficients, std, out_nimg, acc_dtype) -> dict:
-    """Snapshot metadata of one output: the first input's, plus in `extra.phema` the inputs and
-    the coefficients of this output."""
-    extra = dict(info["extra"])
-    extra.pop("phema", None)
-    extra["phema"] = {
+def phema_record(used, cert_common, cert_output, out_nimg, acc_dtype) -> dict:
+    """What a reconstruction records about itself (`extra.phema` of its metadata, and its
+    certificate JSON): the inputs, the coefficients of this output, and the certificate
+    (edm2.ema.certificate: profile error, whether weak, the supported band, the input range)."""
+    record = {
         "inputs": [{"file": inp.path.name, "nimg": inp.nimg, "std": inp.std} for inp in used],
-        "coefficients": [float(c) for c in coefficients],
+        "coefficients": cert_output["coefficients"],
         "out_nimg": out_nimg,
         "accumulate_dtype": str(acc_dtype).removeprefix("torch."),
     }
+    record["profile_error"] = cert_output["profile_error"]
+    record["weak"] = cert_output["weak"]
+    record.update(cert_common)
+    return record
+
+
+def _output_metadata(info, record, std, out_nimg) -> dict:
+    """Snapshot metadata of one output: the first input's, plus in `extra.phema` its record
+    (`phema_record`)."""
+    extra = dict(info["extra"])
+    extra.pop("phema", None)
+    extra["phema"] = record
     return {
         "format": FORMAT,
         "network_kwargs": json.dumps(info["network_kwargs"]),
@@ -207,9 +219,11 @@ def reconstruct_phema(
     docs/method.md): every output is `out_j = sum_i X[i, j] in_i` with the least-squares
     coefficients of Algorithm 3 (`solve_coefficients`, solved once), computed in one streaming
     pass. Writes `{outprefix}-{kimg:07d}-{std:.3f}.safetensors` into `outdir` (our snapshot
-    format: fp16 weights, metadata of the first input, and in `extra.phema` the inputs and the
-    coefficients used; buffers come from the last input). Returns a summary dict with 'outputs'
-    (paths written), 'inputs', 'out_nimg', 'coefficients' and figures of the pass. Raises
+    format: fp16 weights, metadata of the first input, and in `extra.phema` the inputs, the
+    coefficients used and the certificate of `edm2.ema.certificate`; buffers come from the last
+    input) and beside each its certificate `<name>.certificate.json` (the same record). Returns a
+    summary dict with 'outputs' (paths written), 'inputs', 'out_nimg', 'coefficients',
+    'certificate' ((common, per output) of `certificates`) and figures of the pass. Raises
     ConfigError for bad options or inputs that cannot give the outputs, FormatError for
     unreadable inputs.
     """
@@ -237,6 +251,9 @@ def reconstruct_phema(
     if not out_std:
         return result
     X = result["coefficients"] = solve_coefficients(used, out_std, out_nimg)  # the only solve of the run
+    cert_common, cert_outputs = certificates(used, X, out_std, out_nimg)
+    records = [phema_record(used, cert_common, c, out_nimg, dtype) for c in cert_outputs]
+    result["certificate"] = (cert_common, cert_outputs)
     if len({out_path(std).name for std in out_std}) != len(out_std):
         raise ConfigError("two output stds give the same file name (std:.3f); use stds at least 0.001 apart")
     with made_folder(outdir):  # removed again if the inputs turn out unusable
@@ -249,9 +266,7 @@ def reconstruct_phema(
                         f"{inp.path.name} has a different network config than {used[0].path.name}; "
                         "pick the snapshots of one run (--indir/--inprefix)"
                     )
-            metadatas = [
-                _output_metadata(infos[0], used, X[:, j], std, out_nimg, dtype) for j, std in enumerate(out_std)
-            ]
+            metadatas = [_output_metadata(infos[0], records[j], std, out_nimg) for j, std in enumerate(out_std)]
             pass_figures = write_linear_combinations(
                 list(files),
                 X,
@@ -265,6 +280,9 @@ def reconstruct_phema(
                 progress=f"phema {X.shape[0]} in -> {X.shape[1]} out" if progress else None,
             )
     result.update(pass_figures)
+    for path, std, record in zip(result["outputs"], out_std, records):
+        cert = {"network": Path(path).name, "ema_std": float(std), **record}
+        atomic_write_text(Path(path).parent / certificate_name(Path(path).name), json.dumps(cert, indent=1) + "\n")
     result["out_std"] = out_std
     result["wall_s"] = time.perf_counter() - t_start
     return result

@@ -199,6 +199,7 @@ rule report:
     """A one-page summary (Markdown and self-contained HTML) of the tables, plots and samples."""
     input:
         best=BEST_CSV,
+        scores=SCORES_CSV,
         tables=table_files(),
         plots=plot_files(),
         samples=sample_files(),
@@ -217,5 +218,6 @@ rule report:
     params:
         samples=lambda wc, input: " ".join(f"--samples {shlex.quote(f)}" for f in input.samples),
     shell:
-        "python -m edm2 report summary --best {input.best:q} --table {input.tables[1]:q} {params.samples}"
+        "python -m edm2 report summary --best {input.best:q} --scores {input.scores:q} --table {input.tables[1]:q}"
+        " {params.samples}"
         " --md {output.md:q} --html {output.html:q} {input.plots:q} > {log:q} 2>&1"
