@@ -118,28 +118,43 @@ def certificates(used, X, out_std, out_nimg) -> tuple[dict, list[dict]]:
     }
     per_output = []
     for j, std in enumerate(out_std):
-        outside = band is None or not band[0] <= round(float(std), 3) <= band[1]
         per_output.append(
             {
                 "ema_std": float(std),
                 "profile_error": float(errors[j]),
-                "weak": bool(errors[j] > ERROR_THRESHOLD or outside),
+                "weak": is_weak(std, errors[j], ERROR_THRESHOLD, band),
                 "coefficients": [float(c) for c in X[:, j]],
             }
         )
     return common, per_output
 
 
-def warning_line(common: dict, per_output: list[dict]) -> str | None:
-    """One line naming the weak outputs of a reconstruction (None when there are none)."""
-    weak = [c for c in per_output if c["weak"]]
+def is_weak(std: float, error: float, threshold: float, band) -> bool:
+    """A reconstruction is weak when its profile error exceeds the threshold or its EMA length
+    lies outside the supported band."""
+    return bool(error > threshold or band is None or not band[0] <= round(float(std), 3) <= band[1])
+
+
+def warning_line(records: list[dict]) -> str | None:
+    """One line naming the weak outputs of a reconstruction (None when there are none).
+    `records`: the record of each output (`edm2.ema.phema.phema_record`: 'ema_std',
+    'profile_error', 'weak', 'band', 'threshold', 'num_inputs', 'out_nimg', and 'tensor_std' for
+    per-tensor variants)."""
+    weak = [r for r in records if r["weak"]]
     if not weak:
         return None
-    worst = max(weak, key=lambda c: c["profile_error"])
-    stds = ",".join(f"{c['ema_std']:.3f}" for c in weak)
-    band = "none" if common["band"] is None else f"{common['band'][0]:.3f}..{common['band'][1]:.3f}"
+    lengths, worst = set(), 0.0
+    for r in weak:
+        parts = [(r["ema_std"], r["profile_error"])] + [(t["std"], t["profile_error"]) for t in r.get("tensor_std", [])]
+        for std, error in parts:
+            if is_weak(std, error, r["threshold"], r["band"]):
+                lengths.add(f"{std:.3f}")
+                worst = max(worst, error)
+    first = weak[0]
+    band = "none" if first["band"] is None else f"{first['band'][0]:.3f}..{first['band'][1]:.3f}"
+    kimgs = ",".join(str(k) for k in sorted({r["out_nimg"] // 1000 for r in weak}))
     return (
-        f"Warning: EMA length {stds} reconstructed with relative profile error up to {worst['profile_error']:.2%} "
-        f"(threshold {common['threshold']:.0%}); these {common['num_inputs']} inputs support {band}. "
-        "Use more snapshots, or lengths inside the band (docs/phema.md#certificate)"
+        f"Warning: EMA length {','.join(sorted(lengths))} reconstructed with relative profile error up to "
+        f"{worst:.2%} (threshold {first['threshold']:.0%}) at kimg {kimgs}; the {first['num_inputs']} inputs "
+        f"support {band}. Use more snapshots, or lengths inside the band (docs/phema.md#certificate)"
     )

@@ -92,9 +92,10 @@ def test_band_weak_flags_and_warning(cert):
     assert e[1] <= ERROR_THRESHOLD < e[0] and e[2] <= ERROR_THRESHOLD < e[3]
     assert common["input_nimg"] == [2048, 32768] and common["input_std"] == [0.05, 0.1] and common["num_inputs"] == 32
     assert [c["weak"] for c in per_output] == [True, False, False, False, True]
-    line = warning_line(common, per_output)
-    assert "\n" not in line and "0.010,0.280" in line and f"{lo:.3f}..{hi:.3f}" in line
-    assert warning_line(common, [c for c in per_output if not c["weak"]]) is None
+    records = [{**common, **c, "out_nimg": 32768} for c in per_output]
+    line = warning_line(records)
+    assert "\n" not in line and "EMA length 0.010,0.280 " in line and f"{lo:.3f}..{hi:.3f}" in line
+    assert warning_line([r for r in records if not r["weak"]]) is None
 
 
 def test_few_snapshots_support_no_band_and_the_bound_is_gamma_zero():
