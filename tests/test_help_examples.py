@@ -46,6 +46,8 @@ ORDER = [
     ("report", "best"),
     ("report", "grid"),
     ("report", "summary"),
+    ("report", "per-tensor"),
+    ("report", "over-training"),
     ("report", "released"),
     ("convert-official",),
     ("download",),

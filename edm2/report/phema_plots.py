@@ -8,9 +8,13 @@ object-oriented API like edm2.report.plots:
 * Fig. 5c: metric vs EMA length, one curve per training length, optimum marked (`phema.at_kimg`).
 """
 
+import math
+
 import numpy as np
 
+from edm2.errors import FormatError
 from edm2.report.plots import _colors, _figure, _maybe_log, metric_label, save_figure
+from edm2.report.results import aggregate, read_certificate
 
 PLOT_POINTS = 4000  # times per profile curve (uniform in t; the jumps at input times fall between two)
 
@@ -52,11 +56,13 @@ def plot_phema_profile(record: dict, stem, title: str | None = None) -> list:
     return save_figure(fig, stem)
 
 
-def plot_curves(curves: dict, metric: str, stem, title: str, xlabel: str, legend_title: str, best_marker=True) -> list:
+def plot_curves(curves: dict, metric: str, stem, title: str, xlabel: str, legend_title: str, base=None) -> list:
     """Metric vs EMA length, one curve per key of `curves` ({label: [(ema_std, value), ...]}),
-    each curve's optimum starred and given in the legend. Writes STEM.png and STEM.svg."""
+    each curve's optimum starred and given in the legend; `base` (label, value): a horizontal
+    reference line. Writes STEM.png and STEM.svg."""
     fig, ax = _figure()
     colors = _colors()
+    dashes = ["-", "--", ":", "-."]
     values = []
     for i, (label, points) in enumerate(curves.items()):
         points = sorted(points)
@@ -64,11 +70,15 @@ def plot_curves(curves: dict, metric: str, stem, title: str, xlabel: str, legend
             continue
         x, y = zip(*points)
         values += y
-        color = colors[i % len(colors)]
+        color, dash = colors[i % len(colors)], dashes[(i // len(colors)) % len(dashes)]
         best = min(points, key=lambda p: (p[1], p[0]))
-        ax.plot(x, y, "-o", color=color, markersize=3, lw=1, label=f"{label}: {best[1]:.3g} at {best[0]:.3f}")
-        if best_marker:
-            ax.plot([best[0]], [best[1]], "*", markersize=12, markeredgecolor="black", color=color)
+        ax.plot(
+            x, y, dash, marker="o", color=color, markersize=3, lw=1, label=f"{label}: {best[1]:.3g} at {best[0]:.3f}"
+        )
+        ax.plot([best[0]], [best[1]], "*", markersize=11, markeredgecolor="black", color=color)
+    if base is not None:
+        ax.axhline(base[1], color="black", lw=1.2, ls="--", label=f"{base[0]}: {base[1]:.3g}")
+        values.append(base[1])
     _maybe_log(ax, values)
     ax.margins(y=0.1)
     ax.set_xlabel(xlabel)
@@ -80,3 +90,54 @@ def plot_curves(curves: dict, metric: str, stem, title: str, xlabel: str, legend
     else:
         ax.text(0.5, 0.5, f"no scores for {metric}", ha="center", va="center", transform=ax.transAxes)
     return save_figure(fig, stem)
+
+
+def _rows(paths, metric, statistic) -> list[dict]:
+    return [r for r in aggregate(paths, statistic=statistic) if r["metric"] == metric]
+
+
+def plot_per_tensor(score_paths, grid_paths, metric: str, stem, statistic: str = "min") -> dict:
+    """Fig. 5b: the metric vs the EMA length of the one tensor each scored variant moves, one
+    curve per tensor, and the global optimum (the grid score at the variants' global length) as
+    a line. The tensor and its length come from each network's certificate (`edm2 phema
+    --tensor-std`). Returns {'base': (std, value) or None, 'tensors': {spec: best (std, value)}}.
+    Raises FormatError for a score of a network that is not a one-tensor variant."""
+    curves, bases = {}, set()
+    for r in _rows(score_paths, metric, statistic):
+        cert = read_certificate(r["network"])
+        moved = (cert or {}).get("tensor_std") or []
+        if len(moved) != 1:
+            raise FormatError(
+                f"{r['source']}: its network {r['network']} is not a one-tensor variant of `edm2 phema --tensor-std`"
+            )
+        curves.setdefault(moved[0]["spec"], []).append((moved[0]["std"], r["value"]))
+        bases.add(round(cert["ema_std"], 3))
+    base = None
+    if len(bases) == 1:
+        (base_std,) = bases
+        matches = [
+            r for r in _rows(grid_paths, metric, statistic) if math.isclose(r["ema_std"], base_std, abs_tol=5e-4)
+        ]
+        if matches:
+            base = (base_std, matches[0]["value"])
+    title = f"{metric_label(metric)} vs the EMA length of one tensor (per-tensor post-hoc EMA)"
+    plot_curves(
+        curves, metric, stem, title, "EMA length $\\sigma_\\mathrm{rel}$ of the moved tensor", "moved tensor",
+        base=None if base is None else (f"all tensors at {base[0]:.3f}", base[1]),
+    )  # fmt: skip
+    return {"base": base, "tensors": {k: min(v, key=lambda p: (p[1], p[0])) for k, v in curves.items()}}
+
+
+def plot_over_training(score_paths, metric: str, stem, statistic: str = "min") -> dict:
+    """Fig. 5c: the metric vs EMA length, one curve per training length (the score JSONs'
+    `kimg`), each optimum starred. Returns {kimg: best (std, value)}."""
+    curves = {}
+    for r in _rows(score_paths, metric, statistic):
+        if r["kimg"] is None:
+            raise FormatError(f"{r['source']}: no 'kimg'; score a network reconstructed by `edm2 phema`")
+        curves.setdefault(int(r["kimg"]), []).append((r["ema_std"], r["value"]))
+    curves = dict(sorted(curves.items()))
+    labelled = {f"{k * 1000 / 1e6:.3g}M images (kimg {k})": v for k, v in curves.items()}
+    title = f"{metric_label(metric)} vs EMA length over training (post-hoc EMA)"
+    plot_curves(labelled, metric, stem, title, "EMA length $\\sigma_\\mathrm{rel}$", "training length")
+    return {k: min(v, key=lambda p: (p[1], p[0])) for k, v in curves.items()}
