@@ -17,6 +17,7 @@ from edm2.errors import ConfigError
 ANALYZE_COMMANDS = {
     "magnitudes": "edm2.commands.analyze:magnitudes",
     "plot-magnitudes": "edm2.commands.analyze:plot_magnitudes",
+    "phema-profile": "edm2.commands.analyze_phema:phema_profile",
 }
 
 
@@ -34,7 +35,8 @@ class _AnalyzeGroup(click.Group):
 
 @click.group(name="analyze", cls=_AnalyzeGroup)
 def analyze():
-    """Analyses of trained networks: activation and weight magnitudes (EDM2 Figs. 3 and 15).
+    """Analyses of trained networks: activation and weight magnitudes (EDM2 Figs. 3 and 15), and
+    how well a post-hoc EMA reconstruction matches its requested profile (Appendix C.3).
 
     \b
     Examples (after those of `edm2 train --help`):

@@ -33,7 +33,7 @@ from pathlib import Path
 from edm2.errors import ConfigError
 from edm2.presets import TRAINING_PRESETS, get_training_preset
 from edm2.train.configs import CONFIG_NAMES, config_training
-from edm2.utils import parse_int_list, parse_nimg, parse_std_list
+from edm2.utils import MAX_STD, parse_int_list, parse_nimg, parse_std_list
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -359,7 +359,7 @@ class TrainOptions:
         "std_list",
         "Relative EMA stds sigma_rel to track and snapshot (EDM2 Sec. 3.1-3.2)",
         minimum=0,
-        maximum=0.289,
+        maximum=MAX_STD,
         open_min=True,
         open_max=True,
         min_items=1,

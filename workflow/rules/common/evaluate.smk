@@ -24,8 +24,9 @@ def net_input(run, std):
     return phema_file(run, std) if std in GRID else refine_dir(run)
 
 
-def score_inputs(wildcards):
-    """Inputs of one score: the network (and its guide's), training done, reference, detector."""
+def score_inputs(wildcards, net=None):
+    """Inputs of one score: the network (and its guide's), training done, reference, detector.
+    `net`: the file or folder that provides the network (default: the grid's, `net_input`)."""
     run, g, std = wildcards.run, wildcards.guidance, wildcards.std
     if run not in MODELS or g not in GUIDANCE:
         raise WorkflowError(f"score: unknown run {run!r} or guidance setting {g!r}")
@@ -33,7 +34,8 @@ def score_inputs(wildcards):
     # The reconstructed networks are `ancient`: re-running `phema` for a changed grid rewrites
     # every file of the grid but must not re-score the stds that were already scored. A new
     # training run still re-scores everything, through `done`.
-    inputs = {"net": ancient(net_input(run, std)), "done": train_done(run), "ref": ref_input()}
+    net = net_input(run, std) if net is None else net
+    inputs = {"net": ancient(net), "done": train_done(run), "ref": ref_input()}
     if is_guided(setting, run):
         guide = setting["guide"]
         guide_std = std if setting["guide_std"] == "same" else std_text(setting["guide_std"])
@@ -57,3 +59,38 @@ def score_args(wildcards):
     if "fd_cnn" in setting["metrics"]:
         args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
     return " ".join(args)
+
+
+def tensor_score_inputs(wildcards):
+    """Inputs of a per-tensor score (Fig. 5b): the variants' folder and the base length's source."""
+    return score_inputs(wildcards, phema_tensor_dir(wildcards.run)) | {"base": per_tensor_base_input(wildcards)}
+
+
+def at_score_inputs(wildcards):
+    """Inputs of a score at an earlier training time (Fig. 5c): that grid's folder."""
+    return score_inputs(wildcards, phema_at_dir(wildcards.run))
+
+
+# `edm2 metrics gen` of every score rule: `score_params(net)` gives its params, `net(wildcards)`
+# the network file scored.
+SCORE_SHELL = (
+    "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
+    " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
+    " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+)
+
+
+def score_params(net):
+    return dict(
+        net=net,
+        ref=ref_stats(),
+        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
+        num=config["score"]["num"],
+        seed=config["score"]["seed"],
+        ranges=config["score"]["seeds_ranges"],
+        steps=config["score"]["steps"],
+        batch=config["score"]["batch"],
+        guide=score_args,
+        eager=sampling_mode_arg(),
+        extra=config["score"]["extra_args"],
+    )

@@ -6,7 +6,9 @@
 #   runs/<run>/raw-<selection>/, .SHA256SUMS          a released-raw run's downloaded snapshots
 #   runs/<run>/phema/phema-<kimg>-<std>.safetensors   the EMA grid, runs/<run>/phema-refine/ finer
 #   runs/<run>/magnitudes/<kimg>.json                 activation/weight magnitudes of one snapshot
+#   runs/<run>/phema-tensor/, runs/<run>/phema-at/    per-tensor variants (Fig. 5b), earlier times (5c)
 #   scores/<run>/<guidance>/ema-<std>.json            one score
+#   scores-tensor/..., scores-at/...                  the scores of Fig. 5b and 5c
 #   tables/, plots/, summary.{md,html}                aggregates, figures, the summary page
 #   released/nets/<file>, released/scores/<name>.json released nets and their scores
 #   logs/<rule>/..., benchmarks/<rule>/...            one log and one benchmark per job
@@ -14,7 +16,7 @@
 import re
 import urllib.parse
 
-from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text
+from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text, tensor_variant_prefix
 
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"
@@ -27,6 +29,8 @@ WC = {
     "std": r"\d\.\d{3}",
     "kimg": r"\d{7}",
     "opts": r"[0-9a-f]{8}",
+    "tensor": r"[^/=,]+",
+    "metric": r"fid|fd_[a-z0-9]+",
 }
 
 
@@ -74,6 +78,8 @@ PHEMA_NET = f"{PHEMA_DIR}/{NET_NAME}"
 REFINE_DIR = f"{RESULTS}/runs/{{run}}/phema-refine"
 REFINED_NET = f"{REFINE_DIR}/{NET_NAME}"
 MODEL_INFO = f"{RESULTS}/runs/{{run}}/model-info.json"
+PHEMA_TENSOR_DIR = f"{RESULTS}/runs/{{run}}/phema-tensor"  # phema.per_tensor: every variant, one pass
+PHEMA_AT_DIR = f"{RESULTS}/runs/{{run}}/phema-at"  # phema.at_kimg: the grid at every earlier time, one pass
 
 # The options hash of every trained run (config.smk), computed once.
 RUN_OPTS = {run: train_opts_hash(run) for run in MODELS if MODELS[run]["source"] == "train"}
@@ -129,6 +135,26 @@ def model_info(run):
     return fill(MODEL_INFO, run=run)
 
 
+def phema_tensor_dir(run):
+    return fill(PHEMA_TENSOR_DIR, run=run)
+
+
+def tensor_net_file(run, tensor, std, base):
+    """The variant of `run` whose `tensor` has EMA length `std` and the rest `base` (the file
+    `edm2 phema --tensor-std` writes: edm2.naming.tensor_variant_prefix)."""
+    prefix = tensor_variant_prefix(PHEMA_PREFIX, {tensor: float(std)})
+    return f"{phema_tensor_dir(run)}/{snapshot_name(prefix, MODELS[run]['kimg'], base)}"
+
+
+def phema_at_dir(run):
+    return fill(PHEMA_AT_DIR, run=run)
+
+
+def at_net_file(run, kimg, std):
+    """The grid network of `run` reconstructed at the earlier training time `kimg`."""
+    return f"{phema_at_dir(run)}/{snapshot_name(PHEMA_PREFIX, kimg, std)}"
+
+
 def traditional_snapshot(run):
     """The last training snapshot of a config-A run (its one traditional EMA): `edm2 train`'s name
     (edm2.naming.snapshot_name) in the run folder."""
@@ -151,6 +177,10 @@ LOSS_PLOT = f"{RESULTS}/plots/training-loss.{{ext}}"
 SAMPLE_GRID = f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png"
 SAMPLE_IMAGES = f"{RESULTS}/plots/samples/{{run}}/.{{guidance}}-images"  # scratch folder of a grid
 SUMMARY = f"{RESULTS}/summary.{{ext}}"
+TENSOR_SCORE = f"{RESULTS}/scores-tensor/{{run}}/{{guidance}}/{{tensor}}/ema-{{std}}.json"  # Fig. 5b
+AT_SCORE = f"{RESULTS}/scores-at/{{run}}/{{guidance}}/kimg-{{kimg}}/ema-{{std}}.json"  # Fig. 5c
+FIG5B_PLOT = f"{RESULTS}/plots/fig5b-{{run}}-{{metric}}.{{ext}}"
+FIG5C_PLOT = f"{RESULTS}/plots/fig5c-{{run}}-{{metric}}.{{ext}}"
 PLOT_EXTS = ["png", "svg"]
 TABLE2_EXTS = ["csv", "md", "tex"]
 
@@ -164,7 +194,33 @@ def plot_files():
         expand(EMA_SWEEP_PLOT, metric=METRICS, ext=PLOT_EXTS)
         + expand(GFLOPS_PLOT, metric=METRICS, ext=PLOT_EXTS)
         + expand(LOSS_PLOT, ext=PLOT_EXTS)
+        + sweep_plot_files()
     )
+
+
+def tensor_score_files(run):
+    g = sweep_guidance(run)
+    return [
+        fill(TENSOR_SCORE, run=run, guidance=g, tensor=t, std=s)
+        for t in PER_TENSOR["tensors"]
+        for s in PER_TENSOR["grid"]
+    ]
+
+
+def at_score_files(run):
+    g = sweep_guidance(run)
+    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in GRID]
+
+
+def sweep_plot_files():
+    """Fig. 5b and 5c of every sweep run (phema.per_tensor, phema.at_kimg), per metric."""
+    files = []
+    for run in SWEEP_RUNS:
+        if PER_TENSOR is not None:
+            files += expand(FIG5B_PLOT, run=run, metric=METRICS, ext=PLOT_EXTS)
+        if AT_KIMG:
+            files += expand(FIG5C_PLOT, run=run, metric=METRICS, ext=PLOT_EXTS)
+    return files
 
 
 def table_files():
