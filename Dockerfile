@@ -57,7 +57,7 @@ RUN set -eu; \
     esac; \
     echo "base torch: ${have:-none}; constraints.txt pins torch==$pin; TORCH=$TORCH"; \
     python3 -m venv --system-site-packages /opt/edm2; \
-    /opt/edm2/bin/python -m pip install --quiet -c /tmp/constraints.txt '.[vae,dinov2,demo,workflow]'; \
+    /opt/edm2/bin/python -m pip install --quiet -c /tmp/constraints.txt '.[vae,dinov2,demo,monitor,workflow]'; \
     if [ ! -e /opt/edm2/bin/torchrun ]; then \
       printf '#!/opt/edm2/bin/python\nimport sys\nfrom torch.distributed.run import main\nsys.exit(main())\n' \
         >/opt/edm2/bin/torchrun; \

@@ -12,6 +12,9 @@ For each model it prints images/s of
   * `edm2 --channels-last`: the same with channels-last convolutions (equal up to float rounding),
   * `edm2 --compile` (opt-in mode, minutes of compiling first): torch.compile'd network, forced
     weight normalisation kept eager (equal up to float rounding),
+  * `edm2-monitor`, `edm2-monitor-dense`: `edm2` with the training monitor (magnitudes, loss per
+    sigma band, gradient norm, TensorBoard) at the default and at dense intervals, and its
+    overhead as the ratio to `edm2` measured in the same run,
 and the achieved FLOP/s = count_flops (per sample, official convention: one multiply-add = one
 FLOP) x 3 (forward + backward) x images/s, as a fraction of the peak fp32 matmul rate measured in
 the same run in the same convention (model FLOP utilisation, MFU). Wall-clock figures: on a
@@ -97,8 +100,16 @@ def flops_per_sample(spec: dict) -> float | None:
     return float(count_flops(net).total_flops)
 
 
+# "edm2" and the speed modes run without the training monitor (edm2.train.monitor: --probe 0, no
+# TensorBoard), as before it existed; the monitor modes add it: at the default intervals (status
+# 128Ki, snapshot = probe 8Mi: within a short benchmark only its per-step work, the loss per sigma
+# band and the gradient norm) and at dense intervals (a status every 4 steps with weight magnitudes
+# and TensorBoard scalars, an activation probe and a TensorBoard sample grid every 16 steps).
+NO_MONITOR = dict(probe=0, tensorboard=False)
 EDM2_MODES = {
     "edm2": {},
+    "edm2-monitor": dict(probe=None, tensorboard=True, status=128 << 10, snapshot=8 << 20),
+    "edm2-monitor-dense": dict(probe=None, tensorboard=True, status=4, snapshot=16),  # x batch, see time_edm2
     "edm2-channels-last": dict(channels_last=True),
     "edm2-compile": dict(compile=True),
     "edm2-compile-channels-last": dict(compile=True, channels_last=True),
@@ -113,6 +124,11 @@ def time_edm2(spec, data, steps, warmup, **flags) -> float:
     batch = spec["batch"]
     if flags.get("compile"):
         torch._dynamo.reset()  # start from nothing, as a fresh `edm2 train --compile` process does
+    flags = {**NO_MONITOR, **flags}
+    if flags.get("status") == 4:  # the dense monitor mode: intervals in steps
+        flags.update(status=4 * batch, snapshot=16 * batch)
+    intervals = dict(status=0, snapshot=0, checkpoint=0)
+    intervals.update({k: flags.pop(k) for k in list(flags) if k in intervals})
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
         net = spec["net"]
         opts = TrainOptions(
@@ -129,9 +145,7 @@ def time_edm2(spec, data, steps, warmup, **flags) -> float:
             decay=35000,
             batch=batch,
             duration=(warmup + steps) * batch,
-            status=0,
-            snapshot=0,
-            checkpoint=0,
+            **intervals,
             precision="fp32",
             workers=0,
             **flags,
@@ -199,7 +213,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="repeat every measurement and report medians")
     parser.add_argument(
         "--modes",
-        default="official-style,edm2,edm2-channels-last",
+        default="official-style,edm2,edm2-channels-last,edm2-monitor,edm2-monitor-dense",
         help="comma-separated: official-style, " + ", ".join(EDM2_MODES) + " (compiling takes minutes)",
     )
     args = parser.parse_args()
@@ -246,6 +260,10 @@ def main():
                 if len(measured[mode]) > 1:
                     line += "  (img/s per run: " + ", ".join(f"{w:.1f}" for w, _c in measured[mode]) + ")"
                 print(line)
+            for mode in ("edm2-monitor", "edm2-monitor-dense"):
+                if mode in wall and "edm2" in wall:  # the same run, the same machine, interleaved
+                    line = f"  training monitor, {mode}: {wall['edm2'] / wall[mode] - 1:+.1%} wall time per image"
+                    print(line + f", {cpu['edm2'] / cpu[mode] - 1:+.1%} CPU time per image vs edm2 without it")
             results[name] = dict(wall=wall, cpu=cpu)
     return results
 

@@ -40,6 +40,24 @@ def snapshot_name(prefix: str, kimg: int, std, ext: str = "safetensors") -> str:
     return f"{prefix}-{int(kimg):07d}-{std_text(std)}.{ext}"
 
 
+CERTIFICATE_EXT = "certificate.json"  # the certificate of a reconstruction, beside it (docs/phema.md#certificate)
+
+
+def certificate_name(snapshot: str) -> str:
+    """The certificate JSON beside a reconstructed snapshot:
+    'phema-0000065-0.100.safetensors' -> 'phema-0000065-0.100.certificate.json'."""
+    return snapshot.removesuffix(".safetensors") + "." + CERTIFICATE_EXT
+
+
+def tensor_variant_prefix(prefix: str, overrides: dict) -> str:
+    """The file-name prefix of a per-tensor EMA variant (edm2.ema.per_tensor): `<prefix>-<tag>`
+    with tag 'NAME=STD' per tensor, joined by '+' in the order given, e.g. ('phema',
+    {'enc-64x64-conv': 0.05}) -> 'phema-enc-64x64-conv=0.050'. Characters other than letters,
+    digits, '.', '_' and '-' in a name (a pattern's '*') become '_'."""
+    tag = "+".join(f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}={std_text(std)}" for name, std in overrides.items())
+    return f"{prefix}-{tag}"
+
+
 @dataclasses.dataclass(frozen=True)
 class SnapshotName:
     """The parts of a snapshot file name."""

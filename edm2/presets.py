@@ -5,6 +5,7 @@ generation presets with the released post-hoc EMA reconstructions (docs/method.m
     TRAINING_PRESETS['edm2-img512-s'].final_kimg  -> 2147483
     MODEL_SIZES['xl'].model_channels              -> 384
     GENERATION_PRESETS['edm2-img512-s-autog-fid'] -> net/gnet URLs, guidance 2.10, fid 1.34
+    GENERATION_PRESETS['edm2-img512-xxl-interval-fid'].sampler -> {'guidance_start': 17, 'guidance_stop': 22}
 """
 
 import dataclasses
@@ -155,16 +156,34 @@ class GenerationPreset:
     guidance: float  # Guidance strength; 1 = no guidance (the guide is then never evaluated).
     metric: str  # Metric the preset was tuned for: 'fid' or 'fd_dinov2'.
     value: float  # Value of that metric reported by the paper.
+    # Guidance interval by step index, both ends included, at the paper's 32 steps (the
+    # `guidance_interval` of the interval paper's code); None = guidance on every step.
+    guidance_steps: tuple[int, int] | None = None
+    # The interval (sigma_lo, sigma_hi] as the paper reports it (rounded step noise levels).
+    reported_interval: tuple[float, float] | None = None
+
+    @property
+    def sampler(self) -> dict:
+        """Sampler options the preset sets (`edm2.sample.options.SamplerOptions` fields)."""
+        if self.guidance_steps is None:
+            return {}
+        return dict(guidance_start=self.guidance_steps[0], guidance_stop=self.guidance_steps[1])
 
 
-def _gen(net, gnet=None, guidance=1.0, metric="fid", value=0.0):
+def _gen(net, gnet=None, guidance=1.0, metric="fid", value=0.0, **interval):
     """`net`/`gnet` are (model suffix, kimg, std); the suffix is appended to `edm2-`."""
     net_url = model_url(f"edm2-{net[0]}", net[1], net[2])
     gnet_url = model_url(f"edm2-{gnet[0]}", gnet[1], gnet[2]) if gnet is not None else None
-    return GenerationPreset(net=net_url, gnet=gnet_url, guidance=guidance, metric=metric, value=value)
+    return GenerationPreset(net=net_url, gnet=gnet_url, guidance=guidance, metric=metric, value=value, **interval)
 
 
 _FULL = 2147483  # 2048Mi images
+
+
+def _interval(start, stop, sigma_lo, sigma_hi):
+    return dict(guidance_steps=(start, stop), reported_interval=(sigma_lo, sigma_hi))
+
+
 _XS_UNCOND = "img512-xs-uncond"
 
 GENERATION_PRESETS: dict[str, GenerationPreset] = {
@@ -219,6 +238,34 @@ GENERATION_PRESETS: dict[str, GenerationPreset] = {
     ),
     "edm2-img64-s-autog-fid": _gen(("img64-s", 1073741, 0.045), ("img64-xs", 134217, 0.110), 1.70, "fid", 1.01),
     "edm2-img64-s-autog-dino": _gen(("img64-s", 1073741, 0.105), ("img64-xs", 134217, 0.175), 2.20, "fd_dinov2", 31.85),
+    # Guidance interval (Kynkäänniemi et al. 2024, arXiv 2404.07724, Table 1): classifier-free
+    # guidance with the unconditional XS, on the 32-step schedule's steps whose t_i lies in the
+    # reported (sigma_lo, sigma_hi] = (t_{stop+1}, t_start] rounded to 2 decimals (Sec. 3.1;
+    # XXL's [17, 22] and [13, 19] are those of the paper's code). The paper uses EDM2-S and -XXL
+    # "as-is" and does not name the EMA lengths; its CFG rows (2.23, 52.32, 1.81, 33.09 at w
+    # 1.4, 1.9, 1.2, 1.7) are the EDM2 guided presets above, so their networks are used here.
+    "edm2-img512-s-interval-fid": _gen(
+        ("img512-s", _FULL, 0.025), (_XS_UNCOND, _FULL, 0.025), 2.10, "fid", 1.68, **_interval(15, 21, 0.28, 2.90)
+    ),
+    "edm2-img512-s-interval-dino": _gen(
+        ("img512-s", _FULL, 0.085),
+        (_XS_UNCOND, _FULL, 0.085),
+        3.20,
+        "fd_dinov2",
+        46.25,
+        **_interval(13, 19, 0.60, 5.00),
+    ),
+    "edm2-img512-xxl-interval-fid": _gen(
+        ("img512-xxl", 939524, 0.015), (_XS_UNCOND, _FULL, 0.015), 2.00, "fid", 1.40, **_interval(17, 22, 0.19, 1.61)
+    ),
+    "edm2-img512-xxl-interval-dino": _gen(
+        ("img512-xxl", 939524, 0.015),
+        (_XS_UNCOND, _FULL, 0.015),
+        2.90,
+        "fd_dinov2",
+        29.16,
+        **_interval(13, 19, 0.60, 5.00),
+    ),
 }
 
 

@@ -8,9 +8,18 @@ import re
 
 from edm2.errors import ConfigError
 
-# exp_to_std(0) = sqrt(1/12) = 0.288675: larger relative stds have no power-function profile
-# (EDM2 paper, arXiv 2312.02696, Eq. 3 and Appendix C.1; docs/method.md).
-MAX_STD = 0.289
+
+def exp_to_std(exp):
+    """Relative std sigma_rel of a power-function EMA profile with exponent gamma (EDM2, arXiv
+    2312.02696, Eq. 123; docs/method.md#ema): sqrt((gamma+1) / ((gamma+2)^2 (gamma+3))). A float, or
+    a numpy array element-wise (`edm2.ema.maths.exp_to_std` is this formula in float64)."""
+    return ((exp + 1) / (exp + 2) ** 2 / (exp + 3)) ** 0.5
+
+
+# The largest EMA length with a valid exponent: gamma = 0 gives sqrt(1/12) = 0.288675; a larger
+# sigma_rel needs gamma < 0, a profile that rises towards t = 0, outside the family the paper
+# defines (gamma >= 0, Eq. 3 and Appendix C.1) and the EMA update of Eq. 127 assumes.
+MAX_STD = exp_to_std(0.0)
 
 _SUFFIXES = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 
@@ -166,12 +175,15 @@ def parse_std_list(text) -> list[float]:
 
     `a,b,...,c` inserts `b + step*m` for m = 1..k with step = b - a and
     k = round((c - b)/step - 1) (accumulated floats, not rounded). The result is sorted and
-    unique; every value must satisfy 0 < std < 0.289. A float or a list passes through.
+    unique; every value must satisfy 0 < std < MAX_STD = sqrt(1/12) = 0.288675. A float or a list passes through.
     """
     values = parse_number_list(text)
     bad = [v for v in values if not 0 < v < MAX_STD]
     if bad:
-        raise ConfigError(f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD} (docs/method.md#ema)")
+        raise ConfigError(
+            f"EMA std {bad[0]:g} is outside the valid range 0 < std < {MAX_STD:.6f} = sqrt(1/12), where the "
+            "profile exponent gamma stays >= 0 (docs/method.md#ema)"
+        )
     return values
 
 

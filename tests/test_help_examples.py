@@ -1,7 +1,7 @@
 """Every example in every `--help` runs as written.
 
 The examples under "Examples" form one chain: run in this order, in an empty folder, each must
-succeed (identical lines that appear in several helps run once). Those under "At paper scale"
+succeed (identical commands that appear in several helps run once, whatever their comments). Those under "At paper scale"
 need GPUs, ImageNet or downloads; for them the test checks that every option they use exists.
 A new command must be added to ORDER, so that its examples are checked too.
 """
@@ -26,7 +26,11 @@ ORDER = [
     ("dataset", "convert"),
     ("dataset", "encode"),
     ("train",),
+    ("analyze",),
+    ("analyze", "magnitudes"),
+    ("analyze", "plot-magnitudes"),
     ("phema",),
+    ("analyze", "phema-profile"),
     ("generate",),
     ("flops",),
     ("metrics",),
@@ -47,6 +51,8 @@ ORDER = [
     ("report", "best"),
     ("report", "grid"),
     ("report", "summary"),
+    ("report", "per-tensor"),
+    ("report", "over-training"),
     ("report", "released"),
     ("convert-official",),
     ("download",),
@@ -121,9 +127,10 @@ def test_every_runnable_example_runs_as_written_in_order(tmp_path):
     seen = []
     for path in ORDER:
         for example in example_blocks(help_text(path))["run"]:
-            if example in seen:
+            command = shlex.split(example, comments=True)  # the same command with another comment
+            if command in seen:
                 continue
-            seen.append(example)
+            seen.append(command)
             r = subprocess.run(
                 ["bash", "-c", example], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
             )

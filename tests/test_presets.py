@@ -142,6 +142,11 @@ SPEC_GENERATION = {
     ),
     "edm2-img64-s-autog-fid": (("img64-s", 1073741, 0.045), ("img64-xs", 134217, 0.110), 1.70, "fid", 1.01),
     "edm2-img64-s-autog-dino": (("img64-s", 1073741, 0.105), ("img64-xs", 134217, 0.175), 2.20, "fd_dinov2", 31.85),
+    # Guidance interval (arXiv 2404.07724 Table 1; intervals checked in tests/sample/test_guidance_interval.py).
+    "edm2-img512-s-interval-fid": (("img512-s", 2147483, 0.025), (X, 2147483, 0.025), 2.10, "fid", 1.68),
+    "edm2-img512-s-interval-dino": (("img512-s", 2147483, 0.085), (X, 2147483, 0.085), 3.20, "fd_dinov2", 46.25),
+    "edm2-img512-xxl-interval-fid": (("img512-xxl", 939524, 0.015), (X, 2147483, 0.015), 2.00, "fid", 1.40),
+    "edm2-img512-xxl-interval-dino": (("img512-xxl", 939524, 0.015), (X, 2147483, 0.015), 2.90, "fd_dinov2", 29.16),
 }
 
 
@@ -180,5 +185,7 @@ def test_every_url_is_well_formed():
                 url
             )  # EMA stds must be below 1/sqrt(12) (docs/method.md#official-details)
         # The main net of a conditional preset is a conditional model of the preset's size.
-        assert preset.net.split("/")[-1].startswith(name.rsplit("-", 1)[0].replace("-guid", "").replace("-autog", ""))
+        assert preset.net.split("/")[-1].startswith(
+            name.rsplit("-", 1)[0].replace("-guid", "").replace("-autog", "").replace("-interval", "")
+        )
     assert model_url("edm2-img512-xs", 134217, 0.1) == ROOT + "edm2-img512-xs-0134217-0.100.pkl"

@@ -20,7 +20,7 @@ def _parse_seeds(ctx, param, value):
 @click.option(
     "--preset",
     metavar="NAME",
-    help="Generation preset (docs/method.md#sampling); fills --net, --gnet, --guidance when unset.",
+    help="Generation preset (docs/method.md#sampling); fills --net, --gnet, --guidance (and a guidance interval) when unset.",
 )
 @click.option(
     "--net", metavar="FILE|URL|PRESET", help="Main network: .safetensors snapshot, official .pkl, URL or preset."
@@ -56,15 +56,23 @@ def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, de
     on its seed, not on --batch or the number of ranks. On CUDA the networks run as compiled CUDA
 graphs (compiling takes a minute or two; equal to --eager up to float rounding).
 
+    Guidance (--gnet, --guidance) may be limited to an interval of noise levels (--sigma_lo,
+    --sigma_hi) or of steps (--guidance_start, --guidance_stop): Kynkäänniemi et al. 2024,
+    docs/evaluation.md#guidance.
+
     \b
     Examples:
       edm2 generate --net runs/demo/phema/phema-0000002-0.100.safetensors --outdir out --seeds 0-15
       edm2 generate --net runs/demo/phema/phema-0000002-0.050.safetensors --outdir out-class3 \\
           --seeds 0-7 --class 3 --steps 16
+      edm2 generate --net runs/demo/phema/phema-0000002-0.100.safetensors \\
+          --gnet runs/demo/phema/phema-0000002-0.050.safetensors --guidance 2 \\
+          --sigma_lo 0.3 --sigma_hi 5 --outdir out-interval --seeds 0-3 --steps 8
 
     \b
     At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
       edm2 generate --preset edm2-img512-s-guid-dino --outdir out
+      edm2 generate --preset edm2-img512-xxl-interval-fid --outdir out-interval
       torchrun --standalone --nproc_per_node=8 -m edm2 generate --preset edm2-img512-xxl-guid-fid \\
           --outdir out --subdirs --seeds 0-49999
     """

@@ -486,6 +486,68 @@ def grid(images, out, columns, min_size):
     click.echo(f"grid -> {save_grid(images, out, columns=columns, min_size=min_size)}")
 
 
+@report.command(name="per-tensor")
+@click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--metric", required=True, help="The metric plotted, e.g. fid.")
+@click.option(
+    "--grid-score",
+    "grid_scores",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Score JSON of the global grid; the one at the variants' global length is drawn as a line. Repeat.",
+)
+@click.option("--out", required=True, type=OutputFile("plot"), help="Plot stem: writes STEM.png and STEM.svg.")
+@_statistic_option("The statistic over seed ranges.")
+def per_tensor(scores, metric, grid_scores, out, statistic):
+    """Fig. 5b: metric vs the EMA length of one moved tensor, one curve per tensor.
+
+    SCORES are score JSONs of networks from `edm2 phema --tensor-std NAME=STD` with one tensor
+    each; the tensor and its EMA length are read from each network's certificate
+    (docs/phema.md#per-tensor).
+
+    \b
+    At paper scale (needs the scores of per-tensor variants, which the workflow's phema.per_tensor
+    makes; the tests check the options only):
+      edm2 report per-tensor --metric fid --grid-score scores/s/noguid/ema-0.130.json --out plots/fig5b-s \\
+          scores-tensor/s/noguid/*/ema-*.json
+    """
+    from edm2.report.phema_plots import plot_per_tensor
+
+    result = plot_per_tensor(scores, grid_scores, metric, out, statistic)
+    base = (
+        "no grid score at the global length"
+        if result["base"] is None
+        else f"global {result['base'][0]:.3f}: {result['base'][1]:.4g}"
+    )
+    best = min(result["tensors"].items(), key=lambda kv: kv[1][1], default=None)
+    click.echo(
+        f"fig5b -> {out}.png ({len(result['tensors'])} tensors; {base}"
+        + (f"; best {best[0]} at {best[1][0]:.3f}: {best[1][1]:.4g})" if best else ")")
+    )
+
+
+@report.command(name="over-training")
+@click.argument("scores", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--metric", required=True, help="The metric plotted, e.g. fid.")
+@click.option("--out", required=True, type=OutputFile("plot"), help="Plot stem: writes STEM.png and STEM.svg.")
+@_statistic_option("The statistic over seed ranges.")
+def over_training(scores, metric, out, statistic):
+    """Fig. 5c: metric vs EMA length, one curve per training length, optimum marked.
+
+    SCORES are score JSONs of post-hoc EMA reconstructions at several training lengths (`edm2
+    phema --outkimg K1,K2,...`); each curve gathers those of one `kimg`.
+
+    \b
+    Examples:
+      edm2 report over-training --metric fd_cnn --out plots/fig5c scores/*/*/ema-*.json
+    """
+    from edm2.report.phema_plots import plot_over_training
+
+    best = plot_over_training(scores, metric, out, statistic)
+    optima = ", ".join(f"kimg {k}: {v[1]:.4g} at {v[0]:.3f}" for k, v in best.items())
+    click.echo(f"fig5c -> {out}.png (optimum per training length: {optima})")
+
+
 @report.command(name="model-info")
 @click.option(
     "--net", required=True, type=click.Path(exists=True, dir_okay=False), help="A snapshot or phema .safetensors file."
@@ -527,9 +589,16 @@ def model_info(net, run, label, out):
 @click.option(
     "--samples", multiple=True, type=click.Path(exists=True, dir_okay=False), help="A sample grid PNG (repeat)."
 )
+@click.option(
+    "--scores",
+    "scores_csv",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="scores.csv from `edm2 report aggregate`: adds the EMA sweep table with each length's profile error.",
+)
 @click.option("--md", "md_path", required=True, type=OutputFile("output"), help="Output Markdown.")
 @click.option("--html", "html_path", required=True, type=OutputFile("output"), help="Output HTML (images embedded).")
-def summary(plots, best_csv, table_md, samples, md_path, html_path):
+def summary(plots, best_csv, table_md, samples, scores_csv, md_path, html_path):
     """A one-page summary (Markdown and self-contained HTML) of tables, plots and samples.
 
     \b
@@ -541,5 +610,5 @@ def summary(plots, best_csv, table_md, samples, md_path, html_path):
 
     if Path(md_path).resolve() == Path(html_path).resolve():
         raise ConfigError("--md and --html name the same file; give two different paths")
-    write_summary(best_csv, table_md, plots, samples, md_path, html_path)
+    write_summary(best_csv, table_md, plots, samples, md_path, html_path, scores_csv)
     click.echo(f"summary -> {md_path}, {html_path}")

@@ -6,25 +6,27 @@ import click
 from edm2.sample.options import DEFAULTS, SAMPLER_FIELDS
 
 
-def _click_type(name, field):
+def _click_type(field):
     if field.minimum is None:
-        return float
-    if name == "num_steps":
+        return field.type
+    if field.type is int:
         return click.IntRange(min=field.minimum)
     return click.FloatRange(min=field.minimum, min_open=field.open)
 
 
 def sampler_options(command):
-    """Add --steps, --sigma_min, --sigma_max, --rho, --S_churn, --S_min, --S_max and --S_noise;
-    the command receives them as keyword arguments named like SamplerOptions' fields."""
+    """Add --steps, --sigma_min, --sigma_max, --rho, --S_churn, --S_min, --S_max, --S_noise and
+    the guidance interval (--sigma_lo, --sigma_hi, --guidance_start, --guidance_stop); the
+    command receives them as keyword arguments named like SamplerOptions' fields."""
     for name in reversed(list(SAMPLER_FIELDS)):
         field = SAMPLER_FIELDS[name]
+        default = getattr(DEFAULTS, name)
         command = click.option(
             field.flag,
             name,
-            type=_click_type(name, field),
-            default=getattr(DEFAULTS, name),
-            show_default=True,
+            type=_click_type(field),
+            default=default,
+            show_default=default is not None,
             help=field.help,
         )(command)
     return command

@@ -11,7 +11,7 @@ _METAVARS.update(int_list="LIST", std_list="LIST")
 
 def _table_options(command):
     """The click options of the table of training options (edm2.train.options), in its order,
-    plus the command's own: --uncond (= --cond False), --fp16 (the official spelling of
+    plus the command's own: --uncond (= --cond False), --no-tensorboard (= --tensorboard False), --fp16 (the official spelling of
     --precision fp16/fp32) and --device (where to run, not an option of the run).
 
     Every value reaches the command as text (or a bool for flags) and is parsed and checked by
@@ -41,6 +41,12 @@ def _table_options(command):
         if name == "cond":
             options.append(
                 click.option("--uncond", help="Train an unconditional model (same as --cond=False)", is_flag=True)
+            )
+        if name == "tensorboard":
+            options.append(
+                click.option(
+                    "--no-tensorboard", help="Write no TensorBoard events (same as --tensorboard=False)", is_flag=True
+                )
             )
         if name == "precision":
             options.append(
@@ -119,6 +125,10 @@ def _train(stop, kw) -> int:
         if ctx.get_parameter_source("cond").name == "COMMANDLINE" and kw["cond"]:
             raise click.UsageError("--cond=True and --uncond contradict each other; give one")
         kw["cond"] = False
+    if kw.pop("no_tensorboard"):
+        if ctx.get_parameter_source("tensorboard").name == "COMMANDLINE" and kw["tensorboard"]:
+            raise click.UsageError("--tensorboard=True and --no-tensorboard contradict each other; give one")
+        kw["tensorboard"] = False
     fp16 = kw.pop("fp16")
     if kw["precision"] is None:
         kw["precision"] = "fp16" if fp16 else "fp32"

@@ -1,27 +1,23 @@
-"""Power-function EMA tracking and post-hoc EMA reconstruction (docs/method.md#ema)."""
+"""Power-function EMA tracking and post-hoc EMA reconstruction (docs/method.md#ema).
 
-from edm2.ema.maths import (
-    MAX_STD,
-    exp_to_std,
-    parse_std_list,
-    power_function_beta,
-    power_function_correlation,
-    power_function_response,
-    solve_posthoc_coefficients,
-    std_to_exp,
-)
-from edm2.ema.tracking import HalfLifeEMA, PowerFunctionEMA, TraditionalEMA
+Names import on first use (`edm2.utils.lazy_exports`), so that torch-free modules of the
+package (`edm2.ema.per_tensor`, which the Snakefile reads) load without torch.
+"""
 
-__all__ = [
-    "MAX_STD",
-    "exp_to_std",
-    "std_to_exp",
-    "power_function_response",
-    "power_function_correlation",
-    "power_function_beta",
-    "solve_posthoc_coefficients",
-    "parse_std_list",
-    "PowerFunctionEMA",
-    "TraditionalEMA",
-    "HalfLifeEMA",
-]
+from edm2.utils import lazy_exports
+
+_EXPORTS = {
+    "MAX_STD": "edm2.ema.maths",
+    "exp_to_std": "edm2.ema.maths",
+    "std_to_exp": "edm2.ema.maths",
+    "power_function_response": "edm2.ema.maths",
+    "power_function_correlation": "edm2.ema.maths",
+    "power_function_beta": "edm2.ema.maths",
+    "solve_posthoc_coefficients": "edm2.ema.maths",
+    "parse_std_list": "edm2.ema.maths",
+    "PowerFunctionEMA": "edm2.ema.tracking",
+    "TraditionalEMA": "edm2.ema.tracking",
+    "HalfLifeEMA": "edm2.ema.tracking",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

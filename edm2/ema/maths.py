@@ -8,14 +8,14 @@ never be done in float32.
 
 import numpy as np
 
+from edm2 import utils
 from edm2.utils import MAX_STD, parse_std_list  # noqa: F401 (exported here too)
 
 
 def exp_to_std(exp):
-    """Relative std of a power-function profile with exponent gamma (EDM2 Eq. 123; docs/method.md#ema)."""
-    exp = np.float64(exp)
-    std = np.sqrt((exp + 1) / (exp + 2) ** 2 / (exp + 3))
-    return std
+    """Relative std of a power-function profile with exponent gamma (EDM2 Eq. 123; docs/method.md#ema),
+    float64 (the formula is `edm2.utils.exp_to_std`, which also gives MAX_STD)."""
+    return utils.exp_to_std(np.float64(exp))
 
 
 def std_to_exp(std):

@@ -21,14 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edm2.ema.certificate import certificates
 from edm2.ema.maths import parse_std_list, solve_posthoc_coefficients
+from edm2.ema.per_tensor import resolve_tensors
 from edm2.errors import ConfigError, FormatError
-from edm2.io.atomic import made_folder
+from edm2.io.atomic import atomic_write_text, made_folder
 from edm2.io.combine import TensorFile, write_linear_combinations
 from edm2.io.official import OfficialLayouts, load_official_pickle, snapshot_fields
 from edm2.io.safetensors_stream import read_safetensors_header
 from edm2.io.snapshot import FORMAT, read_snapshot_info, save_snapshot
-from edm2.naming import PHEMA_PREFIX, parse_snapshot_name, snapshot_name
+from edm2.naming import PHEMA_PREFIX, certificate_name, parse_snapshot_name, snapshot_name, tensor_variant_prefix
 from edm2.nn import Precond
 from edm2.utils import kimg_to_nimg
 
@@ -164,17 +166,29 @@ def _open_input(inp: PhemaInput, scratch: Path, layouts: OfficialLayouts) -> tup
     return TensorFile(path, tensors, shown=inp.path, sha256=meta.get("sha256"), data_start=data_start), info
 
 
-def _output_metadata(info, used, coefficients, std, out_nimg, acc_dtype) -> dict:
-    """Snapshot metadata of one output: the first input's, plus in `extra.phema` the inputs and
-    the coefficients of this output."""
-    extra = dict(info["extra"])
-    extra.pop("phema", None)
-    extra["phema"] = {
+def phema_record(used, cert_common, cert_output, out_nimg, acc_dtype) -> dict:
+    """What a reconstruction records about itself (`extra.phema` of its metadata, and its
+    certificate JSON): the inputs, the coefficients of this output, and the certificate
+    (edm2.ema.certificate: profile error, whether weak, the supported band, the input range)."""
+    record = {
+        "ema_std": cert_output["ema_std"],
         "inputs": [{"file": inp.path.name, "nimg": inp.nimg, "std": inp.std} for inp in used],
-        "coefficients": [float(c) for c in coefficients],
+        "coefficients": cert_output["coefficients"],
         "out_nimg": out_nimg,
         "accumulate_dtype": str(acc_dtype).removeprefix("torch."),
     }
+    record["profile_error"] = cert_output["profile_error"]
+    record["weak"] = cert_output["weak"]
+    record.update(cert_common)
+    return record
+
+
+def _output_metadata(info, record, std, out_nimg) -> dict:
+    """Snapshot metadata of one output: the first input's, plus in `extra.phema` its record
+    (`phema_record`)."""
+    extra = dict(info["extra"])
+    extra.pop("phema", None)
+    extra["phema"] = record
     return {
         "format": FORMAT,
         "network_kwargs": json.dumps(info["network_kwargs"]),
@@ -185,6 +199,32 @@ def _output_metadata(info, used, coefficients, std, out_nimg, acc_dtype) -> dict
     }
 
 
+def _out_nimgs(inputs: list, outkimg) -> list:
+    """The training times (images) of `outkimg` (None: the latest input; an int or a list of
+    them), each the input time with that kimg (= kimg_to_nimg(kimg) for official files)."""
+    if outkimg is None:
+        return [None]
+    kimgs = [outkimg] if isinstance(outkimg, int) else list(outkimg)
+    nimgs = []
+    for kimg in kimgs:
+        times = {inp.nimg for inp in inputs if inp.nimg // 1000 == int(kimg)}
+        nimgs.append(times.pop() if len(times) == 1 else kimg_to_nimg(int(kimg)))
+    return nimgs
+
+
+def _resolve_variant(variant: dict, names: list) -> dict:
+    """{spec: std} -> ({state-dict name: std}, {spec: [names]}); ConfigError when two specs give
+    one tensor two lengths."""
+    by_name, specs = {}, {}
+    for spec, std in variant.items():
+        specs[spec] = resolve_tensors(spec, names)
+        for name in specs[spec]:
+            if by_name.get(name, std) != std:
+                raise ConfigError(f"--tensor-std: {name} is selected twice with different EMA lengths ({spec})")
+            by_name[name] = std
+    return by_name, specs
+
+
 def reconstruct_phema(
     indir,
     outdir,
@@ -192,7 +232,7 @@ def reconstruct_phema(
     inprefix: str | None = None,  # Only inputs with exactly this file-name prefix.
     instd=None,  # Only inputs with these stds (list or std-list text).
     outprefix: str = PHEMA_PREFIX,  # Output file-name prefix.
-    outkimg: int | None = None,  # Reconstruct at this training kimg (default: the latest input).
+    outkimg=None,  # Reconstruct at this training kimg, or at each of a list (default: the latest input).
     skip: bool = False,  # Skip outputs that already exist.
     max_memory="2GiB",  # Peak memory budget of the process (bytes or text like '2GiB').
     dtype: torch.dtype = torch.float32,  # Accumulation dtype (float32 or float64).
@@ -200,18 +240,29 @@ def reconstruct_phema(
     workers: int | None = None,  # Compute threads (default: torch.get_num_threads()).
     scratch_dir=None,  # Where official pickles are converted (default: a temporary folder in outdir).
     progress: bool = False,  # Show a tqdm progress bar.
+    tensor_std: list | None = None,  # Per-tensor variants [{tensor spec: std}] (edm2.ema.per_tensor).
 ) -> dict:
     """Reconstruct networks with the given EMA lengths from the snapshots in `indir`.
 
     The post-hoc EMA of the EDM2 paper (arXiv 2312.02696, Sec. 3.3 and Appendix C; see
     docs/method.md): every output is `out_j = sum_i X[i, j] in_i` with the least-squares
-    coefficients of Algorithm 3 (`solve_coefficients`, solved once), computed in one streaming
-    pass. Writes `{outprefix}-{kimg:07d}-{std:.3f}.safetensors` into `outdir` (our snapshot
-    format: fp16 weights, metadata of the first input, and in `extra.phema` the inputs and the
-    coefficients used; buffers come from the last input). Returns a summary dict with 'outputs'
-    (paths written), 'inputs', 'out_nimg', 'coefficients' and figures of the pass. Raises
-    ConfigError for bad options or inputs that cannot give the outputs, FormatError for
-    unreadable inputs.
+    coefficients of Algorithm 3 (`solve_coefficients`, solved once per training time), computed
+    in one streaming pass. Writes `{outprefix}-{kimg:07d}-{std:.3f}.safetensors` into `outdir`
+    for every std of `outstd` and kimg of `outkimg` (our snapshot format: fp16 weights, metadata
+    of the first input, and in `extra.phema` the inputs, the coefficients used and the
+    certificate of `edm2.ema.certificate`; buffers come from the last input) and beside each
+    its certificate `<name>.certificate.json` (the same record).
+
+    `tensor_std`: instead of the global outputs, one output per variant, std and kimg, named
+    `{outprefix}-{tag}-{kimg:07d}-{std:.3f}.safetensors` (`edm2.naming.tensor_variant_prefix`),
+    whose tensors named in the variant (`edm2.ema.per_tensor.resolve_tensors`) have their own
+    EMA length and the rest `std` (paper Sec. 3.3, Fig. 5b); its record adds 'tensor_std'. All
+    variants and training times share the one pass (each input read once).
+
+    Returns a summary dict with 'outputs' (paths written), 'inputs' (used by any output),
+    'out_nimg' (the latest output time), 'coefficients' (X [inputs, columns]), 'records' (the
+    record of each output) and figures of the pass. Raises ConfigError for bad options or
+    inputs that cannot give the outputs, FormatError for unreadable inputs.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) != 1:
         raise ConfigError("edm2 phema runs in a single process; do not start it under torchrun (WORLD_SIZE != 1)")
@@ -219,26 +270,68 @@ def reconstruct_phema(
         raise ConfigError(f"accumulation dtype {dtype} is not supported; use float32 or float64")
     t_start = time.perf_counter()
     out_std = parse_std_list(outstd)
+    variants = [{}] if not tensor_std else [dict(v) for v in tensor_std]
     outdir = Path(outdir)
     same_dir = outdir.exists() and Path(indir).resolve() == outdir.resolve()
     inputs = find_inputs(indir, inprefix, instd, exclude_prefix=outprefix if same_dir else None)
-    out_nimg = None
-    if outkimg is not None:  # the input time with this kimg (= kimg_to_nimg(outkimg) for official files)
-        times = {inp.nimg for inp in inputs if inp.nimg // 1000 == int(outkimg)}
-        out_nimg = times.pop() if len(times) == 1 else kimg_to_nimg(int(outkimg))
-    used, out_nimg = select_inputs(inputs, out_nimg)
+    times = []  # [(used inputs, out_nimg)] per training time
+    for out_nimg in _out_nimgs(inputs, outkimg):
+        times.append(select_inputs(inputs, out_nimg))
+    if len({t for _, t in times}) != len(times):
+        raise ConfigError(f"--outkimg {outkimg}: a training time is given twice")
+    used = select_inputs(inputs, max(t for _, t in times))[0]  # the inputs of every output
 
-    def out_path(std):
-        return outdir / snapshot_name(outprefix, out_nimg // 1000, std)
+    def out_path(out_nimg, variant, std):
+        prefix = outprefix if not variant else tensor_variant_prefix(outprefix, variant)
+        return outdir / snapshot_name(prefix, out_nimg // 1000, std)
 
+    outputs = [(k, v, std) for k in range(len(times)) for v in range(len(variants)) for std in out_std]
     if skip:
-        out_std = [std for std in out_std if not out_path(std).exists()]
-    result = {"outputs": [], "inputs": used, "out_nimg": out_nimg, "coefficients": None, "bytes_read": 0}
-    if not out_std:
+        outputs = [(k, v, std) for k, v, std in outputs if not out_path(times[k][1], variants[v], std).exists()]
+    result = {"outputs": [], "inputs": used, "out_nimg": max(t for _, t in times), "coefficients": None}
+    result.update(bytes_read=0, records=[])
+    if not outputs:
         return result
-    X = result["coefficients"] = solve_coefficients(used, out_std, out_nimg)  # the only solve of the run
-    if len({out_path(std).name for std in out_std}) != len(out_std):
-        raise ConfigError("two output stds give the same file name (std:.3f); use stds at least 0.001 apart")
+    paths = [out_path(times[k][1], variants[v], std) for k, v, std in outputs]
+    if len({p.name for p in paths}) != len(paths):
+        raise ConfigError("two outputs give the same file name (std:.3f); use stds at least 0.001 apart")
+    # The columns of X: every EMA length needed at each time, sorted (the global case: out_std).
+    columns, column_of, certs = [], {}, {}
+    row_of = {id(inp): i for i, inp in enumerate(used)}
+    blocks = []
+    for k, (used_k, out_nimg) in enumerate(times):
+        stds = sorted(
+            {std for kk, _, std in outputs if kk == k}
+            | {s for kk, v, _ in outputs if kk == k for s in variants[v].values()}
+        )
+        if not stds:
+            continue
+        X_k = solve_coefficients(used_k, stds, out_nimg)  # the only solve at this time
+        common, per_std = certificates(used_k, X_k, stds, out_nimg)
+        block = np.zeros((len(used), len(stds)))
+        block[[row_of[id(inp)] for inp in used_k]] = X_k
+        blocks.append(block)
+        for std, cert in zip(stds, per_std):
+            column_of[(k, std)] = len(columns)
+            columns.append((k, std))
+            certs[(k, std)] = (common, cert)
+    X = result["coefficients"] = np.concatenate(blocks, axis=1)
+    records = []
+    for k, v, std in outputs:
+        used_k, out_nimg = times[k]
+        common, cert = certs[(k, std)]
+        record = phema_record(used_k, common, cert, out_nimg, dtype)
+        if variants[v]:
+            record["tensor_std"] = [
+                {
+                    "spec": spec,
+                    "std": float(s),
+                    **{key: certs[(k, s)][1][key] for key in ("profile_error", "weak", "coefficients")},
+                }
+                for spec, s in variants[v].items()
+            ]
+            record["weak"] = record["weak"] or any(t["weak"] for t in record["tensor_std"])
+        records.append(record)
     with made_folder(outdir):  # removed again if the inputs turn out unusable
         with tempfile.TemporaryDirectory(prefix=".phema-scratch-", dir=scratch_dir or outdir) as scratch:
             layouts = OfficialLayouts(check=False)  # inputs are compared with each other instead
@@ -249,22 +342,36 @@ def reconstruct_phema(
                         f"{inp.path.name} has a different network config than {used[0].path.name}; "
                         "pick the snapshots of one run (--indir/--inprefix)"
                     )
-            metadatas = [
-                _output_metadata(infos[0], used, X[:, j], std, out_nimg, dtype) for j, std in enumerate(out_std)
-            ]
+            select = None
+            if any(variants[v] for _, v, _ in outputs):
+                names = [n for n in files[0].tensors if not Precond.is_buffer(n)]
+                resolved = [_resolve_variant(variant, names) for variant in variants]
+                for record, (_, v, _) in zip(records, outputs):
+                    for entry in record.get("tensor_std", []):
+                        entry["tensors"] = resolved[v][1][entry["spec"]]
+
+                def select(name):
+                    return [column_of[(k, resolved[v][0].get(name, std))] for k, v, std in outputs]
+
+            metadatas = [_output_metadata(infos[0], r, std, times[k][1]) for r, (k, _, std) in zip(records, outputs)]
             pass_figures = write_linear_combinations(
                 list(files),
                 X,
-                [out_path(std) for std in out_std],
+                paths,
                 metadatas,
                 copied=Precond.is_buffer,  # buffers are copied from the last input, never averaged
                 acc_dtype=dtype,
                 max_memory=max_memory,
                 chunk_elements=chunk_elements,
                 workers=workers,
-                progress=f"phema {X.shape[0]} in -> {X.shape[1]} out" if progress else None,
+                progress=f"phema {X.shape[0]} in -> {len(paths)} out" if progress else None,
+                select=select,
             )
     result.update(pass_figures)
-    result["out_std"] = out_std
+    for path, record in zip(result["outputs"], records):
+        cert = {"network": Path(path).name, **record}
+        atomic_write_text(Path(path).parent / certificate_name(Path(path).name), json.dumps(cert, indent=1) + "\n")
+    result["records"] = records
+    result["out_std"] = sorted({std for _, _, std in outputs})
     result["wall_s"] = time.perf_counter() - t_start
     return result

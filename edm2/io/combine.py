@@ -219,11 +219,15 @@ class _StreamingPass:
     parallel scale better than intra-op threads on a busy machine.
     """
 
-    def __init__(self, sources, params, X, out, acc_dtype, chunk, workers, progress, stats):
+    def __init__(self, sources, params, X, out, acc_dtype, chunk, workers, progress, stats, select=None):
         # Rows grouped by dtype, widest first, so every group starts aligned for a dtype view.
         order = sorted(range(len(sources)), key=lambda i: -sources[i].dtype.itemsize)
         self.sources, X = [sources[i] for i in order], X[order]
-        self.n_in, self.n_out = X.shape
+        self.n_in, self.n_cols = X.shape
+        # select [n_params, n_out]: the column of X each output takes for each combined tensor
+        # (None: output j is column j for every tensor).
+        self.select = None if select is None else torch.from_numpy(np.asarray(select, dtype=np.int64))
+        self.n_out = self.n_cols if select is None else self.select.shape[1]
         self.itemsizes = [src.dtype.itemsize for src in self.sources]
         self.row_start = np.cumsum([0] + self.itemsizes)  # staging row i starts at row_start[i] * n bytes
         self.groups = []  # (first row, end row, dtype): runs of inputs converted in one copy
@@ -326,9 +330,9 @@ class _StreamingPass:
             self.stats["hash_s"] += time.perf_counter() - t0
 
     def compute(self) -> None:
-        pipe, n_in, n_out = self.pipe, self.n_in, self.n_out
+        pipe, n_in, n_out, n_cols = self.pipe, self.n_in, self.n_out, self.n_cols
         W = torch.empty(n_in * self.chunk, dtype=self.acc_dtype)
-        Y = torch.empty(n_out * self.chunk, dtype=self.acc_dtype)
+        Y = torch.empty(n_cols * self.chunk, dtype=self.acc_dtype)
         while True:
             item = pipe.get(self.ready)
             if item is None:
@@ -343,8 +347,8 @@ class _StreamingPass:
                 rows = raw[int(self.row_start[lo]) * n : int(self.row_start[hi]) * n]
                 Wv[lo:hi].copy_(rows.view(dtype).view(hi - lo, n))
             self._release_staging(s)
-            Yv = Y[: n_out * n].view(n_out, n)
-            torch.mm(self.Ct, Wv, out=Yv)  # every output's chunk at once: out_j = sum_i X[i, j] in_i
+            Yv = Y[: n_cols * n].view(n_cols, n)
+            torch.mm(self.Ct, Wv, out=Yv)  # every column's chunk at once: Y_j = sum_i X[i, j] in_i
             # NaN and infinities propagate through the product (NaN * 0 is NaN): the range of the
             # products, one allocation-free reduction, finds a non-finite input weight (NaN fails
             # both comparisons) or an output beyond float16 (its overflow threshold is 65520).
@@ -356,7 +360,12 @@ class _StreamingPass:
             if o is None:
                 return
             t2 = time.perf_counter()
-            self.outbufs[o][: n_out * n].copy_(Y[: n_out * n])
+            if self.select is None:
+                self.outbufs[o][: n_out * n].copy_(Y[: n_out * n])
+            else:  # each tensor of output j from its own column of X (per-tensor coefficients)
+                outv = self.outbufs[o][: n_out * n].view(n_out, n)
+                for p, e0, e1, dest in self.chunks[ci][2]:
+                    outv[:, dest : dest + e1 - e0].copy_(Yv[self.select[p], dest : dest + e1 - e0])
             self.stats["compute_s"] += time.perf_counter() - t2 + t1 - t0
             self.stats["wait_write_s"] += t2 - t1
             if not pipe.put(self.to_write, (ci, o)):
@@ -379,6 +388,9 @@ class _StreamingPass:
                     "it away); no output written"
                 )
         j, k = (int(v) for v in (~(out.abs() < _FP16_OVERFLOW)).nonzero()[0])
+        if self.select is not None:  # row j of `out` is a column of X: name the first output taking it there
+            p = next(p for p, e0, e1, dest in pieces if dest <= k < dest + e1 - e0)
+            j = int((self.select[p] == j).nonzero()[0, 0]) if bool((self.select[p] == j).any()) else 0
         raise FormatError(
             f"{self.out.paths[j]}: weight {tensor_at(k)} overflows float16 in the reconstruction; no output written"
         )
@@ -444,17 +456,19 @@ def _staging_buffers(workers: int, hashing: bool) -> int:
     return workers + 1 + int(hashing)
 
 
-def _chunk_size(sources, X, acc_dtype, total, workers, max_memory, chunk_elements) -> tuple[int, int]:
+def _chunk_size(sources, X, acc_dtype, total, workers, max_memory, chunk_elements, n_out=None) -> tuple[int, int]:
     """`(chunk, bytes per chunk element)`: chunk buffers sized to the memory budget.
 
     Per element of a chunk: raw input bytes (`_staging_buffers`), the accumulation-dtype
-    input and output columns (per worker) and fp16 outputs (workers + 1 buffers). Raises
-    ConfigError when `max_memory` cannot hold even a small chunk.
+    input rows and X columns (per worker) and fp16 outputs (workers + 1 buffers; `n_out`
+    outputs, default one per column of X). Raises ConfigError when `max_memory` cannot hold
+    even a small chunk.
     """
-    n_in, n_out = X.shape
+    n_in, n_cols = X.shape
+    n_out = n_cols if n_out is None else n_out
     staging = _staging_buffers(workers, any(s.sha256 for s in sources))
     per_element = staging * sum(s.dtype.itemsize for s in sources) + (workers + 1) * n_out * 2
-    per_element += workers * (n_in + n_out) * acc_dtype.itemsize
+    per_element += workers * (n_in + n_cols) * acc_dtype.itemsize
     budget = parse_bytes(max_memory) - _current_rss() - (64 << 20)
     if chunk_elements is None:
         chunk_elements = min(budget, _DEFAULT_CHUNK_BYTES) // per_element
@@ -497,8 +511,14 @@ def write_linear_combinations(
     chunk_elements: int | None = None,  # Elements per chunk (default: chosen from max_memory).
     workers: int | None = None,  # Compute threads (default: torch.get_num_threads()).
     progress: str | None = None,  # Description of a tqdm progress bar (None: no bar).
+    select: Callable[[str], list] | None = None,  # tensor name -> the column of X of each output [n_out].
 ) -> dict:
     """Write `out_j = sum_i X[i, j] * in_i` of every combined tensor into `paths[j]`, in one pass.
+
+    With `select`, output j's tensor `name` is instead `sum_i X[i, select(name)[j]] * in_i`
+    (per-tensor coefficients: X holds every distinct column once, computed once per chunk; the
+    outputs take their tensors from those columns, so a tensor equals, bit for bit, the same
+    column written as a whole output by a pass with the same X and chunks).
 
     Every output holds the combined tensors, in the data order of the first input, then the
     copied ones (sorted by name) from the last input, all as fp16; the files appear under
@@ -517,11 +537,18 @@ def write_linear_combinations(
     with StreamingWriter(paths, entries, metadatas) as out:
         workers = max(1, int(workers or torch.get_num_threads()))
         total = sum(numel for _, numel, _ in params)
-        chunk, per_element = _chunk_size(files, X, acc_dtype, total, workers, max_memory, chunk_elements)
+        columns = None
+        if select is not None:
+            columns = np.array([select(name) for name, _, _ in params], dtype=np.int64).reshape(len(params), len(paths))
+            if columns.size and not (0 <= columns.min() and columns.max() < X.shape[1]):
+                raise ValueError(f"select gives columns outside 0..{X.shape[1] - 1}")
+        elif X.shape[1] != len(paths):
+            raise ValueError(f"X has {X.shape[1]} columns for {len(paths)} outputs; give select")
+        chunk, per_element = _chunk_size(files, X, acc_dtype, total, workers, max_memory, chunk_elements, len(paths))
         figures = {"chunk_elements": chunk, "working_bytes": chunk * per_element, "workers": workers}
         bar = None if progress is None else tqdm(total=total, unit="param", unit_scale=True, desc=progress)
         try:
-            _StreamingPass(files, params, X, out, acc_dtype, chunk, workers, bar, stats).run()
+            _StreamingPass(files, params, X, out, acc_dtype, chunk, workers, bar, stats, columns).run()
         finally:
             if bar is not None:
                 bar.close()

@@ -30,6 +30,7 @@ from edm2.sample.generate import (
     resolve_networks,
     sampler_kwargs,
 )
+from edm2.sample.sampler import guide_evaluations, interval_steps
 
 DEFAULT_METRICS = ("fid", "fd_dinov2")
 
@@ -283,10 +284,10 @@ def gen_metrics(
     ref_stats = load_stats(ref)
     metrics = choose_metrics(metrics, ref_stats, ref)
     choice = resolve_networks(None, net, gnet, guidance)
+    opts = sampler_kwargs(guidance=choice.guidance, **sampler)  # bad options fail before loading
     main, guide = load_networks_rank0_first(choice, device)
     detectors = load_detectors(metrics, locations, device)
     check_same_detectors(ref_stats, detectors, ref)  # before any image is generated
-    opts = sampler_kwargs(guidance=choice.guidance, **sampler)
     values = {m: [] for m in metrics}
     ranges = []
     for k in range(seeds_ranges):
@@ -310,6 +311,7 @@ def gen_metrics(
         if progress and get_rank() == 0:
             print(f"seeds {lo}-{lo + num - 1}: " + ", ".join(f"{m} {values[m][-1]:.4f}" for m in metrics))
     nfe = 2 * opts["num_steps"] - 1  # denoiser evaluations per image (docs/method.md#sampling)
+    guided = interval_steps(**opts)  # the steps that evaluate the guide too (all, with no interval)
     result = {
         "metrics": {m: summarize(v) for m, v in values.items()},
         "network": choice.net,
@@ -320,8 +322,9 @@ def gen_metrics(
         "nimg": main.nimg,
         "num_steps": opts["num_steps"],
         "nfe": nfe,
-        "network_evaluations": nfe * (2 if choice.guidance != 1 else 1),
+        "network_evaluations": nfe + guide_evaluations(guided, opts["num_steps"]),
         "sampler": {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
+        "guided_steps": guided,
         "seeds": ranges,
         "num_images": num,
         "detectors": {m: detectors[m].location for m in metrics},

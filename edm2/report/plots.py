@@ -110,7 +110,10 @@ def edge_optima(rows: list[dict], metric: str) -> list[dict]:
 def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     """Metric vs EMA length (one curve per run and guidance setting; the optimum starred and
     given in the legend, so labels never overlap). Shaded: the min-max over the seed ranges.
-    An optimum at the edge of the grid is drawn hollow and named in a note under the plot."""
+    An optimum at the edge of the grid is drawn hollow and named in a note under the plot. A
+    point whose reconstruction is weak (`phema_weak`: profile error above the threshold or
+    outside the supported band, docs/phema.md#certificate) is ringed in red."""
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     rows = [r for r in rows if r["metric"] == metric]
@@ -119,7 +122,7 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
     guidances = _unique(r["guidance"] for r in rows)
     color, dash = _styles(runs, guidances)
     edges = {(e["run"], e["guidance"]): e for e in edge_optima(rows, metric)}
-    banded = False
+    banded = weak = False
     for (run, guidance), group in _series(rows, lambda r: (r["run"], r["guidance"])).items():
         group = sorted(_best_over_guide_std(group), key=lambda r: r["ema_std"])
         x = [r["ema_std"] for r in group]
@@ -139,6 +142,13 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
             [best["ema_std"]], [best["value"]], "*", markersize=13, markeredgecolor="black",
             color="white" if edge else color[run],
         )  # fmt: skip
+        weak_points = [r for r in group if r.get("phema_weak")]
+        if weak_points:
+            ax.plot(
+                [r["ema_std"] for r in weak_points], [r["value"] for r in weak_points], "o", markersize=9,
+                markerfacecolor="none", markeredgecolor="red", markeredgewidth=1.2,
+            )  # fmt: skip
+            weak = True
     _maybe_log(ax, [r["value"] for r in rows])
     ax.margins(y=0.1)
     ax.set_xlabel("EMA length $\\sigma_\\mathrm{rel}$")
@@ -150,6 +160,9 @@ def plot_ema_sweep(rows: list[dict], metric: str, stem, statistic: str = "min"):
         if banded:
             handles.append(Patch(color="gray", alpha=0.25, lw=0))
             labels.append("min-max over seed ranges")
+        if weak:
+            handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="red"))
+            labels.append("weak reconstruction (profile error above threshold, or outside the supported band)")
         ax.legend(handles, labels, fontsize=7)
     else:
         ax.text(0.5, 0.5, f"no scores for {metric}", ha="center", va="center", transform=ax.transAxes)

@@ -8,8 +8,7 @@ rounded to the 3 decimals of the phema file names, excluding lengths already on 
 """
 
 from edm2.report.results import best_rows
-
-MAX_STD = 0.289  # power-function EMA profiles exist for std < 1/sqrt(12) (docs/method.md#ema)
+from edm2.utils import MAX_STD  # power-function EMA profiles exist for std < 1/sqrt(12) (docs/method.md#ema)
 
 
 def fine_stds(grid: list[float], best: float, points: int) -> list[float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from edm2.data.limits import read_file
 from edm2.errors import DataError, FormatError
 from edm2.io.atomic import atomic_path
-from edm2.naming import parse_snapshot_name
+from edm2.naming import certificate_name, parse_snapshot_name
 
 STATISTICS = ("min", "mean")
 
@@ -26,12 +26,14 @@ STATISTICS = ("min", "mean")
 SCORE_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value",
     "min", "mean", "std", "num_ranges", "values", "kimg", "nimg", "nfe", "num_steps",
-    "num_images", "mparams", "gflops", "network", "gnet", "detector", "ref", "source", "guide_std", "guide_kimg",
+    "num_images", "mparams", "gflops", "network", "gnet", "detector", "ref", "source",
+    "profile_error", "phema_weak", "guide_std", "guide_kimg",
 ]  # fmt: skip
 
 BEST_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value", "min",
-    "mean", "std", "nfe", "kimg", "mparams", "gflops", "num_images", "network", "gnet", "guide_std", "guide_kimg",
+    "mean", "std", "nfe", "kimg", "mparams", "gflops", "num_images", "network", "gnet",
+    "profile_error", "phema_weak", "guide_std", "guide_kimg",
 ]  # fmt: skip
 
 
@@ -63,8 +65,23 @@ def summarize(values, statistic: str) -> float:
     return min(finite) if statistic == "min" else sum(finite) / len(finite)
 
 
+def read_certificate(network) -> dict | None:
+    """The certificate `edm2 phema` wrote beside a reconstructed network (edm2.ema.certificate,
+    docs/phema.md#certificate): {'profile_error', 'weak', ...}, or None for a network without one
+    (a released or traditional-EMA network, a URL, or a file moved away from its certificate)."""
+    if not network or "://" in str(network):
+        return None
+    path = Path(network)
+    cert = path.parent / certificate_name(path.name)
+    if not cert.is_file():
+        return None
+    data = _read_json(cert)
+    return data if isinstance(data.get("profile_error"), (int, float)) else None
+
+
 def read_score(path, statistic: str = "min") -> list[dict]:
-    """One score JSON -> tidy rows (one per metric)."""
+    """One score JSON -> tidy rows (one per metric); `profile_error` and `phema_weak` (0/1) from
+    the network's certificate (`read_certificate`), empty without one."""
     path = Path(path)
     data = _read_json(path)
     metrics = data.get("metrics")
@@ -75,6 +92,7 @@ def read_score(path, statistic: str = "min") -> list[dict]:
     ema_std = data.get("ema_std")
     if ema_std is None:
         raise FormatError(f"{path}: no 'ema_std'; score a network reconstructed by `edm2 phema`")
+    cert = read_certificate(data.get("network"))
     # The guide's EMA length and training kimg, from its file name (edm2.naming): the axes of the
     # autoguidance EMA sweep (the autoguidance paper's EMA_g, and the guide's training length).
     guide = parse_snapshot_name(Path(str(data.get("gnet") or "")).name) if data.get("gnet") else None
@@ -113,6 +131,8 @@ def read_score(path, statistic: str = "min") -> list[dict]:
                 "detector": (data.get("detectors") or {}).get(metric),
                 "ref": data.get("ref"),
                 "source": str(path),
+                "profile_error": None if cert is None else float(cert["profile_error"]),
+                "phema_weak": None if cert is None else int(bool(cert.get("weak"))),
                 "guide_std": guide.std if guide else None,
                 "guide_kimg": guide.kimg if guide else None,
             }
@@ -180,9 +200,9 @@ def write_csv(path, rows: list[dict], columns: list[str]) -> None:
 
 
 _NUMERIC = {
-    "guidance_weight", "ema_std", "guide_std", "value", "min", "mean", "std", "mparams", "gflops",
+    "guidance_weight", "ema_std", "guide_std", "value", "min", "mean", "std", "mparams", "gflops", "profile_error",
 }  # fmt: skip
-_INTEGER = {"guide_kimg", "num_ranges", "kimg", "nimg", "nfe", "num_steps", "num_images"}
+_INTEGER = {"guide_kimg", "num_ranges", "kimg", "nimg", "nfe", "num_steps", "num_images", "phema_weak"}
 
 
 def read_csv(path) -> list[dict]:

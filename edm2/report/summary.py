@@ -13,15 +13,36 @@ from edm2.report.results import read_csv
 TITLE = "EDM2 workflow results"
 
 
+def profile_error_text(row: dict) -> str:
+    """The reconstruction's relative profile error as a table cell ('0.12%', '3.40% weak'; empty
+    for a network without a certificate: docs/phema.md#certificate)."""
+    if row.get("profile_error") is None:
+        return ""
+    return f"{row['profile_error']:.2%}" + (" weak" if row.get("phema_weak") else "")
+
+
 def _best_markdown(best: list[dict]) -> str:
-    header = "| Run | Guidance | w | Metric | best EMA | value | NFE |\n|---|---|---:|---|---:|---:|---:|\n"
+    header = "| Run | Guidance | w | Metric | best EMA | value | NFE | profile error |\n"
+    header += "|---|---|---:|---|---:|---:|---:|---:|\n"
     lines = []
     for r in best:
         weight = "" if r["guidance_weight"] is None else f"{r['guidance_weight']:.2f}"
         nfe = "" if r["nfe"] is None else str(r["nfe"])
         lines.append(
-            f"| {r['label']} | {r['guidance']} | {weight} | {r['metric']} | {r['ema_std']:.3f} | {r['value']:.3f} | {nfe} |"
+            f"| {r['label']} | {r['guidance']} | {weight} | {r['metric']} | {r['ema_std']:.3f} | {r['value']:.3f} | {nfe} "
+            f"| {profile_error_text(r)} |"
         )
+    return header + "\n".join(lines) + "\n"
+
+
+def _sweep_markdown(rows: list[dict]) -> str:
+    """Every scored EMA length with its value and the profile error of its reconstruction."""
+    header = "| Run | Guidance | Metric | EMA length | value | profile error |\n|---|---|---|---:|---:|---:|\n"
+    rows = sorted(rows, key=lambda r: (r["run"], r["guidance"], r["metric"], r["ema_std"]))
+    lines = [
+        f"| {r['label']} | {r['guidance']} | {r['metric']} | {r['ema_std']:.3f} | {r['value']:.3f} | {profile_error_text(r)} |"
+        for r in rows
+    ]
     return header + "\n".join(lines) + "\n"
 
 
@@ -29,11 +50,15 @@ def _rel(path, start) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
 
 
-def build_markdown(best_csv, table_md, plots, samples, md_path) -> str:
+def build_markdown(best_csv, table_md, plots, samples, md_path, scores_csv=None) -> str:
     best = read_csv(best_csv)
     base = Path(md_path).parent
     parts = [f"# {TITLE}", "", "## Table 2 layout", "", Path(table_md).read_text().rstrip(), ""]
     parts += ["## Best EMA length per run, guidance setting and metric", "", _best_markdown(best)]
+    if scores_csv is not None:
+        parts += ["## EMA sweep", "", "Profile error: how far each post-hoc EMA reconstruction is from the requested"]
+        parts += ["profile ('weak': above the threshold or outside the supported band; docs/phema.md#certificate).", ""]
+        parts += [_sweep_markdown(read_csv(scores_csv))]
     parts += ["## Plots", ""]
     for p in plots:
         p = Path(p)
@@ -117,7 +142,7 @@ def markdown_to_html(markdown: str, base: Path) -> str:
     return f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{TITLE}</title><style>{style}</style></head>\n<body>\n{body}\n</body></html>\n'
 
 
-def write_summary(best_csv, table_md, plots, samples, md_path, html_path) -> None:
-    markdown = build_markdown(best_csv, table_md, plots, samples, md_path)
+def write_summary(best_csv, table_md, plots, samples, md_path, html_path, scores_csv=None) -> None:
+    markdown = build_markdown(best_csv, table_md, plots, samples, md_path, scores_csv)
     atomic_write_text(md_path, markdown)
     atomic_write_text(html_path, markdown_to_html(markdown, Path(md_path).parent))

@@ -30,8 +30,8 @@ from edm2.io.snapshot import load_snapshot
 from edm2.naming import parse_snapshot_name
 from edm2.presets import GENERATION_PRESETS, get_generation_preset
 from edm2.sample.fast import FastDenoiser, fast_by_default
-from edm2.sample.options import SamplerOptions
-from edm2.sample.sampler import StackedRandomGenerator, edm_sampler
+from edm2.sample.options import DEFAULTS, INTERVAL_FIELDS, SamplerOptions, preset_interval
+from edm2.sample.sampler import StackedRandomGenerator, describe_interval, edm_sampler
 from edm2.utils import MAX_INT, IntRanges, kimg_to_nimg
 
 # ---- seeds and ranks (docs/method.md#sampling) ----------------------------------------------------------------
@@ -124,16 +124,20 @@ class NetworkChoice:
     net: str
     gnet: str | None
     guidance: float
+    sampler: dict = dataclasses.field(default_factory=dict)  # the preset's sampler options (guidance interval)
 
 
 def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> NetworkChoice:
     """Fill unset options from a generation preset; a preset name given as --net/--gnet means its
-    main network. Guidance unset -> 1 (and the guide ignored); guidance != 1 needs a guide."""
+    main network. Guidance unset -> 1 (and the guide ignored); guidance != 1 needs a guide.
+    The preset's guidance interval, if it has one, is in `sampler` (see `preset_interval`)."""
+    sampler = {}
     if preset is not None:
         p = get_generation_preset(preset)
         net = p.net if net is None else net
         gnet = p.gnet if gnet is None else gnet
         guidance = p.guidance if guidance is None else guidance
+        sampler = p.sampler
     if net is None:
         raise ConfigError("no network given; pass --net FILE|URL|PRESET or --preset NAME")
     net = GENERATION_PRESETS[net].net if str(net) in GENERATION_PRESETS else str(net)
@@ -144,7 +148,7 @@ def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> Network
         gnet = None  # docs/method.md#sampling: --gnet is ignored without guidance
     elif gnet is None:
         raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
-    return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance)
+    return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance, sampler=sampler)
 
 
 def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> LoadedNetwork:
@@ -226,7 +230,7 @@ def generate_batches(
     world_size: int | None = None,  # Default: the process group's size.
     progress: bool = False,  # tqdm bar on rank 0.
     fast: bool | None = None,  # Compiled/captured denoisers (edm2.sample.fast); None: on CUDA only.
-    **kwargs,  # edm_sampler options: num_steps, sigma_min, sigma_max, rho, guidance, S_churn, ...
+    **kwargs,  # edm_sampler options: num_steps, sigma_min, sigma_max, rho, guidance, S_churn, ..., sigma_lo, ...
 ):
     """Yield `GeneratedBatch`es for this rank's share of `seeds` (docs/method.md#sampling).
 
@@ -260,6 +264,13 @@ def generate_batches(
     world_size = get_world_size() if world_size is None else world_size
     seeds = as_seeds(seeds)
     batches = rank_chunks(len(seeds), max_batch, rank, world_size)
+    if (
+        progress
+        and rank == 0
+        and opts["guidance"] != 1
+        and any(opts[k] != getattr(DEFAULTS, k) for k in INTERVAL_FIELDS)
+    ):
+        print(f"Guidance interval: {describe_interval(**opts)}")
     encoder.init(device)
     fast = fast_by_default(device) if fast is None else bool(fast)
     denoiser, guide = net, gnet
@@ -332,12 +343,14 @@ def generate_images(
     device=None,  # Default: CUDA if available, else CPU.
     progress: bool = True,  # Progress bar and messages on rank 0.
     fast: bool | None = None,  # Compiled/captured denoisers; None: on CUDA only (edm2.sample.fast).
-    **kwargs,  # Sampler options (num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise).
+    **kwargs,  # Sampler options (SamplerOptions fields: num_steps, ..., S_noise, the guidance interval).
 ) -> list[Path]:
-    """Generate one PNG per seed; returns the paths written by this rank."""
+    """Generate one PNG per seed; returns the paths written by this rank. A preset with a
+    guidance interval sets it unless an interval option is given."""
     init_distributed()
     rank = get_rank()
-    if isinstance(net, LoadedNetwork) or isinstance(net, torch.nn.Module):
+    loaded = isinstance(net, LoadedNetwork) or isinstance(net, torch.nn.Module)
+    if loaded:
         guidance = 1.0 if guidance is None else float(guidance)
         main, guide = net, gnet
         if guidance != 1 and guide is None:
@@ -345,6 +358,9 @@ def generate_images(
     else:
         choice = resolve_networks(preset, net, gnet, guidance)
         guidance = choice.guidance
+        kwargs = preset_interval(kwargs, choice.sampler)
+    sampler_kwargs(guidance, **kwargs)  # bad sampler options fail here, before anything is loaded
+    if not loaded:
         if progress and rank == 0:
             print(f"Loading network {choice.net}" + (f" and guide {choice.gnet}" if choice.gnet else ""))
         main, guide = load_networks_rank0_first(choice, device)

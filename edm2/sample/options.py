@@ -4,10 +4,15 @@ library only, so the Snakefile can read them too).
     SamplerOptions()                    the defaults: 32 steps (NFE 63), sigma 0.002..80, rho 7, no churn
     SamplerOptions(num_steps=16).nfe    31
     SAMPLER_FIELDS['num_steps'].minimum 2
+    SamplerOptions(sigma_lo=0.19, sigma_hi=1.61)                  guidance on steps 17..22 only (of 32)
+    SamplerOptions(guidance_start=17, guidance_stop=22)           the same, by step index
 
 The defaults are those of the EDM paper's deterministic sampler (Karras et al. 2022, arXiv
 2206.00364, Sec. 3, Eq. 5 and Algorithm 2) as the official EDM2 `generate_images.py`
-uses them; `edm2 generate`, `edm2 metrics gen` (through `edm2.commands.sampling.sampler_options`)
+uses them. The guidance interval (sigma_lo, sigma_hi], or [guidance_start, guidance_stop] by
+step index, is that of Kynkäänniemi et al. 2024 (arXiv 2404.07724, Sec. 3.1, Eq. 6; their
+code's `guidance_interval`); the default covers every step (plain guidance, Eq. 4).
+`edm2 generate`, `edm2 metrics gen` (through `edm2.commands.sampling.sampler_options`)
 and the workflow schema take them from here.
 """
 
@@ -25,10 +30,11 @@ class SamplerField:
     minimum: float | None  # lower bound (None: any value)
     open: bool  # the bound itself is excluded
     help: str
+    type: type = float  # int or float; the value may also be None where the default is None
 
 
 SAMPLER_FIELDS = {
-    "num_steps": SamplerField("--steps", 2, False, "Number of sampling steps (NFE = 2 steps - 1)."),
+    "num_steps": SamplerField("--steps", 2, False, "Number of sampling steps (NFE = 2 steps - 1).", int),
     "sigma_min": SamplerField("--sigma_min", 0, True, "Lowest noise level."),
     "sigma_max": SamplerField("--sigma_max", 0, True, "Highest noise level."),
     "rho": SamplerField("--rho", 0, True, "Time step exponent."),
@@ -36,7 +42,21 @@ SAMPLER_FIELDS = {
     "S_min": SamplerField("--S_min", 0, False, "Stochastic min noise level."),
     "S_max": SamplerField("--S_max", 0, False, "Stochastic max noise level."),
     "S_noise": SamplerField("--S_noise", None, False, "Stochastic noise inflation."),
+    "sigma_lo": SamplerField(
+        "--sigma_lo",
+        0,
+        False,
+        "Guidance interval (sigma_lo, sigma_hi]: guide only the steps whose noise level lies in it.",
+    ),
+    "sigma_hi": SamplerField("--sigma_hi", 0, False, "Upper end of the guidance interval (inf: from the first step)."),
+    "guidance_start": SamplerField(
+        "--guidance_start", 0, False, "Guidance interval by step index: first guided step (0 = the first step).", int
+    ),
+    "guidance_stop": SamplerField(
+        "--guidance_stop", 0, False, "Last guided step, inclusive (steps - 1 = the last)  [default: the last]", int
+    ),
 }
+INTERVAL_FIELDS = ("sigma_lo", "sigma_hi", "guidance_start", "guidance_stop")  # the guidance interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +64,16 @@ class SamplerOptions:
     """Options of `edm_sampler` other than the networks, noise and guidance.
 
     Raises ConfigError (naming the command-line option) for a value outside its bounds
-    (`SAMPLER_FIELDS`): fewer than 2 steps, non-positive noise levels or rho, negative churn.
+    (`SAMPLER_FIELDS`): fewer than 2 steps, non-positive noise levels or rho, negative churn, NaN;
+    and for a guidance interval that is empty by construction (sigma_lo >= sigma_hi,
+    guidance_start > guidance_stop, guidance_stop past the last step) or given both by noise
+    level and by step index.
+
+    The guidance interval (arXiv 2404.07724 Eq. 6): step i (0-based, from sigma_max down) is
+    guided iff sigma_lo < t_i <= sigma_hi and guidance_start <= i <= guidance_stop, where t_i is
+    the step's noise level before churn (`t_cur` of `edm_sampler`). Both evaluations of a Heun
+    step use the same decision, so w stays constant within each step (the paper's Sec. 3.1
+    snapping to whole steps) and the guiding network is not evaluated on unguided steps.
     """
 
     num_steps: int = 32  # Heun steps; the last one is an Euler step, so NFE = 2 num_steps - 1.
@@ -55,16 +84,49 @@ class SamplerOptions:
     S_min: float = 0.0  # Noise levels in [S_min, S_max] get churn.
     S_max: float = math.inf
     S_noise: float = 1.0  # Inflation of the churn noise.
+    sigma_lo: float = 0.0  # Guidance interval (sigma_lo, sigma_hi] of noise levels (arXiv 2404.07724 Eq. 6).
+    sigma_hi: float = math.inf
+    guidance_start: int = 0  # Guidance interval by step index, both ends included (the paper's code).
+    guidance_stop: int | None = None  # None: the last step.
 
     def __post_init__(self):
+        open_ended = {f.name for f in dataclasses.fields(self) if f.default is None}  # None: "to the end"
         for name, field in SAMPLER_FIELDS.items():
             value = getattr(self, name)
-            value = int(value) if name == "num_steps" else float(value)
+            if value is None and name in open_ended:
+                continue
+            value = _number(field, value)
             object.__setattr__(self, name, value)
             low = field.minimum
             if low is not None and (value < low or (field.open and value == low)):
                 bound = f"greater than {low:g}" if field.open else f"at least {low:g}"
                 raise ConfigError(f"{field.flag} must be {bound}, got {value:g}")
+        self._check_interval()
+
+    def _check_interval(self):
+        if not self.sigma_lo < self.sigma_hi:
+            raise ConfigError(
+                f"--sigma_lo ({self.sigma_lo:g}) must be below --sigma_hi ({self.sigma_hi:g}); "
+                "the guidance interval is (sigma_lo, sigma_hi]"
+            )
+        stop = self.guidance_stop
+        if stop is not None and stop > self.num_steps - 1:
+            raise ConfigError(
+                f"--guidance_stop {stop} is past the last step {self.num_steps - 1} of --steps {self.num_steps}"
+            )
+        if stop is not None and self.guidance_start > stop:
+            raise ConfigError(f"--guidance_start ({self.guidance_start}) must be at most --guidance_stop ({stop})")
+        if self.guidance_start > self.num_steps - 1:
+            raise ConfigError(
+                f"--guidance_start {self.guidance_start} is past the last step {self.num_steps - 1} of --steps {self.num_steps}"
+            )
+        by_sigma = (self.sigma_lo, self.sigma_hi) != (0.0, math.inf)
+        by_step = (self.guidance_start, stop) != (0, None)
+        if by_sigma and by_step:
+            raise ConfigError(
+                "give the guidance interval by noise level (--sigma_lo/--sigma_hi) or by step "
+                "(--guidance_start/--guidance_stop), not both"
+            )
 
     @property
     def nfe(self) -> int:
@@ -83,7 +145,52 @@ class SamplerOptions:
             S_min=self.S_min,
             S_max=self.S_max,
             S_noise=self.S_noise,
+            sigma_lo=self.sigma_lo,
+            sigma_hi=self.sigma_hi,
+            guidance_start=self.guidance_start,
+            guidance_stop=self.guidance_stop,
         )
+
+    @property
+    def interval(self) -> bool:
+        """Whether a guidance-interval option differs from its default (which guides every step)."""
+        return (self.sigma_lo, self.sigma_hi, self.guidance_start, self.guidance_stop) != (0.0, math.inf, 0, None)
+
+
+def _number(field: SamplerField, value):
+    """`value` as the field's type; ConfigError naming the option for NaN, a non-number or a fractional int."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{field.flag} must be a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ConfigError(f"{field.flag} must be a number, got nan")
+    if field.type is int:
+        if not math.isfinite(number) or number != int(number):
+            raise ConfigError(f"{field.flag} must be a whole number, got {value!r}")
+        return int(number)
+    return number
 
 
 DEFAULTS = SamplerOptions()
+
+
+def preset_interval(options: dict, preset_sampler: dict) -> dict:
+    """`options` (SamplerOptions fields) with a preset's guidance interval filled in where the
+    options leave every interval field at its default (an explicit interval wins)."""
+    if any(options.get(name, getattr(DEFAULTS, name)) != getattr(DEFAULTS, name) for name in INTERVAL_FIELDS):
+        return dict(options)
+    return {**options, **{k: v for k, v in preset_sampler.items() if k in INTERVAL_FIELDS}}
+
+
+def interval_options(entry: dict, num_steps: int = DEFAULTS.num_steps) -> dict:
+    """The guidance-interval fields set in `entry` (e.g. a workflow config entry), checked with
+    `SamplerOptions` at `num_steps` (ConfigError naming the option)."""
+    chosen = {name: entry[name] for name in INTERVAL_FIELDS if entry.get(name) is not None}
+    SamplerOptions(num_steps=num_steps, **chosen)
+    return chosen
+
+
+def command_line(options: dict) -> list[str]:
+    """`options` (SamplerOptions fields) as command-line arguments of `edm2 generate` / `metrics gen`."""
+    return [f"{SAMPLER_FIELDS[name].flag} {value:g}" for name, value in options.items() if value is not None]

@@ -20,6 +20,10 @@ def edm_sampler(
     S_min=DEFAULTS.S_min,
     S_max=DEFAULTS.S_max,
     S_noise=DEFAULTS.S_noise,
+    sigma_lo=DEFAULTS.sigma_lo,
+    sigma_hi=DEFAULTS.sigma_hi,
+    guidance_start=DEFAULTS.guidance_start,
+    guidance_stop=DEFAULTS.guidance_stop,
     dtype=torch.float32,
     randn_like=torch.randn_like,
 ):
@@ -28,29 +32,31 @@ def edm_sampler(
     `generate_images.edm_sampler` (docs/method.md#sampling).
 
     noise [N, C, R, R] (unit variance), labels [N, label_dim] or None -> x_0 [N, C, R, R] in
-    `dtype`. NFE = 2 * num_steps - 1; each call evaluates `gnet` too when guidance != 1.
+    `dtype`. NFE = 2 * num_steps - 1; each evaluation on a guided step evaluates `gnet` too.
+
+    Guidance interval (Kynkäänniemi et al., arXiv 2404.07724, Sec. 3.1, Eq. 6): the guidance
+    weight applies only on the steps `guided_steps` selects (noise level t_cur in
+    (sigma_lo, sigma_hi], step index in [guidance_start, guidance_stop]); the other steps use
+    the main network alone (w = 1) and never evaluate `gnet`. The defaults guide every step.
     """
 
     # Guided denoiser: lerp(D_guide, D_main, guidance), autoguidance (arXiv 2406.02507) Eq. 1 /
-    # classifier-free guidance; the guide is skipped when guidance == 1.
-    def denoise(x, t):
+    # classifier-free guidance; the guide is skipped when guidance == 1 or outside the interval.
+    def denoise(x, t, guided):
         Dx = net(x, t, labels).to(dtype)
-        if guidance == 1:
+        if guidance == 1 or not guided:
             return Dx
         ref_Dx = gnet(x, t, labels).to(dtype)
         return ref_Dx.lerp(Dx, guidance)
 
-    # Time step discretisation in `dtype`, EDM (arXiv 2206.00364) Eq. 5, with t_N = 0.
-    step_indices = torch.arange(num_steps, dtype=dtype, device=noise.device)
-    t_steps = (
-        sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
-    ) ** rho
-    t_steps = torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+    t_steps = time_steps(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=noise.device)
+    guided_at = guided_steps(t_steps, sigma_lo, sigma_hi, guidance_start, guidance_stop)
 
     # Main sampling loop.
     x_next = noise.to(dtype) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
+        guided = guided_at[i]  # decided by t_cur, for both evaluations of the step
 
         # Increase noise temporarily (churn), gamma capped at sqrt(2) - 1.
         if S_churn > 0 and S_min <= t_cur <= S_max:
@@ -62,15 +68,82 @@ def edm_sampler(
             x_hat = x_cur
 
         # Euler step.
-        d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+        d_cur = (x_hat - denoise(x_hat, t_hat, guided)) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
 
         # Second-order correction, skipped on the last step.
         if i < num_steps - 1:
-            d_prime = (x_next - denoise(x_next, t_next)) / t_next
+            d_prime = (x_next - denoise(x_next, t_next, guided)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
     return x_next
+
+
+def time_steps(num_steps, sigma_min, sigma_max, rho, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The noise levels t_0 > ... > t_{N-1} > t_N = 0 of the sampler, [num_steps + 1] in `dtype`,
+    computed in `dtype` as the official `edm_sampler` does: EDM (arXiv 2206.00364) Eq. 5."""
+    step_indices = torch.arange(num_steps, dtype=dtype, device=device)
+    t_steps = (
+        sigma_max ** (1 / rho) + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
+    return torch.cat([t_steps, torch.zeros_like(t_steps[:1])])
+
+
+def guided_steps(
+    t_steps,
+    sigma_lo=DEFAULTS.sigma_lo,
+    sigma_hi=DEFAULTS.sigma_hi,
+    guidance_start=DEFAULTS.guidance_start,
+    guidance_stop=DEFAULTS.guidance_stop,
+) -> list[bool]:
+    """Which steps the guidance interval guides: [num_steps] bools for t_steps [num_steps + 1].
+
+    Step i is guided iff sigma_lo < t_i <= sigma_hi (arXiv 2404.07724 Eq. 6, decided by the
+    step's starting noise level t_i, so the weight is constant within a step as Sec. 3.1 asks)
+    and guidance_start <= i <= guidance_stop (the step-index form of the paper's code; None =
+    the last step). t_i is compared exactly as the sampler computes it (in its dtype).
+    """
+    levels = [float(t) for t in t_steps[:-1].tolist()]
+    stop = len(levels) - 1 if guidance_stop is None else guidance_stop
+    return [sigma_lo < t <= sigma_hi and guidance_start <= i <= stop for i, t in enumerate(levels)]
+
+
+def interval_steps(num_steps=DEFAULTS.num_steps, sigma_min=DEFAULTS.sigma_min, sigma_max=DEFAULTS.sigma_max,
+                   rho=DEFAULTS.rho, guidance=1, sigma_lo=DEFAULTS.sigma_lo, sigma_hi=DEFAULTS.sigma_hi,
+                   guidance_start=DEFAULTS.guidance_start, guidance_stop=DEFAULTS.guidance_stop,
+                   dtype=torch.float32, **_other) -> list[int]:  # fmt: skip
+    """The indices of the steps `edm_sampler` guides with these keyword arguments (none when
+    guidance == 1); the guide is evaluated 2x per guided step but once on the last step."""
+    if guidance == 1:
+        return []
+    t_steps = time_steps(num_steps, sigma_min, sigma_max, rho, dtype=dtype)
+    mask = guided_steps(t_steps, sigma_lo, sigma_hi, guidance_start, guidance_stop)
+    return [i for i, guided in enumerate(mask) if guided]
+
+
+def guide_evaluations(steps: list[int], num_steps: int) -> int:
+    """Evaluations of the guiding network per image when `steps` are guided (Heun: 2 per step, 1 on the last)."""
+    return sum(1 if i == num_steps - 1 else 2 for i in steps)
+
+
+def describe_interval(**kwargs) -> str:
+    """One line on the steps `edm_sampler` guides with these keyword arguments, e.g.
+    'guidance 2 on 6 of 32 steps: 17-22 (sigma in (0.189, 1.609])'."""
+    num_steps = kwargs.get("num_steps", DEFAULTS.num_steps)
+    steps = interval_steps(**kwargs)
+    if not steps:
+        return f"no guidance on any of the {num_steps} steps"
+    runs, first = [], steps[0]
+    for a, b in zip(steps, steps[1:] + [None]):
+        if b != a + 1:
+            runs.append(f"{first}" if first == a else f"{first}-{a}")
+            first = b
+    text = f"guidance {kwargs['guidance']:g} on {len(steps)} of {num_steps} steps: {', '.join(runs)}"
+    if len(runs) == 1:
+        names = ("num_steps", "sigma_min", "sigma_max", "rho")
+        t = time_steps(*(kwargs.get(n, getattr(DEFAULTS, n)) for n in names)).tolist()
+        text += f" (sigma in ({t[steps[-1] + 1]:.3f}, {t[steps[0]]:.3f}])"
+    return text
 
 
 class StackedRandomGenerator:

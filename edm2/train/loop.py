@@ -32,6 +32,7 @@ from edm2.train import checkpoint as ckpt
 from edm2.train.data import InfiniteSampler, make_batch_iterator, make_training_encoder
 from edm2.train.finite import FiniteGuard
 from edm2.train.loss import EDM2Loss, make_loss
+from edm2.train.monitor import TrainingMonitor, report_loss_by_sigma
 from edm2.train.options import TrainOptions
 from edm2.train.plan import TrainingPlan, plan_training
 from edm2.train.schedule import learning_rate_schedule
@@ -75,8 +76,9 @@ class TrainingResult:
 
 
 def accumulate_gradients(
-    model, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None, ddp=None
-):
+    model, loss_fn, encoder, batches, rounds, batch_gpu_total, loss_scaling, device, stats=None, ddp=None,
+    loss_by_sigma=False,
+):  # fmt: skip
     """Forward and backward over `rounds` micro-batches of (images [B, C, H, W], labels [B, L]).
 
     Backpropagates `sum(loss) * loss_scaling / batch_gpu_total` per round: the per-element loss
@@ -97,6 +99,8 @@ def accumulate_gradients(
             loss = loss_fn(model, images, labels.to(device, non_blocking=True))  # EDM2Loss or config A's EDMLoss
             if stats is not None:
                 stats.report("Loss/loss", loss)
+                if loss_by_sigma:
+                    report_loss_by_sigma(stats, loss, loss_fn.last_sigma)
             loss_sum = loss.sum()
             total = loss_sum.detach() if total is None else total + loss_sum.detach()
             loss_sum.mul(loss_scaling / batch_gpu_total).backward()
@@ -290,6 +294,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
     )
     batches = make_batch_iterator(plan.dataset, sampler, plan.batch_gpu, opts.workers, run.device)
     bar = _progress_bar(progress, run.rank, result.stop_at_nimg - result.start_nimg)
+    monitor = TrainingMonitor(opts, plan, run, result.start_nimg)  # magnitudes, loss per sigma, TensorBoard
     status = StatusReporter(
         opts.outdir,
         StatsCollector(run.device),
@@ -300,6 +305,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
         run.rank,
         write_line=bar.write if bar is not None else print,
         bar=bar,
+        on_report=monitor.after_status,
     )
     snapshot_meta = dict(
         dataset_kwargs=opts.dataset_kwargs(),
@@ -320,8 +326,13 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             if cur != result.start_nimg and (done or any(n and cur % n == 0 for n in due)):
                 guard.check(run.net, cur)
 
-            # Report status.
+            # Activation magnitudes of the EMA network on the fixed probe batch (rank 0; edm2.train.monitor).
+            if monitor.probe_due(cur) and not resumed_here:
+                monitor.probe(status.stats, cur)
+
+            # Report status (with the EMA network's weight magnitudes).
             if every.status and (done or cur % every.status == 0) and not resumed_here:
+                monitor.before_status(status.stats)
                 status.report(cur)
 
             # Save network snapshots: every EMA, fp16 (rank 0; not forced at the end, as officially).
@@ -330,6 +341,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
                     opts.outdir, cur, run.ema, run.net.init_kwargs, run.encoder.config(), snapshot_meta
                 ):
                     print0(f"Saved {path.name}")
+                monitor.at_snapshot(cur)  # a sample grid into TensorBoard
 
             # Save the training state: at the interval, at the end and when a signal stops the run.
             at_interval = every.checkpoint and (done or cur % every.checkpoint == 0)
@@ -351,7 +363,9 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             step_loss = accumulate_gradients(
                 run.model, run.loss_fn, run.encoder, batches, plan.rounds, plan.batch_gpu_total, opts.loss_scaling,
                 run.device, stats=status.stats, ddp=run.ddp if run.world_size > 1 else None,
+                loss_by_sigma=monitor.enabled,
             )  # fmt: skip
+            monitor.after_backward(status.stats, opts.loss_scaling)  # the gradient norm
 
             # Adam step with the learning rate of the step that starts at `cur`: inverse square root
             # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear 10 Mimg warm-up
@@ -371,6 +385,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             if step_hook is not None:
                 step_hook(cur_nimg=result.cur_nimg, net=run.net, optimizer=run.optimizer, ema=run.ema, lr=lr)
     finally:
+        monitor.close()
         if bar is not None:
             bar.close()
 

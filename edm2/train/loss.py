@@ -15,12 +15,15 @@ class EDM2Loss:
 
     where n ~ N(0, sigma^2 I) and u(sigma) is the network's learned log-variance (Precond's
     `return_logvar`). The batch mean of its sum over elements is the loss the optimizer descends.
+    After each call `last_sigma` [N] holds the noise levels drawn (detached; the training
+    monitor's loss per sigma band reads it).
     """
 
     def __init__(self, P_mean: float = -0.4, P_std: float = 1.0, sigma_data: float = 0.5):
         self.P_mean = P_mean  # Mean of ln(sigma) in the training noise distribution.
         self.P_std = P_std  # Std of ln(sigma) in the training noise distribution.
         self.sigma_data = sigma_data  # Expected standard deviation of the training data.
+        self.last_sigma = None  # The noise levels [N] of the latest call.
 
     def __call__(self, net, images, labels=None):
         # Draw order matters for resuming exactly: ln(sigma) first, then the noise (docs/method.md#training).
@@ -28,6 +31,7 @@ class EDM2Loss:
         sigma = (rnd_normal * self.P_std + self.P_mean).exp()  # EDM2 Eq. 16
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # lambda(sigma), EDM2 Eq. 15
         noise = torch.randn_like(images) * sigma
+        self.last_sigma = sigma.detach().flatten()
         denoised, logvar = net(images + noise, sigma, labels, return_logvar=True)
         # (lambda / e^u) * (D - y)^2 + u, EDM2 Eq. 21, with u broadcast to every element (docs/method.md#official-details).
         loss = (weight / logvar.exp()) * ((denoised - images) ** 2) + logvar
@@ -57,6 +61,7 @@ class EDMLoss(EDM2Loss):
         sigma = (rnd_normal * self.P_std + self.P_mean).exp()  # EDM2 Eq. 16
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2  # lambda(sigma), EDM2 Eq. 15
         noise = torch.randn_like(images) * sigma
+        self.last_sigma = sigma.detach().flatten()
         denoised = net(images + noise, sigma, labels)
         return weight * ((denoised - images) ** 2)
 

@@ -16,7 +16,8 @@ tests/workflow checks that the workflow's JSON schema agrees with it.
 Operational options may change between invocations of one run: where it is (outdir), how it is
 launched and how fast its steps run (batch_gpu, workers, bench, channels_last, compile, fast:
 equal up to the order of float reductions and, for batch_gpu, the grouping of the random draws
-into micro-batches), what it writes and when (status, snapshot, checkpoint, slice, dry_run), and
+into micro-batches), what it writes and when (status, snapshot, checkpoint, slice, probe,
+tensorboard, dry_run: the probe and TensorBoard only read the training state), and
 how far it goes (duration: the learning-rate schedule alpha(t) = alpha_ref / sqrt(max(t / t_ref, 1))
 of EDM2 arXiv 2312.02696 Sec. 2.3 does not depend on it, so a longer duration continues the same
 run and trains only the added images). `preset` is operational because it only fills options left
@@ -32,7 +33,7 @@ from pathlib import Path
 from edm2.errors import ConfigError
 from edm2.presets import TRAINING_PRESETS, get_training_preset
 from edm2.train.configs import CONFIG_NAMES, config_training
-from edm2.utils import parse_int_list, parse_nimg, parse_std_list
+from edm2.utils import MAX_STD, parse_int_list, parse_nimg, parse_std_list
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -291,6 +292,18 @@ class TrainOptions:
         operational=True,
         minimum=0,
     )
+    probe: int | None = _option(
+        None,
+        "--probe",
+        "nimg",
+        "Interval of the activation-magnitude probe on a fixed batch (default: --snapshot; 0 = no probe, "
+        "no weight magnitudes, loss per sigma band or gradient norm)",
+        operational=True,
+        minimum=0,
+    )
+    tensorboard: bool = _option(
+        True, "--tensorboard", "bool", "Write TensorBoard event files next to stats.jsonl", operational=True
+    )
     seed: int = _option(0, "--seed", "int", "Random seed", minimum=0)
     workers: int = _option(
         2,
@@ -346,7 +359,7 @@ class TrainOptions:
         "std_list",
         "Relative EMA stds sigma_rel to track and snapshot (EDM2 Sec. 3.1-3.2)",
         minimum=0,
-        maximum=0.289,
+        maximum=MAX_STD,
         open_min=True,
         open_max=True,
         min_items=1,
@@ -406,6 +419,11 @@ class TrainOptions:
     def lr_kwargs(self) -> dict:
         """learning_rate_schedule arguments: alpha_ref and t_ref (EDM2 Sec. 2.3); the warm-up keeps its default."""
         return dict(ref_lr=float(self.lr), ref_batches=float(self.decay))
+
+    def probe_interval(self) -> int:
+        """Images between activation probes (edm2.train.monitor): --probe, or --snapshot when
+        not given; 0 = no probe."""
+        return int(self.snapshot if self.probe is None else self.probe)
 
     def dataset_kwargs(self) -> dict:
         """ImageFolderDataset arguments."""

@@ -41,6 +41,26 @@ class StatsCollector:
         else:
             self._sums[name] = moments
 
+    def report_groups(self, names: list, values: torch.Tensor, groups: torch.Tensor) -> None:
+        """Report each element of `values` [N] under `names[groups[i]]` (groups [N], integers in
+        [0, len(names))), finite elements only, without a host sync: e.g. the loss per sigma band."""
+        for name in names:
+            if name not in self._reduced:
+                self._reduced.append(name)
+        values = values.detach().flatten().to(torch.float64)
+        finite = torch.isfinite(values)
+        groups = groups.flatten().to(torch.int64)
+        counts = torch.zeros(len(names), dtype=torch.float64, device=values.device)
+        counts.index_add_(0, groups, finite.to(torch.float64))
+        totals = torch.zeros(len(names), dtype=torch.float64, device=values.device)
+        totals.index_add_(0, groups, torch.where(finite, values, 0))
+        moments = torch.stack([counts, totals], dim=1).to(self.device)  # [len(names), 2]
+        for i, name in enumerate(names):
+            if name in self._sums:
+                self._sums[name] += moments[i]
+            else:
+                self._sums[name] = moments[i].clone()
+
     def report0(self, name: str, value: float) -> float:
         if name not in self._rank0:
             self._rank0.append(name)

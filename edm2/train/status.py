@@ -63,7 +63,9 @@ def print_network_summary(net, inputs, max_nesting: int = 2) -> None:
 class StatusReporter:
     """The status line, `stats.jsonl` and timing of docs/method.md#training (collective: every rank calls `report`)."""
 
-    def __init__(self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line, bar=None):
+    def __init__(
+        self, run_dir, stats, device, cur_nimg, elapsed_before, start_time, rank, write_line, bar=None, on_report=None
+    ):
         self.path = Path(run_dir) / "stats.jsonl"
         self.stats = stats
         self.device = device
@@ -75,6 +77,7 @@ class StatusReporter:
         self.prev_nimg = cur_nimg
         self.training_time = 0.0  # pure step time since the last status
         self.bar = bar  # the terminal's progress bar (rank 0), which shows the latest mean loss
+        self.on_report = on_report  # on_report(cur_nimg, means) on rank 0 after each line (TensorBoard)
 
     def report(self, cur_nimg) -> None:
         now = time.time()
@@ -103,6 +106,8 @@ class StatusReporter:
                 f.write(stats_json_line(means))
             if self.bar is not None and means.get("Loss/loss") is not None:
                 self.bar.set_postfix_str(f"loss {means['Loss/loss']:.4g}", refresh=False)
+            if self.on_report is not None:
+                self.on_report(cur_nimg, means)
         self.prev_time = now
         self.prev_nimg = cur_nimg
         self.training_time = 0.0

@@ -343,7 +343,8 @@ def test_expansion_inserts_round_k_values_between():
     [
         "0",  # std must be > 0
         "-0.05",
-        "0.289",  # std must be < 0.289
+        "0.289",  # std must be < sqrt(1/12)
+        "0.2887",  # std must be < sqrt(1/12) = 0.288675 (gamma >= 0)
         "0.3",
         "0.05,0.29",
         "0.01,0.02,...,0.30",  # expansion runs past the bound

@@ -198,12 +198,14 @@ def test_official_options_from_the_command_line(run_dir, tmp_path):
     result = CliRunner().invoke(main, args + ["--outkimg", "16", "--max-memory", "1GiB"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
-        f"phema-0000016-{s}.safetensors" for s in ("0.050", "0.060", "0.070", "0.080")
+        f"phema-0000016-{s}.{ext}"
+        for s in ("0.050", "0.060", "0.070", "0.080")
+        for ext in ("certificate.json", "safetensors")
     ]
     result = CliRunner().invoke(main, args + ["--outkimg", "16", "--skip"])
     assert result.exit_code == 0 and "Nothing to do" in result.output
-    result = CliRunner().invoke(main, ["phema", "--indir", str(folder), "--outdir", str(out), "--outstd", "0.29"])
-    assert result.exit_code == 1 and "0 < std < 0.289" in result.output
+    result = CliRunner().invoke(main, ["phema", "--indir", str(folder), "--outdir", str(out), "--outstd", "0.2887"])
+    assert result.exit_code == 1 and "0 < std < 0.288675 = sqrt(1/12)" in result.output
     result = CliRunner().invoke(main, args + ["--max-memory", "10MB"])
     assert result.exit_code == 1 and "--max-memory 10MB is too small" in result.output
 
@@ -277,3 +279,48 @@ def test_buffer_names_match_the_network():
         buffers = {name for name, _ in net.named_buffers()}
         assert {n for n in net.state_dict() if is_buffer(n)} == buffers
         assert not any(is_buffer(n) for n in params)
+
+
+def test_certificate_in_metadata_and_json_beside_and_warning(run_dir, tmp_path):
+    import json
+
+    from edm2.ema.certificate import profile_errors
+    from edm2.io.snapshot import read_snapshot_info
+
+    folder, _ = run_dir
+    out = tmp_path / "out"
+    args = ["phema", "--indir", str(folder), "--outdir", str(out), "--outstd", "0.100,0.280"]
+    result = CliRunner().invoke(main_cli(), args)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "EMA length 0.280 " in warnings[0], result.output
+    for std in (0.100, 0.280):
+        info = read_snapshot_info(out / f"phema-0000020-{std:.3f}.safetensors")
+        cert = json.loads((out / f"phema-0000020-{std:.3f}.certificate.json").read_text())
+        assert cert == {"network": f"phema-0000020-{std:.3f}.safetensors", "ema_std": std, **info.extra["phema"]}
+        used = cert["inputs"]
+        assert cert["input_nimg"] == [used[0]["nimg"], used[-1]["nimg"]] and cert["num_inputs"] == 10
+        want = profile_errors(
+            [u["nimg"] for u in used], [u["std"] for u in used], np.array([cert["coefficients"]]).T, 20480, [std]
+        )[0]
+        assert cert["profile_error"] == pytest.approx(want, rel=1e-9, abs=1e-12) and cert["weak"] == (std == 0.280)
+    # The report reads the certificate beside a scored network; analyze plots the two profiles.
+    from edm2.report.results import read_score
+
+    score = tmp_path / "scores" / "run" / "noguid" / "ema-0.280.json"
+    score.parent.mkdir(parents=True)
+    net = out / "phema-0000020-0.280.safetensors"
+    score.write_text(json.dumps({"metrics": {"fid": {"values": [5.0]}}, "ema_std": 0.28, "network": str(net)}))
+    (row,) = read_score(score)
+    assert row["profile_error"] == cert["profile_error"] and row["phema_weak"] == 1
+    result = CliRunner().invoke(main_cli(), ["analyze", "phema-profile", str(net), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0 and f"profile error {cert['profile_error']:.3%}" in result.output, result.output
+    assert (tmp_path / "p.png").stat().st_size > 0 and (tmp_path / "p.svg").exists()
+    result = CliRunner().invoke(main_cli(), ["analyze", "phema-profile", str(score), "--out", str(tmp_path / "q")])
+    assert result.exit_code == 1 and "no post-hoc EMA record" in result.output
+
+
+def main_cli():
+    from edm2.cli import main
+
+    return main

@@ -135,5 +135,5 @@ def test_sealed_outputs_are_byte_identical_across_reruns(inputs, tmp_path):
     reconstruct_phema(inputs, tmp_path / "a", STDS, workers=2)
     reconstruct_phema(inputs, tmp_path / "b", STDS, workers=2)
     assert digest_of(tmp_path / "a") == digest_of(tmp_path / "b")
-    meta = read_safetensors_header(next((tmp_path / "a").iterdir()))[1]
+    meta = read_safetensors_header(next((tmp_path / "a").glob("*.safetensors")))[1]
     assert json.loads(meta["network_kwargs"]) == TINY

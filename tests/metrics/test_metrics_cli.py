@@ -129,6 +129,20 @@ def test_gen_equals_generate_then_calc_for_each_seed_range(files, ref):
     assert result["detectors"] == {"fd_cnn": str(files["cnn"])}
 
 
+def test_gen_results_record_the_guidance_interval(files, ref):
+    """A guidance interval (arXiv 2404.07724) reaches the sampler and the results JSON: the
+    guided steps, the interval options, and the guide's evaluations on those steps only."""
+    out = files["root"] / "gen-interval.json"
+    run("metrics", "gen", "--net", files["net"], "--gnet", files["net"], "--guidance", 2, "--ref", ref, "--num", 4,
+        "--batch", 4, "--steps", 4, "--guidance_start", 1, "--guidance_stop", 2, "--cnn-detector", files["cnn"],
+        "--json", out)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["guided_steps"] == [1, 2] and result["guidance"] == 2.0
+    assert result["sampler"]["guidance_start"] == 1 and result["sampler"]["guidance_stop"] == 2
+    assert result["sampler"]["sigma_lo"] == 0.0 and result["sampler"]["sigma_hi"] is None  # inf: every level
+    assert result["nfe"] == 7 and result["network_evaluations"] == 7 + 4  # guide: 2 evaluations x 2 steps
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_same_reference_statistics(files, ref, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}

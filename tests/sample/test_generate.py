@@ -357,6 +357,10 @@ PRESET_TABLE = {
     "edm2-img512-s-uncond-autog-dino": ("img512-s-uncond-2147483-0.090", "img512-xs-uncond-0134217-0.125", 2.9),
     "edm2-img64-s-autog-fid": ("img64-s-1073741-0.045", "img64-xs-0134217-0.110", 1.7),
     "edm2-img64-s-autog-dino": ("img64-s-1073741-0.105", "img64-xs-0134217-0.175", 2.2),
+    "edm2-img512-s-interval-fid": ("img512-s-2147483-0.025", "img512-xs-uncond-2147483-0.025", 2.1),
+    "edm2-img512-s-interval-dino": ("img512-s-2147483-0.085", "img512-xs-uncond-2147483-0.085", 3.2),
+    "edm2-img512-xxl-interval-fid": ("img512-xxl-0939524-0.015", "img512-xs-uncond-2147483-0.015", 2.0),
+    "edm2-img512-xxl-interval-dino": ("img512-xxl-0939524-0.015", "img512-xs-uncond-2147483-0.015", 2.9),
 }
 
 

@@ -14,7 +14,7 @@ from edm2.sample.sampler import edm_sampler
 def test_defaults_and_nfe():
     assert DEFAULTS.kwargs() == dict(
         num_steps=32, sigma_min=0.002, sigma_max=80.0, rho=7.0, guidance=1.0, S_churn=0.0, S_min=0.0,
-        S_max=math.inf, S_noise=1.0,
+        S_max=math.inf, S_noise=1.0, sigma_lo=0.0, sigma_hi=math.inf, guidance_start=0, guidance_stop=None,
     )  # fmt: skip
     assert SamplerOptions(num_steps=16).nfe == 31
 

@@ -31,6 +31,7 @@ CI_PROFILE = REPO / "ci" / "slurm" / "profile"
 NOT_COMPARED_DIRS = {"logs", "benchmarks"}
 NOT_COMPARED_NAMES = {"log.txt", "stats.jsonl"}
 NOT_COMPARED_SUFFIXES = {".svg", ".html", ".log"}  # embed dates or random ids
+NOT_COMPARED_PREFIX = "events.out.tfevents."  # TensorBoard event files: wall times, host names
 PATH_DIGESTS = {"header_sha256"}  # safetensors metadata digests over text that holds the working directory
 
 RULE_LINE = re.compile(r"^(localrule|rule|localcheckpoint|checkpoint) (\S+):$")
@@ -86,7 +87,7 @@ def compared_files(root):
         rel = p.relative_to(root)
         if not p.is_file() or rel.parts[0] in NOT_COMPARED_DIRS or p.name in NOT_COMPARED_NAMES:
             continue
-        if p.suffix in NOT_COMPARED_SUFFIXES or ".snakemake" in rel.parts:
+        if p.suffix in NOT_COMPARED_SUFFIXES or ".snakemake" in rel.parts or p.name.startswith(NOT_COMPARED_PREFIX):
             continue
         out.append(rel)
     return out

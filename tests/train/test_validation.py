@@ -65,7 +65,7 @@ NAN, INF = float("nan"), float("inf")
         ("channel_mult", [], "--channel-mult needs at least 1 item"),
         ("attn_resolutions", [0], "--attn-resolutions must be >= 1"),
         ("ema_stds", [0.05, NAN], "--ema-stds must hold finite numbers"),
-        ("ema_stds", [0.3], "--ema-stds must be in (0, 0.289)"),
+        ("ema_stds", [0.3], "--ema-stds must be in (0, 0.288675)"),
         ("cond", "yes", "--cond must be True or False"),
     ],
 )

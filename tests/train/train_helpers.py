@@ -37,7 +37,7 @@ def make_dataset(root, num_images=32, resolution=8, channels=3, num_classes=4, l
 
 
 def tiny_options(outdir, data, **overrides) -> TrainOptions:
-    """A very small conditional model on 8x8 images, fp32, no workers, all options explicit."""
+    """A very small conditional model on 8x8 images, fp32, no workers, no TensorBoard, all options explicit."""
     kw = dict(
         outdir=str(outdir),
         data=str(data),
@@ -58,6 +58,7 @@ def tiny_options(outdir, data, **overrides) -> TrainOptions:
         channel_mult=[1, 2],
         num_blocks=1,
         attn_resolutions=[4],
+        tensorboard=False,  # event files and sample grids: tests/train/test_monitor.py turns them on
     )
     kw.update(overrides)
     return TrainOptions(**kw)
@@ -115,6 +116,8 @@ def cli_args(opts: TrainOptions) -> list[str]:
         + ([f"--slice={opts.slice}"] if opts.slice else [])
         + ([] if opts.cond else ["--uncond"])
         + (["--fast"] if opts.fast else [])
+        + ([] if opts.tensorboard else ["--no-tensorboard"])
+        + ([f"--probe={opts.probe}"] if opts.probe is not None else [])
     )
 
 

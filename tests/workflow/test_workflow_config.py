@@ -8,7 +8,7 @@ import sys
 import jsonschema
 import pytest
 import yaml
-from workflow_helpers import REPO, SCHEMA, load_config, snakemake, write_config
+from workflow_helpers import REPO, SCHEMA, load_config, shell_commands, snakemake, write_config
 
 SHIPPED = [
     "config.yaml",
@@ -141,6 +141,10 @@ def test_workflow_refuses_a_bad_key_at_start(tmp_path):
             lambda c: c["search"][0].update(guidance="noguid"),
             "search[autog-w].guidance: 'noguid' has no `guide`; a search needs a guided setting",
         ),
+        (
+            lambda c: c["guidance"][1].update(sigma_lo=2.0, sigma_hi=1.0),
+            "guidance[guided]: --sigma_lo (2) must be below --sigma_hi (1); the guidance interval is (sigma_lo, sigma_hi]",
+        ),
     ],
 )
 def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):
@@ -148,6 +152,16 @@ def test_workflow_refuses_inconsistent_settings(tmp_path, edit, message):
     edit(config)
     proc = _start(tmp_path, config)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_guidance_interval_of_a_guidance_entry_reaches_its_score_commands(tmp_path):
+    config = load_config("smoke.yaml")
+    config["guidance"][1].update(guidance_start=1, guidance_stop=2)
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", write_config(tmp_path / "interval.yaml", config))
+    scores = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    guided = [c for c in scores if "/guided/" in c]
+    assert guided and all("--guidance 1.5 --guidance_start 1 --guidance_stop 2" in c for c in guided)
+    assert not any("--guidance_start" in c for c in scores if "/noguid/" in c)
 
 
 def test_lint_reports_nothing(tmp_path):
@@ -171,9 +185,14 @@ def test_workflow_parsers_are_torch_free():
 def test_schema_sampler_bounds_are_the_commands():
     """The schema refuses exactly the step counts `edm2 generate` / `metrics gen` refuse, and
     leaves the default to the sampler's options (edm2.sample.options)."""
-    from edm2.sample.options import SAMPLER_FIELDS
+    from edm2.sample.options import INTERVAL_FIELDS, SAMPLER_FIELDS
 
     schema = yaml.safe_load(SCHEMA.read_text())
+    interval = schema["$defs"]["guidance_interval"]["properties"]
+    assert list(interval) == list(INTERVAL_FIELDS)
+    for name, prop in interval.items():
+        field = SAMPLER_FIELDS[name]
+        assert prop["minimum"] == field.minimum and prop["type"] == {int: "integer", float: "number"}[field.type]
     for section in ("score", "samples"):
         steps = schema["properties"][section]["properties"]["steps"]
         assert steps["minimum"] == SAMPLER_FIELDS["num_steps"].minimum and steps["default"] is None

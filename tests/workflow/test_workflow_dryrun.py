@@ -97,8 +97,8 @@ def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(wor
 def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-released.yaml")
     counts = job_counts(proc.stdout + proc.stderr)
-    presets = 30  # the img512 generation presets: 12 plain, 12 guided, 6 autoguided
-    nets = 43  # the distinct main and guiding nets of those presets (edm2.presets)
+    presets = 34  # the img512 generation presets: 12 plain, 12 guided, 6 autoguided, 4 with a guidance interval
+    nets = 43  # the distinct main and guiding nets of those presets (edm2.presets; the interval rows add none)
     assert counts == {"download_net": nets, "score_released": presets, "released_table": 1, "all": 1}
     commands = shell_commands(proc.stdout)
     (autog,) = [c for c in commands if "--json results/img512-released/released/scores/s-autog-fid.json" in c]
@@ -106,8 +106,12 @@ def test_paper_img512_released_lists_every_job_and_trains_nothing(workdir):
     assert "--gnet results/img512-released/released/nets/edm2-img512-xs-0134217-0.125.pkl --guidance 2.1" in autog
     assert "--metrics fid --num 50000 --seed 0 --seeds-ranges 3" in autog
     assert "--ref https://nvlabs-fi-cdn.nvidia.com/edm2/dataset-refs/img512.pkl" in autog
+    (interval,) = [c for c in commands if "--json results/img512-released/released/scores/xxl-interval-fid.json" in c]
+    assert "--net results/img512-released/released/nets/edm2-img512-xxl-0939524-0.015.pkl" in interval
+    assert "edm2-img512-xs-uncond-2147483-0.015.pkl --guidance 2 --guidance_start 17 --guidance_stop 22" in interval
     (table,) = [c for c in commands if "edm2 report released" in c]
     assert "--reported s-autog-fid=fid:1.34" in table and "--reported xxl-dino=fd_dinov2:42.84" in table
+    assert "--reported s-interval-dino=fd_dinov2:46.25" in table
 
 
 def test_paths_with_spaces_reach_every_command_as_one_argument(workdir, tmp_path):
@@ -183,10 +187,11 @@ def test_paper_img64_lists_every_job(workdir):
 
 def test_embedded_default_and_smoke_configs(workdir):
     counts = dry_run(workdir)  # config/config.yaml, loaded by the Snakefile itself
-    assert counts["train"] == 2 and counts["score"] == 2 * 8 and counts["digits"] == 1
+    assert counts["train"] == 3 and counts["score"] == 2 * 8 and counts["digits"] == 1  # mc16, mc32, guide mc8
     assert counts["train_detector"] == 1 and "encode" not in counts
+    assert counts["score_sweep"] == 2 * 2 and counts["search_eval"] == 3 and counts["heatmap"] == 1
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
-    assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
+    assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 3
 
 
 def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5a(workdir):
@@ -234,6 +239,7 @@ def test_paper_guided_score_command(workdir):
 def test_refine_adds_a_checkpoint_before_the_fine_scores(workdir):
     config = load_config("smoke.yaml")
     config["phema"]["refine"] = True
+    del config["guidance"][2], config["search"]  # refine leaves out a guide taken before its end
     configfile = write_config(workdir / "refine.yaml", config)
     proc = snakemake(workdir, "-n", "--configfile", configfile)
     out = proc.stdout + proc.stderr

@@ -67,7 +67,8 @@ def test_every_output_is_written(smoke):
         with Image.open(results / "plots" / "samples" / "tiny" / f"{setting}.png") as im:
             assert im.size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)  # 16 seeds of 16x16, upscaled 4x
     assert "data:image/png;base64," in (results / "summary.html").read_text()
-    for rule in ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report"):
+    rules = ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report")
+    for rule in (*rules, "magnitudes", "magnitude_plot"):
         assert any((results / "logs" / rule).rglob("*.log")), rule
         assert any((results / "benchmarks" / rule).rglob("*.tsv")), rule
 
@@ -104,6 +105,29 @@ def test_an_extended_search_grid_evaluates_only_the_new_point(smoke):
     # The new weight, then the rounds re-planned (round 1 after the checkpoint), the result, the table.
     assert counts.get("search_eval") == 1 and counts.get("search_round", 0) >= 1
     assert not {"train", "phema", "score", "score_sweep", "aggregate"} & set(counts)
+
+
+def test_magnitudes_and_tensorboard_of_every_run(smoke):
+    """Per snapshot a magnitudes JSON (EDM2 Figs. 3/15) and per run its plot; the training's
+    TensorBoard events read back with the tensorboard package's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = smoke
+    results = workdir / "results"
+    for run in ("tiny", "tiny-uncond"):
+        records = [json.loads(p.read_text()) for p in sorted((results / "runs" / run / "magnitudes").glob("*.json"))]
+        assert [(r["kimg"], r["ema_std"], r["inputs"]["num"]) for r in records] == [(k, 0.1, 32) for k in (0, 1, 2)]
+        assert all(
+            set(r["activations"]) == set(r["weights"]) == {"Enc-16x16", "Dec-16x16", "Enc-8x8", "Dec-8x8"}
+            for r in records
+        )
+        with Image.open(results / "plots" / "magnitudes" / f"{run}.png") as im:
+            assert im.format == "PNG"
+        (run_dir,) = (results / "runs" / run).glob("train-*")
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+        events.Reload()
+        assert [e.step for e in events.Scalars("Loss/loss")] == [1024, 2048]
+        assert [e.step for e in events.Images("Samples/ema")] == [0, 1024, 2048]
 
 
 def test_unchanged_config_has_nothing_to_do(smoke):

@@ -40,6 +40,8 @@ ALTERNATIVES = {
     "snapshot": "2Ki",
     "checkpoint": "1Ki",
     "slice": "2Ki",
+    "probe": "1Ki",
+    "tensorboard": False,
     "seed": 1,
     "workers": 2,
     "channels_last": True,

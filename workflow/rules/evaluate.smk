@@ -18,21 +18,52 @@ rule score:
     resources:
         **rule_resources("score"),
     params:
-        net=lambda wc: net_file(wc.run, wc.std),
-        ref=ref_stats(),
-        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
-        num=config["score"]["num"],
-        seed=config["score"]["seed"],
-        ranges=config["score"]["seeds_ranges"],
-        steps=config["score"]["steps"],
-        batch=config["score"]["batch"],
-        guide=score_args,
-        eager=sampling_mode_arg(),
-        extra=config["score"]["extra_args"],
+        **score_params(lambda wc: net_file(wc.run, wc.std)),
     shell:
-        "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
-        " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
-        " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+        SCORE_SHELL
+
+
+rule score_tensor:
+    """One per-tensor variant (phema.per_tensor, Fig. 5b): `tensor` at EMA length `std`, the rest
+    at the run's global optimum."""
+    input:
+        unpack(tensor_score_inputs),
+    output:
+        TENSOR_SCORE,
+    log:
+        log_file("score_tensor", "{run}/{guidance}/{tensor}/ema-{std}"),
+    benchmark:
+        bench_file("score_tensor", "{run}/{guidance}/{tensor}/ema-{std}")
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    params:
+        **score_params(lambda wc: tensor_net_file(wc.run, wc.tensor, wc.std, per_tensor_base(wc.run))),
+    shell:
+        SCORE_SHELL
+
+
+rule score_at:
+    """One EMA length of the grid reconstructed at an earlier training time (phema.at_kimg, Fig. 5c)."""
+    input:
+        unpack(at_score_inputs),
+    output:
+        AT_SCORE,
+    log:
+        log_file("score_at", "{run}/{guidance}/kimg-{kimg}/ema-{std}"),
+    benchmark:
+        bench_file("score_at", "{run}/{guidance}/kimg-{kimg}/ema-{std}")
+    conda:
+        "../envs/eval.yaml"
+    threads: rule_threads("score")
+    resources:
+        **rule_resources("score"),
+    params:
+        **score_params(lambda wc: at_net_file(wc.run, int(wc.kimg), wc.std)),
+    shell:
+        SCORE_SHELL
 
 
 # A 2-D EMA sweep (guide_std a list or 'grid'): the guide's EMA length is in the file name.
@@ -66,19 +97,9 @@ rule search_eval:
     resources:
         **rule_resources("score"),
     params:
-        net=lambda wc: net_file(wc.run, wc.std),
-        ref=ref_stats(),
-        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
-        seed=config["score"]["seed"],
-        steps=config["score"]["steps"],
-        batch=config["score"]["batch"],
-        guide=search_eval_args,
-        eager=sampling_mode_arg(),
-        extra=config["score"]["extra_args"],
+        **search_eval_params(),
     shell:
-        "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
-        " --metrics {params.metrics} --seed {params.seed} --steps {params.steps} --batch {params.batch}"
-        " {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+        SCORE_SHELL
 
 
 checkpoint search_round:

@@ -103,3 +103,57 @@ rule phema_refine:
         "python -m edm2 phema --indir {params.indir:q} --outdir {output:q} --outstd {params.stds}"
         " --outkimg {params.kimg} {params.extra} > {log:q} 2>&1; "
         "else echo 'no refined EMA lengths needed' > {log:q}; fi"
+
+
+rule phema_tensor:
+    """Every per-tensor variant of one run in one pass (phema.per_tensor, Fig. 5b): each listed
+    tensor at each EMA length of the sweep, the rest at the global optimum."""
+    input:
+        unpack(lambda wc: snapshot_inputs(wc.run)),
+        base=per_tensor_base_input,
+    output:
+        directory(PHEMA_TENSOR_DIR),
+    log:
+        log_file("phema_tensor", "{run}"),
+    benchmark:
+        bench_file("phema_tensor", "{run}")
+    conda:
+        "../envs/train.yaml"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
+    params:
+        indir=lambda wc: snapshot_dir(wc.run),
+        base=lambda wc: per_tensor_base(wc.run),
+        variants=lambda wc: tensor_std_args(wc.run),
+        kimg=lambda wc: MODELS[wc.run]["kimg"],
+        extra=config["phema"]["extra_args"],
+    shell:
+        "python -m edm2 phema --indir {params.indir:q} --outdir {output:q} --outstd {params.base}"
+        " {params.variants} --outkimg {params.kimg} {params.extra} > {log:q} 2>&1"
+
+
+rule phema_at:
+    """The EMA grid of one run at every earlier training time of phema.at_kimg (Fig. 5c), each
+    from the snapshots up to it, in one pass."""
+    input:
+        unpack(lambda wc: snapshot_inputs(wc.run)),
+    output:
+        directory(PHEMA_AT_DIR),
+    log:
+        log_file("phema_at", "{run}"),
+    benchmark:
+        bench_file("phema_at", "{run}")
+    conda:
+        "../envs/train.yaml"
+    threads: rule_threads("phema")
+    resources:
+        **rule_resources("phema"),
+    params:
+        indir=lambda wc: snapshot_dir(wc.run),
+        stds=",".join(GRID),
+        kimgs=",".join(str(k) for k in AT_KIMG),
+        extra=config["phema"]["extra_args"],
+    shell:
+        "python -m edm2 phema --indir {params.indir:q} --outdir {output:q} --outstd {params.stds}"
+        " --outkimg {params.kimgs} {params.extra} > {log:q} 2>&1"

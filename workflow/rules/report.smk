@@ -200,6 +200,7 @@ rule report:
     and guidance searches included) and samples."""
     input:
         best=BEST_CSV,
+        scores=SCORES_CSV,
         tables=table_files(),
         plots=plot_files() + heatmap_files() + search_plot_files(),
         samples=sample_files(),
@@ -218,7 +219,8 @@ rule report:
     params:
         samples=lambda wc, input: " ".join(f"--samples {shlex.quote(f)}" for f in input.samples),
     shell:
-        "python -m edm2 report summary --best {input.best:q} --table {input.tables[1]:q} {params.samples}"
+        "python -m edm2 report summary --best {input.best:q} --scores {input.scores:q} --table {input.tables[1]:q}"
+        " {params.samples}"
         " --md {output.md:q} --html {output.html:q} {input.plots:q} > {log:q} 2>&1"
 
 
@@ -283,3 +285,54 @@ rule search_report:
     shell:
         "python -m edm2 report search --search {wildcards.search} {params.reported} --table {params.table:q}"
         " --plot {params.plot:q} {input:q} > {log:q} 2>&1"
+
+
+rule fig5b:
+    """Fig. 5b of one run: the metric vs the EMA length of each moved tensor, the rest at the
+    global optimum (one curve per tensor; the global optimum as a line)."""
+    input:
+        tensors=lambda wc: tensor_score_files(wc.run),
+        grid=lambda wc: [score_file(wc.run, sweep_guidance(wc.run), s) for s in GRID],
+    output:
+        expand(FIG5B_PLOT, ext=PLOT_EXTS, allow_missing=True),
+    log:
+        log_file("fig5b", "{run}-{metric}"),
+    benchmark:
+        bench_file("fig5b", "{run}-{metric}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("plots")
+    resources:
+        **rule_resources("plots"),
+    params:
+        stem=lambda wc, output: os.path.splitext(output[0])[0],
+        statistic=config["score"]["statistic"],
+        grid=lambda wc, input: " ".join(f"--grid-score {shlex.quote(f)}" for f in input.grid),
+    shell:
+        "python -m edm2 report per-tensor --metric {wildcards.metric} --statistic {params.statistic}"
+        " {params.grid} --out {params.stem:q} {input.tensors:q} > {log:q} 2>&1"
+
+
+rule fig5c:
+    """Fig. 5c of one run: the metric vs EMA length at each training length of phema.at_kimg and
+    at the end of training (one curve per length, optimum marked)."""
+    input:
+        at=lambda wc: at_score_files(wc.run),
+        grid=lambda wc: [score_file(wc.run, sweep_guidance(wc.run), s) for s in GRID],
+    output:
+        expand(FIG5C_PLOT, ext=PLOT_EXTS, allow_missing=True),
+    log:
+        log_file("fig5c", "{run}-{metric}"),
+    benchmark:
+        bench_file("fig5c", "{run}-{metric}")
+    conda:
+        "../envs/report.yaml"
+    threads: rule_threads("plots")
+    resources:
+        **rule_resources("plots"),
+    params:
+        stem=lambda wc, output: os.path.splitext(output[0])[0],
+        statistic=config["score"]["statistic"],
+    shell:
+        "python -m edm2 report over-training --metric {wildcards.metric} --statistic {params.statistic}"
+        " --out {params.stem:q} {input.at:q} {input.grid:q} > {log:q} 2>&1"

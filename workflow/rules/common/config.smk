@@ -26,10 +26,12 @@ from snakemake.utils import validate
 REPO = os.path.abspath(os.path.join(workflow.basedir, ".."))
 sys.path.insert(0, REPO)
 
+from edm2.ema.per_tensor import D6_TENSORS
 from edm2.errors import ConfigError
 from edm2.naming import std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
+from edm2.sample.options import interval_options
 from edm2.search import AXES as SEARCH_AXES
 from edm2.search import SearchPlan, parse_grid
 from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
@@ -93,18 +95,18 @@ def parse_nimg(value, where="an image count"):
         raise WorkflowError(f"{where}: {e}") from None
 
 
-def expand_std_list(value):
+def expand_std_list(value, where="phema.grid"):
     """EMA std list (numbers, or `edm2 phema --outstd` text with its '...' expansion,
     edm2.utils.parse_std_list) -> sorted unique '0.xyz' strings, as they appear in file names."""
     try:
         values = parse_std_list(value)
     except ConfigError as e:
-        raise WorkflowError(f"phema.grid: {e}") from None
+        raise WorkflowError(f"{where}: {e}") from None
     stds = {}
     for v in values:
         text = std_text(v)
         if text in stds and abs(stds[text] - v) > 1e-9:
-            raise WorkflowError(f"phema.grid: {stds[text]:g} and {v:g} both round to {text}; use 3-decimal stds")
+            raise WorkflowError(f"{where}: {stds[text]:g} and {v:g} both round to {text}; use 3-decimal stds")
         stds[text] = v
     return sorted(stds, key=float)
 
@@ -203,6 +205,14 @@ def _raw_settings(entry):
     return settings
 
 
+def _interval(where, entry):
+    """The guidance-interval keys of a config entry, checked by the sampler's option table."""
+    try:
+        return interval_options(entry, config["score"]["steps"])
+    except ConfigError as e:
+        raise WorkflowError(f"{where}: {e}") from None
+
+
 def _released_net_settings(entry):
     """A `source: released` model: the URLs of its nets, its guidance and the reported value."""
     name = entry["name"]
@@ -215,12 +225,13 @@ def _released_net_settings(entry):
             )
         p = GENERATION_PRESETS[preset]
         s.update(net=_released_url(p.net), gnet=_released_url(p.gnet), guidance=p.guidance)
-        s.update(metric=p.metric, reported=p.value, preset=preset)
+        s.update(metric=p.metric, reported=p.value, preset=preset, interval=p.sampler)
     elif entry.get("net"):
         s.update(net=entry["net"], gnet=entry.get("gnet"), guidance=float(entry.get("guidance", 1.0)), preset=None)
-        s.update(metric=None, reported=None)
+        s.update(metric=None, reported=None, interval={})
     else:
         raise WorkflowError(f"models[{name}]: a released model needs `generation_preset` or `net` (a URL)")
+    s["interval"] = _interval(f"models[{name}]", entry) or s["interval"]  # its own interval wins
     for key in ("net", "gnet", "guidance"):
         if entry.get(key) is not None:
             s[key] = float(entry[key]) if key == "guidance" else entry[key]
@@ -350,6 +361,7 @@ def _guidance_settings():
         g["stds"] = _std_choice(name, "stds", g.get("stds"), None)
         g["guide_stds"] = None if g["guide_std"] == "same" else _std_choice(name, "guide_std", g["guide_std"], None)
         g["sweep"] = g["guide_stds"] is not None and not isinstance(g["guide_std"], (int, float))
+        g["interval"] = _interval(f"guidance[{name}]", g)
         settings[name] = g
     return settings
 
@@ -500,6 +512,54 @@ def ablation_runs():
 
 
 REFINE = config["phema"]["refine"]
+
+
+# --- Post-hoc EMA beyond the grid: per-tensor lengths (Fig. 5b) and over training (Fig. 5c) ------
+
+
+def _sweep_runs():
+    """The runs phema.per_tensor and phema.at_kimg apply to (phema.sweep_runs, default every
+    scored run with power-function EMAs)."""
+    chosen = config["phema"]["sweep_runs"]
+    candidates = [run for run in SCORED_RUNS if not is_traditional(run)]
+    if chosen is None:
+        return candidates
+    for run in chosen:
+        if run not in candidates:
+            raise WorkflowError(f"phema.sweep_runs: {run!r} is not a scored run with post-hoc EMA ({candidates})")
+    return list(chosen)
+
+
+def sweep_guidance(run):
+    """The guidance setting the sweeps of `run` are scored with: the first unguided one."""
+    for g in GUIDANCE:
+        if run in GUIDANCE[g]["runs"] and not is_guided(GUIDANCE[g], run):
+            return g
+    raise WorkflowError(
+        f"phema.per_tensor/at_kimg: run {run} has no unguided guidance setting to score the sweeps with; add one"
+    )
+
+
+PER_TENSOR = config["phema"]["per_tensor"]
+AT_KIMG = sorted(config["phema"]["at_kimg"])
+SWEEP_RUNS = _sweep_runs() if PER_TENSOR is not None or AT_KIMG else []
+if PER_TENSOR is not None:
+    PER_TENSOR = dict(PER_TENSOR)
+    PER_TENSOR.setdefault("tensors", "d6")
+    PER_TENSOR.setdefault("grid", "0.050,0.100,...,0.250")
+    PER_TENSOR.setdefault("base", None)
+    PER_TENSOR["tensors"] = list(D6_TENSORS) if PER_TENSOR["tensors"] == "d6" else PER_TENSOR["tensors"]
+    PER_TENSOR["grid"] = expand_std_list(PER_TENSOR["grid"], "phema.per_tensor.grid")
+    if PER_TENSOR["base"] is not None:
+        PER_TENSOR["base"] = expand_std_list(PER_TENSOR["base"], "phema.per_tensor.base")[0]
+        if PER_TENSOR["base"] not in GRID:
+            raise WorkflowError(f"phema.per_tensor.base {PER_TENSOR['base']} is not in phema.grid; add it there")
+for _run in SWEEP_RUNS:
+    sweep_guidance(_run)  # checked now, not when the sweep's jobs are built
+    if any(k >= MODELS[_run]["kimg"] for k in AT_KIMG):
+        raise WorkflowError(
+            f"phema.at_kimg {AT_KIMG}: run {_run} ends at kimg {MODELS[_run]['kimg']}; list earlier snapshot times only"
+        )
 if REFINE and any(is_traditional(run) for run in SCORED_RUNS):
     raise WorkflowError(
         "phema.refine: config A runs keep one traditional EMA, which has no grid to refine; set phema.refine: false"

@@ -1,11 +1,11 @@
-# Helpers of `score` and `search_eval` in rules/evaluate.smk: the networks a score reads (coarse
-# grid or refined folder, and the guide's, possibly at an early training kimg) and the options of
-# `edm2 metrics gen`; the rounds of the guidance search.
+# Helpers of the score rules and `search_eval` in rules/evaluate.smk: the networks a score reads
+# (coarse grid or refined folder, and the guide's, possibly at an early training kimg) and the
+# options of `edm2 metrics gen`; the rounds of the guidance search.
 
 import json
 import shlex
 
-from edm2.naming import std_text
+from edm2.sample.options import command_line
 from edm2.search import parse_point_name
 from snakemake.exceptions import WorkflowError
 
@@ -35,39 +35,14 @@ def guide_std(setting, std, gstd=None):
 
 
 def guide_file(setting, gstd):
-    """The guide network: reconstructed at the setting's guide_kimg (autoguidance: an early point
-    of the guide's training, from its snapshots by `edm2 phema --outkimg`) or at its end."""
+    """(file, input) of the guide network: reconstructed at the setting's guide_kimg (autoguidance:
+    an early point of the guide's training, from its snapshots by `edm2 phema --outkimg`) or at
+    its end (then as `net_file` / `net_input`)."""
     guide = setting["guide"]
     if setting["guide_kimg"] == MODELS[guide]["kimg"]:
         return net_file(guide, gstd), net_input(guide, gstd)
     path = phema_file(guide, gstd, setting["guide_kimg"])
     return path, path
-
-
-def _score_inputs(run, g, std, gstd, weight):
-    setting = GUIDANCE[g]
-    # The reconstructed networks are `ancient`: re-running `phema` for a changed grid rewrites
-    # every file of the grid but must not re-score the stds that were already scored. A new
-    # training run still re-scores everything, through `done`.
-    inputs = {"net": ancient(net_input(run, std)), "done": train_done(run), "ref": ref_input()}
-    if setting["guide"] is not None and weight != 1.0:
-        inputs["gnet"] = ancient(guide_file(setting, guide_std(setting, std, gstd))[1])
-        inputs["gdone"] = train_done(setting["guide"])
-    if "fd_cnn" in setting["metrics"]:
-        inputs["detector"] = DETECTOR
-    return inputs
-
-
-def _score_args(g, std, gstd, weight):
-    setting = GUIDANCE[g]
-    args = []
-    if setting["guide"] is not None and weight != 1.0:
-        path = guide_file(setting, guide_std(setting, std, gstd))[0]
-        args.append(f"--gnet {shlex.quote(path)}")
-        args.append(f"--guidance {weight:g}")
-    if "fd_cnn" in setting["metrics"]:
-        args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
-    return " ".join(args)
 
 
 def _check(wildcards):
@@ -76,17 +51,81 @@ def _check(wildcards):
         raise WorkflowError(f"score: unknown run {run!r} or guidance setting {g!r}")
 
 
-def score_inputs(wildcards):
-    """Inputs of one score: the network (and its guide's), training done, reference, detector."""
+def _score_inputs(wildcards, weight, net=None):
     _check(wildcards)
-    weight = guidance_weight(GUIDANCE[wildcards.guidance], wildcards.run)
-    return _score_inputs(wildcards.run, wildcards.guidance, wildcards.std, wildcards.get("gstd"), weight)
+    run, g, std = wildcards.run, wildcards.guidance, wildcards.std
+    setting = GUIDANCE[g]
+    # The reconstructed networks are `ancient`: re-running `phema` for a changed grid rewrites
+    # every file of the grid but must not re-score the stds that were already scored. A new
+    # training run still re-scores everything, through `done`.
+    net = net_input(run, std) if net is None else net
+    inputs = {"net": ancient(net), "done": train_done(run), "ref": ref_input()}
+    if setting["guide"] is not None and weight != 1.0:
+        inputs["gnet"] = ancient(guide_file(setting, guide_std(setting, std, wildcards.get("gstd")))[1])
+        inputs["gdone"] = train_done(setting["guide"])
+    if "fd_cnn" in setting["metrics"]:
+        inputs["detector"] = DETECTOR
+    return inputs
+
+
+def _score_args(wildcards, weight, interval):
+    setting = GUIDANCE[wildcards.guidance]
+    args = []
+    if setting["guide"] is not None and weight != 1.0:
+        path = guide_file(setting, guide_std(setting, wildcards.std, wildcards.get("gstd")))[0]
+        args.append(f"--gnet {shlex.quote(path)}")
+        args.append(f"--guidance {weight:g}")
+        args += command_line(interval)  # the guidance interval (edm2.sample.options)
+    if "fd_cnn" in setting["metrics"]:
+        args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
+    return " ".join(args)
+
+
+def score_inputs(wildcards, net=None):
+    """Inputs of one score: the network (and its guide's), training done, reference, detector.
+    `net`: the file or folder that provides the network (default: the grid's, `net_input`)."""
+    return _score_inputs(wildcards, guidance_weight(GUIDANCE[wildcards.guidance], wildcards.run), net)
 
 
 def score_args(wildcards):
-    """Options of `edm2 metrics gen` for one score (guide, guidance weight, detector)."""
-    weight = guidance_weight(GUIDANCE[wildcards.guidance], wildcards.run)
-    return _score_args(wildcards.guidance, wildcards.std, wildcards.get("gstd"), weight)
+    """Options of `edm2 metrics gen` for one score (guide, guidance weight, interval, detector)."""
+    setting = GUIDANCE[wildcards.guidance]
+    return _score_args(wildcards, guidance_weight(setting, wildcards.run), setting["interval"])
+
+
+def tensor_score_inputs(wildcards):
+    """Inputs of a per-tensor score (Fig. 5b): the variants' folder and the base length's source."""
+    return score_inputs(wildcards, phema_tensor_dir(wildcards.run)) | {"base": per_tensor_base_input(wildcards)}
+
+
+def at_score_inputs(wildcards):
+    """Inputs of a score at an earlier training time (Fig. 5c): that grid's folder."""
+    return score_inputs(wildcards, phema_at_dir(wildcards.run))
+
+
+# `edm2 metrics gen` of every score rule: `score_params(net)` gives its params, `net(wildcards)`
+# the network file scored.
+SCORE_SHELL = (
+    "python -m edm2 metrics gen --net {params.net:q} {params.guide} --ref {params.ref:q}"
+    " --metrics {params.metrics} --num {params.num} --seed {params.seed} --seeds-ranges {params.ranges}"
+    " --steps {params.steps} --batch {params.batch} {params.eager} {params.extra} --json {output:q} > {log:q} 2>&1"
+)
+
+
+def score_params(net):
+    return dict(
+        net=net,
+        ref=ref_stats(),
+        metrics=lambda wc: ",".join(GUIDANCE[wc.guidance]["metrics"]),
+        num=config["score"]["num"],
+        seed=config["score"]["seed"],
+        ranges=config["score"]["seeds_ranges"],
+        steps=config["score"]["steps"],
+        batch=config["score"]["batch"],
+        guide=score_args,
+        eager=sampling_mode_arg(),
+        extra=config["score"]["extra_args"],
+    )
 
 
 # --- The guidance search ---------------------------------------------------------------------------
@@ -94,16 +133,27 @@ def score_args(wildcards):
 
 def search_eval_inputs(wildcards):
     """Inputs of one search evaluation: as a score's, at the point's weight."""
-    _check(wildcards)
-    weight = parse_point_name(wildcards.point).weight
-    return _score_inputs(wildcards.run, wildcards.guidance, wildcards.std, wildcards.gstd, weight)
+    return _score_inputs(wildcards, parse_point_name(wildcards.point).weight)
 
 
 def search_eval_args(wildcards):
-    """Options of `edm2 metrics gen` for one search point: guide and weight, image count, ranges."""
+    """Options of `edm2 metrics gen` for one search point: guide, weight and interval (the point's
+    sigma_hi/sigma_lo when the search has those axes, else the guidance setting's interval)."""
     point = parse_point_name(wildcards.point)
-    args = _score_args(wildcards.guidance, wildcards.std, wildcards.gstd, point.weight)
-    return f"{args} --num {point.num} --seeds-ranges {point.ranges}"
+    interval = GUIDANCE[wildcards.guidance]["interval"]
+    if point.sigma_hi is not None or point.sigma_lo is not None:
+        interval = {k: v for k, v in (("sigma_lo", point.sigma_lo), ("sigma_hi", point.sigma_hi)) if v is not None}
+    return _score_args(wildcards, point.weight, interval)
+
+
+def search_eval_params():
+    """The params of `search_eval`: a score's (SCORE_SHELL), with the point's weight, interval,
+    image count and seed ranges."""
+    return score_params(lambda wc: net_file(wc.run, wc.std)) | dict(
+        num=lambda wc: parse_point_name(wc.point).num,
+        ranges=lambda wc: parse_point_name(wc.point).ranges,
+        guide=search_eval_args,
+    )
 
 
 def search_points(wildcards, round_):

@@ -5,7 +5,10 @@
 #   runs/<run>/train-<opts>/training-done.json        a trained run (opts: hash of its options)
 #   runs/<run>/raw-<selection>/, .SHA256SUMS          a released-raw run's downloaded snapshots
 #   runs/<run>/phema/phema-<kimg>-<std>.safetensors   the EMA grid, runs/<run>/phema-refine/ finer
+#   runs/<run>/magnitudes/<kimg>.json                 activation/weight magnitudes of one snapshot
+#   runs/<run>/phema-tensor/, runs/<run>/phema-at/    per-tensor variants (Fig. 5b), earlier times (5c)
 #   scores/<run>/<guidance>/ema-<std>.json            one score (ema-<std>-guide-<std>: a 2-D EMA sweep)
+#   scores-tensor/..., scores-at/...                  the scores of Fig. 5b and 5c
 #   search/evals/..., search/<search>/...             the guidance search's evaluations and rounds
 #   tables/, plots/, summary.{md,html}                aggregates, figures, the summary page
 #   released/nets/<file>, released/scores/<name>.json released nets and their scores
@@ -14,7 +17,7 @@
 import re
 import urllib.parse
 
-from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text
+from edm2.naming import PHEMA_PREFIX, SNAPSHOT_PREFIX, snapshot_name, std_text, tensor_variant_prefix
 
 DATA = f"{RESULTS}/data"
 LOGS = f"{RESULTS}/logs"
@@ -27,7 +30,8 @@ WC = {
     "std": r"\d\.\d{3}",
     "kimg": r"\d{7}",
     "opts": r"[0-9a-f]{8}",
-    "metric": r"fid|fd_dinov2|fd_cnn",
+    "tensor": r"[^/=,]+",
+    "metric": r"fid|fd_[a-z0-9]+",
     "point": r"w\d+\.\d{3}[a-z0-9.-]*",  # edm2.search.Point.name
     "round": r"\d+",
 }
@@ -77,6 +81,8 @@ PHEMA_NET = f"{PHEMA_DIR}/{NET_NAME}"
 REFINE_DIR = f"{RESULTS}/runs/{{run}}/phema-refine"
 REFINED_NET = f"{REFINE_DIR}/{NET_NAME}"
 MODEL_INFO = f"{RESULTS}/runs/{{run}}/model-info.json"
+PHEMA_TENSOR_DIR = f"{RESULTS}/runs/{{run}}/phema-tensor"  # phema.per_tensor: every variant, one pass
+PHEMA_AT_DIR = f"{RESULTS}/runs/{{run}}/phema-at"  # phema.at_kimg: the grid at every earlier time, one pass
 
 # The options hash of every trained run (config.smk), computed once.
 RUN_OPTS = {run: train_opts_hash(run) for run in MODELS if MODELS[run]["source"] == "train"}
@@ -135,6 +141,26 @@ def model_info(run):
     return fill(MODEL_INFO, run=run)
 
 
+def phema_tensor_dir(run):
+    return fill(PHEMA_TENSOR_DIR, run=run)
+
+
+def tensor_net_file(run, tensor, std, base):
+    """The variant of `run` whose `tensor` has EMA length `std` and the rest `base` (the file
+    `edm2 phema --tensor-std` writes: edm2.naming.tensor_variant_prefix)."""
+    prefix = tensor_variant_prefix(PHEMA_PREFIX, {tensor: float(std)})
+    return f"{phema_tensor_dir(run)}/{snapshot_name(prefix, MODELS[run]['kimg'], base)}"
+
+
+def phema_at_dir(run):
+    return fill(PHEMA_AT_DIR, run=run)
+
+
+def at_net_file(run, kimg, std):
+    """The grid network of `run` reconstructed at the earlier training time `kimg`."""
+    return f"{phema_at_dir(run)}/{snapshot_name(PHEMA_PREFIX, kimg, std)}"
+
+
 def traditional_snapshot(run):
     """The last training snapshot of a config-A run (its one traditional EMA): `edm2 train`'s name
     (edm2.naming.snapshot_name) in the run folder."""
@@ -159,6 +185,10 @@ SAMPLE_GRID = f"{RESULTS}/plots/samples/{{run}}/{{guidance}}.png"
 SAMPLE_IMAGES = f"{RESULTS}/plots/samples/{{run}}/.{{guidance}}-images"  # scratch folder of a grid
 EMA_HEATMAP = f"{RESULTS}/plots/ema-heatmap-{{guidance}}-{{metric}}.{{ext}}"  # autoguidance Fig. 3c
 SUMMARY = f"{RESULTS}/summary.{{ext}}"
+TENSOR_SCORE = f"{RESULTS}/scores-tensor/{{run}}/{{guidance}}/{{tensor}}/ema-{{std}}.json"  # Fig. 5b
+AT_SCORE = f"{RESULTS}/scores-at/{{run}}/{{guidance}}/kimg-{{kimg}}/ema-{{std}}.json"  # Fig. 5c
+FIG5B_PLOT = f"{RESULTS}/plots/fig5b-{{run}}-{{metric}}.{{ext}}"
+FIG5C_PLOT = f"{RESULTS}/plots/fig5c-{{run}}-{{metric}}.{{ext}}"
 PLOT_EXTS = ["png", "svg"]
 TABLE2_EXTS = ["csv", "md", "tex"]
 
@@ -215,7 +245,33 @@ def plot_files():
         expand(EMA_SWEEP_PLOT, metric=METRICS, ext=PLOT_EXTS)
         + expand(GFLOPS_PLOT, metric=METRICS, ext=PLOT_EXTS)
         + expand(LOSS_PLOT, ext=PLOT_EXTS)
+        + sweep_plot_files()
     )
+
+
+def tensor_score_files(run):
+    g = sweep_guidance(run)
+    return [
+        fill(TENSOR_SCORE, run=run, guidance=g, tensor=t, std=s)
+        for t in PER_TENSOR["tensors"]
+        for s in PER_TENSOR["grid"]
+    ]
+
+
+def at_score_files(run):
+    g = sweep_guidance(run)
+    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in GRID]
+
+
+def sweep_plot_files():
+    """Fig. 5b and 5c of every sweep run (phema.per_tensor, phema.at_kimg), per metric."""
+    files = []
+    for run in SWEEP_RUNS:
+        if PER_TENSOR is not None:
+            files += expand(FIG5B_PLOT, run=run, metric=METRICS, ext=PLOT_EXTS)
+        if AT_KIMG:
+            files += expand(FIG5C_PLOT, run=run, metric=METRICS, ext=PLOT_EXTS)
+    return files
 
 
 def table_files():
@@ -235,6 +291,22 @@ def sample_files():
 
 def summary_files():
     return [fill(SUMMARY, ext="md"), fill(SUMMARY, ext="html")]
+
+
+# --- Magnitudes over training (EDM2 Figs. 3 and 15; `edm2 analyze magnitudes`) -------------------
+
+MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes/{{kimg}}.json"  # one snapshot of a trained run
+RAW_MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes-{{selection}}"  # every raw snapshot, weights only (a folder)
+MAGNITUDES_PLOT = f"{RESULTS}/plots/magnitudes/{{run}}.png"  # Fig. 3/15 panels of one run
+FIG15_PLOT = f"{RESULTS}/plots/fig15-magnitudes.png"  # the grid across the configs of an ablation
+
+
+def magnitude_files():
+    """Per-run magnitude plots, and the Fig. 15 grid when the models include configs other than G."""
+    if not config["magnitudes"]["enabled"]:
+        return []
+    files = [fill(MAGNITUDES_PLOT, run=run) for run in MODELS]
+    return files + ([FIG15_PLOT] if ablation_runs() else [])
 
 
 # --- Released nets (`source: released`) -----------------------------------------------------------

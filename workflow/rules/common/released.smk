@@ -3,6 +3,7 @@
 
 import shlex
 
+from edm2.sample.options import command_line
 from snakemake.exceptions import WorkflowError
 
 
@@ -45,6 +46,7 @@ def released_score_args(wc, input):
     args = []
     if "gnet" in input.keys():
         args += [f"--gnet {shlex.quote(input.gnet)}", f"--guidance {m['guidance']:g}"]
+        args += command_line(m["interval"])  # the guidance interval (edm2.sample.options)
     if "fd_cnn" in m["metrics"]:
         args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
     return " ".join(args)
