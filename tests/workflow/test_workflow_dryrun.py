@@ -292,3 +292,13 @@ def test_fast_and_eager_keys_reach_the_commands_without_changing_the_run(workdir
         assert len(trains) == 2 and all(("--fast" in c) == fast for c in trains)
     run_dirs = {fast: sorted(re.findall(r"runs/[\w-]+/train-\w+", " ".join(lines))) for fast, lines in commands.items()}
     assert run_dirs[True] == run_dirs[False] and run_dirs[True]
+
+
+def test_a_search_point_with_an_interval_reaches_metrics_gen(workdir):
+    """A point's name carries its weight, interval and size; its evaluation passes them on (the
+    guide at its early kimg, the interval as the sampler's options)."""
+    target = "results/smoke/search/evals/tiny/autog/ema-0.100-guide-0.050/w2.500-hi1.000-lo0.200-n16x1.json"
+    proc = snakemake(workdir, target, "-n", "-p", "--configfile", CONFIG / "smoke.yaml")
+    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    assert "--gnet results/smoke/runs/tiny/phema/phema-0000001-0.050.safetensors --guidance 2.5" in score
+    assert "--sigma_lo 0.2 --sigma_hi 1" in score and "--num 16 " in score and "--seeds-ranges 1 " in score
