@@ -19,6 +19,7 @@ COMMANDS = {
     "metrics": "edm2.commands.metrics:metrics",
     "flops": "edm2.commands.flops:flops",
     "report": "edm2.commands.report:report",
+    "toy": "edm2.commands.toy:toy",
 }
 
 

@@ -45,6 +45,7 @@ ORDER = [
     ("report", "grid"),
     ("report", "summary"),
     ("report", "released"),
+    ("toy",),
     ("convert-official",),
     ("download",),
 ]
