@@ -85,8 +85,11 @@ def toy(out, iters, guide_iters, batch, seed, cfg_guidance, auto_guidance, num_s
     # a loaded 2-core machine), and the results do not depend on the thread count then.
     torch.set_num_threads(1)
     run = run_toy(setup, progress=True)
-    for name, value in run.mean_logp.items():
-        click.echo(f"mean log p(x) of {name:>5} samples: {value:8.3f}")
+    click.echo("samples   mean log p  median log p  on branches")
+    for name, m in run.measures.items():
+        click.echo(
+            f"{name:<8} {m['mean_log_density']:11.3f} {m['median_log_density']:13.3f} {100 * m['on_branches']:11.1f}%"
+        )
     save_figure(run, out)
     click.echo(f"Saved {out}")
     if json_path is not None:

@@ -13,7 +13,15 @@ import torch
 from tqdm import tqdm
 
 from edm2.toy.mixture import tree_mixture
-from edm2.toy.model import SIGMA_MAX, mean_log_density, sample_toy, train_toy
+from edm2.toy.model import (
+    SIGMA_MAX,
+    branch_level,
+    log_density_quantiles,
+    mean_log_density,
+    on_branch_fraction,
+    sample_toy,
+    train_toy,
+)
 from edm2.toy.options import ToySetup
 
 # Views (centre x, centre y, half-size) of the two rows: the whole class-A tree, and a branch tip.
@@ -33,14 +41,11 @@ class ToyRun:
     cfg_guide: torch.nn.Module
     samples: dict  # method -> [N, 2] samples of the first row ('truth', 'none', 'cfg', 'auto')
     paths: dict  # method -> [steps + 1, M, 2] trajectories near the tip ('none', 'cfg', 'auto')
-    mean_logp: dict  # method -> mean log p(x) of its samples under the true class-A density
+    measures: dict  # method -> {mean_log_density, median_log_density, on_branches} under the true class-A density
 
     def summary(self) -> dict:
         """The measured numbers and settings, as JSON-ready values."""
-        return {
-            "mean_log_density": {k: round(v, 4) for k, v in self.mean_logp.items()},
-            "setup": dataclasses.asdict(self.setup),
-        }
+        return {"measures": self.measures, "setup": dataclasses.asdict(self.setup)}
 
 
 def run_toy(setup: ToySetup = ToySetup(), progress: bool = False) -> ToyRun:
@@ -66,8 +71,19 @@ def run_toy(setup: ToySetup = ToySetup(), progress: bool = False) -> ToyRun:
     for name, (guide, w) in tqdm(methods.items(), desc="sample", disable=not progress, leave=False):
         samples[name] = sample_toy(net, start, gnet=guide, guidance=w)[-1]
         paths[name] = sample_toy(net, tip_start, gnet=guide, guidance=w, sigma_max=TIP_SIGMA)
-    mean_logp = {name: mean_log_density(x, gt) for name, x in samples.items()}
-    return ToyRun(s, net, auto, cfg, samples, paths, mean_logp)
+    measures = {name: measure(x, gt) for name, x in samples.items()}
+    return ToyRun(s, net, auto, cfg, samples, paths, measures)
+
+
+def measure(samples, gt) -> dict:
+    """How well samples [N, 2] lie on the tree: mean and median log p(x) under the true density
+    `gt` (higher is closer to the branches; the mean is dominated by far outliers) and the
+    fraction within `edm2.toy.model.BRANCH_NATS` of the peak density."""
+    return {
+        "mean_log_density": round(mean_log_density(samples, gt), 4),
+        "median_log_density": round(log_density_quantiles(samples, gt, [0.5])[0], 4),
+        "on_branches": round(on_branch_fraction(samples, gt), 4),
+    }
 
 
 def _thinned(points, view, spacing):
@@ -109,6 +125,7 @@ def save_figure(run: ToyRun, path, resolution: int = 200) -> None:
     fx, fy, full = _grid(FULL_VIEW, resolution)
     tx, ty, tip = _grid(TIP_VIEW, resolution)
     density = {"A": _logp_on(gt_a, full), "AB": _logp_on(gt_ab, full), "tip": _logp_on(gt_a, tip)}
+    levels = {"A": branch_level(gt_a), "AB": branch_level(gt_ab)}
 
     fig, axes = plt.subplots(2, 4, figsize=(20, 10.6), dpi=80)
 
@@ -119,11 +136,11 @@ def save_figure(run: ToyRun, path, resolution: int = 200) -> None:
         ax.set_axis_off()
 
     def tree(ax):
-        """Both classes in grey, class A in orange: the region within 4.5 nats of the peak."""
+        """Both classes in grey, class A in orange: the branches, where log p >= `branch_level`."""
         for key, fill, line in (("AB", (0.9, 0.9, 0.9), (0.7, 0.7, 0.7)), ("A", (1.0, 0.8, 0.6), (0.8, 0.6, 0.5))):
-            v = density[key]
-            ax.contourf(fx, fy, v, levels=[v.max() - 4.5, v.max() + 1], colors=[fill])
-            ax.contour(fx, fy, v, levels=[v.max() - 4.5], colors=[line], linewidths=1)
+            v, edge = density[key], levels[key]
+            ax.contourf(fx, fy, v, levels=[edge, max(v.max(), edge) + 1], colors=[fill])
+            ax.contour(fx, fy, v, levels=[edge], colors=[line], linewidths=1)
 
     def points(ax, x, size=3.0, alpha=0.3):
         ax.plot(*x.numpy().T, ".", color="black", markersize=size, alpha=alpha, markeredgecolor="none")
@@ -138,7 +155,12 @@ def save_figure(run: ToyRun, path, resolution: int = 200) -> None:
         backdrop(ax, fx, fy, FULL_VIEW)
         tree(ax)
         points(ax, run.samples[name])
-        ax.set_title(f"{titles[name]}\nmean log p = {run.mean_logp[name]:.2f}", fontsize=13)
+        m = run.measures[name]
+        ax.set_title(
+            f"{titles[name]}\nlog p: median {m['median_log_density']:.2f}, mean {m['mean_log_density']:.2f}; "
+            f"on branches {100 * m['on_branches']:.1f}%",
+            fontsize=12,
+        )
 
     v = density["tip"]
     for ax, name in zip(axes[1], ("none", "cfg", "auto")):
@@ -154,7 +176,7 @@ def save_figure(run: ToyRun, path, resolution: int = 200) -> None:
     ratio = _logp_on(run.net, tip, TIP_SIGMA) - _logp_on(run.auto_guide, tip, TIP_SIGMA)
     levels = np.linspace(np.percentile(ratio, 2), np.percentile(ratio, 98), 16)
     ax.contourf(tx, ty, ratio, levels=levels, cmap="Blues", extend="both")
-    ax.contour(tx, ty, v, levels=[v.max() - 4.5], colors=[(0.8, 0.6, 0.5)], linewidths=1)
+    ax.contour(tx, ty, v, levels=[levels["A"]], colors=[(0.8, 0.6, 0.5)], linewidths=1)
     ax.set_title(f"log p_main - log p_guide at sigma = {TIP_SIGMA:g}", fontsize=13)
 
     fig.suptitle(

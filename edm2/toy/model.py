@@ -156,8 +156,30 @@ def sample_toy(
     return torch.stack([*states, out])
 
 
+BRANCH_NATS = 4.5  # "on the branches": log p(x) within this many nats of the density's peak
+
+
 def mean_log_density(samples, gt=None) -> float:
     """Mean of log p(x) over samples [N, 2] under the true class-A distribution (higher: the
-    samples lie more on the tree's branches; the measure of the autoguidance toy comparison)."""
+    samples lie more on the tree's branches). A few far outliers dominate it."""
     gt = tree_mixture("A") if gt is None else gt
     return float(gt.logp(samples.to(gt.dtype)).mean())
+
+
+def log_density_quantiles(samples, gt=None, q=(0.1, 0.5)) -> list[float]:
+    """Quantiles of log p(x) over samples [N, 2] under the true class-A distribution (robust to
+    outliers, unlike the mean)."""
+    gt = tree_mixture("A") if gt is None else gt
+    return [float(v) for v in torch.quantile(gt.logp(samples.to(gt.dtype)), torch.tensor(q, dtype=gt.dtype))]
+
+
+def on_branch_fraction(samples, gt=None) -> float:
+    """Fraction of samples [N, 2] on the branches of class A: log p(x) at least the density's
+    peak (over a fine grid of the tree) minus BRANCH_NATS, the outline drawn in the figure."""
+    gt = tree_mixture("A") if gt is None else gt
+    return float((gt.logp(samples.to(gt.dtype)) >= branch_level(gt)).to(torch.float64).mean())
+
+
+def branch_level(gt) -> float:
+    """log p at the edge of the branches: the peak of log p over the components' means minus BRANCH_NATS."""
+    return float(gt.logp(gt.mu).max()) - BRANCH_NATS

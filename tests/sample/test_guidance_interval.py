@@ -188,6 +188,8 @@ def test_preset_fills_the_interval_unless_one_is_given():
     mine = {"num_steps": 32, "sigma_lo": 0.5, "sigma_hi": 3.0, "guidance_start": 0, "guidance_stop": None}
     assert preset_interval(mine, choice.sampler) == mine
     assert resolve_networks(preset="edm2-img512-xxl-guid-fid").sampler == {}
+    with pytest.raises(ConfigError, match="with --steps 64 give the interval by noise level"):
+        preset_interval({"num_steps": 64}, choice.sampler)
     text = describe_interval(guidance=2.0, num_steps=32, guidance_start=17, guidance_stop=22)
     assert text == "guidance 2 on 6 of 32 steps: 17-22 (sigma in (0.189, 1.609])"
 
