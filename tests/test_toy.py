@@ -56,12 +56,12 @@ def test_tree_matches_an_independent_construction_of_the_official_definition():
     assert math.atan2(direction[1], direction[0]) == pytest.approx(math.pi / 4)
 
 
-@pytest.mark.parametrize("sigma", [0.0, 0.03, 0.4, 5.0])
+@pytest.mark.parametrize("sigma", [0.0, 0.4])
 def test_log_density_equals_a_scipy_mixture(sigma):
     comps = [c for c in tree_components() if c["cls"] in "AB"]
     phi = np.array([c["phi"] for c in comps])
     phi = phi / phi.sum()
-    x = np.array([[0.3, 0.4], [-0.5, -0.2], [1.0, 1.3], [0.0, 0.0], [2.0, -1.0]])
+    x = np.array([[0.3, 0.4], [-0.5, -0.2], [1.0, 1.3], [0.0, 0.0], [2.0, -1.0], [0.05, 0.4]])
     terms = [
         np.log(f) + multivariate_normal(c["mu"], c["Sigma"] + sigma**2 * np.eye(2)).logpdf(x)
         for f, c in zip(phi, comps)
@@ -70,10 +70,10 @@ def test_log_density_equals_a_scipy_mixture(sigma):
     np.testing.assert_allclose(ours, logsumexp(np.stack(terms), axis=0), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("sigma", [0.01, 0.1, 1.0])
+@pytest.mark.parametrize("sigma", [0.01, 1.0])
 def test_score_is_the_gradient_of_the_log_density(sigma):
     gt = tree_mixture("A", dtype=torch.float64)
-    x = gt.sample(64, sigma, generator=torch.Generator().manual_seed(0))
+    x = gt.sample(32, sigma, generator=torch.Generator().manual_seed(0))
     h = 1e-6 * max(sigma, 0.01)
     fd = torch.stack(
         [(gt.logp(x + h * e, sigma) - gt.logp(x - h * e, sigma)) / (2 * h) for e in torch.eye(2, dtype=torch.float64)],
@@ -81,7 +81,7 @@ def test_score_is_the_gradient_of_the_log_density(sigma):
     )
     torch.testing.assert_close(gt.score(x, sigma), fd, rtol=1e-5, atol=1e-4 / sigma)
     # Per-sample noise levels broadcast the same way as one level per call.
-    sigmas = torch.full([64], sigma, dtype=torch.float64)
+    sigmas = torch.full([32], sigma, dtype=torch.float64)
     torch.testing.assert_close(gt.score(x, sigmas), gt.score(x, sigma))
 
 

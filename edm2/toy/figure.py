@@ -48,31 +48,32 @@ class ToyRun:
         return {"measures": self.measures, "setup": dataclasses.asdict(self.setup)}
 
 
-def run_toy(setup: ToySetup = ToySetup(), progress: bool = False) -> ToyRun:
+def run_toy(setup: ToySetup = ToySetup(), progress: bool = False, device=None) -> ToyRun:
     """Train the main model (class A), the autoguidance guide (class A, smaller, shorter-trained)
     and the CFG guide (classes A and B, same size and training as the autoguide), then sample
-    each method from the same starting points (seeded by `setup.seed`)."""
+    each method from the same starting points (seeded by `setup.seed`). `device`: where to
+    train and sample (default CPU); the returned models and samples are on the CPU."""
     s = setup
+    device = torch.device("cpu" if device is None else device)
+    kw = dict(batch=s.batch, progress=progress, device=device)
     guide_iters = s.guide_iters
-    net = train_toy("A", dim=s.dim, iters=s.iters, batch=s.batch, seed=s.seed, progress=progress, desc="main model")
-    auto = train_toy(
-        "A", dim=s.guide_dim, iters=guide_iters, batch=s.batch, seed=s.seed + 1, progress=progress, desc="autoguide"
-    )
-    cfg = train_toy(
-        "AB", dim=s.guide_dim, iters=guide_iters, batch=s.batch, seed=s.seed + 2, progress=progress, desc="CFG guide"
-    )
-    gt = tree_mixture("A")
-    gen = torch.Generator().manual_seed(s.seed + 3)
+    net = train_toy("A", dim=s.dim, iters=s.iters, seed=s.seed, desc="main model", **kw)
+    auto = train_toy("A", dim=s.guide_dim, iters=guide_iters, seed=s.seed + 1, desc="autoguide", **kw)
+    cfg = train_toy("AB", dim=s.guide_dim, iters=guide_iters, seed=s.seed + 2, desc="CFG guide", **kw)
+    gt = tree_mixture("A", device=device)
+    gen = torch.Generator(device).manual_seed(s.seed + 3)
     start = gt.sample(s.num_samples, SIGMA_MAX, generator=gen)
-    tip_start = _thinned(gt.sample(4096, TIP_SIGMA, generator=gen), TIP_VIEW, TIP_SPACING)
+    tip_start = _thinned(gt.sample(4096, TIP_SIGMA, generator=gen).cpu(), TIP_VIEW, TIP_SPACING).to(device)
     methods = {"none": (None, 1.0), "cfg": (cfg, s.cfg_guidance), "auto": (auto, s.auto_guidance)}
     samples = {"truth": gt.sample(s.num_samples, generator=gen)}
     paths = {}
     for name, (guide, w) in tqdm(methods.items(), desc="sample", disable=not progress, leave=False):
-        samples[name] = sample_toy(net, start, gnet=guide, guidance=w)[-1]
-        paths[name] = sample_toy(net, tip_start, gnet=guide, guidance=w, sigma_max=TIP_SIGMA)
+        samples[name] = sample_toy(net, start, gnet=guide, guidance=w)[-1].cpu()
+        paths[name] = sample_toy(net, tip_start, gnet=guide, guidance=w, sigma_max=TIP_SIGMA).cpu()
+    samples["truth"] = samples["truth"].cpu()
+    gt = tree_mixture("A")
     measures = {name: measure(x, gt) for name, x in samples.items()}
-    return ToyRun(s, net, auto, cfg, samples, paths, measures)
+    return ToyRun(s, net.cpu(), auto.cpu(), cfg.cpu(), samples, paths, measures)
 
 
 def measure(samples, gt) -> dict:
@@ -174,8 +175,8 @@ def save_figure(run: ToyRun, path, resolution: int = 200) -> None:
     ax = axes[1, 3]
     backdrop(ax, tx, ty, TIP_VIEW)
     ratio = _logp_on(run.net, tip, TIP_SIGMA) - _logp_on(run.auto_guide, tip, TIP_SIGMA)
-    levels = np.linspace(np.percentile(ratio, 2), np.percentile(ratio, 98), 16)
-    ax.contourf(tx, ty, ratio, levels=levels, cmap="Blues", extend="both")
+    ratio_levels = np.linspace(np.percentile(ratio, 2), np.percentile(ratio, 98), 16)
+    ax.contourf(tx, ty, ratio, levels=ratio_levels, cmap="Blues", extend="both")
     ax.contour(tx, ty, v, levels=[levels["A"]], colors=[(0.8, 0.6, 0.5)], linewidths=1)
     ax.set_title(f"log p_main - log p_guide at sigma = {TIP_SIGMA:g}", fontsize=13)
 

@@ -92,6 +92,7 @@ def train_toy(
     ema_std: float = EMA_STD,
     progress: bool = False,
     desc: str = "train",
+    device=None,  # torch device (default: CPU)
 ) -> ToyDenoiser:
     """Train a ToyDenoiser on the tree mixture and return its power-function EMA (EDM2 Eq. 127).
 
@@ -100,16 +101,17 @@ def train_toy(
     with the exact score of the mixture (autoguidance App. C). Adam (0.9, 0.99), learning rate
     lr / sqrt(max(i / 512, 1)). Deterministic for a given seed on one machine.
     """
-    gen = torch.Generator().manual_seed(seed)
+    device = torch.device("cpu" if device is None else device)
+    gen = torch.Generator(device).manual_seed(seed)
     torch.manual_seed(seed)  # the weights' initialisation
-    gt = tree_mixture(classes)
-    net = ToyDenoiser(layers, dim).train()
+    gt = tree_mixture(classes, device=device)
+    net = ToyDenoiser(layers, dim).to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), betas=(0.9, 0.99))
     for i in tqdm(range(iters), desc=desc, unit="it", disable=not progress, dynamic_ncols=True, leave=False):
         opt.param_groups[0]["lr"] = LR / math.sqrt(max(i / LR_ITER, 1))
         opt.zero_grad()
-        sigma = (torch.randn(batch, generator=gen) * P_STD + P_MEAN).exp()
+        sigma = (torch.randn(batch, generator=gen, device=device) * P_STD + P_MEAN).exp()
         x = gt.sample(batch, sigma, generator=gen)
         loss = sigma**2 * ((gt.score(x, sigma) - net.score(x, sigma, graph=True)) ** 2).mean(-1)
         loss.mean().backward()
