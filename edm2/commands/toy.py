@@ -57,8 +57,10 @@ def toy(out, iters, guide_iters, batch, seed, cfg_guidance, auto_guidance, num_s
     Trains a main model on class A (4 layers x 64 features), an autoguidance guide (class A,
     32 features, fewer iterations) and a CFG guide (classes A and B, the same size), then
     samples each way with the EDM sampler (32 Heun steps from sigma 5) and saves the figure:
-    the density, the samples, and trajectories near a branch tip. Prints the mean log-density of
-    each method's samples under the true class-A distribution (higher: closer to the branches).
+    the density, the samples, and trajectories near a branch tip. Prints, per method, the mean
+    and median log-density of its samples under the true class-A distribution (higher: closer
+    to the branches) and the fraction of samples on the branches (docs/evaluation.md).
+
     The defaults (`edm2 toy --out toy.png`) take a few CPU-minutes; the official example trains
     4096 iterations of 4096 samples on a GPU (`--iters 4096 --batch 4096 --auto-guidance 3
     --device cuda`). The example below is a quick, rough version.
