@@ -85,6 +85,17 @@ def test_score_is_the_gradient_of_the_log_density(sigma):
     torch.testing.assert_close(gt.score(x, sigmas), gt.score(x, sigma))
 
 
+def test_both_classes_together_have_mean_0_and_std_sigma_data():
+    """Autoguidance App. C: the coordinates are chosen so that p_data, marginalised over the
+    class, has mean 0 and standard deviation sigma_data = 0.5 along each axis (closed-form
+    moments of the mixture: an independent check of the origin, scale and weights)."""
+    gt = tree_mixture("AB", dtype=torch.float64)
+    mean = (gt.phi[:, None] * gt.mu).sum(0)
+    second = (gt.phi[:, None, None] * (gt.Sigma + gt.mu[:, :, None] * gt.mu[:, None, :])).sum(0)
+    std = (second - torch.outer(mean, mean)).diagonal().sqrt()
+    assert mean.abs().max() < 1e-3 and (std - 0.5).abs().max() < 1e-3
+
+
 def test_samples_have_the_mixtures_mean_and_covariance():
     gt = tree_mixture("A", dtype=torch.float64)
     sigma = 0.2
