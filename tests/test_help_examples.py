@@ -51,6 +51,7 @@ ORDER = [
     ("report", "per-tensor"),
     ("report", "over-training"),
     ("report", "released"),
+    ("toy",),
     ("convert-official",),
     ("download",),
 ]
