@@ -20,6 +20,7 @@ COMMANDS = {
     "flops": "edm2.commands.flops:flops",
     "report": "edm2.commands.report:report",
     "analyze": "edm2.commands.analyze:analyze",
+    "toy": "edm2.commands.toy:toy",
 }
 
 

@@ -241,9 +241,9 @@ GENERATION_PRESETS: dict[str, GenerationPreset] = {
     # Guidance interval (Kynkäänniemi et al. 2024, arXiv 2404.07724, Table 1): classifier-free
     # guidance with the unconditional XS, on the 32-step schedule's steps whose t_i lies in the
     # reported (sigma_lo, sigma_hi] = (t_{stop+1}, t_start] rounded to 2 decimals (Sec. 3.1;
-    # XXL's [17, 22] and [13, 19] are those of the paper's code). The paper uses EDM2-S and -XXL
-    # "as-is" and does not name the EMA lengths; its CFG rows (2.23, 52.32, 1.81, 33.09 at w
-    # 1.4, 1.9, 1.2, 1.7) are the EDM2 guided presets above, so their networks are used here.
+    # XXL's [17, 22] and [13, 19] are those of the paper's code). The interval paper does not name
+    # the EMA lengths; the autoguidance paper's Table 1 lists these runs with EMA_m = EMA_g =
+    # 0.025 / 0.085 (S, FID / FD_DINOv2) and 0.015 / 0.015 (XXL): the nets of the guided presets.
     "edm2-img512-s-interval-fid": _gen(
         ("img512-s", _FULL, 0.025), (_XS_UNCOND, _FULL, 0.025), 2.10, "fid", 1.68, **_interval(15, 21, 0.28, 2.90)
     ),

@@ -54,6 +54,7 @@ ORDER = [
     ("report", "per-tensor"),
     ("report", "over-training"),
     ("report", "released"),
+    ("toy",),
     ("convert-official",),
     ("download",),
 ]

@@ -177,10 +177,18 @@ DEFAULTS = SamplerOptions()
 
 def preset_interval(options: dict, preset_sampler: dict) -> dict:
     """`options` (SamplerOptions fields) with a preset's guidance interval filled in where the
-    options leave every interval field at its default (an explicit interval wins)."""
+    options leave every interval field at its default (an explicit interval wins). A preset's
+    step indices refer to the default 32 steps: ConfigError with another --steps."""
     if any(options.get(name, getattr(DEFAULTS, name)) != getattr(DEFAULTS, name) for name in INTERVAL_FIELDS):
         return dict(options)
-    return {**options, **{k: v for k, v in preset_sampler.items() if k in INTERVAL_FIELDS}}
+    interval = {k: v for k, v in preset_sampler.items() if k in INTERVAL_FIELDS}
+    steps = options.get("num_steps", DEFAULTS.num_steps)
+    if "guidance_start" in interval and steps != DEFAULTS.num_steps:
+        raise ConfigError(
+            f"the preset's guidance interval is steps {interval['guidance_start']}-{interval['guidance_stop']} "
+            f"of {DEFAULTS.num_steps}; with --steps {steps} give the interval by noise level (--sigma_lo, --sigma_hi)"
+        )
+    return {**options, **interval}
 
 
 def interval_options(entry: dict, num_steps: int = DEFAULTS.num_steps) -> dict:

@@ -173,8 +173,11 @@ def test_paper_presets_match_table_1_and_the_papers_code():
         assert (p.guidance, p.reported_interval, p.metric, p.value) == (w, (lo, hi), metric, value), name
         start, stop = p.guidance_steps
         assert (round(levels[stop + 1], 2), round(levels[start], 2)) == (lo, hi), name
-        # Same networks as the CFG rows of Table 1 (the EDM2 guided presets).
+        # Same networks as the CFG rows of Table 1 (the EDM2 guided presets), at the EMA lengths
+        # the autoguidance paper's Table 1 gives for these rows (EMA_m = EMA_g).
         assert (p.net, p.gnet) == (GENERATION_PRESETS[cfg].net, GENERATION_PRESETS[cfg].gnet), name
+        ema = {"edm2-img512-s-interval-fid": "0.025", "edm2-img512-s-interval-dino": "0.085"}.get(name, "0.015")
+        assert p.net.endswith(f"-{ema}.pkl") and p.gnet.endswith(f"-{ema}.pkl"), name
         # The exact step levels as (sigma_lo, sigma_hi] select the same steps as the indices.
         by_sigma = interval_steps(guidance=w, sigma_lo=levels[stop + 1], sigma_hi=levels[start])
         assert by_sigma == list(range(start, stop + 1)) == interval_steps(guidance=w, **p.sampler), name
@@ -188,6 +191,8 @@ def test_preset_fills_the_interval_unless_one_is_given():
     mine = {"num_steps": 32, "sigma_lo": 0.5, "sigma_hi": 3.0, "guidance_start": 0, "guidance_stop": None}
     assert preset_interval(mine, choice.sampler) == mine
     assert resolve_networks(preset="edm2-img512-xxl-guid-fid").sampler == {}
+    with pytest.raises(ConfigError, match="with --steps 64 give the interval by noise level"):
+        preset_interval({"num_steps": 64}, choice.sampler)
     text = describe_interval(guidance=2.0, num_steps=32, guidance_start=17, guidance_stop=22)
     assert text == "guidance 2 on 6 of 32 steps: 17-22 (sigma in (0.189, 1.609])"
 

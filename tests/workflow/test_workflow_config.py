@@ -162,6 +162,8 @@ def test_guidance_interval_of_a_guidance_entry_reaches_its_score_commands(tmp_pa
     guided = [c for c in scores if "/guided/" in c]
     assert guided and all("--guidance 1.5 --guidance_start 1 --guidance_stop 2" in c for c in guided)
     assert not any("--guidance_start" in c for c in scores if "/noguid/" in c)
+    (grid,) = [c for c in shell_commands(proc.stdout) if "edm2 report best" in c and "--guidance guided" in c]
+    assert "--guidance_start 1 --guidance_stop 2" in grid  # the sample grid uses the interval too
 
 
 def test_lint_reports_nothing(tmp_path):

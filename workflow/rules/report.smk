@@ -184,13 +184,14 @@ rule samples:
         batch=config["samples"]["batch"],
         steps=config["samples"]["steps"] or config["score"]["steps"],
         eager=sampling_mode_arg(),
+        interval=lambda wc: " ".join(command_line(GUIDANCE[wc.guidance]["interval"])),
         tmp=lambda wc: fill(SAMPLE_IMAGES, run=wc.run, guidance=wc.guidance),
     shell:
         "rm -rf {params.tmp:q}; "
         "best=$(python -m edm2 report best --best {input.best:q} --run {wildcards.run}"
         " --guidance {wildcards.guidance} --metric {params.metric} --shell 2>> {log:q}); "
         'eval "python -m edm2 generate $best --seeds {params.seeds} --batch {params.batch}'
-        ' --steps {params.steps} {params.eager} --outdir {params.tmp:q}" > {log:q} 2>&1; '
+        ' --steps {params.steps} {params.interval} {params.eager} --outdir {params.tmp:q}" > {log:q} 2>&1; '
         "python -m edm2 report grid --images {params.tmp:q} --out {output:q} >> {log:q} 2>&1; "
         "rm -rf {params.tmp:q}"
 
