@@ -140,11 +140,13 @@ def _plot_axis(ax, states, axis, metric):
         line = sorted(
             (e for e in line if e[axis] is not None and all(e[a] == r[a] for a in others)), key=lambda e: e[axis]
         )
+        size = f" ({line[0]['ranges']} x {line[0]['num']} images)" if line else ""
         (drawn,) = ax.plot(
-            [e[axis] for e in line], [e["value"] for e in line], "o-", ms=4, label=f"{s['run']} screened"
+            [e[axis] for e in line], [e["value"] for e in line], "o-", ms=4, label=f"{s['run']} screened{size}"
         )
         if r[axis] is not None:
-            ax.plot([r[axis]], [r["value"]], "*", ms=12, color=drawn.get_color(), label=f"{s['run']} confirmed")
+            label = f"{s['run']} confirmed ({r['ranges']} x {r['num']} images)"
+            ax.plot([r[axis]], [r["value"]], "*", ms=12, color=drawn.get_color(), label=label)
     ax.set_xlabel(AXIS_LABELS[axis])
     ax.set_ylabel(metric_label(metric))
     ax.grid(alpha=0.3)
