@@ -33,6 +33,10 @@ def test_paper_img512_lists_every_job(workdir):
         "tables": 1,
         "samples": sizes * settings,
         "report": 1,
+        # Magnitudes of every snapshot (every 8Mi images, and at 0): XS, S, M and the guide 2048Mi,
+        # L 1792Mi, XL 1280Mi, XXL 896Mi; one plot per run.
+        "magnitudes": 4 * 257 + 225 + 161 + 113,
+        "magnitude_plot": runs,
         "all": 1,
     }
 
@@ -56,6 +60,9 @@ def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(wor
         "ablation": 1,
         "samples": 7,
         "report": 1,
+        "magnitudes": 7 * 257,  # every snapshot of every config (EDM2 Fig. 15)
+        "magnitude_plot": 7,
+        "fig15": 1,
         "all": 1,
     }
     proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-ablation.yaml")
@@ -131,9 +138,13 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
         "tables": 1,
         "samples": runs,
         "report": 1,
+        "magnitudes_raw": runs,  # the weights of NVIDIA's raw snapshots over training (Fig. 15, row G)
+        "magnitude_plot": runs,
         "all": 1,
     }
     commands = shell_commands(proc.stdout)
+    (weights,) = [c for c in commands if "edm2 analyze magnitudes" in c and "/runs/xs/" in c]
+    assert "/runs/xs/raw-" in weights and "/*-0.100.pkl --outdir" in weights and "--data" not in weights
     (download,) = [c for c in commands if "edm2 download" in c and "/xs/" in c.split("--dest")[1].split()[0] + "/"]
     assert download.startswith(
         "python -m edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/"
@@ -157,6 +168,8 @@ def test_paper_img64_lists_every_job(workdir):
         "tables": 1,
         "samples": 4,
         "report": 1,
+        "magnitudes": 129 + 257 + 129 + 81,  # every 8Mi of S 1024Mi, M 2048Mi, L 1024Mi, XL 640Mi, and at 0
+        "magnitude_plot": 4,
         "all": 1,
     }
 
@@ -173,6 +186,7 @@ def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5
     counts = dry_run(workdir, "--configfile", CONFIG / "ablation-digits.yaml")
     assert counts["train"] == 7 and counts["phema"] == 6 and counts["score"] == 6 * 6 + 1
     assert counts["ablation"] == 1 and counts["samples"] == 7 and counts["digits"] == 1
+    assert counts["magnitudes"] == 7 * 9 and counts["magnitude_plot"] == 7 and counts["fig15"] == 1  # 0..8 kimg
 
 
 def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):
