@@ -208,7 +208,7 @@ def tensor_score_files(run):
 
 def at_score_files(run):
     g = sweep_guidance(run)
-    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in GRID]
+    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in AT_GRID]
 
 
 def sweep_plot_files():
