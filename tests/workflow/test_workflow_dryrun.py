@@ -131,6 +131,7 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
         # Fig. 5c: the grid at 4 earlier training lengths, one phema pass per run.
         "phema_at": runs,
         "score_at": runs * 4 * GRID_49,
+        "sweep_set": runs,  # the scores of each run's Fig. 5b/5c
         "fig5c": runs * 2,  # fid, fd_dinov2
         # Fig. 5b: the variants wait for the best grid length (a checkpoint): one pass per run.
         "refine_grid": 1,
@@ -174,7 +175,9 @@ def test_embedded_default_and_smoke_configs(workdir):
     assert counts["train"] == 2 and counts["score"] == 2 * 8 and counts["digits"] == 1
     assert counts["train_detector"] == 1 and "encode" not in counts
     # Fig. 5b and 5c of mc16 at tiny scale: 2 tensors x 2 lengths, 4 lengths at kimg 8.
-    assert counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == 1
+    assert (
+        counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
+    )
     assert counts["score_tensor"] == 2 * 2 and counts["score_at"] == 4
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2

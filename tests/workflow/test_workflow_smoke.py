@@ -144,7 +144,9 @@ def test_per_tensor_and_over_training_sweeps_add_only_their_jobs(smoke):
     configfile = edited(workdir, config, "sweeps.yaml", lambda c: c["phema"].update(sweeps))
     counts = dry_run(workdir, "--configfile", configfile)
     assert not {"train", "phema", "score"} & set(counts)
-    assert counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == 1
+    assert (
+        counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
+    )
     assert counts["score_tensor"] == 2 and counts["score_at"] == len(STDS)
     snakemake(workdir, "--cores", "2", "--configfile", configfile)
     results = workdir / "results"
