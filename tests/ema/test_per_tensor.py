@@ -123,3 +123,18 @@ def test_bad_tensor_specs_are_refused_in_one_line(snapshots, tmp_path):
     assert r.exit_code == 1 and "no tensor of the network matches" in r.output and not (tmp_path / "o").exists()
     r = CliRunner().invoke(main, args + ["--tensor-std", "unet.enc.*=0.05,unet.enc.8x8_conv.weight=0.07"])
     assert r.exit_code == 1 and "selected twice" in r.output
+
+
+def test_tensor_std_yaml_holds_one_variant_or_a_list(tmp_path):
+    from edm2.ema.per_tensor import read_tensor_std_yaml
+
+    one = tmp_path / "one.yaml"
+    one.write_text("map-label: 0.05\nunet.enc.*: 0.2\n")
+    assert read_tensor_std_yaml(one) == [{"map-label": 0.05, "unet.enc.*": 0.2}]
+    many = tmp_path / "many.yaml"
+    many.write_text("- {map-label: 0.05}\n- {map-label: 0.15}\n")
+    assert read_tensor_std_yaml(many) == [{"map-label": 0.05}, {"map-label": 0.15}]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 0.05\n")
+    with pytest.raises(ConfigError, match="expected a mapping NAME: STD"):
+        read_tensor_std_yaml(bad)
