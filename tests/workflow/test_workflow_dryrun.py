@@ -141,6 +141,16 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
         "magnitudes_raw": runs,  # the weights of NVIDIA's raw snapshots over training (Fig. 15, row G)
         "magnitude_plot": runs,
         "all": 1,
+        # Fig. 5c: the grid at 4 earlier training lengths, one phema pass per run.
+        "phema_at": runs,
+        "score_at": runs * 4 * GRID_49,
+        "sweep_set": runs,  # the scores of each run's Fig. 5b/5c
+        "fig5c": runs * 2,  # fid, fd_dinov2
+        # Fig. 5b: the variants wait for the best grid length (a checkpoint): one pass per run.
+        "refine_grid": 1,
+        "phema_tensor": runs,
+        "score_tensor": runs * 28 * 5,
+        "fig5b": runs * 2,
     }
     commands = shell_commands(proc.stdout)
     (weights,) = [c for c in commands if "edm2 analyze magnitudes" in c and "/runs/xs/" in c]
@@ -149,8 +159,11 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
     assert download.startswith(
         "python -m edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/"
     )
-    (phema,) = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw-" in c]
+    phemas = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw-" in c]
+    (phema,) = [c for c in phemas if "/runs/xs/phema " in c]
     assert "--outkimg 2147483" in phema and "--outstd 0.010,0.015," in phema
+    (at,) = [c for c in phemas if "/runs/xs/phema-at " in c]
+    assert "--outkimg 268435,536870,1073741,1610612 " in at and "--outstd 0.010,0.015," in at
 
 
 def test_paper_img64_lists_every_job(workdir):
@@ -178,6 +191,11 @@ def test_embedded_default_and_smoke_configs(workdir):
     counts = dry_run(workdir)  # config/config.yaml, loaded by the Snakefile itself
     assert counts["train"] == 2 and counts["score"] == 2 * 8 and counts["digits"] == 1
     assert counts["train_detector"] == 1 and "encode" not in counts
+    # Fig. 5b and 5c of mc16 at tiny scale: 2 tensors x 2 lengths, 4 lengths at kimg 8.
+    assert (
+        counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
+    )
+    assert counts["score_tensor"] == 2 * 2 and counts["score_at"] == 4
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
 

@@ -179,6 +179,7 @@ SAMPLE_IMAGES = f"{RESULTS}/plots/samples/{{run}}/.{{guidance}}-images"  # scrat
 SUMMARY = f"{RESULTS}/summary.{{ext}}"
 TENSOR_SCORE = f"{RESULTS}/scores-tensor/{{run}}/{{guidance}}/{{tensor}}/ema-{{std}}.json"  # Fig. 5b
 AT_SCORE = f"{RESULTS}/scores-at/{{run}}/{{guidance}}/kimg-{{kimg}}/ema-{{std}}.json"  # Fig. 5c
+SWEEP_SET = f"{RESULTS}/tables/sweep-set-{{run}}.txt"  # the scores of Fig. 5b/5c (as RESULT_SET)
 FIG5B_PLOT = f"{RESULTS}/plots/fig5b-{{run}}-{{metric}}.{{ext}}"
 FIG5C_PLOT = f"{RESULTS}/plots/fig5c-{{run}}-{{metric}}.{{ext}}"
 PLOT_EXTS = ["png", "svg"]
@@ -209,7 +210,7 @@ def tensor_score_files(run):
 
 def at_score_files(run):
     g = sweep_guidance(run)
-    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in GRID]
+    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in AT_GRID]
 
 
 def sweep_plot_files():
