@@ -259,6 +259,22 @@ def magnitude_files():
     return files + ([FIG15_PLOT] if ablation_runs() else [])
 
 
+# --- The 2-D toy example of autoguidance (`edm2 toy`; toy.enabled) -------------------------------
+
+TOY_PLOT = f"{RESULTS}/plots/toy.png"
+TOY_JSON = f"{RESULTS}/tables/toy.json"  # the measures of its panels
+
+
+def toy_files():
+    return [TOY_PLOT, TOY_JSON] if config["toy"]["enabled"] else []
+
+
+def toy_args():
+    """Options of `edm2 toy` that the config sets (toy.iters, ...; null: the command's default)."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config["toy"].items()
+                    if key != "enabled" and value is not None)  # fmt: skip
+
+
 # --- Released nets (`source: released`) -----------------------------------------------------------
 
 RELEASED_NET = f"{RESULTS}/released/nets/{{file}}"
