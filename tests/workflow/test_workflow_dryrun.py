@@ -196,8 +196,12 @@ def test_embedded_default_and_smoke_configs(workdir):
         counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
     )
     assert counts["score_tensor"] == 2 * 2 and counts["score_at"] == 4
+    assert counts["toy"] == 1  # the 2-D toy example of autoguidance, in the demo's report
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 2
+    assert counts["toy"] == 1
+    # Off unless a config enables it (config/README.md#toy).
+    assert "toy" not in dry_run(workdir, "--configfile", CONFIG / "paper-img512.yaml")
 
 
 def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5a(workdir):

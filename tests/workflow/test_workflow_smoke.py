@@ -60,9 +60,15 @@ def test_every_output_is_written(smoke):
             assert im.size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)  # 16 seeds of 16x16, upscaled 4x
     assert "data:image/png;base64," in (results / "summary.html").read_text()
     rules = ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report")
-    for rule in (*rules, "magnitudes", "magnitude_plot"):
+    for rule in (*rules, "magnitudes", "magnitude_plot", "toy"):
         assert any((results / "logs" / rule).rglob("*.log")), rule
         assert any((results / "benchmarks" / rule).rglob("*.tsv")), rule
+    # The toy example's job: its figure, and one measure per panel (edm2 toy --json).
+    with Image.open(results / "plots" / "toy.png") as im:
+        assert im.format == "PNG"
+    measures = json.loads((results / "tables" / "toy.json").read_text())["measures"]
+    assert set(measures) == {"truth", "none", "cfg", "auto"}
+    assert all(0 <= m["on_branches"] <= 1 for m in measures.values())
 
 
 def test_magnitudes_and_tensorboard_of_every_run(smoke):
