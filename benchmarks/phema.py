@@ -17,6 +17,13 @@ this workload on the 2-core development machine.
     python benchmarks/phema.py --quick         # a small model, seconds
     python benchmarks/phema.py --workdir /scratch/bench --keep
     python benchmarks/phema.py --official      # also the same inputs as official pickles
+    python benchmarks/phema.py --quick --sweeps   # also Fig. 5b/5c workloads: one pass vs one per output set
+
+With --sweeps (issue 23) it also times, in the same run, the per-tensor variants and training
+lengths of Fig. 5b/5c: 8 variants (4 tensors x 2 EMA lengths, the rest at 0.100) and the grid at
+3 training lengths, each written in one pass (`--tensor-std` repeated, `--outkimg K1,K2,K3`)
+and, for comparison, one pass per variant and per length; it prints the read passes, bytes
+read and wall times of both, and the time of the certificates (solve, profile errors, band).
 
 With --official the same weights are also written as official-format network pickles (the
 tests' stand-in of NVIDIA's persistence machinery, tests/io/official_pickles.py) and the
@@ -43,7 +50,8 @@ t0 = time.perf_counter()
 from edm2.ema.phema import reconstruct_phema
 args = json.loads(sys.argv[1])
 r = reconstruct_phema(args["indir"], args["outdir"], args["outstd"], max_memory=args["max_memory"],
-                      dtype=getattr(torch, args["dtype"]))
+                      dtype=getattr(torch, args["dtype"]), tensor_std=args.get("tensor_std"),
+                      outkimg=args.get("outkimg"))
 print(json.dumps({k: r[k] for k in ("bytes_read", "read_s", "compute_s", "write_s", "wait_write_s", "wall_s",
                                     "chunk_elements", "working_bytes", "workers", "out_nimg")}
                  | {"outputs": [str(p) for p in r["outputs"]], "coefficients": r["coefficients"].tolist(),
@@ -118,11 +126,13 @@ def time_layouts(pkldir: Path) -> str:
     )
 
 
-def run_child(indir: Path, outdir: Path, args) -> tuple[dict, float, int]:
-    """Reconstruct in a child process: `(its result, wall time incl. start-up, peak RSS bytes)`."""
+def run_child(indir: Path, outdir: Path, args, **more) -> tuple[dict, float, int]:
+    """Reconstruct in a child process: `(its result, wall time incl. start-up, peak RSS bytes)`.
+    `more`: other arguments of reconstruct_phema (outstd, tensor_std, outkimg)."""
     child_args = dict(
         indir=str(indir), outdir=str(outdir), outstd=args.outstd, max_memory=args.max_memory, dtype=args.dtype
     )
+    child_args.update(more)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(child_args)], stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
@@ -197,6 +207,55 @@ def time_matmul(n_in: int, n_out: int, numel: int, chunk: int, workers: int) -> 
     return intra_op, threaded
 
 
+SWEEP_TENSORS = ["enc-32x32-block0-affine", "enc-32x32-block0-conv0", "map-label", "map-layer0"]
+
+
+def time_sweeps(indir: Path, work: Path, args, times: int, interval_nimg: int) -> None:
+    """Fig. 5b/5c workloads in one pass each, against one pass per variant / training length."""
+    import statistics
+
+    from edm2.ema.certificate import certificates
+    from edm2.ema.phema import find_inputs, plan_coefficients
+    from edm2.utils import parse_std_list
+
+    variants = [{t: s} for t in SWEEP_TENSORS for s in (0.050, 0.150)]
+    kimgs = [times // 4 * interval_nimg // 1000, times // 2 * interval_nimg // 1000, times * interval_nimg // 1000]
+    print(f"\nsweeps: load average {os.getloadavg()[0]:.2f}")
+    for label, shared, separate in [
+        (f"{len(variants)} per-tensor variants", dict(outstd="0.100", tensor_std=variants),
+         [dict(outstd="0.100", tensor_std=[v]) for v in variants]),
+        (f"grid of {len(parse_std_list(args.outstd))} at {len(kimgs)} training lengths", dict(outkimg=kimgs),
+         [dict(outkimg=k) for k in kimgs]),
+    ]:  # fmt: skip
+        shutil.rmtree(work / "sweep", ignore_errors=True)
+        os.sync()
+        one, _, rss = run_child(indir, work / "sweep", args, **shared)
+        walls, read = [], 0
+        for more in separate:
+            shutil.rmtree(work / "sweep", ignore_errors=True)
+            os.sync()
+            r, _, _ = run_child(indir, work / "sweep", args, **more)
+            walls.append(r["wall_s"])
+            read += r["bytes_read"]
+        shutil.rmtree(work / "sweep", ignore_errors=True)
+        print(
+            f"{label}: one pass {one['wall_s']:.2f} s, {one['bytes_read'] / 2**30:.3f} GiB read, "
+            f"{len(one['outputs'])} outputs, peak RSS {rss / 2**30:.3f} GiB; {len(separate)} passes "
+            f"{sum(walls):.2f} s (median {statistics.median(walls):.2f} s each), {read / 2**30:.3f} GiB read; "
+            f"ratio separate / one {sum(walls) / one['wall_s']:.2f}"
+        )
+    inputs = find_inputs(indir)
+    t0 = time.perf_counter()
+    used, out_nimg, X = plan_coefficients(inputs, parse_std_list(args.outstd))
+    t1 = time.perf_counter()
+    certificates(used, X, parse_std_list(args.outstd), out_nimg)
+    t2 = time.perf_counter()
+    print(
+        f"certificates of {X.shape[1]} outputs from {len(used)} inputs: {t2 - t1:.2f} s "
+        f"(the solve alone {t1 - t0:.2f} s); load average {os.getloadavg()[0]:.2f}"
+    )
+
+
 def verify(result: dict, base: dict, stds: list, interval_nimg: int):
     """Spot-check the first output against the naive sum sum_i c_i * w_i (float64)."""
     from safetensors import safe_open
@@ -230,6 +289,7 @@ def main():
     parser.add_argument("--workdir", default=None, help="where to put the snapshots [a temporary folder]")
     parser.add_argument("--keep", action="store_true", help="keep the snapshots and outputs")
     parser.add_argument("--official", action="store_true", help="also time the same inputs as official pickles")
+    parser.add_argument("--sweeps", action="store_true", help="also time per-tensor variants and training lengths")
     args = parser.parse_args()
 
     times = args.times or (8 if args.quick else 64)
@@ -320,6 +380,8 @@ def main():
             print(f"peak RSS, pickle inputs        {rss['pickle'] / 2**30:8.3f} GiB (goal: under 1 GiB)")
             print(f"identical outputs from both    {same_outputs(pickle_result, result)}")
             print(time_layouts(pkldir))
+        if args.sweeps:
+            time_sweeps(indir, work, args, times, interval_nimg)
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
     finally:
         if not args.keep:

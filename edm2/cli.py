@@ -24,19 +24,28 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+class LazySubcommands(click.Group):
+    """A group whose subcommands, `lazy_commands` {name: "module:attribute"}, are imported on
+    first use (`edm2` itself, `edm2 analyze`)."""
+
+    lazy_commands: dict = {}
 
     def list_commands(self, ctx):
-        return sorted(COMMANDS)
+        return sorted(self.lazy_commands)
 
     def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
+        target = self.lazy_commands.get(name)
         if target is None:
             return None
         module, attr = target.split(":")
         # A command that fails to import is a bug to see, not an unknown command: let it raise.
         return getattr(importlib.import_module(module), attr)
+
+
+class LazyGroup(LazySubcommands):
+    """The `edm2` group: lazy subcommands, and one-line errors for every command."""
+
+    lazy_commands = COMMANDS
 
     def invoke(self, ctx):
         completed = False

@@ -4,13 +4,13 @@ A subcommand is one line of ANALYZE_COMMANDS ("name": "module:attribute" of a cl
 imported only when used, like the commands of `edm2` itself (edm2.cli).
 """
 
-import importlib
 import json
 from pathlib import Path
 
 import click
 
 from edm2.analysis import DEFAULT_NUM_SAMPLES, DEFAULT_SEED
+from edm2.cli import LazySubcommands
 from edm2.commands.paths import OutputDir, OutputFile
 from edm2.errors import ConfigError
 
@@ -21,16 +21,8 @@ ANALYZE_COMMANDS = {
 }
 
 
-class _AnalyzeGroup(click.Group):
-    def list_commands(self, ctx):
-        return sorted(ANALYZE_COMMANDS)
-
-    def get_command(self, ctx, name):
-        target = ANALYZE_COMMANDS.get(name)
-        if target is None:
-            return None
-        module, attr = target.split(":")
-        return getattr(importlib.import_module(module), attr)
+class _AnalyzeGroup(LazySubcommands):
+    lazy_commands = ANALYZE_COMMANDS
 
 
 @click.group(name="analyze", cls=_AnalyzeGroup)

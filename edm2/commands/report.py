@@ -521,7 +521,7 @@ def per_tensor(scores, metric, grid_scores, out, statistic):
     )
     best = min(result["tensors"].items(), key=lambda kv: kv[1][1], default=None)
     click.echo(
-        f"fig5b -> {out}.png ({len(result['tensors'])} tensors; {base}"
+        f"fig5b -> {out}.png ({len(result['tensors'])} curves; {base}"
         + (f"; best {best[0]} at {best[1][0]:.3f}: {best[1][1]:.4g})" if best else ")")
     )
 

@@ -22,7 +22,7 @@ sums squares and stays accurate at any error size. The grid is Gauss-Legendre wi
 T_out`, where the `T_i` are the training times of the inputs (each input profile ends there
 with a jump, so no interval contains a discontinuity and the pieces are smooth powers of t);
 the first interval [0, T_1] is split further at `T_1 2^-k`, k = 1..`ZERO_REFINE`, because
-`t^gamma` with a non-integer gamma near 0 (sigma_rel near 0.289) has an unbounded derivative at
+`t^gamma` with a non-integer gamma near 0 (sigma_rel near MAX_STD = 0.2887) has an unbounded derivative at
 t = 0. Inside every piece the integrand is a polynomial-like smooth function for which this
 rule converges to double precision (tests/ema/test_certificate.py checks it against
 scipy.integrate.quad and against the closed form).

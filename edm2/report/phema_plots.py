@@ -98,19 +98,21 @@ def _rows(paths, metric, statistic) -> list[dict]:
 
 def plot_per_tensor(score_paths, grid_paths, metric: str, stem, statistic: str = "min") -> dict:
     """Fig. 5b: the metric vs the EMA length of the one tensor each scored variant moves, one
-    curve per tensor, and the global optimum (the grid score at the variants' global length) as
-    a line. The tensor and its length come from each network's certificate (`edm2 phema
-    --tensor-std`). Returns {'base': (std, value) or None, 'tensors': {spec: best (std, value)}}.
-    Raises FormatError for a score of a network that is not a one-tensor variant."""
+    curve per tensor (or set of tensors moved together), and the global optimum (the grid score
+    at the variants' global length) as a line. The tensors and their length come from each
+    network's certificate (`edm2 phema --tensor-std`). Returns {'base': (std, value) or None,
+    'tensors': {spec: best (std, value)}}. Raises FormatError for a score of a network that is
+    not a variant moving its tensors to one length."""
     curves, bases = {}, set()
     for r in _rows(score_paths, metric, statistic):
         cert = read_certificate(r["network"])
         moved = (cert or {}).get("tensor_std") or []
-        if len(moved) != 1:
+        if not moved or len({t["std"] for t in moved}) != 1:
             raise FormatError(
-                f"{r['source']}: its network {r['network']} is not a one-tensor variant of `edm2 phema --tensor-std`"
+                f"{r['source']}: its network {r['network']} is not a variant of `edm2 phema --tensor-std` "
+                "that moves its tensors to one EMA length"
             )
-        curves.setdefault(moved[0]["spec"], []).append((moved[0]["std"], r["value"]))
+        curves.setdefault("+".join(t["spec"] for t in moved), []).append((moved[0]["std"], r["value"]))
         bases.add(round(cert["ema_std"], 3))
     base = None
     if len(bases) == 1:
@@ -128,6 +130,13 @@ def plot_per_tensor(score_paths, grid_paths, metric: str, stem, statistic: str =
     return {"base": base, "tensors": {k: min(v, key=lambda p: (p[1], p[0])) for k, v in curves.items()}}
 
 
+def _images(nimg: int) -> str:
+    """'268M', '16.4M', '8k': a training length as the paper writes it."""
+    if nimg >= 1e8:
+        return f"{nimg / 1e6:.0f}M"
+    return f"{nimg / 1e6:.1f}M" if nimg >= 1e6 else f"{nimg / 1e3:.0f}k"
+
+
 def plot_over_training(score_paths, metric: str, stem, statistic: str = "min") -> dict:
     """Fig. 5c: the metric vs EMA length, one curve per training length (the score JSONs'
     `kimg`), each optimum starred. Returns {kimg: best (std, value)}."""
@@ -137,7 +146,7 @@ def plot_over_training(score_paths, metric: str, stem, statistic: str = "min") -
             raise FormatError(f"{r['source']}: no 'kimg'; score a network reconstructed by `edm2 phema`")
         curves.setdefault(int(r["kimg"]), []).append((r["ema_std"], r["value"]))
     curves = dict(sorted(curves.items()))
-    labelled = {f"{k * 1000 / 1e6:.3g}M images (kimg {k})": v for k, v in curves.items()}
+    labelled = {f"{_images(k * 1000)} images (kimg {k})": v for k, v in curves.items()}
     title = f"{metric_label(metric)} vs EMA length over training (post-hoc EMA)"
     plot_curves(labelled, metric, stem, title, "EMA length $\\sigma_\\mathrm{rel}$", "training length")
     return {k: min(v, key=lambda p: (p[1], p[0])) for k, v in curves.items()}

@@ -328,7 +328,7 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
 
             # Activation magnitudes of the EMA network on the fixed probe batch (rank 0; edm2.train.monitor).
             if monitor.probe_due(cur) and not resumed_here:
-                monitor.probe(status.stats, cur)
+                monitor.probe(status.stats)
 
             # Report status (with the EMA network's weight magnitudes).
             if every.status and (done or cur % every.status == 0) and not resumed_here:

@@ -67,11 +67,8 @@ def gradient_norm(net) -> torch.Tensor | None:
 def probe_network(ema):
     """The EMA network the monitor measures: the power-function EMA whose sigma_rel is closest to
     0.10 (the paper's figures measure "the EMA-averaged network"), or config A's one EMA."""
-    if hasattr(ema, "emas"):
-        k = min(range(len(ema.stds)), key=lambda i: abs(float(ema.stds[i]) - 0.10))
-        ema.get()  # copy the buffers from the network
-        return ema.emas[k]
-    return ema.ema
+    nets = ema.snapshots(0)  # [(network, std)], the buffers copied from the trained network
+    return min(nets, key=lambda item: abs(float(item[1]) - 0.10))[0]
 
 
 class TrainingMonitor:
@@ -136,7 +133,7 @@ class TrainingMonitor:
         return self.enabled and bool(self.interval) and cur_nimg % self.interval == 0
 
     @torch.no_grad()
-    def probe(self, stats, cur_nimg: int) -> None:
+    def probe(self, stats) -> None:
         """Activation magnitudes of the EMA network on the probe batch, as rank-0 values of the
         next status."""
         if self.rank != 0 or self.inputs is None:

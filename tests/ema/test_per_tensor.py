@@ -50,6 +50,28 @@ def test_variant_equals_hand_combined_global_reconstructions_bit_for_bit(snapsho
     assert record["coefficients"] == glob["records"][1]["coefficients"] and record["ema_std"] == 0.15
     # One pass: every input byte read once for the two variants, as for the two global outputs.
     assert per["bytes_read"] == glob["bytes_read"]
+    # Fig. 5b from score JSONs of the variants (values made up here; the workflow scores them).
+    scores = [
+        write_score(tmp_path / "s" / f"v{i}.json", path, 0.15, 16, 5.0 + i) for i, path in enumerate(per["outputs"])
+    ]
+    base = write_score(tmp_path / "s" / "base.json", glob["outputs"][1], 0.15, 16, 6.0)
+    args = ["report", "per-tensor", "--metric", "fid", "--grid-score", str(base), "--out", str(tmp_path / "f5b")]
+    r = CliRunner().invoke(main, args + list(map(str, scores)))
+    assert r.exit_code == 0 and "2 curves; global 0.150: 6" in r.output and "best unet.enc.* at 0.070: 5" in r.output, (
+        r.output
+    )
+    assert (tmp_path / "f5b.png").is_file() and (tmp_path / "f5b.svg").is_file()
+    r = CliRunner().invoke(main, args + [str(base)])  # a grid network is no variant
+    assert r.exit_code == 1 and "is not a variant of `edm2 phema --tensor-std`" in r.output
+
+
+def write_score(path, network, ema_std, kimg, fid):
+    """A score JSON as `edm2 metrics gen --json` writes it (docs/HELPERS.md), for `network`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({"metrics": {"fid": {"values": [fid]}}, "network": str(network), "ema_std": ema_std, "kimg": kimg})
+    )
+    return path
 
 
 variants_names = {"unet.emb_label.weight", "unet.out_conv.weight"}
@@ -66,6 +88,16 @@ def test_several_training_lengths_in_one_pass(snapshots, tmp_path):
         for name in set(a) - set(BUFFERS):  # the same sums, in a wider matrix product: equal to fp16 rounding
             torch.testing.assert_close(a[name].double(), b[name].double(), rtol=2.0**-10, atol=1e-6)
     assert both["bytes_read"] == alone["bytes_read"]  # the inputs up to kimg 16, read once
+    scores = [
+        write_score(tmp_path / "s" / f"{k}-{s}.json", "x", s, k, 5 + (s - 0.05 * k / 8) ** 2)
+        for k in (8, 16)
+        for s in (0.05, 0.1, 0.15)
+    ]
+    r = CliRunner().invoke(
+        main, ["report", "over-training", "--metric", "fid", "--out", str(tmp_path / "f5c"), *map(str, scores)]
+    )
+    assert r.exit_code == 0 and "kimg 8: 5 at 0.050, kimg 16: 5 at 0.100" in r.output, r.output
+    assert (tmp_path / "f5c.png").is_file()
 
 
 def test_paper_d6_names_resolve_for_g_and_ablation_networks():
@@ -91,3 +123,18 @@ def test_bad_tensor_specs_are_refused_in_one_line(snapshots, tmp_path):
     assert r.exit_code == 1 and "no tensor of the network matches" in r.output and not (tmp_path / "o").exists()
     r = CliRunner().invoke(main, args + ["--tensor-std", "unet.enc.*=0.05,unet.enc.8x8_conv.weight=0.07"])
     assert r.exit_code == 1 and "selected twice" in r.output
+
+
+def test_tensor_std_yaml_holds_one_variant_or_a_list(tmp_path):
+    from edm2.ema.per_tensor import read_tensor_std_yaml
+
+    one = tmp_path / "one.yaml"
+    one.write_text("map-label: 0.05\nunet.enc.*: 0.2\n")
+    assert read_tensor_std_yaml(one) == [{"map-label": 0.05, "unet.enc.*": 0.2}]
+    many = tmp_path / "many.yaml"
+    many.write_text("- {map-label: 0.05}\n- {map-label: 0.15}\n")
+    assert read_tensor_std_yaml(many) == [{"map-label": 0.05}, {"map-label": 0.15}]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 0.05\n")
+    with pytest.raises(ConfigError, match="expected a mapping NAME: STD"):
+        read_tensor_std_yaml(bad)

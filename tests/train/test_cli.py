@@ -228,3 +228,17 @@ def test_a_snapshot_interval_longer_than_the_duration_is_warned_and_a_summary_cl
     assert "Warning: --snapshot 1024 is longer than --duration 128" in result.output
     assert "Trained 128 images in" in result.output and "finished the duration of 0 kimg" in result.output
     assert "network-snapshot-0000000-0.100.safetensors" in result.output  # where the snapshots are
+
+
+def test_no_tensorboard_and_probe_reach_the_options(data, tmp_path):
+    cfg = dry_run("--outdir", str(tmp_path / "r"), "--data", str(data), "--no-tensorboard", "--probe", "2Ki")
+    options = cfg.get("options", cfg)
+    assert (options["tensorboard"], options["probe"]) == (False, 2048)
+    cfg = dry_run("--outdir", str(tmp_path / "r"), "--data", str(data))
+    options = cfg.get("options", cfg)
+    assert (options["tensorboard"], options["probe"]) == (True, None)  # the probe follows --snapshot
+    result = CliRunner().invoke(
+        main,
+        ["train", "--outdir", str(tmp_path / "r"), "--data", str(data), "--tensorboard", "True", "--no-tensorboard"],
+    )
+    assert result.exit_code != 0 and "contradict" in result.output

@@ -124,3 +124,15 @@ def test_gradient_norm_equals_torchs_total_norm():
     net(torch.randn(5, 3)).square().sum().backward()
     want = torch.nn.utils.get_total_norm([p.grad for p in net.parameters()])
     assert gradient_norm(net).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_config_a_is_monitored_at_its_traditional_ema(tmp_path):
+    """Config A (EDM's network with biases and group norms, one traditional EMA): magnitudes too."""
+    data = make_dataset(tmp_path / "ds", num_images=16)
+    opts = tiny_options(tmp_path / "a", data, config="A", duration=256, snapshot=1024, probe=128, status=128)
+    run_training(opts)
+    lines = stats_lines(tmp_path / "a")
+    assert [round(line["Progress/kimg"] * 1000) for line in lines] == [0, 128, 256]
+    assert all(line["Magnitudes/activations_max/Dec-4x4"] > 0 for line in lines)
+    assert all(0 < line["Magnitudes/weights_mean/Enc-8x8"] < 1 for line in lines)  # He-uniform: RMS 1/sqrt(3 fan_in)

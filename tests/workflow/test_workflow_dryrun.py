@@ -33,6 +33,10 @@ def test_paper_img512_lists_every_job(workdir):
         "tables": 1,
         "samples": sizes * settings,
         "report": 1,
+        # Magnitudes of every snapshot (every 8Mi images, and at 0): XS, S, M and the guide 2048Mi,
+        # L 1792Mi, XL 1280Mi, XXL 896Mi; one plot per run.
+        "magnitudes": 4 * 257 + 225 + 161 + 113,
+        "magnitude_plot": runs,
         "all": 1,
     }
 
@@ -81,6 +85,9 @@ def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(wor
         "ablation": 1,
         "samples": 7,
         "report": 1,
+        "magnitudes": 7 * 257,  # every snapshot of every config (EDM2 Fig. 15)
+        "magnitude_plot": 7,
+        "fig15": 1,
         "all": 1,
     }
     proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512-ablation.yaml")
@@ -156,15 +163,32 @@ def test_paper_img512_ema_sweep_lists_every_job(workdir):
         "tables": 1,
         "samples": runs,
         "report": 1,
+        "magnitudes_raw": runs,  # the weights of NVIDIA's raw snapshots over training (Fig. 15, row G)
+        "magnitude_plot": runs,
         "all": 1,
+        # Fig. 5c: the grid at 4 earlier training lengths, one phema pass per run.
+        "phema_at": runs,
+        "score_at": runs * 4 * GRID_49,
+        "sweep_set": runs,  # the scores of each run's Fig. 5b/5c
+        "fig5c": runs * 2,  # fid, fd_dinov2
+        # Fig. 5b: the variants wait for the best grid length (a checkpoint): one pass per run.
+        "refine_grid": 1,
+        "phema_tensor": runs,
+        "score_tensor": runs * 28 * 5,
+        "fig5b": runs * 2,
     }
     commands = shell_commands(proc.stdout)
+    (weights,) = [c for c in commands if "edm2 analyze magnitudes" in c and "/runs/xs/" in c]
+    assert "/runs/xs/raw-" in weights and "/*-0.100.pkl --outdir" in weights and "--data" not in weights
     (download,) = [c for c in commands if "edm2 download" in c and "/xs/" in c.split("--dest")[1].split()[0] + "/"]
     assert download.startswith(
         "python -m edm2 download https://nvlabs-fi-cdn.nvidia.com/edm2/raw-snapshots/edm2-img512-xs/"
     )
-    (phema,) = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw-" in c]
+    phemas = [c for c in commands if "edm2 phema --indir results/img512-ema-sweep/runs/xs/raw-" in c]
+    (phema,) = [c for c in phemas if "/runs/xs/phema " in c]
     assert "--outkimg 2147483" in phema and "--outstd 0.010,0.015," in phema
+    (at,) = [c for c in phemas if "/runs/xs/phema-at " in c]
+    assert "--outkimg 268435,536870,1073741,1610612 " in at and "--outstd 0.010,0.015," in at
 
 
 def test_paper_img64_lists_every_job(workdir):
@@ -182,6 +206,8 @@ def test_paper_img64_lists_every_job(workdir):
         "tables": 1,
         "samples": 4,
         "report": 1,
+        "magnitudes": 129 + 257 + 129 + 81,  # every 8Mi of S 1024Mi, M 2048Mi, L 1024Mi, XL 640Mi, and at 0
+        "magnitude_plot": 4,
         "all": 1,
     }
 
@@ -191,14 +217,24 @@ def test_embedded_default_and_smoke_configs(workdir):
     assert counts["train"] == 3 and counts["score"] == 2 * 8 and counts["digits"] == 1  # mc16, mc32, guide mc8
     assert counts["train_detector"] == 1 and "encode" not in counts
     assert counts["score_sweep"] == 1 * 2 and counts["search_eval"] == 3 and counts["heatmap"] == 1
+    # Fig. 5b and 5c of mc16 at tiny scale: 2 tensors x 2 lengths, 4 lengths at kimg 8.
+    assert (
+        counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
+    )
+    assert counts["score_tensor"] == 2 * 2 and counts["score_at"] == 4
+    assert counts["toy"] == 1  # the 2-D toy example of autoguidance, in the demo's report
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
     assert counts["train"] == 2 and counts["score"] == 3 * 2 and counts["samples"] == 3
+    assert counts["toy"] == 1
+    # Off unless a config enables it (config/README.md#toy).
+    assert "toy" not in dry_run(workdir, "--configfile", CONFIG / "paper-img512.yaml")
 
 
 def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5a(workdir):
     counts = dry_run(workdir, "--configfile", CONFIG / "ablation-digits.yaml")
     assert counts["train"] == 7 and counts["phema"] == 6 and counts["score"] == 6 * 6 + 1
     assert counts["ablation"] == 1 and counts["samples"] == 7 and counts["digits"] == 1
+    assert counts["magnitudes"] == 7 * 9 and counts["magnitude_plot"] == 7 and counts["fig15"] == 1  # 0..8 kimg
 
 
 def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):

@@ -68,9 +68,15 @@ def test_every_output_is_written(smoke):
             assert im.size == (4 * 64 + 5 * 2, 4 * 64 + 5 * 2)  # 16 seeds of 16x16, upscaled 4x
     assert "data:image/png;base64," in (results / "summary.html").read_text()
     rules = ("digits", "convert", "train", "phema", "score", "aggregate", "plots", "tables", "samples", "report")
-    for rule in (*rules, "magnitudes", "magnitude_plot"):
+    for rule in (*rules, "magnitudes", "magnitude_plot", "toy"):
         assert any((results / "logs" / rule).rglob("*.log")), rule
         assert any((results / "benchmarks" / rule).rglob("*.tsv")), rule
+    # The toy example's job: its figure, and one measure per panel (edm2 toy --json).
+    with Image.open(results / "plots" / "toy.png") as im:
+        assert im.format == "PNG"
+    measures = json.loads((results / "tables" / "toy.json").read_text())["measures"]
+    assert set(measures) == {"truth", "none", "cfg", "auto"}
+    assert all(0 <= m["on_branches"] <= 1 for m in measures.values())
 
 
 def test_the_search_screens_bisects_and_confirms(smoke):
@@ -206,6 +212,42 @@ def test_snakemake_report_collects_plots_and_tables(smoke):
     snakemake(workdir, "--configfile", workdir / "smoke.yaml", "--report", workdir / "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 10_000
+
+
+def test_per_tensor_and_over_training_sweeps_add_only_their_jobs(smoke):
+    """phema.per_tensor and phema.at_kimg on the finished smoke run: the checkpoint picks the
+    base length, one phema pass each writes the variants / the earlier grid, and Fig. 5b/5c
+    are drawn; nothing before them re-runs."""
+    workdir, config = smoke
+    sweeps = dict(per_tensor={"tensors": ["enc-16x16-block0-affine"], "grid": "0.050,0.150"}, at_kimg=[1])
+    configfile = edited(workdir, config, "sweeps.yaml", lambda c: c["phema"].update(sweeps))
+    counts = dry_run(workdir, "--configfile", configfile)
+    assert not {"train", "phema", "score"} & set(counts)
+    assert (
+        counts["phema_tensor"] == counts["phema_at"] == counts["fig5b"] == counts["fig5c"] == counts["sweep_set"] == 1
+    )
+    assert counts["score_tensor"] == 2 and counts["score_at"] == len(STDS)
+    snakemake(workdir, "--cores", "2", "--configfile", configfile)
+    results = workdir / "results"
+    best = json.loads((results / "refine" / "grid.json").read_text())["best"]["tiny"]["noguid"]["ema_std"]
+    for std in ("0.050", "0.150"):
+        score = json.loads(
+            (results / "scores-tensor" / "tiny" / "noguid" / "enc-16x16-block0-affine" / f"ema-{std}.json").read_text()
+        )
+        assert f"enc-16x16-block0-affine={std}-0000002-{best:.3f}.safetensors" in score["network"]
+        assert score["ema_std"] == best  # the global length of the variant
+    for std in STDS:
+        assert (
+            json.loads((results / "scores-at" / "tiny" / "noguid" / "kimg-0000001" / f"ema-{std}.json").read_text())[
+                "kimg"
+            ]
+            == 1
+        )
+    for stem in ("fig5b-tiny-fd_cnn", "fig5c-tiny-fd_cnn"):
+        with Image.open(results / "plots" / f"{stem}.png") as im:
+            assert im.format == "PNG"
+    assert "fig5c-tiny-fd_cnn" in (results / "summary.md").read_text()
+    assert dry_run(workdir, "--configfile", configfile) == {}
 
 
 def test_refine_scores_finer_lengths_around_the_optimum(smoke):

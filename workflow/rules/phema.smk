@@ -151,7 +151,7 @@ rule phema_at:
         **rule_resources("phema"),
     params:
         indir=lambda wc: snapshot_dir(wc.run),
-        stds=",".join(GRID),
+        stds=",".join(AT_GRID),
         kimgs=",".join(str(k) for k in AT_KIMG),
         extra=config["phema"]["extra_args"],
     shell:

@@ -288,11 +288,36 @@ rule search_report:
         " --plot {params.plot:q} {input:q} > {log:q} 2>&1"
 
 
+rule sweep_set:
+    """The scores of a run's Fig. 5b and 5c, one per line: as result_set for the aggregates, a
+    changed set (a length, tensor or training length removed) re-draws the plots, which reach
+    the scores only through ancient() networks."""
+    output:
+        SWEEP_SET,
+    log:
+        log_file("sweep_set", "{run}"),
+    benchmark:
+        bench_file("sweep_set", "{run}")
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    threads: 1
+    resources:
+        **rule_resources("result_set"),
+    params:
+        members=lambda wc: sorted(
+            (tensor_score_files(wc.run) if PER_TENSOR else []) + (at_score_files(wc.run) if AT_KIMG else [])
+        ),
+    shell:
+        "printf '%s\\n' {params.members:q} > {output:q} 2> {log:q}"
+
+
 rule fig5b:
     """Fig. 5b of one run: the metric vs the EMA length of each moved tensor, the rest at the
     global optimum (one curve per tensor; the global optimum as a line)."""
     input:
         tensors=lambda wc: tensor_score_files(wc.run),
+        members=lambda wc: fill(SWEEP_SET, run=wc.run),
         grid=lambda wc: [score_file(wc.run, sweep_guidance(wc.run), s) for s in GRID],
     output:
         expand(FIG5B_PLOT, ext=PLOT_EXTS, allow_missing=True),
@@ -319,6 +344,7 @@ rule fig5c:
     at the end of training (one curve per length, optimum marked)."""
     input:
         at=lambda wc: at_score_files(wc.run),
+        members=lambda wc: fill(SWEEP_SET, run=wc.run),
         grid=lambda wc: [score_file(wc.run, sweep_guidance(wc.run), s) for s in GRID],
     output:
         expand(FIG5C_PLOT, ext=PLOT_EXTS, allow_missing=True),

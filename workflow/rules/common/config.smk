@@ -542,6 +542,11 @@ def sweep_guidance(run):
 
 PER_TENSOR = config["phema"]["per_tensor"]
 AT_KIMG = sorted(config["phema"]["at_kimg"])
+AT_GRID = (
+    GRID
+    if config["phema"]["at_kimg_grid"] is None
+    else expand_std_list(config["phema"]["at_kimg_grid"], "phema.at_kimg_grid")
+)
 SWEEP_RUNS = _sweep_runs() if PER_TENSOR is not None or AT_KIMG else []
 if PER_TENSOR is not None:
     PER_TENSOR = dict(PER_TENSOR)

@@ -187,6 +187,7 @@ EMA_HEATMAP = f"{RESULTS}/plots/ema-heatmap-{{guidance}}-{{metric}}.{{ext}}"  # 
 SUMMARY = f"{RESULTS}/summary.{{ext}}"
 TENSOR_SCORE = f"{RESULTS}/scores-tensor/{{run}}/{{guidance}}/{{tensor}}/ema-{{std}}.json"  # Fig. 5b
 AT_SCORE = f"{RESULTS}/scores-at/{{run}}/{{guidance}}/kimg-{{kimg}}/ema-{{std}}.json"  # Fig. 5c
+SWEEP_SET = f"{RESULTS}/tables/sweep-set-{{run}}.txt"  # the scores of Fig. 5b/5c (as RESULT_SET)
 FIG5B_PLOT = f"{RESULTS}/plots/fig5b-{{run}}-{{metric}}.{{ext}}"
 FIG5C_PLOT = f"{RESULTS}/plots/fig5c-{{run}}-{{metric}}.{{ext}}"
 PLOT_EXTS = ["png", "svg"]
@@ -260,7 +261,7 @@ def tensor_score_files(run):
 
 def at_score_files(run):
     g = sweep_guidance(run)
-    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in GRID]
+    return [fill(AT_SCORE, run=run, guidance=g, kimg=f"{k:07d}", std=s) for k in AT_KIMG for s in AT_GRID]
 
 
 def sweep_plot_files():
@@ -307,6 +308,22 @@ def magnitude_files():
         return []
     files = [fill(MAGNITUDES_PLOT, run=run) for run in MODELS]
     return files + ([FIG15_PLOT] if ablation_runs() else [])
+
+
+# --- The 2-D toy example of autoguidance (`edm2 toy`; toy.enabled) -------------------------------
+
+TOY_PLOT = f"{RESULTS}/plots/toy.png"
+TOY_JSON = f"{RESULTS}/tables/toy.json"  # the measures of its panels
+
+
+def toy_files():
+    return [TOY_PLOT, TOY_JSON] if config["toy"]["enabled"] else []
+
+
+def toy_args():
+    """Options of `edm2 toy` that the config sets (toy.iters, ...; null: the command's default)."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in config["toy"].items()
+                    if key != "enabled" and value is not None)  # fmt: skip
 
 
 # --- Released nets (`source: released`) -----------------------------------------------------------
