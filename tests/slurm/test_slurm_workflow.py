@@ -166,7 +166,8 @@ def run_both(procs_and_dirs):
 
 # One model and no guidance: every rule of the smoke DAG but the guided scores, which differ from
 # the others only in their options (tests/workflow covers them), in fewer SLURM job waves.
-ONE_MODEL = {"models": [{"name": "tiny", "label": "tiny (8 ch)"}], "guidance": [{"name": "noguid"}]}
+# No guide model, so no guided setting and no guidance search (the smoke config's refers to one).
+ONE_MODEL = {"models": [{"name": "tiny", "label": "tiny (8 ch)"}], "guidance": [{"name": "noguid"}], "search": []}
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +238,7 @@ def test_smoke_workflow_runs_every_job_through_sbatch_with_local_results(smoke_r
 TIME_LIMITED = {
     "models": [{"name": "tiny", "procs_per_node": 2, "launch": "tasks", "retries": 3}],
     "guidance": [{"name": "noguid"}],
+    "search": [],
     # seed 1: a run folder of its own, never the smoke run's (whose options differ only in
     # operational ones, with which a run resumes).
     "train": {"duration": "96Ki", "snapshot": "8Ki", "checkpoint": "8Ki", "seed": 1},
@@ -356,6 +358,7 @@ def test_training_cut_by_its_time_limit_is_resumed_by_the_workflows_retries(smok
 TWO_GPUS = {
     "models": [{"name": "tiny", "gpus_per_node": 2, "launch": "torchrun"}],
     "guidance": [{"name": "noguid"}],
+    "search": [],
     "train": {"duration": "1024Ki", "seed": 2},  # runs until the test has seen its ranks
 }
 

@@ -44,6 +44,7 @@ def released_run(tmp_path_factory):
             {"name": "tiny", "label": "tiny raw", "source": "released-raw", "url": server.url, "duration": "2Ki"}
         ]
         config["guidance"] = [{"name": "noguid"}]
+        config["search"] = []  # the smoke search needs its guided setting
         config["released"] = {"keep_raw": False, "jobs": 2}
         configfile = write_config(workdir / "released.yaml", config)
         env = {"EDM2_CACHE_DIR": str(workdir / "cache"), "EDM2_OFFLINE": "0"}

@@ -76,6 +76,7 @@ def variants(tmp_path_factory):
     config = load_config("smoke.yaml")
     config["results"] = "results"
     config["guidance"] = [{"name": "noguid"}]
+    config["search"] = []  # the smoke search needs its guided setting
     models = {"base": {}, **{f"x-{k}": {k: v} for k, v in {**ALTERNATIVES, **OWN}.items()}, **SAME}
     config["models"] = [{"name": name, **change} for name, change in models.items()]
     path = write_config(workdir / "variants.yaml", config)
@@ -192,6 +193,7 @@ def test_extending_the_duration_of_a_finished_run_trains_only_the_added_images(t
     config["results"] = "results"
     config["models"] = [{"name": "tiny", "label": "tiny"}]
     config["guidance"] = [{"name": "noguid"}]
+    config["search"] = []  # the smoke search needs its guided setting
     first = write_config(tmp_path / "first.yaml", config)
     snakemake(tmp_path, "--cores", "2", "--configfile", first, "--until", "train")
     (run_dir,) = (tmp_path / "results" / "runs" / "tiny").glob("train-*")
