@@ -198,3 +198,14 @@ def test_schema_sampler_bounds_are_the_commands():
     for section in ("score", "samples"):
         steps = schema["properties"][section]["properties"]["steps"]
         assert steps["minimum"] == SAMPLER_FIELDS["num_steps"].minimum and steps["default"] is None
+
+
+def test_toy_keys_are_options_of_edm2_toy():
+    """The `toy` section's keys become `edm2 toy --<key with dashes>` (paths.smk toy_args): each
+    must be an option of the command, so a renamed option cannot silently drop out of the workflow."""
+    from edm2.commands.toy import toy
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    keys = set(schema["properties"]["toy"]["properties"]) - {"enabled"}
+    options = {opt for p in toy.params for opt in p.opts}
+    assert keys and {f"--{k.replace('_', '-')}" for k in keys} <= options, keys
