@@ -99,6 +99,7 @@ RUN --mount=type=bind,source=tests,target=/tmp/edm2-selftest/tests \
     --mount=type=bind,from=build,source=/opt/selftest,target=/opt/selftest \
     set -eu; \
     export TMPDIR="$(mktemp -d /tmp/edm2-selftest-tmp.XXXXXX)"; \
+    export XDG_CACHE_HOME="$TMPDIR/cache" MPLCONFIGDIR="$TMPDIR/matplotlib"; \
     cd "$TMPDIR"; \
     test "$(command -v python)" = /opt/edm2/bin/python; \
     installed="$(python -c 'import importlib.metadata as m; print(m.version("edm2"))')"; \
