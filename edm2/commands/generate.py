@@ -3,7 +3,7 @@
 import click
 
 from edm2.commands.paths import OutputDir
-from edm2.commands.sampling import fast_option, sampler_options
+from edm2.commands.sampling import fast_option, guidance_options, sampler_options
 
 
 def _parse_seeds(ctx, param, value):
@@ -25,7 +25,7 @@ def _parse_seeds(ctx, param, value):
 @click.option(
     "--net", metavar="FILE|URL|PRESET", help="Main network: .safetensors snapshot, official .pkl, URL or preset."
 )
-@click.option("--gnet", metavar="FILE|URL|PRESET", help="Guiding network (used only when --guidance != 1).")
+@guidance_options("1 (no guidance)")
 @click.option(
     "--outdir", required=True, type=OutputDir("image folder"), metavar="DIR", help="Where to save the output images."
 )
@@ -42,11 +42,12 @@ def _parse_seeds(ctx, param, value):
     show_default=True,
     help="Maximum batch size per rank.",
 )
-@click.option("--guidance", type=float, metavar="FLOAT", help="Guidance strength  [default: 1 (no guidance)]")
 @sampler_options
 @fast_option
 @click.option("--device", metavar="DEVICE", help="Torch device  [default: cuda if available, else cpu]")
-def generate(preset, net, gnet, outdir, subdirs, seeds, class_idx, max_batch, device, fast, **sampler):
+def generate(
+    preset, net, gnet, guidance, guidance_mix, outdir, subdirs, seeds, class_idx, max_batch, device, fast, **sampler
+):
     """Generate images with the EDM sampler, one PNG per seed ({outdir}/{seed:06d}.png).
 
     The network may be an edm2 snapshot, an official EDM2 pickle (read without executing it), an
@@ -58,7 +59,10 @@ graphs (compiling takes a minute or two; equal to --eager up to float rounding).
 
     Guidance (--gnet, --guidance) may be limited to an interval of noise levels (--sigma_lo,
     --sigma_hi) or of steps (--guidance_start, --guidance_stop): Kynkäänniemi et al. 2024,
-    docs/evaluation.md#guidance.
+    docs/evaluation.md#guidance. Two guides, e.g. classifier-free guidance (an unconditional net)
+    and autoguidance (a smaller, shorter-trained net) together: --gnet twice with one total
+    --guidance W and --guidance-mix ALPHA (0: the first guide only, 1: the second only), or one
+    --guidance per --gnet (Karras et al. 2024, arXiv 2406.02507, App. B.2, Eq. 6).
 
     \b
     Examples:
@@ -68,6 +72,10 @@ graphs (compiling takes a minute or two; equal to --eager up to float rounding).
       edm2 generate --net runs/demo/phema/phema-0000002-0.100.safetensors \\
           --gnet runs/demo/phema/phema-0000002-0.050.safetensors --guidance 2 \\
           --sigma_lo 0.3 --sigma_hi 5 --outdir out-interval --seeds 0-3 --steps 8
+      edm2 generate --net runs/demo/phema/phema-0000002-0.100.safetensors \\
+          --gnet runs/demo/phema/phema-0000002-0.050.safetensors \\
+          --gnet runs/demo/phema-1k/phema-0000001-0.050.safetensors --guidance 2 --guidance-mix 0.25 \\
+          --outdir out-two-guides --seeds 0-3 --steps 8
 
     \b
     At paper scale (GPUs, ImageNet or downloads; the tests check their options only):
@@ -82,6 +90,8 @@ graphs (compiling takes a minute or two; equal to --eager up to float rounding).
         outdir=outdir,
         net=net,
         gnet=gnet,
+        guidance=guidance,
+        guidance_mix=guidance_mix,
         preset=preset,
         seeds=seeds,
         class_idx=class_idx,

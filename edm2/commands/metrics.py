@@ -4,7 +4,7 @@
 import click
 
 from edm2.commands.paths import OutputFile
-from edm2.commands.sampling import fast_option, sampler_options
+from edm2.commands.sampling import fast_option, guidance_options, sampler_options
 
 CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -139,8 +139,7 @@ def calc(
 @click.option(
     "--ref", "ref_path", required=True, metavar="STATS|URL", help="Reference statistics (.npz or official .pkl)."
 )
-@click.option("--gnet", metavar="FILE|URL|PRESET", help="Guiding network (used only when --guidance != 1).")
-@click.option("--guidance", type=float, metavar="FLOAT", help="Guidance strength  [default: 1, as the paper's gen]")
+@guidance_options("1, as the paper's gen")
 @click.option("--metrics", "metric_list", metavar="LIST", help="Comma-separated metrics  [default: all in --ref]")
 @click.option("--num", type=click.IntRange(min=2), default=50000, show_default=True, help="Images per seed range.")
 @click.option("--seed", type=int, default=0, show_default=True, help="First seed.")
@@ -166,6 +165,7 @@ def gen(
     ref_path,
     gnet,
     guidance,
+    guidance_mix,
     metric_list,
     num,
     seed,
@@ -195,6 +195,7 @@ def gen(
         _locations(inception, dinov2, cnn_detector),
         device,
         json_path,
+        guidance_mix=guidance_mix,
         **sampler,
     )
     _print_result(result, rank)

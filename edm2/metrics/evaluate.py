@@ -262,7 +262,7 @@ def gen_metrics(
     net,  # Network: .safetensors, official .pkl, URL or preset name.
     ref,  # Reference statistics (.npz, official .pkl, or URL).
     metrics=None,  # Metric names; default: every metric in the reference.
-    gnet=None,  # Guiding network (used when guidance != 1).
+    gnet=None,  # Guiding network (used when guidance != 1), or a sequence of guides.
     guidance: float | None = None,  # Guidance strength; default 1 (docs/method.md#metrics: gen uses no guidance).
     num: int = 50000,  # Images per seed range.
     seed: int = 0,  # First seed.
@@ -273,9 +273,14 @@ def gen_metrics(
     json_path=None,
     progress: bool = True,
     fast: bool | None = None,  # Compiled denoisers (edm2.sample.fast); None: on CUDA only.
+    guidance_mix: float | None = None,  # Two guides: alpha splitting the total `guidance` (mix_weights).
     **sampler,  # num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise.
 ) -> dict:
-    """`gen`: FDs of images generated with consecutive seeds, for one or more seed ranges."""
+    """`gen`: FDs of images generated with consecutive seeds, for one or more seed ranges.
+
+    Several guides (arXiv 2406.02507, App. B.2, Eq. 6): `gnet` a sequence, `guidance` one weight
+    per guide or the total with `guidance_mix`; the JSON then holds `gnet` as the list of the
+    guides evaluated, `guidance` as the total w, and `guides` [{gnet, guidance}] with each w_i."""
     if num < 2:
         raise ConfigError(f"--num must be at least 2 (a covariance needs 2 images), got {num}")
     if seeds_ranges < 1:
@@ -283,8 +288,8 @@ def gen_metrics(
     init_distributed()
     ref_stats = load_stats(ref)
     metrics = choose_metrics(metrics, ref_stats, ref)
-    choice = resolve_networks(None, net, gnet, guidance)
-    opts = sampler_kwargs(guidance=choice.guidance, **sampler)  # bad options fail before loading
+    choice = resolve_networks(None, net, gnet, guidance, guidance_mix)
+    opts = sampler_kwargs(guidance=choice.sampler_guidance, **sampler)  # bad options fail before loading
     main, guide = load_networks_rank0_first(choice, device)
     detectors = load_detectors(metrics, locations, device)
     check_same_detectors(ref_stats, detectors, ref)  # before any image is generated
@@ -322,9 +327,11 @@ def gen_metrics(
         "nimg": main.nimg,
         "num_steps": opts["num_steps"],
         "nfe": nfe,
-        "network_evaluations": nfe + guide_evaluations(guided, opts["num_steps"]),
+        "network_evaluations": nfe + guide_evaluations(guided, opts["num_steps"], len(choice.gnets)),
         "sampler": {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in opts.items()},
         "guided_steps": guided,
+        "guides": [{"gnet": g, "guidance": w} for g, w in zip(choice.gnets, choice.weights)],
+        "guidance_mix": choice.mix,
         "seeds": ranges,
         "num_images": num,
         "detectors": {m: detectors[m].location for m in metrics},

@@ -30,7 +30,14 @@ from edm2.io.snapshot import load_snapshot
 from edm2.naming import parse_snapshot_name
 from edm2.presets import GENERATION_PRESETS, get_generation_preset
 from edm2.sample.fast import FastDenoiser, fast_by_default
-from edm2.sample.options import DEFAULTS, INTERVAL_FIELDS, SamplerOptions, preset_interval
+from edm2.sample.options import (
+    DEFAULTS,
+    INTERVAL_FIELDS,
+    SamplerOptions,
+    guide_weights,
+    preset_interval,
+    total_guidance,
+)
 from edm2.sample.sampler import StackedRandomGenerator, describe_interval, edm_sampler
 from edm2.utils import MAX_INT, IntRanges, kimg_to_nimg
 
@@ -119,36 +126,72 @@ class LoadedNetwork:
 
 @dataclasses.dataclass
 class NetworkChoice:
-    """Which networks and guidance to use, after presets are resolved (docs/method.md#sampling)."""
+    """Which networks and guidance to use, after presets are resolved (docs/method.md#sampling).
+
+    gnets/weights: the guides whose weight is not 1 and their weights w_i (arXiv 2406.02507,
+    App. B.2, Eq. 6); `gnet`/`guidance` describe them as before: the one guide's path and weight
+    (None and 1 without guidance), or for several guides the list of paths and the total weight
+    w = 1 + sum_i (w_i - 1)."""
 
     net: str
-    gnet: str | None
-    guidance: float
+    gnets: tuple = ()
+    weights: tuple = ()
     sampler: dict = dataclasses.field(default_factory=dict)  # the preset's sampler options (guidance interval)
+    mix: float | None = None  # --guidance-mix, when the weights came from it
+
+    @property
+    def gnet(self):
+        return None if not self.gnets else self.gnets[0] if len(self.gnets) == 1 else list(self.gnets)
+
+    @property
+    def guidance(self) -> float:
+        return total_guidance(self.weights) if self.weights else 1.0
+
+    @property
+    def sampler_guidance(self):
+        """`edm_sampler`'s `guidance`: one weight for one guide (or none), else one per guide."""
+        return self.weights[0] if len(self.weights) == 1 else tuple(self.weights) if self.weights else 1.0
 
 
-def resolve_networks(preset=None, net=None, gnet=None, guidance=None) -> NetworkChoice:
+def _sources(gnet) -> tuple:
+    """--gnet as a tuple: None or () -> (), one source -> (source,), a sequence -> its items."""
+    if gnet is None:
+        return ()
+    if isinstance(gnet, (list, tuple)):
+        return tuple(gnet)
+    return (gnet,)
+
+
+def resolve_networks(preset=None, net=None, gnet=None, guidance=None, guidance_mix=None) -> NetworkChoice:
     """Fill unset options from a generation preset; a preset name given as --net/--gnet means its
     main network. Guidance unset -> 1 (and the guide ignored); guidance != 1 needs a guide.
+    Several guides (`gnet` a sequence): one weight each, or one total weight and `guidance_mix`
+    alpha (`edm2.sample.options.guide_weights`); the guides whose weight is 1 are dropped.
     The preset's guidance interval, if it has one, is in `sampler` (see `preset_interval`)."""
     sampler = {}
+    gnets = _sources(gnet)
+    if isinstance(guidance, (list, tuple)) and not guidance:
+        guidance = None
     if preset is not None:
         p = get_generation_preset(preset)
         net = p.net if net is None else net
-        gnet = p.gnet if gnet is None else gnet
+        gnets = gnets or _sources(p.gnet)
         guidance = p.guidance if guidance is None else guidance
         sampler = p.sampler
     if net is None:
         raise ConfigError("no network given; pass --net FILE|URL|PRESET or --preset NAME")
     net = GENERATION_PRESETS[net].net if str(net) in GENERATION_PRESETS else str(net)
-    if gnet is not None and str(gnet) in GENERATION_PRESETS:
-        gnet = GENERATION_PRESETS[gnet].net
-    guidance = 1.0 if guidance is None else float(guidance)
-    if guidance == 1:
-        gnet = None  # docs/method.md#sampling: --gnet is ignored without guidance
-    elif gnet is None:
-        raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
-    return NetworkChoice(net=net, gnet=None if gnet is None else str(gnet), guidance=guidance, sampler=sampler)
+    gnets = tuple(GENERATION_PRESETS[g].net if str(g) in GENERATION_PRESETS else str(g) for g in gnets)
+    weights = guide_weights(1.0 if guidance is None else guidance, len(gnets), guidance_mix)
+    # docs/method.md#sampling: a guide at weight 1 is ignored (never loaded nor evaluated)
+    kept = [(g, w) for g, w in zip(gnets, weights) if w != 1]
+    return NetworkChoice(
+        net=net,
+        gnets=tuple(g for g, _ in kept),
+        weights=tuple(w for _, w in kept),
+        sampler=sampler,
+        mix=None if guidance_mix is None else float(guidance_mix),
+    )
 
 
 def load_network(source, device=None, dtype: torch.dtype = torch.float32) -> LoadedNetwork:
@@ -187,15 +230,16 @@ def urllib_path(text: str) -> str:
 
 def load_networks_rank0_first(choice: NetworkChoice, device=None):
     """Load the main and guiding networks, rank 0 first (it fills the download cache) while the
-    other ranks wait at a barrier, then the others from the cache (docs/method.md#sampling, #distributed)."""
+    other ranks wait at a barrier, then the others from the cache (docs/method.md#sampling, #distributed).
+    Returns (main, guide): the guide a LoadedNetwork, a list of them (several guides) or None."""
     if get_rank() != 0:
         barrier()
     main = load_network(choice.net, device)
-    guide = load_network(choice.gnet, device) if choice.gnet is not None else None
+    guides = [load_network(g, device) for g in choice.gnets]
     main.encoder.init(next(main.net.parameters()).device)  # e.g. the VAE decoder: downloads too
     if get_rank() == 0:
         barrier()
-    return main, guide
+    return main, (guides[0] if len(guides) == 1 else guides or None)
 
 
 # ---- generation ---------------------------------------------------------------------------------
@@ -222,7 +266,7 @@ def generate_batches(
     net,  # Main network (Precond) or LoadedNetwork.
     encoder=None,  # Decoder of latents to uint8 pixels; default: the LoadedNetwork's, else RGB.
     seeds=range(16, 24),  # All seeds (this rank processes its share).
-    gnet=None,  # Guiding network (Precond or LoadedNetwork), used when guidance != 1.
+    gnet=None,  # Guiding network (Precond or LoadedNetwork) used when guidance != 1, or a list (one per weight).
     class_idx: int | None = None,  # Force this class for every image (drawn classes still drawn).
     max_batch: int = 32,  # Images per batch per rank.
     device=None,  # Sampling device; default: the network's.
@@ -245,12 +289,16 @@ def generate_batches(
     if isinstance(net, LoadedNetwork):
         encoder = encoder if encoder is not None else net.encoder
         net = net.net
-    if isinstance(gnet, LoadedNetwork):
-        gnet = gnet.net
+    several = isinstance(gnet, (list, tuple))
+    gnets = [g.net if isinstance(g, LoadedNetwork) else g for g in (gnet if several else [gnet])]
     encoder = encoder if encoder is not None else StandardRGBEncoder()
     opts = sampler_kwargs(**kwargs)
-    if opts["guidance"] != 1 and gnet is None:
-        raise ConfigError(f"guidance {opts['guidance']:g} needs a guiding network (gnet)")
+    weights = opts["guidance"] if isinstance(opts["guidance"], tuple) else (opts["guidance"],)
+    if len(weights) != len(gnets):
+        raise ConfigError(f"{len(gnets)} guiding networks (gnet) but {len(weights)} guidance weights")
+    for g, w in zip(gnets, weights):
+        if w != 1 and g is None:
+            raise ConfigError(f"guidance {w:g} needs a guiding network (gnet)")
     label_dim = int(getattr(net, "label_dim", 0))
     if class_idx is not None:
         if label_dim == 0:
@@ -267,19 +315,19 @@ def generate_batches(
     if (
         progress
         and rank == 0
-        and opts["guidance"] != 1
+        and any(w != 1 for w in weights)
         and any(opts[k] != getattr(DEFAULTS, k) for k in INTERVAL_FIELDS)
     ):
         print(f"Guidance interval: {describe_interval(**opts)}")
     encoder.init(device)
     fast = fast_by_default(device) if fast is None else bool(fast)
-    denoiser, guide = net, gnet
+    denoiser, guides = net, list(gnets)
     if fast:
         graph_batch = len(batches[0]) if len(batches) else 0  # the first chunk is the longest
         log = print if progress and rank == 0 else None
         denoiser = FastDenoiser(net, batch=graph_batch, log=log)
-        if gnet is not None and opts["guidance"] != 1:
-            guide = FastDenoiser(gnet, batch=graph_batch, log=log)
+        guides = [FastDenoiser(g, batch=graph_batch, log=log) if w != 1 else g for g, w in zip(gnets, weights)]
+    guide = guides if several else guides[0]
 
     bar = None
     if progress and rank == 0:
@@ -333,13 +381,14 @@ def save_png(image: np.ndarray, path) -> None:
 def generate_images(
     outdir,  # Where to save the PNGs.
     net=None,  # Network: .safetensors, official .pkl, URL or preset name (or a loaded network).
-    gnet=None,  # Guiding network, same forms; used only when guidance != 1.
+    gnet=None,  # Guiding network, same forms; used only when guidance != 1. A list: several guides.
     preset: str | None = None,  # Generation preset: fills net, gnet and guidance when unset.
     seeds=range(16, 24),  # Seeds of the images (docs/method.md#official-details: the function default is 16..23).
     class_idx: int | None = None,  # Class of every image; None = random (per seed).
     max_batch: int = 32,  # Images per batch per rank.
     subdirs: bool = False,  # Put seed s in a subfolder {s//1000*1000:06d}.
-    guidance: float | None = None,  # Guidance strength; None = the preset's, else 1.
+    guidance: float | None = None,  # Guidance strength; None = the preset's, else 1. A list: one per guide.
+    guidance_mix: float | None = None,  # Two guides: alpha splitting the total `guidance` (mix_weights).
     device=None,  # Default: CUDA if available, else CPU.
     progress: bool = True,  # Progress bar and messages on rank 0.
     fast: bool | None = None,  # Compiled/captured denoisers; None: on CUDA only (edm2.sample.fast).
@@ -351,18 +400,23 @@ def generate_images(
     rank = get_rank()
     loaded = isinstance(net, LoadedNetwork) or isinstance(net, torch.nn.Module)
     if loaded:
-        guidance = 1.0 if guidance is None else float(guidance)
         main, guide = net, gnet
-        if guidance != 1 and guide is None:
+        several = isinstance(gnet, (list, tuple))
+        weights = guide_weights(1.0 if guidance is None else guidance, len(gnet) if several else 1, guidance_mix)
+        guidance = weights if several else weights[0]
+        if not several and guidance != 1 and guide is None:
             raise ConfigError(f"--guidance {guidance:g} needs a guiding network; pass gnet")
     else:
-        choice = resolve_networks(preset, net, gnet, guidance)
-        guidance = choice.guidance
+        choice = resolve_networks(preset, net, gnet, guidance, guidance_mix)
+        guidance = choice.sampler_guidance
         kwargs = preset_interval(kwargs, choice.sampler)
     sampler_kwargs(guidance, **kwargs)  # bad sampler options fail here, before anything is loaded
     if not loaded:
         if progress and rank == 0:
-            print(f"Loading network {choice.net}" + (f" and guide {choice.gnet}" if choice.gnet else ""))
+            guides = (
+                f" and guide{'s' if len(choice.gnets) > 1 else ''} {', '.join(choice.gnets)}" if choice.gnets else ""
+            )
+            print(f"Loading network {choice.net}{guides}")
         main, guide = load_networks_rank0_first(choice, device)
     seeds = as_seeds(seeds)
     if progress and rank == 0:

@@ -133,14 +133,15 @@ class SamplerOptions:
         """Denoiser evaluations per image (each also evaluates the guide when guiding)."""
         return 2 * self.num_steps - 1
 
-    def kwargs(self, guidance: float = 1.0) -> dict:
-        """The keyword arguments of `edm_sampler`, in its parameter order, with `guidance`."""
+    def kwargs(self, guidance: float | tuple = 1.0) -> dict:
+        """The keyword arguments of `edm_sampler`, in its parameter order, with `guidance` (one
+        weight, or a tuple of one weight per guide: `guide_weights`)."""
         return dict(
             num_steps=self.num_steps,
             sigma_min=self.sigma_min,
             sigma_max=self.sigma_max,
             rho=self.rho,
-            guidance=float(guidance),
+            guidance=tuple(map(float, guidance)) if isinstance(guidance, (tuple, list)) else float(guidance),
             S_churn=self.S_churn,
             S_min=self.S_min,
             S_max=self.S_max,
@@ -202,3 +203,72 @@ def interval_options(entry: dict, num_steps: int = DEFAULTS.num_steps) -> dict:
 def command_line(options: dict) -> list[str]:
     """`options` (SamplerOptions fields) as command-line arguments of `edm2 generate` / `metrics gen`."""
     return [f"{SAMPLER_FIELDS[name].flag} {value:g}" for name, value in options.items() if value is not None]
+
+
+# ---- several guides (autoguidance, arXiv 2406.02507, Appendix B.2, Eq. 6) ---------------------
+
+MIX_FLAG = "--guidance-mix"  # the interpolation factor alpha between two guides
+
+
+def mix_weights(guidance: float, mix: float) -> tuple[float, float]:
+    """The weights (w_1, w_2) of two guides from the total guidance weight w and the mix alpha in
+    [0, 1]: w_1 = (1 - alpha)(w - 1) + 1 and w_2 = alpha (w - 1) + 1 (Karras et al. 2024, arXiv
+    2406.02507, Appendix B.2, with guide 1 the unconditional model of classifier-free guidance,
+    w_u, and guide 2 the degraded model of autoguidance, w_c), so (w_1 - 1) + (w_2 - 1) = w - 1.
+    alpha = 0 gives exactly (w, 1) and alpha = 1 exactly (1, w): pure classifier-free guidance and
+    pure autoguidance, the second guide (the first) never evaluated. ConfigError naming
+    --guidance-mix for alpha outside [0, 1]."""
+    mix, guidance = float(mix), float(guidance)
+    if not 0 <= mix <= 1:  # NaN fails too
+        raise ConfigError(f"{MIX_FLAG} must be in [0, 1] (0: the first guide only, 1: the second), got {mix:g}")
+    if mix == 0:
+        return guidance, 1.0
+    if mix == 1:
+        return 1.0, guidance
+    return (1 - mix) * (guidance - 1) + 1, mix * (guidance - 1) + 1
+
+
+def guide_weights(guidance, num_guides: int, mix: float | None = None) -> tuple[float, ...]:
+    """The weight w_i of each of `num_guides` guides in Eq. 6 of arXiv 2406.02507 (App. B.2),
+    D_w = D_m + sum_i (w_i - 1)(D_m - D_i).
+
+    guidance: one number (the weight of the one guide, or with `mix` the total weight w of two
+    guides, split by `mix_weights`) or a sequence of one weight per guide. A single number with
+    no guide must be 1. ConfigError naming --guidance, --guidance-mix or --gnet for a count that
+    does not match, a mix without exactly two guides or with per-guide weights, or NaN."""
+    values = [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+    weights = []
+    for w in values:
+        try:
+            w = float(w)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--guidance must be a number, got {w!r}") from None
+        if math.isnan(w):
+            raise ConfigError("--guidance must be a number, got nan")
+        weights.append(w)
+    if mix is not None:
+        if num_guides != 2:
+            raise ConfigError(f"{MIX_FLAG} mixes two guides; give --gnet twice (got {num_guides})")
+        if len(weights) != 1:
+            raise ConfigError(f"{MIX_FLAG} splits one total --guidance; give one --guidance, not {len(weights)}")
+        return mix_weights(weights[0], mix)
+    if len(weights) == num_guides:
+        return tuple(weights)
+    if num_guides == 0 and len(weights) == 1:
+        if weights[0] != 1:
+            raise ConfigError(f"--guidance {weights[0]:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
+        return ()
+    if num_guides > 1 and len(weights) == 1:
+        raise ConfigError(
+            f"{num_guides} guides (--gnet) need one --guidance each, or one total --guidance with {MIX_FLAG} ALPHA"
+        )
+    raise ConfigError(f"{len(weights)} --guidance values for {num_guides} guides (--gnet); give one per --gnet")
+
+
+def total_guidance(weights) -> float:
+    """The total amount of guidance w = 1 + sum_i (w_i - 1) of per-guide weights (1: none); the
+    weight itself for one guide."""
+    weights = tuple(weights)
+    if len(weights) == 1:
+        return float(weights[0])
+    return 1.0 + sum(float(w) - 1 for w in weights)

@@ -38,16 +38,31 @@ def edm_sampler(
     weight applies only on the steps `guided_steps` selects (noise level t_cur in
     (sigma_lo, sigma_hi], step index in [guidance_start, guidance_stop]); the other steps use
     the main network alone (w = 1) and never evaluate `gnet`. The defaults guide every step.
-    """
 
-    # Guided denoiser: lerp(D_guide, D_main, guidance), autoguidance (arXiv 2406.02507) Eq. 1 /
-    # classifier-free guidance; the guide is skipped when guidance == 1 or outside the interval.
+    Several guides (Karras et al. 2024, arXiv 2406.02507, Appendix B.2, Eq. 6, after Liu et al.
+    2022): `gnet` a sequence of networks and `guidance` a sequence of as many weights w_i give
+    D_w = D_m + sum_i (w_i - 1)(D_m - D_i), e.g. classifier-free guidance (an unconditional D_u)
+    and autoguidance (a degraded D_c) together; `edm2.sample.options.mix_weights` gives the
+    paper's w_u, w_c from a total weight and a mix alpha. A guide whose weight is 1 is never
+    evaluated; the guidance interval applies to every guide. When one guide is left (a single
+    guide, or all others at weight 1) the guided denoiser is lerp(D_g, D_m, w) = D_m + (w - 1)
+    (D_m - D_g), the official code's expression, so the result is bit for bit that of the
+    single-guide call. ValueError when the counts differ or a guide with weight != 1 is None.
+    """
+    guides = _active_guides(gnet, guidance)
+
+    # Guided denoiser (arXiv 2406.02507 Eq. 1 / Eq. 6): the guides are skipped outside the interval.
     def denoise(x, t, guided):
         Dx = net(x, t, labels).to(dtype)
-        if guidance == 1 or not guided:
+        if not guides or not guided:
             return Dx
-        ref_Dx = gnet(x, t, labels).to(dtype)
-        return ref_Dx.lerp(Dx, guidance)
+        if len(guides) == 1:  # lerp(D_guide, D_main, w): the official single-guide expression
+            guide, weight = guides[0]
+            return guide(x, t, labels).to(dtype).lerp(Dx, weight)
+        out = Dx
+        for guide, weight in guides:  # Eq. 6: D_m + sum_i (w_i - 1)(D_m - D_i)
+            out = out + (weight - 1) * (Dx - guide(x, t, labels).to(dtype))
+        return out
 
     t_steps = time_steps(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=noise.device)
     guided_at = guided_steps(t_steps, sigma_lo, sigma_hi, guidance_start, guidance_stop)
@@ -77,6 +92,22 @@ def edm_sampler(
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
     return x_next
+
+
+def _active_guides(gnet, guidance) -> list:
+    """[(guide, w_i)] of the guides whose weight is not 1, in the order given. `gnet` one network
+    (or None) with one weight, or sequences of equal length."""
+    if isinstance(gnet, (list, tuple)) or isinstance(guidance, (list, tuple)):
+        gnets = list(gnet) if isinstance(gnet, (list, tuple)) else [gnet]
+        weights = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance]
+        if len(gnets) != len(weights):
+            raise ValueError(f"edm_sampler: {len(gnets)} guiding networks but {len(weights)} guidance weights")
+    else:
+        gnets, weights = [gnet], [guidance]
+    active = [(g, w) for g, w in zip(gnets, weights) if w != 1]
+    if any(g is None for g, _ in active):
+        raise ValueError("edm_sampler: a guidance weight other than 1 needs its guiding network (gnet)")
+    return active
 
 
 def time_steps(num_steps, sigma_min, sigma_max, rho, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -113,22 +144,32 @@ def interval_steps(num_steps=DEFAULTS.num_steps, sigma_min=DEFAULTS.sigma_min, s
                    guidance_start=DEFAULTS.guidance_start, guidance_stop=DEFAULTS.guidance_stop,
                    dtype=torch.float32, **_other) -> list[int]:  # fmt: skip
     """The indices of the steps `edm_sampler` guides with these keyword arguments (none when
-    guidance == 1); the guide is evaluated 2x per guided step but once on the last step."""
-    if guidance == 1:
+    guidance == 1, or every weight is 1 for several guides); each guide whose weight is not 1 is
+    evaluated 2x per guided step but once on the last step (`guide_evaluations`)."""
+    if active_guides(guidance) == 0:
         return []
     t_steps = time_steps(num_steps, sigma_min, sigma_max, rho, dtype=dtype)
     mask = guided_steps(t_steps, sigma_lo, sigma_hi, guidance_start, guidance_stop)
     return [i for i, guided in enumerate(mask) if guided]
 
 
-def guide_evaluations(steps: list[int], num_steps: int) -> int:
-    """Evaluations of the guiding network per image when `steps` are guided (Heun: 2 per step, 1 on the last)."""
-    return sum(1 if i == num_steps - 1 else 2 for i in steps)
+def active_guides(guidance) -> int:
+    """How many guides `edm_sampler` evaluates with `guidance` (one weight or one per guide):
+    those whose weight is not 1."""
+    weights = guidance if isinstance(guidance, (list, tuple)) else [guidance]
+    return sum(1 for w in weights if w != 1)
+
+
+def guide_evaluations(steps: list[int], num_steps: int, guides: int = 1) -> int:
+    """Evaluations of guiding networks per image when `steps` are guided by `guides` networks
+    (Heun: 2 per step and guide, 1 on the last step)."""
+    return guides * sum(1 if i == num_steps - 1 else 2 for i in steps)
 
 
 def describe_interval(**kwargs) -> str:
     """One line on the steps `edm_sampler` guides with these keyword arguments, e.g.
-    'guidance 2 on 6 of 32 steps: 17-22 (sigma in (0.189, 1.609])'."""
+    'guidance 2 on 6 of 32 steps: 17-22 (sigma in (0.189, 1.609])', or with two guides
+    'guidance 2.1 (guides 1.55, 1.55) on 6 of 32 steps: ...' (the total, then each w_i)."""
     num_steps = kwargs.get("num_steps", DEFAULTS.num_steps)
     steps = interval_steps(**kwargs)
     if not steps:
@@ -138,12 +179,20 @@ def describe_interval(**kwargs) -> str:
         if b != a + 1:
             runs.append(f"{first}" if first == a else f"{first}-{a}")
             first = b
-    text = f"guidance {kwargs['guidance']:g} on {len(steps)} of {num_steps} steps: {', '.join(runs)}"
+    text = f"guidance {_weights_text(kwargs['guidance'])} on {len(steps)} of {num_steps} steps: {', '.join(runs)}"
     if len(runs) == 1:
         names = ("num_steps", "sigma_min", "sigma_max", "rho")
         t = time_steps(*(kwargs.get(n, getattr(DEFAULTS, n)) for n in names)).tolist()
         text += f" (sigma in ({t[steps[-1] + 1]:.3f}, {t[steps[0]]:.3f}])"
     return text
+
+
+def _weights_text(guidance) -> str:
+    """'2' for one weight; '2.1 (guides 1.55, 1.55)' (the total, then each) for one per guide."""
+    if not isinstance(guidance, (list, tuple)):
+        return f"{guidance:g}"
+    total = 1 + sum(w - 1 for w in guidance)
+    return f"{total:g} (guides {', '.join(f'{w:g}' for w in guidance)})"
 
 
 class StackedRandomGenerator:
