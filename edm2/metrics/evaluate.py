@@ -285,11 +285,11 @@ def gen_metrics(
         raise ConfigError(f"--num must be at least 2 (a covariance needs 2 images), got {num}")
     if seeds_ranges < 1:
         raise ConfigError(f"--seeds-ranges must be at least 1, got {seeds_ranges}")
+    choice = resolve_networks(None, net, gnet, guidance, guidance_mix)
+    opts = sampler_kwargs(guidance=choice.sampler_guidance, **sampler)  # bad options fail before loading
     init_distributed()
     ref_stats = load_stats(ref)
     metrics = choose_metrics(metrics, ref_stats, ref)
-    choice = resolve_networks(None, net, gnet, guidance, guidance_mix)
-    opts = sampler_kwargs(guidance=choice.sampler_guidance, **sampler)  # bad options fail before loading
     main, guide = load_networks_rank0_first(choice, device)
     detectors = load_detectors(metrics, locations, device)
     check_same_detectors(ref_stats, detectors, ref)  # before any image is generated

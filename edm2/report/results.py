@@ -95,7 +95,12 @@ def read_score(path, statistic: str = "min") -> list[dict]:
     cert = read_certificate(data.get("network"))
     # The guide's EMA length and training kimg, from its file name (edm2.naming): the axes of the
     # autoguidance EMA sweep (the autoguidance paper's EMA_g, and the guide's training length).
-    guide = parse_snapshot_name(Path(str(data.get("gnet") or "")).name) if data.get("gnet") else None
+    # Several guides (a list; edm2 metrics gen --gnet twice): the last one, autoguidance's guide
+    # in the workflow's order (classifier-free guide first), gives these axes.
+    gnet = data.get("gnet")
+    gnet = ";".join(map(str, gnet)) if isinstance(gnet, list) else gnet
+    last = gnet.split(";")[-1] if gnet else None
+    guide = parse_snapshot_name(Path(last).name) if last else None
     rows = []
     for metric, entry in metrics.items():
         if isinstance(entry, (int, float)):
@@ -127,7 +132,7 @@ def read_score(path, statistic: str = "min") -> list[dict]:
                 "mparams": None,
                 "gflops": None,
                 "network": data.get("network"),
-                "gnet": data.get("gnet"),
+                "gnet": gnet,
                 "detector": (data.get("detectors") or {}).get(metric),
                 "ref": data.get("ref"),
                 "source": str(path),

@@ -262,7 +262,7 @@ def guide_weights(guidance, num_guides: int, mix: float | None = None) -> tuple[
         raise ConfigError(
             f"{num_guides} guides (--gnet) need one --guidance each, or one total --guidance with {MIX_FLAG} ALPHA"
         )
-    raise ConfigError(f"{len(weights)} --guidance values for {num_guides} guides (--gnet); give one per --gnet")
+    raise ConfigError(f"{len(weights)} --guidance values for {num_guides} --gnet; give one --guidance per --gnet")
 
 
 def total_guidance(weights) -> float:

@@ -143,6 +143,24 @@ def test_gen_results_record_the_guidance_interval(files, ref):
     assert result["nfe"] == 7 and result["network_evaluations"] == 7 + 4  # guide: 2 evaluations x 2 steps
 
 
+def test_gen_with_two_guides_records_each_weight_and_counts_each_guide(files, ref):
+    """CFG and autoguidance together (arXiv 2406.02507 App. B.2 Eq. 6): --gnet twice with a total
+    --guidance and --guidance-mix reach the sampler; both guides being the main net itself, the
+    FD equals the unguided one exactly; each guide's evaluations are counted."""
+    out, plain = files["root"] / "gen-two.json", files["root"] / "gen-plain.json"
+    common = ["--net", files["net"], "--ref", ref, "--num", 4, "--batch", 4, "--steps", 3,
+              "--cnn-detector", files["cnn"], "--eager"]  # fmt: skip
+    run("metrics", "gen", *common, "--gnet", files["net"], "--gnet", files["net"], "--guidance", 2.2,
+        "--guidance-mix", 0.25, "--json", out)  # fmt: skip
+    run("metrics", "gen", *common, "--json", plain)
+    result, unguided = json.loads(out.read_text()), json.loads(plain.read_text())
+    assert result["guidance"] == pytest.approx(2.2) and result["guidance_mix"] == 0.25
+    assert [g["guidance"] for g in result["guides"]] == pytest.approx([1.9, 1.3])
+    assert result["gnet"] == [str(files["net"])] * 2 and result["sampler"]["guidance"] == pytest.approx([1.9, 1.3])
+    assert result["network_evaluations"] == 5 + 2 * 5  # every step guided, two guides
+    assert result["metrics"]["fd_cnn"]["values"] == unguided["metrics"]["fd_cnn"]["values"]
+
+
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_same_reference_statistics(files, ref, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
