@@ -4,7 +4,9 @@ the Snakefile imports it to name the files of the first round.
 
 A search minimises one metric over the axes of a guidance setting, one axis after the other, in
 the order of the guidance interval paper's recipe (Kynkaanniemi et al. 2024, Section 4.2): the
-guidance weight w, then the interval's upper end sigma_hi with sigma_lo at 0, then sigma_lo. Each
+guidance weight w, then the interval's upper end sigma_hi with sigma_lo at 0, then sigma_lo. With
+two guides (classifier-free guidance and autoguidance together, `mix`: arXiv 2406.02507, App.
+B.2) the mix alpha in [0, 1] is searched right after the weight, at the best weight. Each
 axis is first screened on a coarse grid, then refined by `bisect` rounds; a round evaluates the
 midpoints between the best value so far and its evaluated neighbours on that axis (at the end of
 the evaluated range, half a spacing beyond it), so the bracket around the optimum halves each
@@ -26,28 +28,35 @@ import re
 from edm2.errors import ConfigError
 from edm2.utils import parse_number_list
 
-AXES = ("weight", "sigma_hi", "sigma_lo")  # the order of the interval paper's recipe
+AXES = ("weight", "mix", "sigma_hi", "sigma_lo")  # the order searched (the interval paper's recipe, mix after w)
+UPPER = {"mix": 1.0}  # axes bounded above: alpha in [0, 1]
 DECIMALS = 3  # values in file names: 3 decimals, as the EMA lengths
 _NAME = re.compile(
-    r"^w(?P<weight>\d+\.\d{3})(-hi(?P<sigma_hi>\d+\.\d{3}))?(-lo(?P<sigma_lo>\d+\.\d{3}))?-n(?P<num>\d+)x(?P<ranges>\d+)$"
+    r"^w(?P<weight>\d+\.\d{3})(-m(?P<mix>\d+\.\d{3}))?(-hi(?P<sigma_hi>\d+\.\d{3}))?(-lo(?P<sigma_lo>\d+\.\d{3}))?"
+    r"-n(?P<num>\d+)x(?P<ranges>\d+)$"
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One evaluated guidance setting: weight w, the interval (sigma_lo, sigma_hi] (None: no limit
-    on that side), and the images per seed range and number of seed ranges of its evaluation."""
+    """One evaluated guidance setting: weight w, the mix alpha of two guides (None: the guidance
+    setting's own), the interval (sigma_lo, sigma_hi] (None: no limit on that side), and the
+    images per seed range and number of seed ranges of its evaluation."""
 
     weight: float
     num: int
     ranges: int
     sigma_hi: float | None = None
     sigma_lo: float | None = None
+    mix: float | None = None
 
     @property
     def name(self) -> str:
-        """The file stem of the evaluation, e.g. 'w2.100-hi2.900-lo0.280-n5000x1'."""
+        """The file stem of the evaluation, e.g. 'w2.100-hi2.900-lo0.280-n5000x1' ('w2.100-m0.500-...'
+        with a mix)."""
         parts = [f"w{self.weight:.{DECIMALS}f}"]
+        if self.mix is not None:
+            parts.append(f"m{self.mix:.{DECIMALS}f}")
         if self.sigma_hi is not None:
             parts.append(f"hi{self.sigma_hi:.{DECIMALS}f}")
         if self.sigma_lo is not None:
@@ -59,9 +68,10 @@ class Point:
         return getattr(self, axis)
 
     def setting_key(self) -> tuple:
-        """Order among equal values: the smaller weight, then the narrower interval."""
+        """Order among equal values: the smaller weight, the setting's own mix, then the smaller
+        mix, then the narrower interval."""
         hi = self.sigma_hi if self.sigma_hi is not None else math.inf
-        return (self.weight, hi, -(self.sigma_lo or 0.0))
+        return (self.weight, -1.0 if self.mix is None else self.mix, hi, -(self.sigma_lo or 0.0))
 
 
 def parse_point_name(name: str) -> Point:
@@ -69,9 +79,9 @@ def parse_point_name(name: str) -> Point:
     m = _NAME.match(name)
     if m is None:
         raise ConfigError(
-            f"{name!r} is not a search point name like 'w2.100-n5000x1' or 'w2.100-hi2.900-lo0.280-n5000x1'"
+            f"{name!r} is not a search point name like 'w2.100-n5000x1' or 'w2.100-m0.500-hi2.900-lo0.280-n5000x1'"
         )
-    opt = {k: float(m.group(k)) for k in ("sigma_hi", "sigma_lo") if m.group(k) is not None}
+    opt = {k: float(m.group(k)) for k in ("mix", "sigma_hi", "sigma_lo") if m.group(k) is not None}
     return Point(float(m.group("weight")), int(m.group("num")), int(m.group("ranges")), **opt)
 
 
@@ -96,10 +106,12 @@ class SearchPlan:
     def __post_init__(self):
         names = [a for a, _ in self.axes]
         if not names or names[0] != "weight" or any(a not in AXES for a in names) or len(set(names)) != len(names):
-            raise ConfigError(f"search axes {names}: give weight first, then optionally sigma_hi and sigma_lo")
+            raise ConfigError(f"search axes {names}: give weight first, then optionally mix, sigma_hi and sigma_lo")
         for axis, grid in self.axes:
             if not grid or any(not math.isfinite(v) or v < 0 for v in grid):
                 raise ConfigError(f"search axis {axis}: the grid {list(grid)} must hold finite values >= 0")
+            if axis in UPPER and any(v > UPPER[axis] for v in grid):
+                raise ConfigError(f"search axis {axis}: the grid {list(grid)} must hold values <= {UPPER[axis]:g}")
         if self.bisect < 0 or self.confirm < 1:
             raise ConfigError("search: bisect must be >= 0 and confirm >= 1")
 
@@ -121,7 +133,7 @@ class SearchPlan:
         axis, grid = self.axes[axis_index]
         screened = {p: v for p, v in history.items() if (p.num, p.ranges) == (self.num, self.ranges)}
         best = min(screened, key=lambda p: (screened[p], p.setting_key())) if screened else None
-        fixed = {"weight": 1.0, "sigma_hi": None, "sigma_lo": None}
+        fixed = {"weight": 1.0, "mix": None, "sigma_hi": None, "sigma_lo": None}
         for a, _ in self.axes[:axis_index]:  # the axes searched before: at their best
             fixed[a] = best.value(a) if best is not None else fixed[a]
         if axis == "sigma_hi":
@@ -141,6 +153,8 @@ class SearchPlan:
                 key=lambda p: (screened[p], p.setting_key()),
             ).value(axis)
             values = _midpoints(line, centre)
+        if axis in UPPER:
+            values = [v for v in values if v <= UPPER[axis]]
         if axis == "sigma_hi":  # an interval (lo, hi] must not be empty
             values = [v for v in values if v > fixed["sigma_lo"]]
         elif axis == "sigma_lo" and fixed["sigma_hi"] is not None:

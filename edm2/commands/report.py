@@ -281,6 +281,9 @@ def _search_plan_options(f):
     """The plan of a guidance search (edm2.search.SearchPlan): grids, bisection, image counts."""
     options = [
         click.option("--weight", required=True, help="Coarse grid of guidance weights, e.g. 1.0,1.5,...,3.0."),
+        click.option(
+            "--mix", help="Coarse grid of the mix alpha of two guides (in [0, 1]), searched after the weight."
+        ),
         click.option("--sigma-hi", help="Coarse grid of the interval's upper end, searched after the weight."),
         click.option("--sigma-lo", help="Coarse grid of the interval's lower end, searched last."),
         click.option(
@@ -311,12 +314,13 @@ def _search_plan_options(f):
     return f
 
 
-def search_plan(weight, sigma_hi, sigma_lo, bisect, num, ranges, full_num, full_ranges, confirm):
+def search_plan(weight, mix, sigma_hi, sigma_lo, bisect, num, ranges, full_num, full_ranges, confirm):
     """The SearchPlan of the `_search_plan_options` (also used by the workflow through them)."""
-    from edm2.search import SearchPlan, parse_grid
+    from edm2.search import AXES, SearchPlan, parse_grid
 
     axes = [("weight", tuple(parse_grid(weight, "--weight")))]
-    for axis, grid in (("sigma_hi", sigma_hi), ("sigma_lo", sigma_lo)):
+    grids = {"mix": mix, "sigma_hi": sigma_hi, "sigma_lo": sigma_lo}
+    for axis, grid in ((a, grids[a]) for a in AXES[1:]):
         if grid:
             axes.append((axis, tuple(parse_grid(grid, f"--{axis.replace('_', '-')}"))))
     return SearchPlan(tuple(axes), bisect, num, ranges, full_num, full_ranges, confirm)

@@ -22,11 +22,12 @@ from edm2.search import AXES, Point, SearchPlan, parse_point_name
 
 AXIS_LABELS = {
     "weight": "guidance weight $w$",
+    "mix": "mix $\\alpha$ (0: first guide, 1: second)",
     "sigma_hi": "$\\sigma_\\mathrm{hi}$",
     "sigma_lo": "$\\sigma_\\mathrm{lo}$",
 }
 TABLE_COLUMNS = [
-    "search", "run", "metric", "weight", "sigma_hi", "sigma_lo", "ema_std", "guide_std", "guide_kimg",
+    "search", "run", "metric", "weight", "mix", "sigma_hi", "sigma_lo", "ema_std", "guide_std", "guide_kimg",
     "value", "screened_value", "num_images", "seeds_ranges", "screen_images", "evaluations", "reported", "file",
 ]  # fmt: skip
 
@@ -66,7 +67,7 @@ def _evaluation(path, metric: str, statistic: str) -> dict:
 
 
 def _point(entry: dict) -> Point:
-    return Point(entry["weight"], entry["num"], entry["ranges"], sigma_hi=entry["sigma_hi"], sigma_lo=entry["sigma_lo"])
+    return Point(entry["weight"], entry["num"], entry["ranges"], **{a: entry.get(a) for a in AXES if a != "weight"})
 
 
 def search_round(plan: SearchPlan, round_: int, files, metric: str, statistic: str, run: str) -> dict:
@@ -172,11 +173,12 @@ def write_search(states: list[dict], search: str, reported: dict, table_stem, pl
     md = [
         f"Guidance search `{search}`: the best confirmed setting per run and metric.",
         "",
-        "| run | metric | w | sigma_hi | sigma_lo | EMA | guide EMA | value | screened | reported | evaluations |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | metric | w | mix | sigma_hi | sigma_lo | EMA | guide EMA | value | screened | reported | evaluations |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r["run"], r["metric"], r["weight"], r["sigma_hi"], r["sigma_lo"], r["ema_std"], r["guide_std"]]
+        cells = [r["run"], r["metric"], r["weight"], r["mix"], r["sigma_hi"], r["sigma_lo"], r["ema_std"]]
+        cells += [r["guide_std"]]
         cells += [r["value"], r["screened_value"], r["reported"], r["evaluations"]]
         md.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     md_path = table_stem.with_suffix(".md")

@@ -52,6 +52,8 @@ def test_point_names_round_trip_and_bad_names_are_refused():
     for p in (Point(2.1, 5000, 1), Point(2.0, 50000, 3, sigma_hi=1.61, sigma_lo=0.19), Point(1.0, 16, 1, sigma_hi=2.9)):
         assert parse_point_name(p.name) == p
     assert Point(2.1, 5000, 1, sigma_hi=2.9, sigma_lo=0.28).name == "w2.100-hi2.900-lo0.280-n5000x1"
+    with_mix = Point(2.1, 5000, 1, sigma_hi=2.9, mix=0.25)
+    assert with_mix.name == "w2.100-m0.250-hi2.900-n5000x1" and parse_point_name(with_mix.name) == with_mix
     with pytest.raises(ConfigError, match="'w2.1-n5' is not a search point name"):
         parse_point_name("w2.1-n5")
 
@@ -100,6 +102,26 @@ def test_interval_axes_follow_the_papers_recipe(tmp_path):
     assert {e["weight"] for e in hi_round} == {2.25} and {1.0, 2.0, 3.0, 5.0} <= {e["sigma_hi"] for e in hi_round}
     result = state["result"]
     assert (result["weight"], result["sigma_hi"]) == (2.25, 3.0) and abs(result["sigma_lo"] - 0.28) <= 0.1
+
+
+def mix_curve(p: Point):
+    """Minimum at w=2.3 and the mix alpha 0.9 (near pure autoguidance); no mix = the setting's 0.5."""
+    return weight_curve(p.weight) + 0.6 * ((0.5 if p.mix is None else p.mix) - 0.9) ** 2
+
+
+def test_the_mix_axis_is_searched_after_the_weight_and_stays_in_0_1(tmp_path):
+    """Two guides (arXiv 2406.02507 App. B.2): the weight at the setting's own mix first, then
+    alpha at the best weight; bisection beyond the grid's end never leaves [0, 1]."""
+    plan = SearchPlan((("weight", (1.5, 2.0, 2.5, 3.0)), ("mix", (0.0, 0.5, 1.0))), 2, 500, 1, 5000, 3)
+    state, _ = run_search(tmp_path, plan, mix_curve)
+    weight_round = [e for e in state["evaluated"] if e["mix"] is None]
+    mix_round = [e for e in state["evaluated"] if e["mix"] is not None and e["num"] == 500]
+    assert len(weight_round) == 4 + 2 + 2 and {e["weight"] for e in mix_round} == {2.25}
+    assert {0.0, 0.5, 1.0, 0.75} <= {e["mix"] for e in mix_round} and max(e["mix"] for e in mix_round) <= 1.0
+    result = state["result"]
+    assert result["weight"] == 2.25 and abs(result["mix"] - 0.9) <= 0.125
+    with pytest.raises(ConfigError, match="search axis mix: .* must hold values <= 1"):
+        SearchPlan((("weight", (2.0,)), ("mix", (0.5, 1.5))), 1, 500, 1, 5000, 3)
 
 
 def test_table_and_plot_of_a_search(tmp_path):
