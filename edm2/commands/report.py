@@ -457,7 +457,10 @@ def best(best_csv, run, guidance, metric, as_shell):
     if not row.get("network"):
         raise DataError(f"{best_csv}: the best score of {run}/{guidance} does not name its network")
     args = ["--net", row["network"]]
-    if row.get("gnet") and row.get("guidance_weight") not in (None, 1.0):
+    if row.get("guide_weights"):  # several guides: each with its own weight (';'-separated, in order)
+        for gnet, weight in zip(row["gnet"].split(";"), str(row["guide_weights"]).split(";")):
+            args += ["--gnet", gnet, "--guidance", weight]
+    elif row.get("gnet") and row.get("guidance_weight") not in (None, 1.0):
         args += ["--gnet", row["gnet"], "--guidance", f"{row['guidance_weight']:g}"]
     click.echo(" ".join(shlex.quote(a) for a in args))
 

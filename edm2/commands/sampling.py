@@ -4,7 +4,7 @@ weights (--gnet, --guidance, --guidance-mix), and --fast/--eager."""
 
 import click
 
-from edm2.sample.options import DEFAULTS, MIX_FLAG, SAMPLER_FIELDS
+from edm2.sample.options import DEFAULTS, GNET_FLAG, GUIDANCE_FLAG, MIX_FLAG, SAMPLER_FIELDS
 
 
 def _click_type(field):
@@ -66,14 +66,16 @@ def guidance_options(default: str):
             "(weights (1-ALPHA)(W-1)+1 and ALPHA(W-1)+1; 0: the first guide only, 1: the second only).",
         )(command)
         command = click.option(
-            "--guidance",
+            GUIDANCE_FLAG,
+            "guidance",
             type=float,
             multiple=True,
             metavar="FLOAT",
             help=f"Guidance strength; repeat it for one weight per --gnet  [default: {default}]",
         )(command)
         return click.option(
-            "--gnet",
+            GNET_FLAG,
+            "gnet",
             multiple=True,
             metavar="FILE|URL|PRESET",
             help="Guiding network (used only when its weight != 1); repeat it for several guides "

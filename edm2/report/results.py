@@ -27,13 +27,13 @@ SCORE_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value",
     "min", "mean", "std", "num_ranges", "values", "kimg", "nimg", "nfe", "num_steps",
     "num_images", "mparams", "gflops", "network", "gnet", "detector", "ref", "source",
-    "profile_error", "phema_weak", "guide_std", "guide_kimg",
+    "profile_error", "phema_weak", "guide_std", "guide_kimg", "guide_weights",
 ]  # fmt: skip
 
 BEST_COLUMNS = [
     "run", "label", "guidance", "guidance_weight", "metric", "ema_std", "value", "min",
     "mean", "std", "nfe", "kimg", "mparams", "gflops", "num_images", "network", "gnet",
-    "profile_error", "phema_weak", "guide_std", "guide_kimg",
+    "profile_error", "phema_weak", "guide_std", "guide_kimg", "guide_weights",
 ]  # fmt: skip
 
 
@@ -140,6 +140,10 @@ def read_score(path, statistic: str = "min") -> list[dict]:
                 "phema_weak": None if cert is None else int(bool(cert.get("weak"))),
                 "guide_std": guide.std if guide else None,
                 "guide_kimg": guide.kimg if guide else None,
+                # Several guides: each one's weight w_i, in the order of `gnet` (';'-separated).
+                "guide_weights": ";".join(f"{g['guidance']!r}" for g in data["guides"])
+                if isinstance(data.get("gnet"), list) and data.get("guides")
+                else None,
             }
         )
     return rows

@@ -18,6 +18,7 @@ and the workflow schema take them from here.
 
 import dataclasses
 import math
+import shlex
 
 from edm2.errors import ConfigError
 
@@ -207,6 +208,8 @@ def command_line(options: dict) -> list[str]:
 
 # ---- several guides (autoguidance, arXiv 2406.02507, Appendix B.2, Eq. 6) ---------------------
 
+GNET_FLAG = "--gnet"  # a guiding network (repeated: several guides)
+GUIDANCE_FLAG = "--guidance"  # a guidance weight (one, the total with MIX_FLAG, or one per guide)
 MIX_FLAG = "--guidance-mix"  # the interpolation factor alpha between two guides
 
 
@@ -272,3 +275,23 @@ def total_guidance(weights) -> float:
     if len(weights) == 1:
         return float(weights[0])
     return 1.0 + sum(float(w) - 1 for w in weights)
+
+
+def guidance_command_line(gnets, guidance: float, mix: float | None = None) -> list[str]:
+    """The guides and weights as arguments of `edm2 generate` / `edm2 metrics gen` (paths
+    shell-quoted), leaving out what is not evaluated: none at weight 1 or without guides; with
+    two guides and `mix`, only the guide(s) whose weight `mix_weights` makes other than 1 (a
+    single one with its weight: bit for bit the same images as --guidance-mix at 0 or 1)."""
+    gnets = list(gnets)
+    if not gnets or (float(guidance) == 1 and mix is None):
+        return []
+    if mix is None:
+        return [f"{GNET_FLAG} {shlex.quote(str(g))}" for g in gnets] + [f"{GUIDANCE_FLAG} {float(guidance):g}"]
+    weights = guide_weights(guidance, len(gnets), mix)
+    kept = [(g, w) for g, w in zip(gnets, weights) if w != 1]
+    if len(kept) == 1:
+        return [f"{GNET_FLAG} {shlex.quote(str(kept[0][0]))}", f"{GUIDANCE_FLAG} {kept[0][1]:g}"]
+    if not kept:
+        return []
+    args = [f"{GNET_FLAG} {shlex.quote(str(g))}" for g in gnets]
+    return args + [f"{GUIDANCE_FLAG} {float(guidance):g}", f"{MIX_FLAG} {float(mix):g}"]

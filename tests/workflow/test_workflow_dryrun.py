@@ -339,3 +339,87 @@ def test_a_search_point_with_an_interval_reaches_metrics_gen(workdir):
     (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
     assert "--gnet results/smoke/runs/tiny/phema/phema-0000001-0.050.safetensors --guidance 2.5" in score
     assert "--sigma_lo 0.2 --sigma_hi 1" in score and "--num 16 " in score and "--seeds-ranges 1 " in score
+
+
+# --- Classifier-free guidance and autoguidance together (arXiv 2406.02507, App. B.2, Eq. 6) -------
+
+CFG_AUTOG = {
+    "name": "cfg-autog",
+    "guide": "tiny",  # autoguidance's guide: tiny at half its training
+    "guide_fraction": "1/2",
+    "guide_std": 0.050,
+    "cfg_guide": "tiny-uncond",  # classifier-free guidance's guide
+    "cfg_guide_std": 0.150,
+    "weight": 2.0,
+    "mix": 0.25,
+    "stds": [0.100],
+}
+CFG_AUTOG_SEARCH = {"name": "cfg-autog-mix", "guidance": "cfg-autog", "std": 0.100, "guide_std": 0.050,
+                    "weight": "1.5,2.0", "mix": "0,0.5,1", "bisect": 0, "num": 16, "seeds_ranges": 1}  # fmt: skip
+
+
+def cfg_autog_config(workdir, **entry):
+    """The smoke config with a guidance entry naming both guides, and a search over its mix."""
+    config = load_config("smoke.yaml")
+    config["guidance"].append({**CFG_AUTOG, **entry})
+    config["search"] = config.get("search", []) + [CFG_AUTOG_SEARCH]
+    return write_config(workdir / "cfg-autog.yaml", config)
+
+
+def test_a_combined_guidance_entry_passes_both_guides_and_the_mix_to_metrics_gen(workdir):
+    """The unconditional guide (its last snapshot, at cfg_guide_std) first, then autoguidance's
+    guide (at its guide_fraction and guide_std), the total weight and the mix; both guides'
+    reconstructions are inputs, and the search lists its weight round at the entry's mix."""
+    configfile = cfg_autog_config(workdir)
+    target = "results/smoke/scores/tiny/cfg-autog/ema-0.100.json"
+    proc = snakemake(workdir, target, "-n", "-p", "--configfile", configfile)
+    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    assert (
+        "--gnet results/smoke/runs/tiny-uncond/phema/phema-0000002-0.150.safetensors"
+        " --gnet results/smoke/runs/tiny/phema/phema-0000001-0.050.safetensors --guidance 2 --guidance-mix 0.25"
+    ) in score
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["score"] == 1 and counts["train"] == 2 and counts["phema"] == 3  # tiny, tiny at 1/2, uncond
+    everything = dry_run(workdir, "--configfile", configfile)
+    baseline = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml")
+    assert everything["score"] == baseline["score"] + 1  # one main length
+    assert everything["search_eval"] == baseline.get("search_eval", 0) + 2  # w 1.5 and 2.0 at mix 0.25
+
+
+def test_a_search_point_at_mix_one_evaluates_autoguidance_alone(workdir):
+    """alpha = 1: the unconditional guide's weight is 1, so it is neither an input nor passed;
+    alpha = 0.5 passes both guides, the point's mix replacing the entry's."""
+    configfile = cfg_autog_config(workdir)
+    evals = "results/smoke/search/evals/tiny/cfg-autog/ema-0.100-guide-0.050"
+    proc = snakemake(workdir, f"{evals}/w2.000-m1.000-n16x1.json", "-n", "-p", "--configfile", configfile)
+    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    assert "--gnet results/smoke/runs/tiny/phema/phema-0000001-0.050.safetensors --guidance 2 " in score
+    assert "tiny-uncond" not in proc.stdout and "--guidance-mix" not in score
+    proc = snakemake(workdir, f"{evals}/w1.500-m0.500-n16x1.json", "-n", "-p", "--configfile", configfile)
+    (score,) = [c for c in shell_commands(proc.stdout) if "edm2 metrics gen" in c]
+    assert "tiny-uncond/phema/phema-0000002-0.150.safetensors --gnet" in score
+    assert "--guidance 1.5 --guidance-mix 0.5" in score
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"guide": None, "guide_fraction": None, "guide_std": "same"}, "guidance[cfg-autog].cfg_guide: needs `guide` too"),
+        ({"mix": None}, "guidance[cfg-autog].mix: give the mix alpha in [0, 1]"),
+        ({"cfg_guide": None, "cfg_guide_std": "same"}, "guidance[cfg-autog].mix: needs `cfg_guide`"),
+        ({"cfg_guide": "nope"}, "guidance[cfg-autog].cfg_guide: no model named 'nope'"),
+    ],
+)  # fmt: skip
+def test_a_combined_entry_with_a_missing_part_is_refused_in_one_line(workdir, entry, message):
+    config = load_config("smoke.yaml")
+    config["guidance"].append({k: v for k, v in {**CFG_AUTOG, **entry}.items() if v is not None})
+    proc = snakemake(workdir, "-n", "--configfile", write_config(workdir / "bad.yaml", config), check=False)
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_mix_search_over_a_one_guide_entry_is_refused(workdir):
+    config = load_config("smoke.yaml")
+    config["search"] = [{**CFG_AUTOG_SEARCH, "guidance": "autog"}]
+    proc = snakemake(workdir, "-n", "--configfile", write_config(workdir / "bad.yaml", config), check=False)
+    assert proc.returncode != 0
+    assert "search[cfg-autog-mix].mix: guidance[autog] has one guide" in proc.stderr + proc.stdout

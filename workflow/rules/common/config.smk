@@ -31,7 +31,7 @@ from edm2.errors import ConfigError
 from edm2.naming import std_text
 from edm2.presets import GENERATION_PRESETS, TRAINING_PRESETS
 from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
-from edm2.sample.options import interval_options
+from edm2.sample.options import interval_options, mix_weights
 from edm2.search import AXES as SEARCH_AXES
 from edm2.search import SearchPlan, parse_grid
 from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
@@ -347,6 +347,7 @@ def _guidance_settings():
             missing = [r for r in g["runs"] if r not in g["weight"]]
             if missing:
                 raise WorkflowError(f"guidance[{name}].weight: no weight for {missing}")
+        _cfg_guide_settings(name, g)
         if g["guide"] is None:
             if any(guidance_weight(g, r) != 1 for r in g["runs"]):
                 raise WorkflowError(f"guidance[{name}]: a weight other than 1 needs a `guide` model")
@@ -366,9 +367,56 @@ def _guidance_settings():
     return settings
 
 
+def _cfg_guide_settings(name, g):
+    """Classifier-free guidance together with autoguidance (Karras et al. 2024, arXiv 2406.02507,
+    App. B.2, Eq. 6): `cfg_guide` (an unconditional model, at its last snapshot and EMA length
+    `cfg_guide_std`) next to `guide` (autoguidance's guide), the total `weight` w split by `mix`
+    alpha: w_u = (1 - alpha)(w - 1) + 1, w_c = alpha (w - 1) + 1 (edm2.sample.options.mix_weights)."""
+    g.setdefault("cfg_guide", None)
+    g.setdefault("cfg_guide_std", "same")
+    g.setdefault("mix", None)
+    if g["cfg_guide"] is None:
+        for key, unset in (("mix", None), ("cfg_guide_std", "same")):
+            if g[key] != unset:
+                raise WorkflowError(f"guidance[{name}].{key}: needs `cfg_guide` (the unconditional guide to mix in)")
+        return
+    if g["guide"] is None:
+        raise WorkflowError(
+            f"guidance[{name}].cfg_guide: needs `guide` too (autoguidance's guide); for classifier-free "
+            "guidance alone name the unconditional model as `guide`"
+        )
+    if g["cfg_guide"] not in MODELS:
+        raise WorkflowError(
+            f"guidance[{name}].cfg_guide: no model named {g['cfg_guide']!r}; add it to `models` (score: false)"
+        )
+    if g["mix"] is None:
+        raise WorkflowError(
+            f"guidance[{name}].mix: give the mix alpha in [0, 1] (0: `cfg_guide` only, 1: `guide` only)"
+        )
+    if isinstance(g["mix"], dict):
+        missing = [r for r in g["runs"] if r not in g["mix"]]
+        if missing:
+            raise WorkflowError(f"guidance[{name}].mix: no mix for {missing}")
+    for run in g["runs"]:
+        try:
+            mix_weights(guidance_weight(g, run), guidance_mix(g, run))
+        except ConfigError as e:
+            raise WorkflowError(f"guidance[{name}].mix: {e}") from None
+    if g["cfg_guide_std"] == "same":
+        g["cfg_guide_std"] = None
+    else:
+        (g["cfg_guide_std"],) = _std_choice(name, "cfg_guide_std", g["cfg_guide_std"], None)
+
+
 def guidance_weight(g, run):
     w = g["weight"]
     return float(w[run] if isinstance(w, dict) else w)
+
+
+def guidance_mix(g, run):
+    """The mix alpha of a setting with two guides (`cfg_guide` and `guide`), None with one."""
+    m = g.get("mix")
+    return None if m is None else float(m[run] if isinstance(m, dict) else m)
 
 
 def is_guided(g, run):
@@ -432,6 +480,10 @@ def _search_settings():
         if unknown:
             raise WorkflowError(
                 f"search[{name}].metrics: {unknown} not among guidance[{g}].metrics {setting['metrics']}"
+            )
+        if entry.get("mix") is not None and setting["cfg_guide"] is None:
+            raise WorkflowError(
+                f"search[{name}].mix: guidance[{g}] has one guide; a mix needs `cfg_guide` and `guide` there"
             )
         try:
             plan = SearchPlan(

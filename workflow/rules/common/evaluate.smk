@@ -5,7 +5,7 @@
 import json
 import shlex
 
-from edm2.sample.options import command_line
+from edm2.sample.options import command_line, guidance_command_line, mix_weights
 from edm2.search import parse_point_name
 from snakemake.exceptions import WorkflowError
 
@@ -45,13 +45,40 @@ def guide_file(setting, gstd):
     return path, path
 
 
+def guide_sources(setting, std, gstd):
+    """[(file, input, done)] of the guides a guided setting names, in the order of `edm2 metrics
+    gen --gnet`: the classifier-free guide (`cfg_guide`, at its last snapshot and `cfg_guide_std`,
+    else the main net's length) first, then `guide` (`guide_file`)."""
+    path, source = guide_file(setting, guide_std(setting, std, gstd))
+    guides = [(path, source, train_done(setting["guide"]))]
+    if setting["cfg_guide"] is not None:
+        cfg, cstd = setting["cfg_guide"], setting["cfg_guide_std"] or std
+        guides.insert(0, (net_file(cfg, cstd), net_input(cfg, cstd), train_done(cfg)))
+    return guides
+
+
+def guides_of(setting, std, gstd, weight, mix):
+    """The `guide_sources` a score evaluates: those whose weight (by `mix_weights` with two
+    guides) is not 1; none unguided."""
+    if setting["guide"] is None or weight == 1.0:
+        return []
+    guides = guide_sources(setting, std, gstd)
+    weights = (weight,) if len(guides) == 1 else mix_weights(weight, mix)
+    return [guide for guide, w in zip(guides, weights) if w != 1]
+
+
+def _mix(wildcards, mix=None):
+    """The mix alpha of a score: `mix` (a search point's), else the setting's (None: one guide)."""
+    return guidance_mix(GUIDANCE[wildcards.guidance], wildcards.run) if mix is None else mix
+
+
 def _check(wildcards):
     run, g = wildcards.run, wildcards.guidance
     if run not in MODELS or g not in GUIDANCE:
         raise WorkflowError(f"score: unknown run {run!r} or guidance setting {g!r}")
 
 
-def _score_inputs(wildcards, weight, net=None):
+def _score_inputs(wildcards, weight, net=None, mix=None):
     _check(wildcards)
     run, g, std = wildcards.run, wildcards.guidance, wildcards.std
     setting = GUIDANCE[g]
@@ -60,21 +87,22 @@ def _score_inputs(wildcards, weight, net=None):
     # training run still re-scores everything, through `done`.
     net = net_input(run, std) if net is None else net
     inputs = {"net": ancient(net), "done": train_done(run), "ref": ref_input()}
-    if setting["guide"] is not None and weight != 1.0:
-        inputs["gnet"] = ancient(guide_file(setting, guide_std(setting, std, wildcards.get("gstd")))[1])
-        inputs["gdone"] = train_done(setting["guide"])
+    guides = guides_of(setting, std, wildcards.get("gstd"), weight, _mix(wildcards, mix))
+    for i, (_, source, done) in enumerate(guides):
+        suffix = "" if i == 0 else str(i + 1)  # gnet, gdone; with two guides also gnet2, gdone2
+        inputs["gnet" + suffix] = ancient(source)
+        inputs["gdone" + suffix] = done
     if "fd_cnn" in setting["metrics"]:
         inputs["detector"] = DETECTOR
     return inputs
 
 
-def _score_args(wildcards, weight, interval):
+def _score_args(wildcards, weight, interval, mix=None):
     setting = GUIDANCE[wildcards.guidance]
     args = []
-    if setting["guide"] is not None and weight != 1.0:
-        path = guide_file(setting, guide_std(setting, wildcards.std, wildcards.get("gstd")))[0]
-        args.append(f"--gnet {shlex.quote(path)}")
-        args.append(f"--guidance {weight:g}")
+    mix, std, gstd = _mix(wildcards, mix), wildcards.std, wildcards.get("gstd")
+    if guides_of(setting, std, gstd, weight, mix):  # --gnet, --guidance (--guidance-mix): edm2.sample.options
+        args += guidance_command_line([path for path, _, _ in guide_sources(setting, std, gstd)], weight, mix)
         args += command_line(interval)  # the guidance interval (edm2.sample.options)
     if "fd_cnn" in setting["metrics"]:
         args.append(f"--cnn-detector {shlex.quote(DETECTOR)}")
@@ -133,17 +161,18 @@ def score_params(net):
 
 def search_eval_inputs(wildcards):
     """Inputs of one search evaluation: as a score's, at the point's weight."""
-    return _score_inputs(wildcards, parse_point_name(wildcards.point).weight)
+    point = parse_point_name(wildcards.point)
+    return _score_inputs(wildcards, point.weight, mix=point.mix)
 
 
 def search_eval_args(wildcards):
-    """Options of `edm2 metrics gen` for one search point: guide, weight and interval (the point's
-    sigma_hi/sigma_lo when the search has those axes, else the guidance setting's interval)."""
+    """Options of `edm2 metrics gen` for one search point: guides, weight, mix and interval (the
+    point's mix and sigma_hi/sigma_lo when the search has those axes, else the guidance setting's)."""
     point = parse_point_name(wildcards.point)
     interval = GUIDANCE[wildcards.guidance]["interval"]
     if point.sigma_hi is not None or point.sigma_lo is not None:
         interval = {k: v for k, v in (("sigma_lo", point.sigma_lo), ("sigma_hi", point.sigma_hi)) if v is not None}
-    return _score_args(wildcards, point.weight, interval)
+    return _score_args(wildcards, point.weight, interval, point.mix)
 
 
 def search_eval_params():

@@ -37,7 +37,11 @@ def refine_phema_stds(run):
         for g, values in per_guidance.items():
             if main == run:
                 stds.update(values)
-            if GUIDANCE[g]["guide"] == run and GUIDANCE[g]["guide_std"] == "same" and is_guided(GUIDANCE[g], main):
+            s = GUIDANCE[g]
+            guides_at_main_std = (s["guide"] == run and s["guide_std"] == "same") or (
+                s["cfg_guide"] == run and s["cfg_guide_std"] is None
+            )
+            if guides_at_main_std and is_guided(s, main):
                 stds.update(values)
     return sorted(s for s in stds if s not in GRID)
 

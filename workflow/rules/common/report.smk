@@ -20,9 +20,13 @@ def phema_inputs_for_samples(wildcards):
     points = scored_points(run, g)
     files = [net_input(run, std) for std, _ in points]
     if is_guided(setting, run):
-        files.extend(guide_file(setting, gstd)[1] for _, gstd in points)
+        mix = guidance_mix(setting, run)
+        weight = guidance_weight(setting, run)
+        files.extend(source for std, gstd in points for _, source, _ in guides_of(setting, std, gstd, weight, mix))
     if REFINE:
         files.append(refine_dir(run))
         if is_guided(setting, run):
             files.append(refine_dir(setting["guide"]))
+            if setting["cfg_guide"] is not None:
+                files.append(refine_dir(setting["cfg_guide"]))
     return [ancient(f) for f in dict.fromkeys(files)]
