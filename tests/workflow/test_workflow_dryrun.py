@@ -5,6 +5,7 @@ import re
 import shlex
 
 import pytest
+import yaml
 from workflow_helpers import CONFIG, REPO, dry_run, job_counts, load_config, shell_commands, snakemake, write_config
 
 GRID_49 = 49  # 0.010,0.015,...,0.250 (docs/method.md#ema)
@@ -423,3 +424,25 @@ def test_a_mix_search_over_a_one_guide_entry_is_refused(workdir):
     proc = snakemake(workdir, "-n", "--configfile", write_config(workdir / "bad.yaml", config), check=False)
     assert proc.returncode != 0
     assert "search[cfg-autog-mix].mix: guidance[autog] has one guide" in proc.stderr + proc.stdout
+
+
+def test_the_commented_combined_example_of_paper_img512_autog_runs_when_uncommented(workdir):
+    """config/paper-img512-autog.yaml's commented `cfg-autog-fid` entry and its mix search, with
+    the unconditional XS of paper-img512.yaml added as it says: the guides reach metrics gen."""
+    text = (CONFIG / "paper-img512-autog.yaml").read_text()
+    text = re.sub(r"(?m)^  # (- name: cfg-autog|  [a-z_]+: )", r"  \1", text)
+    config = yaml.safe_load(text)
+    uncond = next(m for m in load_config("paper-img512.yaml")["models"] if m["name"] == "xs-uncond")
+    config["models"].append(uncond)
+    assert [g["name"] for g in config["guidance"]][-1] == "cfg-autog-fid"
+    assert [s["name"] for s in config["search"]][-1] == "cfg-autog-fid-mix"
+    proc = snakemake(workdir, "-n", "-p", "--configfile", write_config(workdir / "autog-cfg.yaml", config))
+    commands = shell_commands(proc.stdout)
+    (score,) = [c for c in commands if "--json results/img512-autog/scores/s/cfg-autog-fid/ema-0.070.json" in c]
+    assert (
+        "--gnet results/img512-autog/runs/xs-uncond/phema/phema-2147483-0.070.safetensors"
+        " --gnet results/img512-autog/runs/xs/phema/phema-0134217-0.125.safetensors --guidance 2.1 --guidance-mix 0.75"
+    ) in score
+    screens = [c for c in commands if "metrics gen" in c and "/evals/s/cfg-autog-fid/ema-0.070-guide-0.125/w" in c]
+    assert len(screens) == 6 and all("--guidance-mix 0.75" in c for c in screens)  # the weight round
+    assert job_counts(proc.stdout + proc.stderr)["train"] == 3

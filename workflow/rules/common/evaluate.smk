@@ -90,8 +90,8 @@ def _score_inputs(wildcards, weight, net=None, mix=None):
     guides = guides_of(setting, std, wildcards.get("gstd"), weight, _mix(wildcards, mix))
     for i, (_, source, done) in enumerate(guides):
         suffix = "" if i == 0 else str(i + 1)  # gnet, gdone; with two guides also gnet2, gdone2
-        inputs["gnet" + suffix] = ancient(source)
-        inputs["gdone" + suffix] = done
+        inputs[f"gnet{suffix}"] = ancient(source)
+        inputs[f"gdone{suffix}"] = done
     if "fd_cnn" in setting["metrics"]:
         inputs["detector"] = DETECTOR
     return inputs
