@@ -137,3 +137,20 @@ def test_autoguidance_concentrates_samples_on_the_branches():
     assert guided_median > plain_median + 0.3
     truth_median = log_density_quantiles(gt.sample(1024, generator=torch.Generator().manual_seed(2)), gt, [0.5])[0]
     assert guided_median < truth_median + 1.0  # concentrated, not collapsed onto one point of the tree
+
+
+def test_the_toy_samples_with_the_cfg_guide_and_the_autoguide_together():
+    """Two guides in the toy's sampler (arXiv 2406.02507 App. B.2, Eq. 6), on closed-form
+    mixtures: the mix at 1 is the autoguide alone, bit for bit; in between, a guide equal to the
+    main model adds nothing, so w_c alone remains."""
+    from edm2.sample.options import mix_weights
+    from edm2.toy.model import sample_toy
+
+    main, cfg = tree_mixture("A"), tree_mixture("AB")  # float32, as the sampler computes
+    auto = tree_mixture("B")  # any other density: the identity is exact
+    start = main.sample(16, 5.0, generator=torch.Generator().manual_seed(0))
+    both = sample_toy(main, start, gnet=[cfg, auto], guidance=mix_weights(2.0, 1.0), num_steps=8)
+    assert torch.equal(both, sample_toy(main, start, gnet=auto, guidance=2.0, num_steps=8))
+    w_u, w_c = mix_weights(2.0, 0.5)
+    with_self = sample_toy(main, start, gnet=[main, cfg], guidance=(w_u, w_c), num_steps=8)
+    torch.testing.assert_close(with_self, sample_toy(main, start, gnet=cfg, guidance=w_c, num_steps=8))

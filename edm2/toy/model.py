@@ -143,12 +143,17 @@ def sample_toy(
     sigma 5 -> 0.002, rho 7, as the official toy example) from x_init [N, 2] at noise level
     sigma_max: [num_steps + 1, N, 2], the last entry the samples. `net`/`gnet`: ToyDenoiser or
     GaussianMixture; guidance w lerps the guide's score to the main one's (autoguidance Eq. 1);
+    `gnet` a list and `guidance` one weight per guide: several guides, e.g. the CFG guide and the
+    autoguide together (arXiv 2406.02507 App. B.2, Eq. 6; `edm2.sample.options.mix_weights`);
     `interval`: the sampler's guidance-interval options (sigma_lo, sigma_hi, ...).
     """
     from edm2.sample.sampler import edm_sampler
 
     main = _Denoiser(net, record=True)
-    guide = _Denoiser(gnet) if gnet is not None else None
+    if isinstance(gnet, (list, tuple)):
+        guide = [_Denoiser(g) if g is not None else None for g in gnet]
+    else:
+        guide = _Denoiser(gnet) if gnet is not None else None
     noise = x_init / sigma_max  # the sampler starts at noise * t_0 = x_init (t_0 = sigma_max)
     with torch.no_grad():
         out = edm_sampler(
