@@ -6,7 +6,7 @@ import shlex
 import pytest
 import torch
 from click.testing import CliRunner
-from report_helpers import GRID, SIZES, paper_like_results, write_stats
+from report_helpers import GRID, SIZES, paper_like_results, write_score, write_stats
 
 from edm2.cli import main
 from edm2.report.results import read_csv
@@ -70,6 +70,27 @@ def test_best_prints_generation_options(aggregated):
     assert shlex.split(result.output) == ["--net", "runs/xs/phema/phema-0000065-0.125.safetensors"]
     result = run("best", "--best", aggregated / "best.csv", "--run", "xl", "--guidance", "noguid", "--metric", "fid")
     assert result.exit_code != 0 and "no score of run 'xl'" in result.output
+
+
+def test_best_of_two_guides_prints_each_guide_with_its_weight(tmp_path):
+    """A score with two guides (metrics gen --gnet twice): the guides' weights w_i reach best.csv
+    and `best --shell` gives one --guidance per --gnet, in order; the last guide (autoguidance's
+    in the workflow) gives guide_std and guide_kimg."""
+    gnets = ["runs/s-uncond/phema/phema-0000065-0.100.safetensors", "runs/xs/phema/phema-0000032-0.050.safetensors"]
+    path = write_score(tmp_path / "scores", "s", "cfg-autog", 0.1, {"fid": [2.0]}, weight=2.2, gnet=gnets)
+    data = json.loads(path.read_text())
+    data.update(guides=[{"gnet": gnets[0], "guidance": 1.9}, {"gnet": gnets[1], "guidance": 1.3}], guidance_mix=0.25)
+    path.write_text(json.dumps(data))
+    result = run("aggregate", "--out", tmp_path / "scores.csv", "--best", tmp_path / "best.csv", path)
+    assert result.exit_code == 0, result.output
+    (row,) = read_csv(tmp_path / "best.csv")
+    assert (row["guide_std"], row["guide_kimg"], row["guidance_weight"]) == (0.05, 32, 2.2)
+    result = run("best", "--best", tmp_path / "best.csv", "--run", "s", "--guidance", "cfg-autog", "--metric", "fid",
+                 "--shell")  # fmt: skip
+    assert shlex.split(result.output) == [
+        "--net", "runs/s/phema/phema-0000065-0.100.safetensors",
+        "--gnet", gnets[0], "--guidance", "1.9", "--gnet", gnets[1], "--guidance", "1.3",
+    ]  # fmt: skip
 
 
 def test_refine_writes_the_fine_grid(aggregated):
