@@ -239,33 +239,39 @@ def guide_weights(guidance, num_guides: int, mix: float | None = None) -> tuple[
     guides, split by `mix_weights`) or a sequence of one weight per guide. A single number with
     no guide must be 1. ConfigError naming --guidance, --guidance-mix or --gnet for a count that
     does not match, a mix without exactly two guides or with per-guide weights, or NaN."""
-    values = [guidance] if isinstance(guidance, (int, float)) else list(guidance)
+    values = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance]
     weights = []
     for w in values:
         try:
             w = float(w)
         except (TypeError, ValueError):
-            raise ConfigError(f"--guidance must be a number, got {w!r}") from None
+            raise ConfigError(f"{GUIDANCE_FLAG} must be a number, got {w!r}") from None
         if math.isnan(w):
-            raise ConfigError("--guidance must be a number, got nan")
+            raise ConfigError(f"{GUIDANCE_FLAG} must be a number, got nan")
         weights.append(w)
     if mix is not None:
         if num_guides != 2:
-            raise ConfigError(f"{MIX_FLAG} mixes two guides; give --gnet twice (got {num_guides})")
+            raise ConfigError(f"{MIX_FLAG} mixes two guides; give {GNET_FLAG} twice (got {num_guides})")
         if len(weights) != 1:
-            raise ConfigError(f"{MIX_FLAG} splits one total --guidance; give one --guidance, not {len(weights)}")
+            raise ConfigError(
+                f"{MIX_FLAG} splits one total {GUIDANCE_FLAG}; give one {GUIDANCE_FLAG}, not {len(weights)}"
+            )
         return mix_weights(weights[0], mix)
     if len(weights) == num_guides:
         return tuple(weights)
     if num_guides == 0 and len(weights) == 1:
         if weights[0] != 1:
-            raise ConfigError(f"--guidance {weights[0]:g} needs a guiding network; pass --gnet FILE|URL|PRESET")
+            raise ConfigError(
+                f"{GUIDANCE_FLAG} {weights[0]:g} needs a guiding network; pass {GNET_FLAG} FILE|URL|PRESET"
+            )
         return ()
     if num_guides > 1 and len(weights) == 1:
         raise ConfigError(
-            f"{num_guides} guides (--gnet) need one --guidance each, or one total --guidance with {MIX_FLAG} ALPHA"
+            f"{num_guides} guides ({GNET_FLAG}) need one {GUIDANCE_FLAG} each, or one total {GUIDANCE_FLAG} with {MIX_FLAG} ALPHA"
         )
-    raise ConfigError(f"{len(weights)} --guidance values for {num_guides} --gnet; give one --guidance per --gnet")
+    raise ConfigError(
+        f"{len(weights)} {GUIDANCE_FLAG} values for {num_guides} {GNET_FLAG}; give one {GUIDANCE_FLAG} per {GNET_FLAG}"
+    )
 
 
 def total_guidance(weights) -> float:
