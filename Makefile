@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not slurm"
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow and not slurm"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
