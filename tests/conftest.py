@@ -6,7 +6,8 @@ one worker (its module-scoped fixtures, such as a workflow run, are made once), 
 test (tests/slurm, marker `slurm`) runs on one worker, first, while the other worker runs the
 rest: the SLURM tests mostly wait on job starts, status checks and time limits, and they stop and
 restart the one local SLURM (tests/slurm/conftest.py also keeps other test sessions out with a
-lock).
+lock). The SLURM worker takes no other module until its SLURM tests are done, and the modules
+with slow tests come first in the queue, so that the two workers end close together.
 
 Why our own scheduler: `--dist loadgroup` groups by appending "@group" to each test's node id,
 which pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386): with it, every test was
@@ -55,7 +56,12 @@ def pytest_collection_modifyitems(config, items):
     misplaced = [i.nodeid for i in items if bool(i.get_closest_marker("slurm")) != i.nodeid.startswith(SLURM_DIR)]
     if misplaced:
         raise pytest.UsageError(f"tests marked slurm must be in {SLURM_DIR} and only those: {misplaced[:5]}")
-    items.sort(key=lambda item: not item.nodeid.startswith(SLURM_DIR))  # stable: otherwise collection order
+    # Then the modules with slow (end-to-end) tests, so that the other worker starts on them while
+    # the SLURM tests run, and the short modules even out the two workers at the end.
+    slow_modules = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(  # stable: otherwise collection order
+        key=lambda item: (not item.nodeid.startswith(SLURM_DIR), item.nodeid.split("::", 1)[0] not in slow_modules)
+    )
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the container's self-checks run without xdist
@@ -67,5 +73,13 @@ def pytest_xdist_make_scheduler(config, log):
     class ModulesAndSlurm(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             return scope_of(nodeid)
+
+        def _reschedule(self, node):
+            # xdist queues another module on a worker when at most two of its tests are left;
+            # behind the last SLURM tests (minutes each) that module would wait while the other
+            # worker idles at the end. A worker gets more only when its SLURM tests are done.
+            if not all(self.assigned_work[node].get(SLURM_SCOPE, {}).values()):
+                return
+            super()._reschedule(node)
 
     return ModulesAndSlurm(config, log)

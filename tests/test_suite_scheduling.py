@@ -20,6 +20,10 @@ import pytest
 @pytest.mark.parametrize("i", range(3))
 def test_x(i):
     time.sleep(0.05)
+    if {wait} and i == 2:  # the last SLURM test: until the other modules have run (30 s at most)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and open({log!r}).read().count(" test_other_") < 18:
+            time.sleep(0.05)
     with open({log!r}, "a") as f:
         f.write(f"{{os.environ['PYTEST_XDIST_WORKER']}} {{__name__}} {{i}} {{time.monotonic()}}\\n")
 """
@@ -35,6 +39,7 @@ def test_make_test_runs_the_slurm_tests_on_one_worker_and_each_module_whole(tmp_
     options = make_test_options()
     assert "-n" in options, "make test no longer runs on several workers: drop this test"
     log = tmp_path / "ran.txt"
+    log.touch()
     (tmp_path / "tests" / "slurm").mkdir(parents=True)
     (tmp_path / "tests" / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
     (tmp_path / "pyproject.toml").write_text(
@@ -42,13 +47,15 @@ def test_make_test_runs_the_slurm_tests_on_one_worker_and_each_module_whole(tmp_
     )
     for name in ("a", "b", "c"):
         slurm = tmp_path / "tests" / "slurm" / f"test_slurm_{name}.py"
-        slurm.write_text(MODULE.format(mark="pytestmark = pytest.mark.slurm", log=str(log)))
-        (tmp_path / "tests" / f"test_other_{name}.py").write_text(MODULE.format(mark="", log=str(log)))
+        wait = name == "c"  # the last SLURM module's last test
+        slurm.write_text(MODULE.format(mark="pytestmark = pytest.mark.slurm", log=str(log), wait=wait))
+    for name in "abcdef":
+        (tmp_path / "tests" / f"test_other_{name}.py").write_text(MODULE.format(mark="", log=str(log), wait=False))
     out = subprocess.run([sys.executable, "-m", "pytest", *options, "-p", "no:cacheprovider"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     runs = [line.split() for line in log.read_text().splitlines()]
-    assert len(runs) == 18, runs
+    assert len(runs) == 27, runs
 
     workers_of = {}
     for worker, module, _, _ in runs:
@@ -61,6 +68,10 @@ def test_make_test_runs_the_slurm_tests_on_one_worker_and_each_module_whole(tmp_
     (worker,) = slurm_workers
     first = min((r for r in runs if r[0] == worker), key=lambda r: float(r[3]))
     assert first[1].startswith("test_slurm"), first
+    # No module queued behind the SLURM tests: the last SLURM test waits until the other modules
+    # have run, which only the other worker can do then (xdist's default queued one more module
+    # on a worker with two tests left: it would wait behind that test, and the test time out).
+    assert {m for m, ws in workers_of.items() if worker in ws} == {m for m in workers_of if m.startswith("test_slurm")}
 
 
 def test_a_slurm_test_outside_tests_slurm_is_refused(tmp_path):

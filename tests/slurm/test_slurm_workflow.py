@@ -167,7 +167,15 @@ def run_both(procs_and_dirs):
 # One model and no guidance: every rule of the smoke DAG but the guided scores, which differ from
 # the others only in their options (tests/workflow covers them), in fewer SLURM job waves.
 # No guide model, so no guided setting and no guidance search (the smoke config's refers to one).
-ONE_MODEL = {"models": [{"name": "tiny", "label": "tiny (8 ch)"}], "guidance": [{"name": "noguid"}], "search": []}
+# One model, no guidance, and without the toy example and the magnitude probes (their rules run
+# in the local smoke test; here each SLURM job costs a start and status checks).
+ONE_MODEL = {
+    "models": [{"name": "tiny", "label": "tiny (8 ch)"}],
+    "guidance": [{"name": "noguid"}],
+    "search": [],
+    "toy": {"enabled": False},
+    "magnitudes": {"enabled": False},
+}
 
 
 @pytest.fixture(scope="module")
