@@ -211,6 +211,7 @@ def command_line(options: dict) -> list[str]:
 GNET_FLAG = "--gnet"  # a guiding network (repeated: several guides)
 GUIDANCE_FLAG = "--guidance"  # a guidance weight (one, the total with MIX_FLAG, or one per guide)
 MIX_FLAG = "--guidance-mix"  # the interpolation factor alpha between two guides
+_GUIDANCE_FIELD = SamplerField(GUIDANCE_FLAG, None, False, "Guidance weight (1 = none).")  # checked by _number
 
 
 def mix_weights(guidance: float, mix: float) -> tuple[float, float]:
@@ -240,15 +241,7 @@ def guide_weights(guidance, num_guides: int, mix: float | None = None) -> tuple[
     no guide must be 1. ConfigError naming --guidance, --guidance-mix or --gnet for a count that
     does not match, a mix without exactly two guides or with per-guide weights, or NaN."""
     values = list(guidance) if isinstance(guidance, (list, tuple)) else [guidance]
-    weights = []
-    for w in values:
-        try:
-            w = float(w)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{GUIDANCE_FLAG} must be a number, got {w!r}") from None
-        if math.isnan(w):
-            raise ConfigError(f"{GUIDANCE_FLAG} must be a number, got nan")
-        weights.append(w)
+    weights = [_number(_GUIDANCE_FIELD, w) for w in values]
     if mix is not None:
         if num_guides != 2:
             raise ConfigError(f"{MIX_FLAG} mixes two guides; give {GNET_FLAG} twice (got {num_guides})")
