@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: setup test test-fast test-slow demo ladder lint format profile-link container clean
+.PHONY: setup test test-fast test-slow demo ladder magnitudes-digits lint format profile-link container clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,10 @@ demo: $(STAMP)
 
 ladder: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/ablation-digits.yaml
+
+# EDM2 Fig. 15 on the digits (configs C, D, E, G): results/magnitudes-digits/plots/fig15-magnitudes.png
+magnitudes-digits: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) fig15 --configfile config/magnitudes-digits.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check edm2 tests benchmarks

@@ -368,8 +368,8 @@ def _iterate(opts, plan, run: Training, result, *, stop, progress, lr_kwargs, st
             monitor.after_backward(status.stats, opts.loss_scaling)  # the gradient norm
 
             # Adam step with the learning rate of the step that starts at `cur`: inverse square root
-            # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear 10 Mimg warm-up
-            # (t_ref 0: no decay, configs A-D).
+            # decay alpha_ref / sqrt(max(t / t_ref, 1)) (EDM2 Sec. 2.3) after a linear warm-up over
+            # --rampup images (the paper's 10 Mimg by default; t_ref 0: no decay, configs A-D).
             lr = float(learning_rate_schedule(cur_nimg=cur, batch_size=plan.batch_size, **lr_kwargs))
             status.stats.report("Loss/learning_rate", lr)
             apply_gradients(run.net, run.optimizer, lr, inf_gradient=opts.training().inf_gradient)

@@ -37,6 +37,10 @@ from edm2.utils import MAX_STD, parse_int_list, parse_nimg, parse_std_list
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
+# The learning-rate warm-up of the paper's runs, in images: 10 Mimg, decimal as the official code
+# counts it (EDM2 arXiv 2312.02696 Figs. 16-22; learning_rate_schedule's rampup_Mimg = 10).
+RAMPUP_NIMG = 10_000_000
+
 # Kinds of option values, and how `edm2 train` reads them from text:
 #   path, str     text                       int     an integer
 #   bool          True/False (--cond False)  flag    present or not (--fast)
@@ -254,6 +258,13 @@ class TrainOptions:
         minimum=0,
         metavar="BATCHES",
     )
+    rampup: int = _option(
+        RAMPUP_NIMG,
+        "--rampup",
+        "nimg",
+        "Learning-rate warm-up in images: linear from 0 to --lr (EDM2: 10000000; 0 = none)",
+        minimum=0,
+    )
     batch_gpu: int = _option(
         0, "--batch-gpu", "nimg", "Limit batch size per process (0 = no limit)", operational=True, minimum=0
     )
@@ -417,8 +428,9 @@ class TrainOptions:
         return dict(P_mean=float(self.P_mean), P_std=float(self.P_std))
 
     def lr_kwargs(self) -> dict:
-        """learning_rate_schedule arguments: alpha_ref and t_ref (EDM2 Sec. 2.3); the warm-up keeps its default."""
-        return dict(ref_lr=float(self.lr), ref_batches=float(self.decay))
+        """learning_rate_schedule arguments: alpha_ref and t_ref (EDM2 Sec. 2.3) and the warm-up,
+        in decimal millions of images as the official code counts it (--rampup 10000000 = 10 Mimg)."""
+        return dict(ref_lr=float(self.lr), ref_batches=float(self.decay), rampup_Mimg=self.rampup / 1e6)
 
     def probe_interval(self) -> int:
         """Images between activation probes (edm2.train.monitor): --probe, or --snapshot when

@@ -34,7 +34,7 @@ from edm2.sample.options import DEFAULTS as SAMPLER_DEFAULTS
 from edm2.sample.options import interval_options, mix_weights
 from edm2.search import AXES as SEARCH_AXES
 from edm2.search import SearchPlan, parse_grid
-from edm2.train.options import TRAIN_FIELDS, canonical_options, format_nimg
+from edm2.train.options import RAMPUP_NIMG, TRAIN_FIELDS, canonical_options, format_nimg
 from edm2.train.options import parse_options as parse_train_options
 from edm2.utils import parse_nimg as _parse_nimg
 from edm2.utils import parse_std_list
@@ -643,6 +643,8 @@ def train_opts_hash(run):
     key = {k: v for k, v in canonical_options(m["resolved"].identity()).items() if k in TRAIN_OPTIONS}
     if key.get("config") == "G":  # the default config: run folders made before configs existed keep their names
         del key["config"]
+    if key.get("rampup") == RAMPUP_NIMG:  # the paper's warm-up: run folders made before the option keep their names
+        del key["rampup"]
     key["extra_args"] = m["extra_args"]
     key["data"] = {
         k: config["data"][k]
