@@ -238,6 +238,20 @@ def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5
     assert counts["magnitudes"] == 7 * 9 and counts["magnitude_plot"] == 7 and counts["fig15"] == 1  # 0..8 kimg
 
 
+def test_digits_magnitude_ladder_makes_fig_15_of_four_configs_with_a_short_warm_up(workdir):
+    """config/magnitudes-digits.yaml (make magnitudes-digits): configs C, D, E, G trained 32Ki
+    images with a 1Ki learning-rate warm-up, every 2Ki snapshot measured, one Fig. 15 grid; no
+    post-hoc EMA or scores for that target."""
+    args = ("fig15", "--configfile", CONFIG / "magnitudes-digits.yaml")
+    counts = dry_run(workdir, *args)
+    assert counts == {"digits": 1, "convert": 1, "train": 4, "magnitudes": 4 * 17, "fig15": 1}  # 0, 2, ..., 32 kimg
+    commands = shell_commands(snakemake(workdir, "-n", "-p", *args).stdout)
+    trains = [shlex.split(c.split(";")[1]) for c in commands if "edm2 train" in c]
+    assert sorted(t[t.index("--config") + 1] for t in trains) == ["C", "D", "E", "G"]
+    for t in trains:
+        assert t[t.index("--rampup") + 1] == "1Ki" and t[t.index("--duration") + 1] == "32Ki"
+
+
 def test_released_raw_smoke_overlay_downloads_instead_of_training(workdir):
     counts = dry_run(workdir, "--configfile", CONFIG / "smoke.yaml", CONFIG / "smoke-released-raw.yaml")
     assert counts["download_raw"] == 1 and counts["phema"] == 1 and counts["score"] == 3, counts
