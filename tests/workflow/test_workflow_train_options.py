@@ -32,6 +32,7 @@ ALTERNATIVES = {
     "P_std": 1.2,
     "lr": 2.0,
     "decay": 1000,
+    "rampup": "1Ki",
     "batch_gpu": 16,
     "precision": "bf16",
     "loss_scaling": 2.0,
@@ -60,6 +61,7 @@ SAME = {
     "same-lr": {"lr": 4},  # 4 == 4.0
     "same-decay": {"decay": 35000.0},  # the preset's value, given
     "same-seed": {"seed": 0},  # the default, given
+    "same-rampup": {"rampup": 10_000_000},  # the paper's warm-up, the default, given
     "same-status": {"status": 131072},  # 128Ki, the default, given
 }
 
