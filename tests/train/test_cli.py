@@ -83,7 +83,8 @@ def test_preset_fills_only_the_options_not_given(tmp_path, data):
     opts, loop = cfg["options"], cfg["derived"]
     assert opts["lr"] == 0.005 and opts["batch"] == 1024 and opts["duration"] == preset.duration
     assert opts["channels"] == preset.channels and opts["P_mean"] == preset.P_mean and opts["decay"] == preset.decay
-    assert loop["lr_kwargs"] == {"ref_lr": 0.005, "ref_batches": preset.decay, "rampup_Mimg": 10.0}  # the paper's 10 Mimg
+    warm_up = 10.0  # the paper's 10 Mimg, --rampup's default
+    assert loop["lr_kwargs"] == {"ref_lr": 0.005, "ref_batches": preset.decay, "rampup_Mimg": warm_up}
     assert loop["network_kwargs"] == {"model_channels": preset.channels, "dropout": preset.dropout}
     assert opts["precision"] == "fp16" and loop["intervals"] == {
         "status": 128 << 10,

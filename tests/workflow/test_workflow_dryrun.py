@@ -242,7 +242,8 @@ def test_digits_magnitude_ladder_makes_fig_15_of_four_configs_with_a_short_warm_
     """config/magnitudes-digits.yaml (make magnitudes-digits): configs C, D, E, G trained 32Ki
     images with a 1Ki learning-rate warm-up, every 2Ki snapshot measured, one Fig. 15 grid; no
     post-hoc EMA or scores for that target."""
-    args = ("--cores", 1, "fig15", "--configfile", CONFIG / "magnitudes-digits.yaml")  # the target after an option of one value
+    # The target after an option of one value (--configfile takes several).
+    args = ("--cores", 1, "fig15", "--configfile", CONFIG / "magnitudes-digits.yaml")
     counts = dry_run(workdir, *args)
     assert counts == {"digits": 1, "convert": 1, "train": 4, "magnitudes": 4 * 17, "fig15": 1}  # 0, 2, ..., 32 kimg
     commands = shell_commands(snakemake(workdir, "-n", "-p", *args).stdout)
