@@ -41,7 +41,12 @@ def analyze():
 @click.command("magnitudes")
 @click.argument("networks", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False), metavar="NET...")
 @click.option("--data", default=None, help="Dataset (ZIP or folder) for the activations  [default: weights only]")
-@click.option("--out", type=OutputFile("magnitudes JSON"), default=None, help="JSON file (one NET)")
+@click.option(
+    "--out",
+    type=OutputFile("magnitudes JSON"),
+    multiple=True,
+    help="JSON file of a NET; once per NET, in their order (one process measures them all)",
+)
 @click.option("--outdir", type=OutputDir("output folder"), default=None, help="Folder of <NET name>.json (any NETs)")
 @click.option(
     "--num",
@@ -71,6 +76,9 @@ def magnitudes(networks, data, out, outdir, num, seed, P_mean, P_std, batch):
       edm2 analyze magnitudes runs/demo/network-snapshot-0000002-0.100.safetensors --data data/digits.zip \\
           --num 256 --out runs/demo/magnitudes/0000002.json
       edm2 analyze magnitudes runs/demo/network-snapshot-*-0.100.safetensors --outdir runs/demo/weights
+      edm2 analyze magnitudes runs/demo/network-snapshot-0000000-0.100.safetensors \\
+          runs/demo/network-snapshot-0000002-0.100.safetensors --data data/digits.zip --num 256 \\
+          --out runs/demo/magnitudes/0000000.json --out runs/demo/magnitudes/0000002.json
 
     \b
     At paper scale (downloads; the tests check their options only):
@@ -83,13 +91,13 @@ def magnitudes(networks, data, out, outdir, num, seed, P_mean, P_std, batch):
     from edm2.analysis.magnitudes import measure_network
     from edm2.io.atomic import atomic_write_text
 
-    if (out is None) == (outdir is None):
-        raise ConfigError("give exactly one of --out FILE (one NET) and --outdir DIR")
-    if out is not None and len(networks) != 1:
-        raise ConfigError(f"--out takes one NET, got {len(networks)}; use --outdir DIR for several")
-    targets = [Path(out)] if out is not None else [Path(outdir) / f"{Path(n).stem}.json" for n in networks]
+    if bool(out) == (outdir is not None):
+        raise ConfigError("give exactly one of --out FILE (once per NET) and --outdir DIR")
+    if out and len(out) != len(networks):
+        raise ConfigError(f"--out is given {len(out)} time(s) for {len(networks)} NET(s); give one --out per NET")
+    targets = [Path(o) for o in out] if out else [Path(outdir) / f"{Path(n).stem}.json" for n in networks]
     if len(set(targets)) != len(targets):
-        raise ConfigError("two NETs have the same file name; measure them into different --outdir folders")
+        raise ConfigError("two NETs would write the same JSON file; give distinct --out files or --outdir folders")
     bar = tqdm(total=len(networks), unit="net", disable=len(networks) == 1)
     for net, target in zip(networks, targets):
         record = measure_network(

@@ -34,12 +34,24 @@ def test_paper_img512_lists_every_job(workdir):
         "tables": 1,
         "samples": sizes * settings,
         "report": 1,
-        # Magnitudes of every snapshot (every 8Mi images, and at 0): XS, S, M and the guide 2048Mi,
-        # L 1792Mi, XL 1280Mi, XXL 896Mi; one plot per run.
-        "magnitudes": 4 * 257 + 225 + 161 + 113,
+        # Magnitudes of every snapshot, one job per run (test_paper_img512_measures_...); one plot per run.
+        "magnitudes": runs,
         "magnitude_plot": runs,
         "all": 1,
     }
+
+
+def test_paper_img512_measures_every_snapshot_of_a_run_in_its_one_magnitudes_job(workdir):
+    proc = snakemake(workdir, "-n", "-p", "--configfile", CONFIG / "paper-img512.yaml")
+    outs = {}
+    for c in (c for c in shell_commands(proc.stdout) if "edm2 analyze magnitudes" in c):
+        words = shlex.split(c.split(">")[0])
+        run = words[words.index("--out") + 1].split("/runs/")[1].split("/")[0]
+        outs[run] = [words[i + 1].rsplit("/", 1)[1] for i, w in enumerate(words) if w == "--out"]
+    # Every 8Mi images and at 0: XS, S, M and the guide 2048Mi, L 1792Mi, XL 1280Mi, XXL 896Mi.
+    counts = {run: len(o) for run, o in outs.items()}
+    assert counts == {"xs": 257, "s": 257, "m": 257, "xs-uncond": 257, "l": 225, "xl": 161, "xxl": 113}
+    assert all(o[0] == "0000000.json" and o[1] == f"{(8 << 20) // 1000:07d}.json" for o in outs.values())
 
 
 def test_paper_img512_autog_trains_the_guide_and_searches_at_its_early_point(workdir):
@@ -86,7 +98,7 @@ def test_paper_img512_ablation_lists_seven_trainings_the_grid_and_the_scores(wor
         "ablation": 1,
         "samples": 7,
         "report": 1,
-        "magnitudes": 7 * 257,  # every snapshot of every config (EDM2 Fig. 15)
+        "magnitudes": 7,  # every snapshot of every config (EDM2 Fig. 15), one job per config
         "magnitude_plot": 7,
         "fig15": 1,
         "all": 1,
@@ -207,7 +219,7 @@ def test_paper_img64_lists_every_job(workdir):
         "tables": 1,
         "samples": 4,
         "report": 1,
-        "magnitudes": 129 + 257 + 129 + 81,  # every 8Mi of S 1024Mi, M 2048Mi, L 1024Mi, XL 640Mi, and at 0
+        "magnitudes": 4,  # one job per run: every 8Mi of S 1024Mi, M 2048Mi, L 1024Mi, XL 640Mi, and at 0
         "magnitude_plot": 4,
         "all": 1,
     }
@@ -235,7 +247,7 @@ def test_digits_ablation_ladder_trains_seven_configs_and_makes_table_1_and_fig_5
     counts = dry_run(workdir, "--configfile", CONFIG / "ablation-digits.yaml")
     assert counts["train"] == 7 and counts["phema"] == 6 and counts["score"] == 6 * 6 + 1
     assert counts["ablation"] == 1 and counts["samples"] == 7 and counts["digits"] == 1
-    assert counts["magnitudes"] == 7 * 9 and counts["magnitude_plot"] == 7 and counts["fig15"] == 1  # 0..8 kimg
+    assert counts["magnitudes"] == 7 and counts["magnitude_plot"] == 7 and counts["fig15"] == 1  # one job per config
 
 
 def test_digits_magnitude_ladder_makes_fig_15_of_four_configs_with_a_short_warm_up(workdir):
@@ -245,8 +257,15 @@ def test_digits_magnitude_ladder_makes_fig_15_of_four_configs_with_a_short_warm_
     # The target after an option of one value (--configfile takes several).
     args = ("--cores", 1, "fig15", "--configfile", CONFIG / "magnitudes-digits.yaml")
     counts = dry_run(workdir, *args)
-    assert counts == {"digits": 1, "convert": 1, "train": 4, "magnitudes": 4 * 17, "fig15": 1}  # 0, 2, ..., 32 kimg
+    assert counts == {"digits": 1, "convert": 1, "train": 4, "magnitudes": 4, "fig15": 1}
     commands = shell_commands(snakemake(workdir, "-n", "-p", *args).stdout)
+    for c in (c for c in commands if "edm2 analyze magnitudes" in c):  # one process per run: 0, 2, ..., 32 kimg
+        words = shlex.split(c.split(">")[0])
+        outs = [words[i + 1].rsplit("/", 1)[1] for i, w in enumerate(words) if w == "--out"]
+        nets = [w for w in words if w.endswith(".safetensors")]
+        kimgs = [f"{k:07d}" for k in range(0, 33, 2)]
+        assert outs == [f"{k}.json" for k in kimgs]
+        assert [n.rsplit("/", 1)[1] for n in nets] == [f"network-snapshot-{k}-0.100.safetensors" for k in kimgs]
     trains = [shlex.split(c.split(";")[1]) for c in commands if "edm2 train" in c]
     assert sorted(t[t.index("--config") + 1] for t in trains) == ["C", "D", "E", "G"]
     for t in trains:

@@ -1,32 +1,33 @@
-# Activation and weight magnitudes over training (EDM2 Appendix A.6, Eq. 3; Figs. 3 and 15): one
-# measurement per snapshot of a trained run (magnitudes.enabled), the panels of each run, and for
+# Activation and weight magnitudes over training (EDM2 Appendix A.6, Eq. 3; Figs. 3 and 15): every
+# snapshot of a trained run measured in one job (magnitudes.enabled), the panels of each run, and for
 # an ablation the Fig. 15 grid across its configs. A released-raw run's snapshots are measured
 # weights-only in one job, before post-hoc EMA may delete them (released.keep_raw: false).
 
 
 rule magnitudes:
-    """Magnitudes of one snapshot of a trained run: weights, and activations on magnitudes.num
-    training samples at the run's noise distribution (the same draws for every snapshot)."""
+    """Magnitudes of every snapshot of a trained run, one <kimg>.json each, in one process (the
+    start of Python and PyTorch paid once): weights, and activations on magnitudes.num training
+    samples at the run's noise distribution (the same draws for every snapshot)."""
     input:
         done=lambda wc: train_done(wc.run),
         data=training_data(),
     output:
-        MAGNITUDES,
+        directory(MAGNITUDES),
     log:
-        log_file("magnitudes", "{run}-{kimg}"),
+        log_file("magnitudes", "{run}"),
     benchmark:
-        bench_file("magnitudes", "{run}-{kimg}")
+        bench_file("magnitudes", "{run}")
     conda:
         "../envs/train.yaml"
     threads: rule_threads("magnitudes")
     resources:
         **rule_resources("magnitudes"),
     params:
-        net=lambda wc: magnitude_snapshot(wc.run, wc.kimg),
+        nets=lambda wc, output: magnitude_args_of_run(wc.run, output[0]),
         data=lambda wc, input: f"--data {shlex.quote(input.data)}" if config["magnitudes"]["activations"] else "",
         extra=magnitude_args(),
     shell:
-        "python -m edm2 analyze magnitudes {params.net:q} {params.data} {params.extra} --out {output:q} > {log:q} 2>&1"
+        "python -m edm2 analyze magnitudes {params.nets} {params.data} {params.extra} > {log:q} 2>&1"
 
 
 rule magnitudes_raw:

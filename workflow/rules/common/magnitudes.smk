@@ -1,5 +1,5 @@
-# Helpers of the magnitude rules (rules/magnitudes.smk): which snapshot of a run each measurement
-# reads, and the measurements a plot needs.
+# Helpers of the magnitude rules (rules/magnitudes.smk): which snapshots of a run are measured and
+# into which files, and the measurements a plot needs.
 
 import shlex
 
@@ -14,7 +14,7 @@ def snapshot_nimgs(run):
 
 
 def magnitude_snapshot(run, kimg):
-    """The snapshot of a trained run that is measured at `kimg`: the EMA closest to sigma_rel 0.10
+    """The snapshot of a trained run that is measured at `kimg` (7 digits): the EMA closest to sigma_rel 0.10
     (the "EMA-averaged network" of EDM2 Fig. 15), or config A's one traditional EMA, whose
     relative std in the file name follows the image count (edm2.train.configs)."""
     opts = MODELS[run]["resolved"]
@@ -26,12 +26,20 @@ def magnitude_snapshot(run, kimg):
     return f"{run_dir(run)}/{snapshot_name(SNAPSHOT_PREFIX, nimg // 1000, std)}"
 
 
+def magnitude_args_of_run(run, folder):
+    """`edm2 analyze magnitudes` NET and --out arguments that measure every snapshot of a trained
+    run in one process, snapshot <kimg> into `folder`/<kimg>.json."""
+    kimgs = list(snapshot_nimgs(run))
+    nets = " ".join(shlex.quote(magnitude_snapshot(run, kimg)) for kimg in kimgs)
+    return nets + "".join(f" --out {shlex.quote(f'{folder}/{kimg}.json')}" for kimg in kimgs)
+
+
 def magnitude_inputs(run):
-    """What the plot of one run reads: a trained run's per-snapshot JSON files, or a
-    released-raw run's folder of them."""
+    """What the plot of one run reads: a trained run's folder of per-snapshot JSON files, or a
+    released-raw run's."""
     if MODELS[run]["source"] == "released-raw":
         return [fill(RAW_MAGNITUDES, run=run, selection=raw_selection_hash(run))]
-    return [fill(MAGNITUDES, run=run, kimg=kimg) for kimg in snapshot_nimgs(run)]
+    return [fill(MAGNITUDES, run=run)]
 
 
 def magnitude_json_args(files):

@@ -296,7 +296,7 @@ def summary_files():
 
 # --- Magnitudes over training (EDM2 Figs. 3 and 15; `edm2 analyze magnitudes`) -------------------
 
-MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes/{{kimg}}.json"  # one snapshot of a trained run
+MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes"  # a trained run's folder of <kimg>.json, one per snapshot
 RAW_MAGNITUDES = f"{RESULTS}/runs/{{run}}/magnitudes-{{selection}}"  # every raw snapshot, weights only (a folder)
 MAGNITUDES_PLOT = f"{RESULTS}/plots/magnitudes/{{run}}.png"  # Fig. 3/15 panels of one run
 FIG15_PLOT = f"{RESULTS}/plots/fig15-magnitudes.png"  # the grid across the configs of an ablation
