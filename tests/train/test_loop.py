@@ -110,3 +110,26 @@ def test_latent_datasets_train_through_the_vae_encoder_without_loading_the_vae(t
     info = read_snapshot_info(tmp_path / "run" / "network-snapshot-0000000-0.100.safetensors")
     assert info.network_kwargs["img_channels"] == 4 and info.network_kwargs["img_resolution"] == 8
     assert info.encoder["class"] == "StabilityVAEEncoder" and info.encoder["batch_size"] == 8
+
+
+def test_rampup_sets_the_warm_up_of_the_steps_learning_rate(tmp_path):
+    """--rampup R (images): step at nimg t runs at lr * min(t / R, 1) (the paper's 10 Mimg warm-up,
+    shortened); with the default every step of a short run stays below 0.1% of --lr."""
+    data = make_dataset(tmp_path / "ds", num_images=32)
+    lrs = {}
+
+    def hook(cur_nimg, net, optimizer, ema, lr):
+        lrs.setdefault(rampup, []).append(lr)
+
+    for rampup in (96, 10_000_000):
+        opts = tiny_options(
+            tmp_path / f"run-{rampup}", data, duration=192, batch=32, status=0, snapshot=0, rampup=rampup
+        )
+        run_training(opts, step_hook=hook)
+    assert lrs[96] == pytest.approx([0.01 * min(t / 96, 1) for t in range(0, 192, 32)], rel=1e-12, abs=0)
+    assert lrs[10_000_000] == pytest.approx([0.01 * t / 1e7 for t in range(0, 192, 32)], rel=1e-12, abs=0)
+    assert json.loads((tmp_path / "run-96" / "training_options.json").read_text())["derived"]["lr_kwargs"] == {
+        "ref_lr": 0.01,
+        "ref_batches": 35000.0,
+        "rampup_Mimg": 96e-6,
+    }
