@@ -30,8 +30,11 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/config.yaml
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores 1 --configfile config/config.yaml --report results/report.html
 
+# The digits ladder: Table 1 and Fig. 5a of configs A-G (results/ablation-digits), then Fig. 15
+# from the magnitude ladder of C, D, E, G trained longer (results/magnitudes-digits).
 ladder: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/snakemake --cores $(CORES) --configfile config/ablation-digits.yaml
+	$(MAKE) magnitudes-digits
 
 # EDM2 Fig. 15 on the digits (configs C, D, E, G): results/magnitudes-digits/plots/fig15-magnitudes.png
 magnitudes-digits: $(STAMP)
