@@ -30,8 +30,9 @@ def magnitude_args_of_run(run, folder):
     """`edm2 analyze magnitudes` NET and --out arguments that measure every snapshot of a trained
     run in one process, snapshot <kimg> into `folder`/<kimg>.json."""
     kimgs = list(snapshot_nimgs(run))
-    nets = " ".join(shlex.quote(magnitude_snapshot(run, kimg)) for kimg in kimgs)
-    return nets + "".join(f" --out {shlex.quote(f'{folder}/{kimg}.json')}" for kimg in kimgs)
+    nets = [shlex.quote(magnitude_snapshot(run, kimg)) for kimg in kimgs]
+    outs = [f"--out {shlex.quote(f'{folder}/{kimg}.json')}" for kimg in kimgs]
+    return " ".join(nets + outs)
 
 
 def magnitude_inputs(run):
