@@ -14,9 +14,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-STATE="${EDM2_SLURM_STATE:-/run/edm2-ci-slurm}"
-CONF_DIR=/etc/slurm
-MARKER="written by ci/slurm/start.sh"
+# shellcheck source=ci/slurm/common.sh
+. "$HERE/common.sh"
 HOST="$(hostname -s)"
 WAIT_S="${EDM2_SLURM_WAIT_S:-45}"
 

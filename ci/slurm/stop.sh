@@ -4,15 +4,31 @@
 # Stops exactly the daemons that start.sh recorded in $EDM2_SLURM_STATE (default
 # /run/edm2-ci-slurm), by PID, after checking that each PID still is that daemon; never by name.
 # Jobs still in the queue are cancelled first, so that no job step outlives its slurmd.
-# Removes the daemons' pid files and the state. Idempotent: nothing running is fine.
+# Removes the daemons' pid files, the state and the configuration start.sh wrote (with it in place
+# and no controller, every SLURM client call waits about 9 s for slurmctld, and the Snakemake SLURM
+# plugin runs `scontrol show config` whenever Snakemake starts, even for a local run; without it
+# the call fails at once). Idempotent: nothing running is fine.
 set -euo pipefail
 
-STATE="${EDM2_SLURM_STATE:-/run/edm2-ci-slurm}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=ci/slurm/common.sh
+. "$HERE/common.sh"
 
 say() { echo "ci/slurm/stop.sh: $*"; }
 
+# The configuration start.sh wrote (never another's), once its daemons are gone.
+remove_our_conf() {
+    local f
+    for f in slurm.conf gres.conf; do
+        if [ -e "$CONF_DIR/$f" ] && grep -q "$MARKER" "$CONF_DIR/$f"; then
+            rm -f "$CONF_DIR/$f"
+        fi
+    done
+}
+
 if [ ! -d "$STATE" ]; then
     say "nothing to stop (no state in $STATE)"
+    pgrep -x slurmctld >/dev/null || remove_our_conf
     exit 0
 fi
 
@@ -69,3 +85,4 @@ for name in slurmd slurmctld munged; do
 done
 rm -f "$STATE/templates.sha256"
 rmdir "$STATE" 2>/dev/null || true
+remove_our_conf
